@@ -1,0 +1,120 @@
+"""The challenge's token shard format: read (memory-mapped), write (atomically) and resolve paths.
+
+A shard is a 256 x int32 little-endian header ``[magic=20240520, version=1, num_tokens, 0...]``
+followed by ``num_tokens`` little-endian uint16 token ids, so its size is exactly
+``1024 + 2 * num_tokens`` bytes. This is the layout of ``fineweb_{train,val}_*.bin`` written by the
+challenge's exporter and read by the reference ``train_gpt.py``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pgolf.errors import PgolfError
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+HEADER_INTS = 256
+HEADER_BYTES = HEADER_INTS * 4
+TOKEN_DTYPE = np.dtype("<u2")
+MAX_VOCAB = 1 << 16
+
+
+def read_header(path: Path) -> int:
+    """Validate a shard's header and size; return its token count."""
+    path = Path(path)
+    if not path.is_file():
+        raise PgolfError(f"{path}: shard file not found")
+    size = path.stat().st_size
+    if size < HEADER_BYTES:
+        raise PgolfError(f"{path}: truncated shard ({size} bytes, header needs {HEADER_BYTES})")
+    header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
+    if int(header[0]) != SHARD_MAGIC:
+        raise PgolfError(f"{path}: bad shard magic {int(header[0])} (expected {SHARD_MAGIC})")
+    if int(header[1]) != SHARD_VERSION:
+        raise PgolfError(f"{path}: unsupported shard version {int(header[1])} (expected {SHARD_VERSION})")
+    num_tokens = int(header[2])
+    expected = HEADER_BYTES + TOKEN_DTYPE.itemsize * num_tokens
+    if num_tokens < 0 or size != expected:
+        raise PgolfError(
+            f"{path}: shard size mismatch ({size} bytes on disk, header says {num_tokens} tokens = {expected} bytes)"
+        )
+    return num_tokens
+
+
+def read_shard(path: str | os.PathLike) -> np.ndarray:
+    """Memory-map a shard's tokens as a read-only uint16 array (validated header and size)."""
+    path = Path(path)
+    num_tokens = read_header(path)
+    if num_tokens == 0:
+        return np.zeros((0,), dtype=np.uint16)
+    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(num_tokens,))
+
+
+def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
+    """Write tokens as a shard, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 1:
+        raise PgolfError(f"{path}: tokens must be one-dimensional, got shape {tokens.shape}")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= MAX_VOCAB):
+        raise PgolfError(f"{path}: token ids must lie in [0, {MAX_VOCAB}) to fit uint16")
+    header = np.zeros(HEADER_INTS, dtype="<i4")
+    header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(header.tobytes())
+            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_shards(spec: str | os.PathLike, split: str = "val") -> list[Path]:
+    """Turn a file, a directory (``fineweb_{split}_*.bin`` inside) or a glob into sorted shard paths."""
+    text = str(spec)
+    path = Path(text)
+    if path.is_dir():
+        files = sorted(path.glob(f"fineweb_{split}_*.bin"))
+        if not files:
+            raise PgolfError(f"{path}: no fineweb_{split}_*.bin shards in this directory")
+        return files
+    if path.is_file():
+        return [path]
+    if glob.has_magic(text):
+        files = sorted(Path(p) for p in glob.glob(text))
+        if not files:
+            raise PgolfError(f"{text}: glob matched no files")
+        return files
+    raise PgolfError(f"{text}: no such file or directory")
+
+
+def check_token_range(tokens: np.ndarray, vocab_size: int, where: str) -> None:
+    """Fail with the offending id and position if any token is >= vocab_size."""
+    if tokens.size == 0:
+        return
+    top = int(tokens.max())
+    if top >= vocab_size:
+        pos = int(np.argmax(tokens >= vocab_size))
+        raise PgolfError(f"{where}: token id {top} >= vocab size {vocab_size} (first at position {pos})")
+
+
+def load_tokens(spec: str | os.PathLike, split: str = "val", vocab_size: int | None = None) -> np.ndarray:
+    """Concatenate every shard of ``spec`` into one uint16 array, checking ids against vocab_size."""
+    parts = []
+    for file in resolve_shards(spec, split):
+        tokens = read_shard(file)
+        if vocab_size is not None:
+            check_token_range(tokens, vocab_size, str(file))
+        parts.append(tokens)
+    if len(parts) == 1:
+        return np.asarray(parts[0])
+    return np.concatenate(parts)

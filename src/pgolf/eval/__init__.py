@@ -1,0 +1,1 @@
+"""Evaluation: the one implementation of val_loss and val_bpb."""

@@ -1,0 +1,1 @@
+"""The GPT model assembled from :class:`pgolf.config.ModelConfig`."""

@@ -1,0 +1,1 @@
+"""Optimizers (Muon for block matrices, Adam for the rest), parameter groups and LR schedules."""

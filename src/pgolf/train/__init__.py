@@ -1,0 +1,1 @@
+"""The training loop: wallclock cap, warm-down, compile warm-up and run directories."""
