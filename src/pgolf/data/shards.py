@@ -9,6 +9,7 @@ challenge's exporter and read by the reference ``train_gpt.py``.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -118,3 +119,12 @@ def load_tokens(spec: str | os.PathLike, split: str = "val", vocab_size: int | N
     if len(parts) == 1:
         return np.asarray(parts[0])
     return np.concatenate(parts)
+
+
+def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks so a 200 MB shard never sits in memory twice."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

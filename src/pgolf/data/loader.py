@@ -1,0 +1,81 @@
+"""The reference's training loader: one sequential token stream over the shards, wrapping forever.
+
+Each step takes one contiguous chunk of ``(local_tokens + 1) * world_size`` tokens from the shared
+stream and gives each rank its own span of it (the +1 makes the shifted targets), so 1 and 8
+GPUs see exactly the same tokens per step. No sampling, no workers: deterministic by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pgolf.data.shards import check_token_range, read_shard, resolve_shards
+from pgolf.errors import PgolfError
+
+
+class TokenStream:
+    def __init__(self, files: list[Path], vocab_size: int | None = None):
+        if not files:
+            raise PgolfError("no training shards given")
+        self.files = files
+        self.vocab_size = vocab_size
+        self.file_idx = 0
+        self.tokens = self._load(0)
+        self.pos = 0
+
+    def _load(self, idx: int) -> np.ndarray:
+        tokens = read_shard(self.files[idx])
+        if self.vocab_size is not None:
+            check_token_range(tokens, self.vocab_size, str(self.files[idx]))
+        return tokens
+
+    def _advance_file(self) -> None:
+        self.file_idx = (self.file_idx + 1) % len(self.files)
+        self.tokens = self._load(self.file_idx)
+        self.pos = 0
+
+    def take(self, n: int) -> np.ndarray:
+        chunks = []
+        remaining = n
+        empty_files = 0
+        while remaining > 0:
+            avail = self.tokens.shape[0] - self.pos
+            if avail <= 0:
+                empty_files += 1
+                if empty_files > len(self.files):
+                    raise PgolfError("training shards contain no tokens")
+                self._advance_file()
+                continue
+            empty_files = 0
+            k = min(remaining, avail)
+            chunks.append(self.tokens[self.pos : self.pos + k])
+            self.pos += k
+            remaining -= k
+        return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+class DistributedTokenLoader:
+    def __init__(self, pattern: str, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 vocab_size: int | None = None):
+        self.rank = rank
+        self.world_size = world_size
+        self.device = torch.device(device)
+        self.stream = TokenStream(resolve_shards(pattern, split="train"), vocab_size)
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
+        if local_tokens < seq_len or local_tokens % seq_len:
+            raise PgolfError(
+                f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step, "
+                f"which must be a positive multiple of TRAIN_SEQ_LEN={seq_len}"
+            )
+        span = local_tokens + 1
+        chunk = self.stream.take(span * self.world_size)
+        local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))
+        x = local[:-1].reshape(-1, seq_len)
+        y = local[1:].reshape(-1, seq_len)
+        non_blocking = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)

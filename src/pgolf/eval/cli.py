@@ -1,0 +1,153 @@
+"""``pgolf eval``: score an artifact or a checkpoint on validation shards with the exact val_bpb.
+
+Accepted weights: a pgolf artifact (``model.pgolf``, carries its config), a pgolf checkpoint
+(``checkpoint.safetensors``, carries its config), or the reference's ``final_model.pt`` /
+``final_model.int8.ptz`` (read with ``torch.load(weights_only=True)``; give ``--preset``).
+Nothing loaded here can execute code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from pgolf.config_cli import add_config_arguments
+
+
+def _load_state(args: argparse.Namespace):
+    """(state_dict, embedded config dict or None) from --artifact or --checkpoint."""
+    from pgolf.errors import PgolfError
+
+    path = Path(args.artifact or args.checkpoint)
+    if not path.is_file():
+        raise PgolfError(f"{path}: file not found")
+    if path.suffix == ".safetensors":
+        return _load_safetensors_checkpoint(path)
+    from pgolf.export.loading import load_weights
+
+    state, info = load_weights(path)
+    return state, (info.get("meta") or {}).get("config")
+
+
+def _load_safetensors_checkpoint(path: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    from pgolf.errors import PgolfError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PgolfError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    config = json.loads(meta["pgolf_config"]) if "pgolf_config" in meta else None
+    return state, config
+
+
+def _resolve_config(args: argparse.Namespace, embedded: dict | None):
+    from pgolf.config import apply_env, apply_overrides, from_dict, validate
+    from pgolf.presets import build_config
+
+    if embedded is not None and not args.preset_given:
+        cfg = from_dict(embedded)
+        apply_env(cfg)
+        apply_overrides(cfg, args.overrides)
+        validate(cfg)
+        return cfg
+    return build_config(args.preset, args.overrides)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from pgolf.data.shards import load_tokens
+    from pgolf.eval.evaluate import evaluate, trim_to_windows
+    from pgolf.model.gpt import build_model
+    from pgolf.runtime import pick_device
+    from pgolf.tokenizer.luts import build_byte_table
+    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+
+    t0 = time.perf_counter()
+    args.preset_given = args.preset is not None
+    args.preset = args.preset or "baseline"
+    state, embedded = _load_state(args)
+    cfg = _resolve_config(args, embedded)
+    tokenizer = args.tokenizer or cfg.data.tokenizer_path
+    sp = load_tokenizer(tokenizer)
+    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
+    device = pick_device(args.device)
+    seq_len = args.seq_len or cfg.eval_seq_len
+    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    model = build_model(cfg.model, device)
+    _load_into(model, state, args)
+    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
+    result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses))
+    out = {**result.score.as_dict(), "seq_len": seq_len, "preset": cfg.preset, "device": str(device),
+           "weights": str(args.artifact or args.checkpoint), "eval_time_s": time.perf_counter() - t0}
+    if args.token_losses:
+        _save_npy(Path(args.token_losses), result.token_losses.astype(np.float32))
+        out["token_losses"] = args.token_losses
+    if args.json:
+        print(json.dumps(out, sort_keys=True))
+    else:
+        print(f"val_loss {out['val_loss']:.8f}  val_bpb {out['val_bpb']:.8f}  ({out['tokens']:,} tokens, {out['bytes']:,} bytes)")
+    return 0
+
+
+def _load_into(model, state: dict, args: argparse.Namespace) -> None:
+    from pgolf.errors import PgolfError
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    where = args.artifact or args.checkpoint
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise PgolfError(f"{where}: weights do not fit preset {args.preset!r} ({detail}); pass the right --preset/--set")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise PgolfError(
+                f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def _save_npy(path: Path, array) -> None:
+    import os
+    import tempfile
+
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
+    os.close(fd)
+    try:
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="score an artifact or checkpoint (exact val_loss and val_bpb)",
+        description=sys.modules[__name__].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
+    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
+    add_config_arguments(parser, default_preset=None)
+    parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
+    parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
+    parser.add_argument("--seq-len", type=int, default=0, help="window length (default: the config's eval/train length)")
+    parser.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch (default: 65536)")
+    parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    parser.add_argument("--token-losses", metavar="OUT.npy", help="save the per-target loss in nats (float32, stream order)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    parser.set_defaults(handler=_eval)

@@ -1,0 +1,96 @@
+"""Standard evaluation, exactly as the challenge's ``eval_val``.
+
+The validation stream is cut into non-overlapping windows of ``seq_len`` tokens (the tail that does
+not fill a window is dropped, keeping the one extra token that the last target needs). Every window
+predicts its ``seq_len`` next tokens; windows are split evenly over ranks and batched. Scores go
+through :class:`pgolf.eval.bpb.BpbAccumulator`, the only place nats and bytes are summed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pgolf.errors import PgolfError
+from pgolf.eval.bpb import BpbAccumulator, Score
+from pgolf.tokenizer.luts import TorchByteTable
+
+
+def trim_to_windows(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    """Keep a whole number of windows plus the final target token (optionally only the first max_tokens)."""
+    if max_tokens > 0:
+        tokens = tokens[: max_tokens + 1]
+    usable = ((tokens.shape[0] - 1) // seq_len) * seq_len
+    if usable <= 0:
+        raise PgolfError(f"validation data has {tokens.shape[0]} tokens, too few for one window of {seq_len}")
+    return tokens[: usable + 1]
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA as the reference; plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class EvalResult:
+    score: Score
+    token_losses: np.ndarray | None  # float32 nats per target, in stream order (single process only)
+
+
+def rank_window_range(total_windows: int, rank: int, world_size: int) -> tuple[int, int]:
+    return (total_windows * rank) // world_size, (total_windows * (rank + 1)) // world_size
+
+
+@torch.inference_mode()
+def evaluate(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    seq_len: int,
+    table: TorchByteTable,
+    batch_tokens: int = 524_288,
+    device: torch.device | str = "cpu",
+    keep_token_losses: bool = False,
+    progress=None,
+) -> EvalResult:
+    """Score ``tokens`` (already trimmed by :func:`trim_to_windows`) with non-overlapping windows.
+
+    ``batch_tokens`` is the global batch; each rank scores ``batch_tokens // world_size`` tokens
+    at a time (the reference additionally divides by its grad-accum factor; batching does not
+    change the result beyond float summation order).
+    """
+    device = torch.device(device)
+    distributed = dist.is_available() and dist.is_initialized()
+    world_size = dist.get_world_size() if distributed else 1
+    rank = dist.get_rank() if distributed else 0
+    if keep_token_losses and distributed:
+        raise PgolfError("--token-losses is supported in single-process evaluation only")
+    batch_windows = max(batch_tokens // (world_size * seq_len), 1)
+    total_windows = (tokens.shape[0] - 1) // seq_len
+    first, last = rank_window_range(total_windows, rank, world_size)
+    acc = BpbAccumulator(table, device)
+    kept: list[np.ndarray] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(first, last, batch_windows):
+            end = min(start + batch_windows, last)
+            chunk = torch.from_numpy(tokens[start * seq_len : end * seq_len + 1].astype(np.int64)).to(device)
+            x = chunk[:-1].reshape(-1, seq_len)
+            y = chunk[1:].reshape(-1, seq_len)
+            with autocast_for(device):
+                losses = model(x, y, reduction="none")
+            acc.add(losses, x, y)
+            if keep_token_losses:
+                kept.append(losses.float().reshape(-1).cpu().numpy())
+            if progress is not None:
+                progress.update(int(y.numel()))
+    finally:
+        model.train(was_training)
+    token_losses = np.concatenate(kept) if keep_token_losses and kept else None
+    return EvalResult(acc.result(), token_losses)

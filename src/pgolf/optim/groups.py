@@ -1,0 +1,84 @@
+"""Who is optimised by what, at which LR: the reference's optimizer split.
+
+* the token embedding: Adam at TIED_EMBED_LR (EMBED_LR when untied);
+* an untied lm_head: Adam at HEAD_LR;
+* 2-D block matrices (not control tensors): Muon at MATRIX_LR;
+* vectors, scalars, control tensors and ``skip_weights``: Adam at SCALAR_LR.
+
+Each param group carries ``base_lr`` so the schedule can scale every LR by one multiplier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pgolf.config import OptimConfig
+from pgolf.model.gpt import GPT
+from pgolf.model.params import is_control_tensor
+from pgolf.optim.muon import Muon
+
+
+@dataclass
+class Optimizers:
+    """The optimizers of one model, stepped and scheduled together."""
+
+    all: list[torch.optim.Optimizer]
+    muon: Muon
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.all:
+            opt.step()
+
+    def set_lr_scale(self, scale: float) -> None:
+        for opt in self.all:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+
+    def set_muon_momentum(self, momentum: float) -> None:
+        for group in self.muon.param_groups:
+            group["momentum"] = momentum
+
+    def state_dicts(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.all]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        for opt, state in zip(self.all, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def split_block_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(Muon matrices, Adam scalars) among the block parameters, plus skip_weights as a scalar."""
+    matrices, scalars = [], []
+    for name, p in model.blocks.named_parameters():
+        (scalars if p.ndim < 2 or is_control_tensor(name) else matrices).append(p)
+    if model.skip_weights.numel() > 0:
+        scalars.append(model.skip_weights)
+    return matrices, scalars
+
+
+def _adam(params, lr: float, cfg: OptimConfig, fused: bool) -> torch.optim.Adam:
+    return torch.optim.Adam(
+        [{"params": params, "lr": lr, "base_lr": lr}],
+        betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused,
+    )
+
+
+def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Optimizers:
+    fused = next(model.parameters()).is_cuda
+    matrices, scalars = split_block_params(model)
+    token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
+    opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused)
+    muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps)
+    for group in muon.param_groups:
+        group["base_lr"] = cfg.matrix_lr
+    opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused)
+    optimizers: list[torch.optim.Optimizer] = [opt_tok, muon, opt_scalar]
+    if model.lm_head is not None:
+        optimizers.insert(1, _adam([model.lm_head.weight], cfg.head_lr, cfg, fused))
+    return Optimizers(optimizers, muon)

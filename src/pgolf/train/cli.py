@@ -1,0 +1,42 @@
+"""``pgolf train``: one training run from a preset, the reference env vars and --set overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pgolf.config_cli import add_config_arguments, config_from_args
+
+
+def _train(args: argparse.Namespace) -> int:
+    from pgolf.train.loop import train
+
+    cfg = config_from_args(args)
+    results = train(cfg, runs_dir=args.runs_dir)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+    else:
+        print_summary(results)
+    return 0
+
+
+def print_summary(results: dict) -> None:
+    pre, post = results["pre_quant"], results["post_quant"]
+    print(f"val_bpb {post['val_bpb']:.4f} (round trip of the artifact; {pre['val_bpb']:.4f} before quantization)")
+    print(
+        f"artifact {results['bytes_total']:,} bytes = model {results['bytes_model']:,} + code {results['bytes_code']:,}"
+        f" ({results['headroom']:,} bytes under the 16,000,000 cap)"
+    )
+    print(f"{results['steps']} steps in {results['train_time_s']:.1f}s on {results['device']}; run dir {results['run_dir']}")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train, export and score one run",
+        description="Train one model. Under torchrun each process is a rank (DDP; NCCL on GPU, gloo on CPU). "
+        "The reference env vars (ITERATIONS, TRAIN_SEQ_LEN, MAX_WALLCLOCK_SECONDS, DATA_PATH, ...) apply.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--runs-dir", default="runs", help="where runs/<run_id>/ is written (default: runs)")
+    parser.add_argument("--json", action="store_true", help="print results.json as the last stdout line")
+    parser.set_defaults(handler=_train)

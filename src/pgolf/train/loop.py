@@ -1,0 +1,329 @@
+"""The training run, from config to scored artifact, with the reference's timing rules.
+
+* Compile warm-up: ``WARMUP_STEPS`` real steps prime compiled graphs, then the initial weights,
+  optimizer state and data loader are restored, so they cost no training and no time.
+* The clock runs only while training: it pauses for validation, and the run stops at the first
+  step whose cumulative training time reaches ``MAX_WALLCLOCK_SECONDS`` (all ranks agree via MAX).
+* The LR warm-down is time-based under a cap (see :mod:`pgolf.optim.schedule`).
+* After training: checkpoint, export the artifact, reload it from disk and score it; that
+  round-trip score is the run's score.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from pgolf.config import Config
+from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.shards import load_tokens
+from pgolf.errors import PgolfError
+from pgolf.eval.bpb import Score
+from pgolf.eval.evaluate import autocast_for, evaluate, trim_to_windows
+from pgolf.model.gpt import GPT, build_model, count_parameters
+from pgolf.optim.groups import Optimizers, build_optimizers
+from pgolf.optim.schedule import lr_scale, muon_momentum
+from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
+from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
+from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+from pgolf.train.rundir import RunDir, new_run_id
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+ARTIFACT_NAME = "model.pgolf"
+
+
+@dataclass
+class Session:
+    cfg: Config
+    rt: Runtime
+    run: RunDir
+    model: GPT  # the plain module: state_dict, export
+    step_model: nn.Module  # compiled and/or DDP-wrapped: forward/backward
+    opts: Optimizers
+    loader: DistributedTokenLoader
+    val_tokens: object
+    table: TorchByteTable
+    grad_accum_steps: int
+    compile: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def _use_compile(cfg: Config, device: torch.device) -> bool:
+    return cfg.train.compile == "1" or (cfg.train.compile == "auto" and device.type == "cuda")
+
+
+def _sync(rt: Runtime) -> None:
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+
+
+def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
+    rt = init_runtime(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    sp = load_tokenizer(cfg.data.tokenizer_path)
+    check_vocab_size(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
+    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(rt.device)
+    val = load_tokens(cfg.data.val_glob(), "val", cfg.model.vocab_size)
+    val_tokens = trim_to_windows(val, cfg.eval_seq_len, cfg.eval.val_max_tokens)
+    loader = DistributedTokenLoader(cfg.data.train_glob(), rt.rank, rt.world_size, rt.device, cfg.model.vocab_size)
+
+    run_id = cfg.train.run_id or _broadcast_run_id(rt)
+    run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
+    model = build_model(cfg.model, rt.device)
+    use_compile = _use_compile(cfg, rt.device)
+    step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [rt.local_rank] if rt.device.type == "cuda" else None
+        step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
+    opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
+    grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
+    session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile)
+    _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
+    return session
+
+
+def _broadcast_run_id(rt: Runtime) -> str:
+    run_id = [new_run_id()]
+    if rt.distributed:
+        dist.broadcast_object_list(run_id, src=0)
+    return run_id[0]
+
+
+def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
+    facts = {
+        "run_id": run_id,
+        "preset": s.cfg.preset,
+        "source_sha256": source_hash(),
+        "git_commit": git_commit(),
+        "device": device_name(s.rt.device),
+        "world_size": s.rt.world_size,
+        "grad_accum_steps": s.grad_accum_steps,
+        "compile": s.compile,
+        "versions": versions(),
+        "model_params": count_parameters(s.model),
+        "val_tokens": num_val_tokens,
+    }
+    s.run.header(facts, s.cfg.to_json())
+    s.run.write_json("config.json", s.cfg.to_dict())
+    s.run.log(
+        f"run {run_id}: preset {s.cfg.preset}, {facts['model_params']:,} params, device {facts['device']}, "
+        f"world_size {s.rt.world_size}, grad_accum {s.grad_accum_steps}, val tokens {num_val_tokens:,}"
+    )
+
+
+def train_step(s: Session, scale: float, step: int) -> float:
+    """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean train loss."""
+    t = s.cfg.train
+    s.opts.zero_grad()
+    total = torch.zeros((), device=s.rt.device)
+    for micro in range(s.grad_accum_steps):
+        if s.rt.distributed:
+            s.step_model.require_backward_grad_sync = micro == s.grad_accum_steps - 1
+        x, y = s.loader.next_batch(t.train_batch_tokens, t.train_seq_len, s.grad_accum_steps)
+        with autocast_for(s.rt.device):
+            loss = s.step_model(x, y)
+        total += loss.detach()
+        (loss / s.grad_accum_steps).backward()
+    o = s.cfg.optim
+    s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
+    s.opts.set_lr_scale(scale)
+    if o.grad_clip_norm > 0:
+        torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
+    s.opts.step()
+    s.opts.zero_grad()
+    return float(total.item()) / s.grad_accum_steps
+
+
+def compile_warmup(s: Session) -> None:
+    """Run WARMUP_STEPS real steps to prime compiled graphs, then restore the initial state exactly."""
+    steps = s.cfg.train.warmup_steps
+    if steps <= 0:
+        return
+    model_state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+    opt_states = [copy.deepcopy(sd) for sd in s.opts.state_dicts()]
+    for i in range(steps):
+        train_step(s, 1.0, 0)
+        if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
+            s.run.log(f"warmup_step:{i + 1}/{steps}")
+    s.model.load_state_dict(model_state, strict=True)
+    s.opts.load_state_dicts(opt_states)
+    s.opts.zero_grad()
+    if s.rt.distributed:
+        s.step_model.require_backward_grad_sync = True
+    s.loader = DistributedTokenLoader(
+        s.cfg.data.train_glob(), s.rt.rank, s.rt.world_size, s.rt.device, s.cfg.model.vocab_size
+    )
+
+
+def validate(s: Session) -> Score:
+    e = s.cfg.eval
+    return evaluate(s.step_model, s.val_tokens, s.cfg.eval_seq_len, s.table, e.val_batch_size, s.rt.device).score
+
+
+def _reached_cap(s: Session, elapsed_ms: float, cap_ms: float | None) -> bool:
+    reached = cap_ms is not None and elapsed_ms >= cap_ms
+    if s.rt.distributed and cap_ms is not None:
+        flag = torch.tensor(int(reached), device=s.rt.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        reached = bool(flag.item())
+    return reached
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    train_time_ms: float
+    stopped_early: bool
+    final_score: Score
+
+
+def _progress(s: Session):
+    from tqdm import tqdm
+
+    total = s.cfg.train.iterations
+    return tqdm(total=total, disable=None if s.rt.is_master else True, unit="step", dynamic_ncols=True, leave=False)
+
+
+def run_training(s: Session) -> TrainStats:
+    t = s.cfg.train
+    cap_ms = 1000.0 * t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    tokens_per_step = t.train_batch_tokens
+    train_ms, stop_after, step, score = 0.0, None, 0, None
+    bar = _progress(s)
+    _sync(s.rt)
+    t0 = time.perf_counter()
+    while True:
+        last = step == t.iterations or (stop_after is not None and step >= stop_after)
+        if last or (t.val_loss_every > 0 and step % t.val_loss_every == 0):
+            _sync(s.rt)
+            train_ms += 1000.0 * (time.perf_counter() - t0)
+            score = validate(s)
+            s.run.log(
+                f"step:{step}/{t.iterations} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} "
+                f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms"
+            )
+            s.run.metric(event="val", step=step, train_time_ms=train_ms, **score.as_dict())
+            _sync(s.rt)
+            t0 = time.perf_counter()
+        if last:
+            break
+        elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
+        scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms)
+        loss = train_step(s, scale, step)
+        if not math.isfinite(loss):
+            raise PgolfError(f"training diverged: train loss is {loss} at step {step + 1}")
+        step += 1
+        elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
+        _log_train(s, step, loss, elapsed, scale, tokens_per_step, bar, force=stop_after is not None)
+        if stop_after is None and _reached_cap(s, elapsed, cap_ms):
+            stop_after = step
+    bar.close()
+    if stop_after is not None and step < t.iterations:
+        s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
+    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score)
+
+
+def _log_train(s: Session, step: int, loss: float, elapsed_ms: float, scale: float, tokens_per_step: int, bar, force: bool) -> None:
+    t = s.cfg.train
+    tok_s = tokens_per_step * step / max(elapsed_ms / 1000.0, 1e-9)
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{scale:.3f}", refresh=False)
+    s.run.metric(event="train", step=step, train_loss=loss, train_time_ms=elapsed_ms, lr_scale=scale, tokens_per_s=tok_s)
+    if t.train_log_every > 0 and (step <= 10 or step % t.train_log_every == 0 or force):
+        s.run.log(
+            f"step:{step}/{t.iterations} train_loss:{loss:.4f} train_time:{elapsed_ms:.0f}ms "
+            f"step_avg:{elapsed_ms / step:.2f}ms tok/s:{tok_s:,.0f}",
+            console=bar.disable,
+        )
+
+
+def save_checkpoint(s: Session) -> Path:
+    from safetensors.torch import save_file
+
+    path = s.run.path / CHECKPOINT_NAME
+    if s.rt.is_master:
+        state = {k: v.detach().cpu().contiguous() for k, v in s.model.state_dict().items()}
+        tmp = path.with_suffix(".tmp")
+        save_file(state, str(tmp), metadata={"pgolf_config": s.cfg.to_json()})
+        tmp.replace(path)
+    return path
+
+
+def export_and_score(s: Session) -> tuple[dict, Score, float]:
+    """Write the artifact (rank 0), reload it from disk on every rank and score the round trip."""
+    from pgolf.export.artifact import export_model
+    from pgolf.export.loading import load_weights
+
+    path = s.run.path / ARTIFACT_NAME
+    size: dict = {}
+    if s.rt.is_master:
+        report = export_model(s.model.state_dict(), path, {"config": s.cfg.to_dict()})
+        size = report.as_dict()
+        s.run.log(report.summary())
+    if s.rt.distributed:
+        dist.barrier()
+    _sync(s.rt)
+    t0 = time.perf_counter()
+    state, _ = load_weights(path)
+    s.model.load_state_dict(state, strict=True)
+    score = validate(s)
+    _sync(s.rt)
+    eval_s = time.perf_counter() - t0
+    s.run.log(
+        f"final_roundtrip val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} eval_time:{1000 * eval_s:.0f}ms"
+    )
+    s.run.log(f"final_roundtrip_exact val_loss:{score.val_loss:.8f} val_bpb:{score.val_bpb:.8f}")
+    return size, score, eval_s
+
+
+def _peak_memory_mib(rt: Runtime) -> int | None:
+    if rt.device.type != "cuda":
+        return None
+    return int(torch.cuda.max_memory_allocated(rt.device) // (1024 * 1024))
+
+
+def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict:
+    """Train, export and score one run; return (and write) its results."""
+    s = setup(cfg, Path(runs_dir), echo=echo)
+    try:
+        compile_warmup(s)
+        stats = run_training(s)
+        save_checkpoint(s)
+        size, post, eval_s = export_and_score(s)
+        pre = stats.final_score
+        results = {
+            "run_id": s.run.path.name,
+            "run_dir": str(s.run.path),
+            "preset": cfg.preset,
+            "pre_quant": pre.as_dict(),
+            "post_quant": post.as_dict(),
+            "val_loss": post.val_loss,
+            "val_bpb": post.val_bpb,
+            "quant_gap_bpb": post.val_bpb - pre.val_bpb,
+            **size,
+            "steps": stats.steps,
+            "stopped_early": stats.stopped_early,
+            "train_time_s": stats.train_time_ms / 1000.0,
+            "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
+            "eval_time_s": eval_s,
+            "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
+            "peak_memory_mib": _peak_memory_mib(s.rt),
+            "world_size": s.rt.world_size,
+            "device": device_name(s.rt.device),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "source_sha256": source_hash(),
+        }
+        s.run.write_json("results.json", results)
+        return results
+    finally:
+        shutdown_runtime(s.rt)

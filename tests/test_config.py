@@ -1,0 +1,92 @@
+"""Config resolution: presets, the reference env names, --set overrides and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from pgolf.config import Config, apply_env, from_dict, iter_fields
+from pgolf.errors import PgolfError
+from pgolf.presets import PRESETS, build_config, resolve_preset
+
+# Every Hyperparameters attribute of the reference train_gpt.py that is read from the environment.
+REFERENCE_ENV_NAMES = {
+    "DATA_PATH", "TOKENIZER_PATH", "RUN_ID", "SEED", "VAL_BATCH_SIZE", "VAL_LOSS_EVERY", "TRAIN_LOG_EVERY",
+    "ITERATIONS", "WARMDOWN_ITERS", "WARMUP_STEPS", "TRAIN_BATCH_TOKENS", "TRAIN_SEQ_LEN", "MAX_WALLCLOCK_SECONDS",
+    "QK_GAIN_INIT", "VOCAB_SIZE", "NUM_LAYERS", "NUM_KV_HEADS", "MODEL_DIM", "NUM_HEADS", "MLP_MULT",
+    "TIE_EMBEDDINGS", "ROPE_BASE", "LOGIT_SOFTCAP", "EMBED_LR", "HEAD_LR", "TIED_EMBED_LR", "TIED_EMBED_INIT_STD",
+    "MATRIX_LR", "SCALAR_LR", "MUON_MOMENTUM", "MUON_BACKEND_STEPS", "MUON_MOMENTUM_WARMUP_START",
+    "MUON_MOMENTUM_WARMUP_STEPS", "BETA1", "BETA2", "ADAM_EPS", "GRAD_CLIP_NORM",
+}
+
+
+def test_every_reference_env_name_is_a_field():
+    names = {f.metadata["env"] for _, f in iter_fields(Config())}
+    assert REFERENCE_ENV_NAMES <= names
+
+
+def test_baseline_defaults_equal_the_reference_defaults():
+    cfg = build_config("baseline", environ={})
+    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.model.num_heads, cfg.model.num_kv_heads) == (9, 512, 8, 4)
+    assert (cfg.train.iterations, cfg.train.warmdown_iters, cfg.train.warmup_steps) == (20000, 1200, 20)
+    assert (cfg.train.train_batch_tokens, cfg.train.train_seq_len, cfg.train.max_wallclock_seconds) == (524288, 1024, 600.0)
+    assert (cfg.optim.matrix_lr, cfg.optim.tied_embed_lr, cfg.optim.muon_momentum_warmup_start) == (0.04, 0.05, 0.85)
+    assert cfg.data.train_glob() == "./data/datasets/fineweb10B_sp1024/fineweb_train_*.bin"
+
+
+def test_env_then_set_precedence():
+    env = {"NUM_LAYERS": "11", "TRAIN_SEQ_LEN": "2048", "TIE_EMBEDDINGS": "0", "MATRIX_LR": "0.02"}
+    cfg = build_config("baseline", ["model.num_layers=12"], environ=env)
+    assert cfg.model.num_layers == 12  # --set beats the environment
+    assert cfg.train.train_seq_len == 2048 and cfg.model.tie_embeddings is False and cfg.optim.matrix_lr == 0.02
+
+
+def test_set_accepts_reference_names_and_integral_floats():
+    cfg = build_config("baseline", ["NUM_LAYERS=10", "TRAIN_BATCH_TOKENS=7.86432e5"], environ={})
+    assert cfg.model.num_layers == 10 and cfg.train.train_batch_tokens == 786432
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("NOPE=1", "unknown config key"),
+        ("model.nope=1", "has no field"),
+        ("NUM_LAYERS=abc", "expected a int"),
+        ("TRAIN_SEQ_LEN=1.5", "expected a int"),
+        ("TIE_EMBEDDINGS=maybe", "expected a bool"),
+        ("NUM_HEADS=7", "divisible"),
+        ("novalue", "expected key=value"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(PgolfError, match=message) as info:
+        build_config("baseline", [override], environ={})
+    assert "\n" not in str(info.value)
+
+
+def test_bad_env_value_names_the_variable():
+    with pytest.raises(PgolfError, match="ITERATIONS"):
+        apply_env(Config(), {"ITERATIONS": "lots"})
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(PgolfError, match="baseline"):
+        resolve_preset("nope")
+
+
+def test_to_dict_round_trip_for_every_preset():
+    for name in PRESETS:
+        cfg = resolve_preset(name)
+        assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_toml_preset_with_base(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('base = "baseline"\n[model]\nnum_layers = 11\n[train]\ntrain_seq_len = 2048\n')
+    cfg = build_config(str(path), environ={})
+    assert cfg.model.num_layers == 11 and cfg.train.train_seq_len == 2048 and cfg.model.model_dim == 512
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(PgolfError, match="invalid TOML"):
+        build_config(str(bad), environ={})
+    with pytest.raises(PgolfError, match="not found"):
+        build_config(str(tmp_path / "missing.toml"), environ={})
