@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pgolf.data.shards import MAX_VOCAB, file_sha256, write_shard
+from pgolf.data.shards import MAX_VOCAB, file_sha256, write_bytes_atomic, write_shard
 from pgolf.errors import PgolfError
 
 BOS_ID = 1
@@ -220,10 +220,10 @@ def prepare(
     if tokenizer is None and vocab_size is None:
         raise PgolfError(f"{out_dir}: give a tokenizer or a vocab size to train one")
     files = document_files(docs)
+    if tokenizer is not None:
+        _load_checked_tokenizer(tokenizer, vocab_size)  # cheap: fail before a long pass over the docs
     num_docs = count_documents(files)
     _check_split(num_docs, val_docs, docs)
-    if tokenizer is not None:
-        _load_checked_tokenizer(tokenizer, vocab_size)  # fail before creating anything
 
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
@@ -284,7 +284,21 @@ def _tokenizer_for(tokenizer, vocab_size, files, val_docs, staging, progress) ->
     if progress:
         print(f"training a {vocab_size}-piece SentencePiece BPE on the train documents...", file=sys.stderr)
     train_docs = islice(iter_documents(files), val_docs, None)
-    return train_tokenizer(train_docs, staging / "tokenizer", vocab_size), True
+    model = train_tokenizer(train_docs, staging / "tokenizer", vocab_size)
+    _check_trained_size(model, vocab_size, files)
+    return model, True
+
+
+def _check_trained_size(model: Path, vocab_size: int, files: list[Path]) -> None:
+    """hard_vocab_limit=False lets a small corpus yield fewer pieces; a model's VOCAB_SIZE must match exactly."""
+    from pgolf.tokenizer.spm import load_tokenizer
+
+    actual = int(load_tokenizer(model).vocab_size())
+    if actual != vocab_size:
+        raise PgolfError(
+            f"{files[0]}: the train documents only yield a {actual}-piece tokenizer, not {vocab_size} "
+            "(lower --vocab-size or add text)"
+        )
 
 
 def _tokenize_with_progress(sp, files, num_docs, staging, val_docs, shard_tokens, progress) -> dict:
@@ -354,12 +368,4 @@ def build_manifest(
 
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))

@@ -29,7 +29,7 @@ def _load_state(args: argparse.Namespace):
     from pgolf.export.loading import load_weights
 
     state, info = load_weights(path)
-    return state, (info.get("meta") or {}).get("config")
+    return state, info.meta.get("config")
 
 
 def _load_safetensors_checkpoint(path: Path):

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
+from pgolf.model.params import DEFAULT_CONTROL_PATTERNS, control_tensor_patterns
 
 QUANT_FORMAT = "int8_clean_per_row_v1"
 
@@ -34,17 +35,6 @@ KIND_PER_TENSOR = "int8_per_tensor"
 KIND_PASSTHROUGH = "passthrough"
 KINDS = (KIND_PER_ROW, KIND_PER_TENSOR, KIND_PASSTHROUGH)
 
-DEFAULT_CONTROL_TENSOR_NAME_PATTERNS = (
-    "attn_scale",
-    "attn_scales",
-    "mlp_scale",
-    "mlp_scales",
-    "resid_mix",
-    "resid_mixes",
-    "q_gain",
-    "skip_weight",
-    "skip_weights",
-)
 KEEP_FLOAT_MAX_NUMEL = 65_536
 KEEP_FLOAT_STORE_DTYPE = torch.float16
 PER_ROW_SCALE_DTYPE = torch.float16
@@ -56,20 +46,10 @@ CLIP_Q = CLIP_PERCENTILE / 100.0
 _TORCH_QUANTILE_MAX_LEN = 1 << 24
 
 
-def _patterns_from_env(var: str, default: str) -> tuple[str, ...]:
-    # Same parsing as the reference: comma-separated, empty items dropped, and a variable that is
-    # set but empty means "no patterns" (not the default).
-    return tuple(p for p in os.environ.get(var, default).split(",") if p)
-
-
-def control_tensor_patterns() -> tuple[str, ...]:
-    """Name substrings of control tensors (env ``CONTROL_TENSOR_NAME_PATTERNS``), read now."""
-    return _patterns_from_env("CONTROL_TENSOR_NAME_PATTERNS", ",".join(DEFAULT_CONTROL_TENSOR_NAME_PATTERNS))
-
-
 def keep_float_fp32_patterns() -> tuple[str, ...]:
     """Name substrings kept in fp32 (env ``INT8_KEEP_FLOAT_FP32_NAME_PATTERNS``, default: control)."""
-    return _patterns_from_env("INT8_KEEP_FLOAT_FP32_NAME_PATTERNS", ",".join(control_tensor_patterns()))
+    raw = os.environ.get("INT8_KEEP_FLOAT_FP32_NAME_PATTERNS", ",".join(control_tensor_patterns()))
+    return tuple(p for p in raw.split(",") if p)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -127,7 +107,7 @@ def _passthrough_problem(e: QuantEntry) -> str | None:
     # The reference only ever re-casts floats (fp16 storage back to fp32/bf16).
     same = e.restore_dtype == e.values.dtype
     if not same and not (e.values.is_floating_point() and e.restore_dtype.is_floating_point):
-        return f"cannot restore a {dtype_name(e.values.dtype)} tensor as {dtype_name(e.restore_dtype)}"
+        return f"cannot restore {dtype_name(e.values.dtype)} storage as {dtype_name(e.restore_dtype)}"
     return None
 
 

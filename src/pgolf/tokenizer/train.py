@@ -18,10 +18,10 @@ import io
 import itertools
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from pgolf.data.shards import write_bytes_atomic
 from pgolf.errors import PgolfError
 
 MIN_VOCAB_SIZE = 261  # 4 special ids + 256 byte-fallback pieces leave no room for anything below
@@ -60,8 +60,8 @@ def train_tokenizer(text_iter_or_files: TextSource, out_prefix: str | os.PathLik
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     model_path = out_prefix.parent / f"{out_prefix.name}.model"
     vocab_path = out_prefix.parent / f"{out_prefix.name}.vocab"
-    _write_atomic(vocab_path, vocab_file_text(sp).encode("utf-8"))
-    _write_atomic(model_path, model_bytes)
+    write_bytes_atomic(vocab_path, vocab_file_text(sp).encode("utf-8"))
+    write_bytes_atomic(model_path, model_bytes)
     return model_path
 
 
@@ -134,7 +134,7 @@ class _ErrorKeepingIterator:
         self.items = items
         self.error: BaseException | None = None
 
-    def __iter__(self) -> "_ErrorKeepingIterator":
+    def __iter__(self) -> _ErrorKeepingIterator:
         return self
 
     def __next__(self) -> str:
@@ -172,15 +172,3 @@ def _sentencepiece_reason(exc: Exception) -> str:
         return "no usable sentence (all longer than SentencePiece's 4192-byte max_sentence_length?)"
     message = re.sub(r"^.*?\]\s*", "", text)
     return message or text
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from pgolf.config_cli import add_config_arguments, config_from_args
 
@@ -13,6 +14,8 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     results = train(cfg, runs_dir=args.runs_dir)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # under torchrun, rank 0 reports for all
     if args.json:
         print(json.dumps(results, sort_keys=True))
     else:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -140,6 +141,9 @@ def train_step(s: Session, scale: float, step: int) -> float:
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
     s.opts.step()
     s.opts.zero_grad()
+    if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= s.rt.world_size
     return float(total.item()) / s.grad_accum_steps
 
 
@@ -267,10 +271,12 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     size: dict = {}
     if s.rt.is_master:
         report = export_model(s.model.state_dict(), path, {"config": s.cfg.to_dict()})
-        size = report.as_dict()
+        size = dataclasses.asdict(report)
         s.run.log(report.summary())
     if s.rt.distributed:
-        dist.barrier()
+        shared = [size]
+        dist.broadcast_object_list(shared, src=0)  # every rank returns the same results
+        size = shared[0]
     _sync(s.rt)
     t0 = time.perf_counter()
     state, _ = load_weights(path)

@@ -1,0 +1,124 @@
+"""``pgolf eval`` end to end: checkpoints and reference files score the same, bad input exits 2."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from pgolf.cli import main
+from pgolf.data.shards import write_shard
+from pgolf.model.gpt import GPT
+from pgolf.presets import resolve_preset
+
+
+def tiny_state(seed: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = GPT(resolve_preset("tiny_cpu").model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture()
+def checkpoint(tmp_path) -> Path:
+    path = tmp_path / "checkpoint.safetensors"
+    save_file(tiny_state(), str(path), metadata={"pgolf_config": resolve_preset("tiny_cpu").to_json()})
+    return path
+
+
+def run_eval(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["eval", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def common(sp1024_model, val_prefix_shard) -> list[str]:
+    return ["--tokenizer", str(sp1024_model), "--val", str(val_prefix_shard), "--max-tokens", "2048", "--device", "cpu"]
+
+
+def test_json_and_token_losses(capsys, checkpoint, sp1024_model, val_prefix_shard, tmp_path):
+    out_npy = tmp_path / "losses.npy"
+    code, out, _ = run_eval(capsys, "--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
+                            "--json", "--token-losses", str(out_npy))
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["tokens"] == 2048 and result["bytes"] > 2048
+    losses = np.load(out_npy)
+    assert losses.shape == (2048,) and losses.dtype == np.float32
+    assert result["val_loss"] == pytest.approx(float(losses.astype(np.float64).mean()), rel=1e-6)
+
+
+def test_reference_final_model_pt_scores_like_the_checkpoint(capsys, checkpoint, sp1024_model, val_prefix_shard, tmp_path):
+    pt = tmp_path / "final_model.pt"
+    torch.save(tiny_state(), pt)  # exactly how the reference saves final_model.pt
+    args = [*common(sp1024_model, val_prefix_shard), "--json"]
+    _, ours, _ = run_eval(capsys, "--checkpoint", str(checkpoint), *args)
+    code, ref, _ = run_eval(capsys, "--checkpoint", str(pt), "--preset", "tiny_cpu", *args)
+    assert code == 0
+    a, b = json.loads(ours.splitlines()[-1]), json.loads(ref.splitlines()[-1])
+    assert (a["val_loss"], a["val_bpb"]) == (b["val_loss"], b["val_bpb"])
+
+
+def expect_one_line_error(capsys, args: list[str], needle: str) -> None:
+    code, _, err = run_eval(capsys, *args)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pgolf: error:") and needle in lines[0], err
+
+
+def test_missing_tokenizer(capsys, checkpoint, val_prefix_shard, tmp_path):
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), "--tokenizer", str(tmp_path / "none.model"),
+                                   "--val", str(val_prefix_shard)], "none.model")
+
+
+def test_wrong_vocab_size(capsys, checkpoint, sp1024_model, val_prefix_shard):
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
+                                   "--set", "VOCAB_SIZE=512"], "does not match VOCAB_SIZE=512")
+
+
+def test_corrupt_shard(capsys, checkpoint, sp1024_model, tmp_path):
+    bad = tmp_path / "fineweb_val_000000.bin"
+    write_shard(bad, np.arange(5000, dtype=np.uint16) % 1024)
+    with open(bad, "r+b") as f:
+        f.write(b"\x00\x00\x00\x00")  # destroy the magic
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), "--tokenizer", str(sp1024_model), "--val", str(bad)],
+                          "bad shard magic")
+
+
+def test_token_ids_beyond_vocab(capsys, checkpoint, sp1024_model, tmp_path):
+    bad = tmp_path / "fineweb_val_000000.bin"
+    write_shard(bad, np.full(5000, 2000, dtype=np.uint16))
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), "--tokenizer", str(sp1024_model), "--val", str(bad)],
+                          "token id 2000 >= vocab size 1024")
+
+
+def test_weights_that_do_not_fit_the_preset(capsys, checkpoint, sp1024_model, val_prefix_shard):
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
+                                   "--set", "NUM_LAYERS=3"], "do not fit")
+
+
+class _RunsCode:
+    marker = ""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+@pytest.mark.parametrize("wrap", [lambda b: b, lambda b: zlib.compress(b, 9)], ids=["raw", "zlib"])
+def test_code_running_pickle_is_refused_and_runs_nothing(capsys, sp1024_model, val_prefix_shard, tmp_path, wrap):
+    marker = tmp_path / "pwned"
+    payload = _RunsCode()
+    payload.marker = str(marker)
+    evil = tmp_path / "evil.ptz"
+    evil.write_bytes(wrap(pickle.dumps({"state": payload})))
+    code, _, err = run_eval(capsys, "--artifact", str(evil), "--preset", "tiny_cpu", *common(sp1024_model, val_prefix_shard))
+    assert code == 2 and "evil.ptz" in err and len(err.strip().splitlines()) == 1
+    assert not marker.exists()

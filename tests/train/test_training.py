@@ -1,0 +1,104 @@
+"""End-to-end training on the real train sample: loss goes down, runs are reproducible and
+self-describing, a golden loss curve guards against silent regressions, and 2 gloo ranks
+follow the single-process trajectory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgolf.presets import build_config
+from pgolf.train.loop import ARTIFACT_NAME, CHECKPOINT_NAME, train
+
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tiny_cpu_loss_curve.json"
+GOLDEN_STEPS = 20
+GOLDEN_TOLERANCE = 2e-3  # nats; CPU kernels differ slightly between machines, regressions move far more
+
+
+def tiny_config_overrides(shared_data: Path, steps: int, *extra: str) -> list[str]:
+    return [
+        f"DATA_PATH={shared_data / 'datasets' / 'fineweb10B_sp1024_trainsample'}",
+        f"VAL_FILES={shared_data / 'datasets' / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+        f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+        f"ITERATIONS={steps}", "VAL_MAX_TOKENS=4096", "TRAIN_LOG_EVERY=0", *extra,
+    ]
+
+
+def tiny_config(shared_data: Path, steps: int, *extra: str):
+    return build_config("tiny_cpu", tiny_config_overrides(shared_data, steps, *extra), environ={})
+
+
+def train_losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if r["event"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data, tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    results = train(tiny_config(shared_data, 40, "RUN_ID=a"), runs_dir=runs, echo=False)
+    return runs / "a", results
+
+
+def test_loss_goes_down(trained):
+    run_dir, results = trained
+    losses = train_losses(run_dir)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5
+    assert results["pre_quant"]["val_loss"] < 6.5  # ln(1024) = 6.93 at init
+
+
+def test_run_directory_is_self_describing(trained):
+    run_dir, results = trained
+    for name in ("train.log", "metrics.jsonl", "config.json", "results.json", CHECKPOINT_NAME, ARTIFACT_NAME):
+        assert (run_dir / name).is_file(), name
+    log = (run_dir / "train.log").read_text()
+    for needle in ("source_sha256:", "versions:", "device:", '"num_layers": 2', "final_roundtrip_exact"):
+        assert needle in log
+    saved = json.loads((run_dir / "results.json").read_text())
+    for key in ("pre_quant", "post_quant", "val_loss", "val_bpb", "bytes_model", "bytes_code", "bytes_total",
+                "steps", "train_time_s", "eval_time_s", "tokens_per_s", "device", "versions"):
+        assert key in saved, key
+    assert saved["bytes_model"] == (run_dir / ARTIFACT_NAME).stat().st_size
+    assert saved["bytes_total"] == saved["bytes_model"] + saved["bytes_code"]
+    assert abs(saved["post_quant"]["val_bpb"] - saved["pre_quant"]["val_bpb"]) < 0.05
+
+
+def test_same_seed_same_losses(shared_data, trained, tmp_path):
+    run_dir, _ = trained
+    train(tiny_config(shared_data, 40, "RUN_ID=b"), runs_dir=tmp_path, echo=False)
+    assert train_losses(tmp_path / "b") == train_losses(run_dir)
+
+
+def test_golden_loss_curve(shared_data, tmp_path):
+    train(tiny_config(shared_data, GOLDEN_STEPS, "RUN_ID=g"), runs_dir=tmp_path, echo=False)
+    losses = train_losses(tmp_path / "g")
+    if os.environ.get("PGOLF_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"preset": "tiny_cpu", "steps": GOLDEN_STEPS, "train_loss": losses}, indent=1) + "\n")
+    golden = json.loads(GOLDEN.read_text())["train_loss"]
+    worst = max(abs(a - b) for a, b in zip(losses, golden, strict=True))
+    assert worst < GOLDEN_TOLERANCE, f"loss curve moved by {worst:.2e} nats (PGOLF_UPDATE_GOLDEN=1 to accept)"
+
+
+def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128"]
+    train(tiny_config(shared_data, 4, "RUN_ID=single", *common), runs_dir=tmp_path, echo=False)
+    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pgolf.cli", "train", "--preset", "tiny_cpu", "--runs-dir", str(tmp_path), *sets]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    assert len(single) == len(ddp) == 4
+    assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
+    assert "world_size: 2" in (tmp_path / "ddp" / "train.log").read_text()
+    results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]
+    assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < 1e-4
+
