@@ -62,16 +62,20 @@ def build_demo_data(work: Path, vocab_size: int) -> tuple[Path, Path]:
     data_dir = work / "data"
     manifest = data_dir / "manifest.json"
     if manifest.is_file():
-        info = json.loads(manifest.read_text())
-        return data_dir, Path(info["tokenizer"]["path"])
+        return data_dir, _manifest_tokenizer(data_dir)
     work.mkdir(parents=True, exist_ok=True)
     corpus = work / "corpus.jsonl"
     with open(corpus, "w", encoding="utf-8") as f:
         for doc in stdlib_corpus():
             f.write(json.dumps({"text": doc}) + "\n")
     prepare(corpus, data_dir, vocab_size=vocab_size, val_docs=DEMO_VAL_DOCS)
-    info = json.loads(manifest.read_text())
-    return data_dir, Path(info["tokenizer"]["path"])
+    return data_dir, _manifest_tokenizer(data_dir)
+
+
+def _manifest_tokenizer(data_dir: Path) -> Path:
+    """The manifest records a trained tokenizer relative to the data folder."""
+    info = json.loads((data_dir / "manifest.json").read_text())
+    return data_dir / info["tokenizer"]["path"]
 
 
 def _demo(args: argparse.Namespace) -> int:

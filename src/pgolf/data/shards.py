@@ -67,16 +67,7 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
         raise PgolfError(f"{path}: token ids must lie in [0, {MAX_VOCAB}) to fit uint16")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[0], header[1], header[2] = SHARD_MAGIC, SHARD_VERSION, tokens.size
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(header.tobytes())
-            f.write(tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, header.tobytes() + tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
 
 
 def resolve_shards(spec: str | os.PathLike, split: str = "val") -> list[Path]:
