@@ -23,6 +23,24 @@ def shared_data() -> Path:
     return root
 
 
+@pytest.fixture()
+def run_pgolf(capsys):
+    """Run the real `pgolf` entry point (pgolf.cli.main) in-process; return (exit code, stdout, stderr).
+
+    PgolfError becomes `pgolf: error: <msg>` on stderr and exit code 2, exactly as on the command line;
+    argparse usage errors still raise SystemExit(2).
+    """
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        from pgolf.cli import main
+
+        code = main(argv)
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def sp1024_model(shared_data: Path) -> Path:
     return shared_data / "tokenizers" / "fineweb_1024_bpe.model"

@@ -3,7 +3,6 @@ and deliberately wrong rules are caught."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 
@@ -11,10 +10,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pgolf.data import cli as data_cli
 from pgolf.data.audit import audit
 from pgolf.data.shards import read_shard, write_shard
-from pgolf.errors import EXIT_USAGE, PgolfError
+from pgolf.errors import PgolfError
 from pgolf.tokenizer.luts import build_byte_table
 
 VAL_PREFIX_TOKENS = 1_040_298
@@ -162,36 +160,23 @@ def test_table_smaller_than_vocab_is_refused(sp, sp1024_model, val_prefix_shard)
         audit(sp1024_model, val_prefix_shard, table=small)
 
 
-def run_cli(argv, capsys):
-    parser = argparse.ArgumentParser(prog="pgolf")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        code = args.handler(args)
-    except PgolfError as exc:
-        print(f"pgolf: error: {exc}", file=__import__("sys").stderr)
-        code = EXIT_USAGE
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_cli_audit_json(sp1024_model, val_prefix_shard, capsys):
-    code, out, _ = run_cli(
-        ["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(val_prefix_shard), "--json"], capsys
+def test_cli_audit_json(sp1024_model, val_prefix_shard, run_pgolf):
+    code, out, _ = run_pgolf(
+        ["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(val_prefix_shard), "--json"]
     )
     report = json.loads(out)
     assert code == 0 and report["ok"] is True and report["docs"] == VAL_PREFIX_DOCS
     assert report["rule_bytes"] == report["decoded_bytes"]
 
 
-def test_cli_audit_mismatch_exits_1(sp, sp1024_model, tmp_path, capsys):
+def test_cli_audit_mismatch_exits_1(sp, sp1024_model, tmp_path, run_pgolf):
     tokens = [1] + sp.encode("bad") + [3]
     write_shard(tmp_path / "fineweb_val_000000.bin", np.array(tokens, dtype=np.uint16))
-    code, out, _ = run_cli(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)], capsys)
+    code, out, _ = run_pgolf(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)])
     assert code == 1 and "doc 0 (4 tokens): rule 3 bytes, decoded 8 bytes" in out and "FAIL" in out
 
 
-def test_cli_audit_bad_stream_exits_2_with_one_line(sp1024_model, tmp_path, capsys):
+def test_cli_audit_bad_stream_exits_2_with_one_line(sp1024_model, tmp_path, run_pgolf):
     write_shard(tmp_path / "fineweb_val_000000.bin", np.array([9, 1, 2], dtype=np.uint16))
-    code, _, err = run_cli(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)], capsys)
+    code, _, err = run_pgolf(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)])
     assert code == 2 and err.count("\n") == 1 and "not BOS=1" in err

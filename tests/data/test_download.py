@@ -9,12 +9,9 @@ and ``X-Linked-Size`` headers. Nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
 import json
 import threading
-from contextlib import redirect_stderr
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -22,7 +19,6 @@ from urllib.parse import parse_qs, unquote, urlparse
 import numpy as np
 import pytest
 
-from pgolf.data import cli as data_cli
 from pgolf.data.download import dataset_name_for_variant, download, local_path_for_remote
 from pgolf.data.shards import HEADER_BYTES, read_shard, write_shard
 from pgolf.errors import PgolfError
@@ -340,29 +336,13 @@ def test_local_paths_drop_the_remote_root(tmp_path):
         local_path_for_remote("datasets/../../etc/passwd", "datasets", tmp_path)
 
 
-def run_cli(argv: list[str]) -> tuple[int, str]:
-    from pgolf.errors import EXIT_USAGE
-
-    parser = argparse.ArgumentParser(prog="pgolf")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    err = io.StringIO()
-    with redirect_stderr(err):
-        try:
-            code = args.handler(args)
-        except PgolfError as exc:
-            print(f"pgolf: error: {exc}", file=err)
-            code = EXIT_USAGE
-    return code, err.getvalue()
-
-
-def test_cli_download_too_many_shards_exits_2_with_one_line(hub, tmp_path):
-    code, err = run_cli(["data", "download", "--train-shards", "9", "--out", str(tmp_path / "d"), "--quiet"])
+def test_cli_download_too_many_shards_exits_2_with_one_line(hub, tmp_path, run_pgolf):
+    code, _, err = run_pgolf(["data", "download", "--train-shards", "9", "--out", str(tmp_path / "d"), "--quiet"])
     assert code == 2
     assert err.count("\n") == 1 and "9 requested" in err
 
 
-def test_cli_download_succeeds(hub, tmp_path, capsys):
-    code, _ = run_cli(["data", "download", "--train-shards", "1", "--out", str(tmp_path / "d"), "--quiet"])
+def test_cli_download_succeeds(hub, tmp_path, run_pgolf):
+    code, out, _ = run_pgolf(["data", "download", "--train-shards", "1", "--out", str(tmp_path / "d"), "--quiet"])
     assert code == 0
-    assert "5 file(s) downloaded" in capsys.readouterr().out
+    assert "5 file(s) downloaded" in out

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import random
-from contextlib import redirect_stderr
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +13,9 @@ import sentencepiece as spm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgolf.data import cli as data_cli
 from pgolf.data.prepare import count_documents, document_files, iter_documents, prepare
 from pgolf.data.shards import file_sha256, read_shard
-from pgolf.errors import EXIT_USAGE, PgolfError
+from pgolf.errors import PgolfError
 
 WORDS = "the of and to in is was for on that with as by at from his her they this have had are not but".split()
 
@@ -316,22 +313,7 @@ def test_failed_training_leaves_nothing_behind(tmp_path):
 # ---- CLI --------------------------------------------------------------------------------------
 
 
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    parser = argparse.ArgumentParser(prog="pgolf")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    err = io.StringIO()
-    try:
-        code = args.handler(args)
-    except PgolfError as exc:
-        with redirect_stderr(err):
-            print(f"pgolf: error: {exc}", file=err)
-        code = EXIT_USAGE
-    captured = capsys.readouterr()
-    return code, captured.out, err.getvalue()
-
-
-def test_cli_prepare(tmp_path, capsys):
+def test_cli_prepare(tmp_path, run_pgolf):
     path = write_jsonl(tmp_path / "d.jsonl", make_docs(6))
     out = tmp_path / "out"
     argv = [
@@ -347,7 +329,7 @@ def test_cli_prepare(tmp_path, capsys):
         "2",
         "--quiet",
     ]
-    code, stdout, _ = run_cli(argv, capsys)
+    code, stdout, _ = run_pgolf(argv)
     assert code == 0 and "2 val docs" in stdout and "4 train docs" in stdout
     assert (out / "manifest.json").is_file()
 
@@ -363,12 +345,12 @@ def test_cli_prepare(tmp_path, capsys):
         ("ok.jsonl", [], "give a tokenizer or a vocab size"),
     ],
 )
-def test_cli_prepare_bad_inputs_exit_2_with_one_line(tmp_path, capsys, sp1024_model, docs, extra, problem):
+def test_cli_prepare_bad_inputs_exit_2_with_one_line(tmp_path, run_pgolf, sp1024_model, docs, extra, problem):
     (tmp_path / "bad.jsonl").write_text("{oops\n")
     write_jsonl(tmp_path / "ok.jsonl", make_docs(3))
     extra = [str(sp1024_model) if a == "SP1024" else str(tmp_path / a) if a.endswith(".model") else a for a in extra]
     argv = ["data", "prepare", "--docs", str(tmp_path / docs), "--out", str(tmp_path / "o"), "--quiet", *extra]
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_pgolf(argv)
     assert code == 2 and err.count("\n") == 1 and problem in err
 
 

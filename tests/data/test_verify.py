@@ -13,7 +13,7 @@ import sentencepiece as spm
 from pgolf.data import cli as data_cli
 from pgolf.data.shards import write_shard
 from pgolf.data.verify import verify
-from pgolf.errors import EXIT_USAGE, PgolfError
+from pgolf.errors import PgolfError
 
 
 def test_real_train_sample_with_the_official_tokenizer(train_sample_dir, sp1024_model):
@@ -101,33 +101,20 @@ def test_bad_inputs_are_one_line_errors_naming_the_file(shards, sp1024_model, pa
     assert str(shards) in message or str(sp1024_model) in message or problem.startswith("vocab size")
 
 
-def run_cli(argv, capsys):
-    parser = argparse.ArgumentParser(prog="pgolf")
-    data_cli.register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    try:
-        code = args.handler(args)
-    except PgolfError as exc:
-        print(f"pgolf: error: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize(("paths", "kwargs", "problem"), CASES)
-def test_cli_verify_bad_inputs_exit_2_with_one_stderr_line(shards, sp1024_model, capsys, paths, kwargs, problem):
+def test_cli_verify_bad_inputs_exit_2_with_one_stderr_line(shards, sp1024_model, run_pgolf, paths, kwargs, problem):
     paths, kwargs = resolve(shards, sp1024_model, paths, kwargs)
     argv = ["data", "verify", *paths]
     if "tokenizer" in kwargs:
         argv += ["--tokenizer", kwargs["tokenizer"]]
     if "vocab_size" in kwargs:
         argv += ["--vocab-size", str(kwargs["vocab_size"])]
-    code, _, err = run_cli(argv, capsys)
+    code, _, err = run_pgolf(argv)
     assert code == 2 and err.count("\n") == 1 and err.startswith("pgolf: error: ") and problem in err
 
 
-def test_cli_verify_ok(shards, capsys):
-    code, out, err = run_cli(["data", "verify", str(shards / "good.bin"), "--vocab-size", "21"], capsys)
+def test_cli_verify_ok(shards, run_pgolf):
+    code, out, err = run_pgolf(["data", "verify", str(shards / "good.bin"), "--vocab-size", "21"])
     assert code == 0 and err == ""
     assert out.splitlines() == [
         f"{shards / 'good.bin'}: 3 tokens, 1 docs, max id 20",
@@ -150,8 +137,8 @@ def test_tokenizer_without_bos_1_is_refused(tmp_path):
         verify(tmp_path / "s.bin", tokenizer=tmp_path / "odd.model", out=io.StringIO())
 
 
-def test_data_without_subcommand_prints_help_and_exits_2(capsys):
-    code, _, err = run_cli(["data"], capsys)
+def test_data_without_subcommand_prints_help_and_exits_2(run_pgolf):
+    code, _, err = run_pgolf(["data"])
     assert code == 2 and "verify" in err and "audit" in err
 
 

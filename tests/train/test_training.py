@@ -102,3 +102,18 @@ def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]
     assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < 1e-4
 
+
+
+def test_compile_warmup_is_undone(shared_data, trained, tmp_path):
+    """Warm-up steps train for real, then weights, optimizer state and loader are restored."""
+    run_dir, _ = trained
+    train(tiny_config(shared_data, 40, "RUN_ID=w", "WARMUP_STEPS=3"), runs_dir=tmp_path, echo=False)
+    assert "warmup_step:3/3" in (tmp_path / "w" / "train.log").read_text()
+    assert train_losses(tmp_path / "w") == train_losses(run_dir)
+
+
+def test_wallclock_cap_stops_the_run(shared_data, tmp_path):
+    results = train(tiny_config(shared_data, 100_000, "RUN_ID=c", "MAX_WALLCLOCK_SECONDS=2"), runs_dir=tmp_path, echo=False)
+    assert results["stopped_early"] and results["steps"] < 100_000
+    assert 2.0 <= results["train_time_s"] < 10.0
+    assert "stopping_early: wallclock_cap" in (tmp_path / "c" / "train.log").read_text()

@@ -240,7 +240,10 @@ def _log_train(s: Session, step: int, loss: float, elapsed_ms: float, scale: flo
     t = s.cfg.train
     tok_s = tokens_per_step * step / max(elapsed_ms / 1000.0, 1e-9)
     bar.update(1)
-    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tok_s:,.0f}", lr=f"{scale:.3f}", refresh=False)
+    postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}", "lr": f"{scale:.3f}"}
+    if t.max_wallclock_seconds > 0:  # the cap, not ITERATIONS, usually ends the run
+        postfix["cap_left"] = f"{max(t.max_wallclock_seconds - elapsed_ms / 1000.0, 0.0):.0f}s"
+    bar.set_postfix(postfix, refresh=False)
     s.run.metric(event="train", step=step, train_loss=loss, train_time_ms=elapsed_ms, lr_scale=scale, tokens_per_s=tok_s)
     if t.train_log_every > 0 and (step <= 10 or step % t.train_log_every == 0 or force):
         s.run.log(
