@@ -87,6 +87,7 @@ class TrainConfig:
     val_loss_every: int = _f(1000, "VAL_LOSS_EVERY", "validate every N steps; 0 only at the end")
     train_log_every: int = _f(200, "TRAIN_LOG_EVERY", "log train loss every N steps")
     compile: str = _f("auto", "PGOLF_COMPILE", "torch.compile the model: auto (on CUDA only), 1 or 0")
+    attn_backend: str = _f("auto", "PGOLF_ATTN_BACKEND", "attention kernel: auto, fa3 or sdpa")
     device: str = _f("auto", "PGOLF_DEVICE", "auto, cpu or cuda")
 
 
@@ -98,12 +99,19 @@ class EvalConfig:
 
 
 @dataclass
+class QuantConfig:
+    scheme: str = _f("int8", "PGOLF_QUANT_SCHEME", "export quantization scheme; int8 is the reference's per-row int8")
+    compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor; zlib is the reference's zlib level 9")
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
     preset: str = "custom"
 
     def to_dict(self) -> dict:
@@ -120,7 +128,7 @@ class Config:
         return self.eval.eval_seq_len or self.train.train_seq_len
 
 
-SECTIONS = ("data", "model", "optim", "train", "eval")
+SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
 
 
 def iter_fields(cfg: Config):
@@ -247,6 +255,10 @@ def validate(cfg: Config) -> None:
         raise PgolfError("TRAIN_SEQ_LEN and TRAIN_BATCH_TOKENS must be positive")
     if t.compile not in ("auto", "0", "1"):
         raise PgolfError(f"PGOLF_COMPILE={t.compile!r}: expected auto, 0 or 1")
+    if t.attn_backend not in ("auto", "fa3", "sdpa"):
+        raise PgolfError(f"PGOLF_ATTN_BACKEND={t.attn_backend!r}: expected auto, fa3 or sdpa")
+    if cfg.quant.scheme != "int8" or cfg.quant.compressor != "zlib":
+        raise PgolfError(f"quant scheme {cfg.quant.scheme!r} with {cfg.quant.compressor!r}: only int8 + zlib is available yet")
     if t.device not in ("auto", "cpu", "cuda"):
         raise PgolfError(f"PGOLF_DEVICE={t.device!r}: expected auto, cpu or cuda")
 
