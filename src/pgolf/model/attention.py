@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgolf.model import attn_backend
 from pgolf.model.layers import CastedLinear, Rotary, apply_rotary
 
 
@@ -36,7 +37,5 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q = apply_rotary(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         k = apply_rotary(k, cos, sin)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
+        y = attn_backend.causal_attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(bsz, seqlen, dim))
