@@ -1,0 +1,240 @@
+"""Measure pgolf's own training step and evaluation, on the code paths ``pgolf train`` runs.
+
+Training: :func:`pgolf.train.loop.setup` builds the session (model, compile, DDP, optimizers,
+loader), :func:`~pgolf.train.loop.compile_warmup` runs the warm-up steps and restores the initial
+state, then ``steps`` calls of the real :func:`~pgolf.train.loop.train_step` are timed end to end
+(synchronised only at both ends, as the training clock is). A second pass of ``steps`` steps splits
+each step into phases, synchronising the device around every phase: data, forward, backward,
+communication (distributed only: gradients all-reduced explicitly instead of overlapped with the
+backward, so it is the unhidden cost) and optimizer (which includes Muon's own all-reduce). The
+phase pass is slower than the timed pass by construction; its numbers are shares, not step time.
+
+Evaluation: the warm-up runs :func:`~pgolf.eval.evaluate.evaluate` twice on a prefix of the val
+tokens that has the same batch shapes as the full run (the full batch and the ragged tail), then
+the whole evaluation is timed once.
+
+Both timed runs sit inside :meth:`RecompileWatch.forbid`: a recompilation fails the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from pgolf.bench.flops import forward_flops_per_token, mfu, peak_flops, train_flops_per_token
+from pgolf.bench.recompile import RecompileWatch
+from pgolf.config import Config
+from pgolf.errors import PgolfError
+from pgolf.model.attn_backend import select_backend
+from pgolf.runtime import device_name, shutdown_runtime
+
+# The first compiled call fills the RoPE cache that the graph guards on, so the second call compiles once more.
+MIN_WARMUP_STEPS = 2
+
+
+@dataclass
+class Measurement:
+    """One side's numbers; times in milliseconds, rates per second, memory in MiB."""
+
+    mode: str
+    steps: int
+    warmup_steps: int
+    tokens: int  # tokens processed in the timed run (summed over ranks)
+    total_ms: float
+    flops_per_token: int
+    device: str
+    world_size: int
+    attn_backend: str
+    compiled: bool
+    graphs_compiled_in_warmup: int
+    recompiles_in_timed_run: int
+    peak_memory_mib: int | None
+    phases_ms_per_step: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def step_ms(self) -> float:
+        return self.total_ms / max(self.steps, 1)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / (self.total_ms / 1000.0)
+
+    def as_dict(self) -> dict:
+        peak = peak_flops(self.device)
+        return {
+            "mode": self.mode,
+            "steps": self.steps,
+            "warmup_steps": self.warmup_steps,
+            "tokens": self.tokens,
+            "total_ms": self.total_ms,
+            "step_ms": self.step_ms,
+            "tokens_per_s": self.tokens_per_s,
+            "flops_per_token": self.flops_per_token,
+            "peak_flops_per_device": peak,
+            "mfu": mfu(self.flops_per_token, self.tokens_per_s, self.world_size, peak),
+            "device": self.device,
+            "world_size": self.world_size,
+            "attn_backend": self.attn_backend,
+            "compiled": self.compiled,
+            "graphs_compiled_in_warmup": self.graphs_compiled_in_warmup,
+            "recompiles_in_timed_run": self.recompiles_in_timed_run,
+            "peak_memory_mib": self.peak_memory_mib,
+            "phases_ms_per_step": self.phases_ms_per_step,
+        }
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PhaseTimer:
+    """Wall time per named phase, with the device synchronised on entry and exit of each."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals_ms: dict[str, float] = defaultdict(float)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.totals_ms[name] += 1000.0 * (time.perf_counter() - t0)
+
+    def per_step(self, steps: int) -> dict[str, float]:
+        return {name: total / steps for name, total in self.totals_ms.items()}
+
+
+def _peak_memory_mib(device: torch.device) -> int | None:
+    return int(torch.cuda.max_memory_allocated(device) // (1024 * 1024)) if device.type == "cuda" else None
+
+
+def _reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
+    """The loop's train_step split into synchronised phases (kept in step with pgolf.train.loop.train_step)."""
+    from pgolf.eval.evaluate import autocast_for
+    from pgolf.optim.schedule import muon_momentum
+
+    t, o = s.cfg.train, s.cfg.optim
+    s.opts.zero_grad()
+    no_sync = s.step_model.no_sync() if s.rt.distributed else contextlib.nullcontext()
+    with no_sync:
+        for _ in range(s.grad_accum_steps):
+            with timer.phase("data"):
+                x, y = s.loader.next_batch(t.train_batch_tokens, t.train_seq_len, s.grad_accum_steps)
+            with timer.phase("forward"), autocast_for(s.rt.device):
+                loss = s.step_model(x, y)
+            with timer.phase("backward"):
+                (loss / s.grad_accum_steps).backward()
+    if s.rt.distributed:
+        with timer.phase("communication"):
+            for p in s.model.parameters():
+                if p.grad is not None:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                    p.grad /= s.rt.world_size
+    with timer.phase("optimizer"):
+        s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
+        s.opts.set_lr_scale(1.0)
+        if o.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
+        s.opts.step()
+        s.opts.zero_grad()
+
+
+def _setup(cfg: Config, runs_dir: Path):
+    from pgolf.train.loop import setup
+
+    _reset_peak_memory()
+    s = setup(cfg, runs_dir, echo=False)
+    backend = select_backend(cfg.train.attn_backend, s.rt.device)  # before the first (compiling) call
+    return s, backend
+
+
+def bench_train(cfg: Config, steps: int, warmup_steps: int) -> Measurement:
+    """Time ``steps`` training steps after ``warmup_steps`` restored warm-up steps."""
+    from pgolf.train.loop import compile_warmup, train_step
+
+    if steps <= 0:
+        raise PgolfError(f"--steps {steps}: must be positive")
+    cfg = cfg.copy()
+    cfg.train.warmup_steps = max(warmup_steps, MIN_WARMUP_STEPS)
+    with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
+        s, backend = _setup(cfg, Path(runs_dir))
+        try:
+            watch = RecompileWatch()
+            compile_warmup(s)
+            warm_graphs = watch.compiled
+            with watch.forbid("the timed training run"):
+                synchronize(s.rt.device)
+                t0 = time.perf_counter()
+                for step in range(steps):
+                    train_step(s, 1.0, step)
+                synchronize(s.rt.device)
+                total_ms = 1000.0 * (time.perf_counter() - t0)
+                timer = PhaseTimer(s.rt.device)
+                for step in range(steps):
+                    _phased_train_step(s, timer, steps + step)
+            return Measurement(
+                "train", steps, cfg.train.warmup_steps, cfg.train.train_batch_tokens * steps, total_ms,
+                train_flops_per_token(cfg.model, cfg.train.train_seq_len), device_name(s.rt.device),
+                s.rt.world_size, backend, s.compile, warm_graphs, watch.during_forbidden,
+                _peak_memory_mib(s.rt.device), timer.per_step(steps),
+            )
+        finally:
+            shutdown_runtime(s.rt)
+
+
+def warmup_windows(total_windows: int, batch_windows: int) -> int:
+    """Windows of a val prefix that produces every batch shape of the full run: one full batch and the tail."""
+    if total_windows <= batch_windows:
+        return total_windows
+    return batch_windows + total_windows % batch_windows
+
+
+def bench_eval(cfg: Config) -> Measurement:
+    """Time one full evaluation of the val tokens after a warm-up on a shape-complete prefix."""
+    from pgolf.eval.evaluate import evaluate
+
+    with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
+        s, backend = _setup(cfg, Path(runs_dir))
+        try:
+            seq_len, batch_tokens = cfg.eval_seq_len, cfg.eval.val_batch_size
+            tokens = s.val_tokens
+            total_windows = (tokens.shape[0] - 1) // seq_len
+            if s.rt.world_size > 1:  # ranks own uneven shares: warm up on the whole split
+                warm = tokens
+            else:
+                batch_windows = max(batch_tokens // seq_len, 1)
+                warm = tokens[: warmup_windows(total_windows, batch_windows) * seq_len + 1]
+            watch = RecompileWatch()
+            for _ in range(MIN_WARMUP_STEPS):
+                evaluate(s.step_model, warm, seq_len, s.table, batch_tokens, s.rt.device)
+            warm_graphs = watch.compiled
+            with watch.forbid("the timed evaluation"):
+                synchronize(s.rt.device)
+                t0 = time.perf_counter()
+                evaluate(s.step_model, tokens, seq_len, s.table, batch_tokens, s.rt.device)
+                synchronize(s.rt.device)
+                total_ms = 1000.0 * (time.perf_counter() - t0)
+            return Measurement(
+                "eval", 1, MIN_WARMUP_STEPS, total_windows * seq_len, total_ms,
+                forward_flops_per_token(cfg.model, seq_len), device_name(s.rt.device), s.rt.world_size,
+                backend, s.compile, warm_graphs, watch.during_forbidden, _peak_memory_mib(s.rt.device),
+                {"forward_and_scoring": total_ms},
+            )
+        finally:
+            shutdown_runtime(s.rt)

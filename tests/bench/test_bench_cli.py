@@ -1,0 +1,91 @@
+"""`pgolf bench train|eval` on CPU with tiny_cpu: the JSON's schema and sane values (never timings)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pgolf.bench.flops import forward_flops_per_token, train_flops_per_token
+from pgolf.presets import tiny_cpu
+
+MEASUREMENT_KEYS = {
+    "mode", "steps", "warmup_steps", "tokens", "total_ms", "step_ms", "tokens_per_s", "flops_per_token",
+    "peak_flops_per_device", "mfu", "device", "world_size", "attn_backend", "compiled",
+    "graphs_compiled_in_warmup", "recompiles_in_timed_run", "peak_memory_mib", "phases_ms_per_step",
+}
+REPORT_KEYS = {
+    "what", "date_utc", "preset", "git_commit", "source_sha256", "device", "world_size", "versions",
+    "flops_formula", "config", "pgolf", "reference",
+}
+
+
+def data_args(shared_data: Path) -> list[str]:
+    d = shared_data / "datasets"
+    return [
+        "--set", f"DATA_PATH={d / 'fineweb10B_sp1024_trainsample'}",
+        "--set", f"VAL_FILES={d / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+        "--set", f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+        "--set", "VAL_MAX_TOKENS=5000",  # 39 windows of 128: two batches of 16 and a tail of 7
+    ]
+
+
+def run_bench(run_pgolf, shared_data, out: Path, *args: str) -> tuple[dict, Path]:
+    code, stdout, stderr = run_pgolf(["bench", *args, "--preset", "tiny_cpu", *data_args(shared_data),
+                                      "--out-dir", str(out), "--json"])
+    assert code == 0, stderr
+    files = list(out.glob("*.json"))
+    assert len(files) == 1
+    report = json.loads(files[0].read_text())
+    assert report == json.loads(stdout.strip().splitlines()[-1])
+    return report, files[0]
+
+
+def check_common(report: dict, mode: str) -> dict:
+    assert set(report) == REPORT_KEYS
+    m = report["pgolf"]
+    assert set(m) == MEASUREMENT_KEYS
+    assert m["mode"] == mode and report["preset"] == "tiny_cpu"
+    assert report["versions"]["torch"] and len(report["source_sha256"]) == 64
+    assert report["device"].startswith("cpu") and m["world_size"] == 1
+    assert m["total_ms"] > 0 and m["step_ms"] > 0 and m["tokens_per_s"] > 0
+    assert m["tokens_per_s"] == pytest.approx(m["tokens"] / (m["total_ms"] / 1000))
+    # CPU: no peak FLOP/s to divide by and no CUDA allocator to ask
+    assert m["peak_flops_per_device"] is None and m["mfu"] is None and m["peak_memory_mib"] is None
+    assert m["attn_backend"] == "sdpa" and m["compiled"] is False
+    assert m["recompiles_in_timed_run"] == 0
+    assert report["reference"] is None
+    return m
+
+
+def test_bench_train_json(run_pgolf, shared_data, tmp_path):
+    report, path = run_bench(run_pgolf, shared_data, tmp_path, "train", "--steps", "1")
+    assert path.name.endswith("_cpu_tiny_cpu_train.json")
+    m = check_common(report, "train")
+    cfg = tiny_cpu()
+    assert m["steps"] == 1 and m["warmup_steps"] == 2  # tiny_cpu has WARMUP_STEPS=0; the bench needs 2
+    assert m["tokens"] == cfg.train.train_batch_tokens
+    assert m["flops_per_token"] == train_flops_per_token(cfg.model, cfg.train.train_seq_len)
+    assert set(m["phases_ms_per_step"]) == {"data", "forward", "backward", "optimizer"}
+    assert all(v > 0 for v in m["phases_ms_per_step"].values())
+
+
+def test_bench_eval_json(run_pgolf, shared_data, tmp_path):
+    report, path = run_bench(run_pgolf, shared_data, tmp_path, "eval")
+    assert path.name.endswith("_cpu_tiny_cpu_eval.json")
+    m = check_common(report, "eval")
+    cfg = tiny_cpu()
+    assert m["tokens"] == (5000 // 128) * 128  # every whole window of the first 5000 val tokens scored once
+    assert m["flops_per_token"] == forward_flops_per_token(cfg.model, cfg.train.train_seq_len)
+
+
+def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_path):
+    script = tmp_path / "train_gpt.py"
+    script.write_text("raise SystemExit('must not run')\n")
+    code, stdout, stderr = run_pgolf(["bench", "train", "--preset", "tiny_cpu", "--reference", str(script),
+                                      "--set", "DATA_PATH=/nonexistent", "--out-dir", str(tmp_path / "out")])
+    assert code == 2 and stdout == ""
+    assert stderr.strip().count("\n") == 0
+    assert "--reference needs a CUDA device" in stderr and "device here: cpu" in stderr
+    assert not (tmp_path / "out").exists()
