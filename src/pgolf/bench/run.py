@@ -160,7 +160,11 @@ def _setup(cfg: Config, runs_dir: Path):
 
     _reset_peak_memory()
     s = setup(cfg, runs_dir, echo=False)
-    backend = select_backend(cfg.train.attn_backend, s.rt.device)  # before the first (compiling) call
+    try:
+        backend = select_backend(cfg.train.attn_backend, s.rt.device)  # before the first (compiling) call
+    except PgolfError:
+        shutdown_runtime(s.rt)
+        raise
     return s, backend
 
 
