@@ -14,8 +14,9 @@ BOS = 1
 
 
 @pytest.fixture(autouse=True)
-def fresh_selection():
+def fresh_selection(monkeypatch):
     attn_backend.reset_backend()
+    monkeypatch.setattr(attn_backend, "_noticed", False)
     yield
     attn_backend.reset_backend()
 
@@ -106,3 +107,15 @@ def test_selection_rules_on_cpu():
 def test_segments_reject_a_flat_tensor():
     with pytest.raises(PgolfError, match="must be \\[batch, seq_len\\]"):
         segments_from_bos(torch.tensor([1, 2, 3]), BOS)
+
+
+def test_gpu_fallback_prints_one_notice_with_reason_and_cost(capsys):
+    # a CUDA device object on a machine without CUDA: FA3 cannot run, so auto falls back to SDPA
+    assert select_backend("auto", "cuda") == "sdpa"
+    assert select_backend("auto", "cuda") == "sdpa"
+    err = capsys.readouterr().err
+    assert err.count("pgolf: notice:") == 1 and err.count("\n") == 1
+    assert "not FlashAttention 3, because CUDA is not available" in err and "slower than FA3" in err
+    with pytest.raises(PgolfError, match="fa3 but FlashAttention 3 cannot run: CUDA is not available"):
+        select_backend("fa3", "cuda")
+    assert select_backend("sdpa", "cuda") == "sdpa" and capsys.readouterr().err == ""

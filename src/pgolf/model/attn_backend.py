@@ -58,7 +58,11 @@ class Segments:
 
 
 def segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
-    """Cut every row of ``input_ids`` [B, T] before each ``bos_id`` token (and at the row start)."""
+    """Cut every row of ``input_ids`` [B, T] before each ``bos_id`` token (and at the row start).
+
+    Reads ``max_seqlen`` back to the host (FA3 wants a Python int): build segments with the batch,
+    outside compiled code.
+    """
     if input_ids.ndim != 2:
         raise PgolfError(f"segments_from_bos: input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     batch, seq_len = input_ids.shape
