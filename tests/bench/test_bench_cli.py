@@ -89,3 +89,24 @@ def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_pat
     assert stderr.strip().count("\n") == 0
     assert "--reference needs a CUDA device" in stderr and "device here: cpu" in stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_bench_train_on_two_gloo_ranks_times_communication(shared_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "pgolf.cli", "bench", "train", "--preset", "tiny_cpu", "--steps", "1",
+           "--set", "GRAD_ACCUM_STEPS=0", *data_args(shared_data), "--out-dir", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = list(tmp_path.glob("*.json"))
+    assert [f.name.split("_", 1)[1] for f in files] == ["2xcpu_tiny_cpu_train.json"]  # rank 0 alone writes
+    m = json.loads(files[0].read_text())["pgolf"]
+    assert m["world_size"] == 2 and m["tokens"] == tiny_cpu().train.train_batch_tokens
+    assert set(m["phases_ms_per_step"]) == {"data", "forward", "backward", "communication", "optimizer"}
+    assert m["phases_ms_per_step"]["communication"] > 0
