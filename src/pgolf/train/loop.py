@@ -28,6 +28,7 @@ from pgolf.data.shards import load_tokens
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, evaluate, trim_to_windows
+from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum
@@ -77,6 +78,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
 
     run_id = cfg.train.run_id or _broadcast_run_id(rt)
     run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
+    select_backend(cfg.train.attn_backend, rt.device)
     model = build_model(cfg.model, rt.device)
     use_compile = _use_compile(cfg, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
@@ -109,6 +111,7 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
         "world_size": s.rt.world_size,
         "grad_accum_steps": s.grad_accum_steps,
         "compile": s.compile,
+        "attention": active_backend(),
         "versions": versions(),
         "model_params": count_parameters(s.model),
         "val_tokens": num_val_tokens,
