@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pgolf.config import Config
-from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.loader import DistributedTokenLoader, build_loader
 from pgolf.data.shards import load_tokens
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
@@ -54,7 +54,7 @@ class Session:
     model: GPT  # the plain module: state_dict, export
     step_model: nn.Module  # compiled and/or DDP-wrapped: forward/backward
     opts: Optimizers
-    loader: DistributedTokenLoader
+    loader: DistributedTokenLoader  # or a record loader with the same interface (PGOLF_LOADER)
     val_tokens: object
     table: TorchByteTable
     grad_accum_steps: int
@@ -80,7 +80,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch(rt.device)
     val = load_tokens(cfg.data.val_glob(), "val", cfg.model.vocab_size)
     val_tokens = trim_to_windows(val, cfg.eval_seq_len, cfg.eval.val_max_tokens)
-    loader = DistributedTokenLoader(cfg.data.train_glob(), rt.rank, rt.world_size, rt.device, cfg.model.vocab_size)
+    loader = _build_loader(cfg, rt)
 
     run_id = cfg.train.run_id or _broadcast_run_id(rt)
     run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
@@ -97,6 +97,12 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile)
     _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
     return session
+
+
+def _build_loader(cfg: Config, rt: Runtime):
+    t = cfg.train
+    return build_loader(t.loader, cfg.data.train_glob(), t.train_seq_len, t.seed, rt.rank, rt.world_size, rt.device,
+                        cfg.model.vocab_size)
 
 
 def _broadcast_run_id(rt: Runtime) -> str:
@@ -178,9 +184,7 @@ def compile_warmup(s: Session) -> None:
     s.opts.zero_grad()
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
-    s.loader = DistributedTokenLoader(
-        s.cfg.data.train_glob(), s.rt.rank, s.rt.world_size, s.rt.device, s.cfg.model.vocab_size
-    )
+    s.loader = _build_loader(s.cfg, s.rt)
 
 
 def validate(s: Session) -> Score:
