@@ -76,6 +76,7 @@ class OptimConfig:
     wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)")
     muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
     muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)")
+    muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer, sharded Newton-Schulz, all-gather; same update")
     embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam")
     adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam")
 

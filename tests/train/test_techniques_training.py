@@ -64,7 +64,7 @@ def test_exported_artifact_holds_the_averaged_weights(shared_data, tmp_path, mon
 def test_record_optimizer_options_train(shared_data, tmp_path):
     opts = ("MUON_WD=0.095", "WD_TAPER_START_FRAC=0.5", "WD_TAPER_FINAL_MULT=0.5", "MUON_ROW_NORMALIZE=1",
             "PGOLF_MUON_NS_SCHEDULE=polar_express", "EMBED_WD=0.085", "ADAM_WD=0.02", "WARMDOWN_FRAC=0.5",
-            "MIN_LR=0.1", "GRAD_CLIP_NORM=0.3", "PGOLF_LOADER=shuffled")
+            "MIN_LR=0.1", "GRAD_CLIP_NORM=0.3", "PGOLF_LOADER=shuffled", "PGOLF_PARALLEL_MUON=1")
     train(tiny_config(shared_data, 8, "RUN_ID=rec", *opts), runs_dir=tmp_path, echo=False)
     losses = train_losses(tmp_path / "rec")
     assert len(losses) == 8 and losses[-1] < losses[0]

@@ -20,6 +20,7 @@ from pgolf.config import OptimConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.params import is_control_tensor
 from pgolf.optim.muon import Muon
+from pgolf.optim.parallel_muon import ParallelMuon
 
 
 @dataclass
@@ -82,7 +83,8 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Opti
     matrices, scalars = split_block_params(model)
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
     opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused, cfg.embed_wd)
-    muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
+    muon_class = ParallelMuon if cfg.muon_parallel else Muon  # DDP has averaged the grads: no reduce-scatter
+    muon = muon_class(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
                 weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
