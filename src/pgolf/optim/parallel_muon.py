@@ -77,17 +77,13 @@ class ParallelMuon(Muon):
         if not any(present):
             return
         shard_size = -(-len(bank) // world)
-        grads = torch.zeros(shard_size * world, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
-        for i, p in enumerate(bank):
-            if p.grad is not None:
-                grads[i] = p.grad
-        if distributed and self.reduce_grads:
-            shard = torch.empty_like(grads[:shard_size])
-            dist.reduce_scatter_tensor(shard, grads, op=dist.ReduceOp.SUM)
-            shard /= world
-        else:
-            shard = grads[rank * shard_size : (rank + 1) * shard_size]
         owned = range(rank * shard_size, min((rank + 1) * shard_size, len(bank)))
+        if distributed and self.reduce_grads:
+            shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
+            dist.reduce_scatter_tensor(shard, self._stack_grads(bank, range(shard_size * world)), op=dist.ReduceOp.SUM)
+            shard /= world
+        else:  # gradients already identical on every rank: stack only the owned ones
+            shard = self._stack_grads(bank, owned)
         updates = torch.zeros(shard_size, *bank[0].shape, device=bank[0].device, dtype=self.ns_dtype)
         nesterov_updates = []
         for j, i in enumerate(owned):
@@ -114,6 +110,15 @@ class ParallelMuon(Muon):
             if decay != 0.0:
                 p.mul_(1.0 - decay)
             p.add_(full[i].to(dtype=p.dtype), alpha=-group["lr"])
+
+    @staticmethod
+    def _stack_grads(bank: list[Tensor], indices: range) -> Tensor:
+        """Gradients of ``bank[i]`` for i in ``indices``; zeros past the bank's end (padding) or without a grad."""
+        out = torch.zeros(len(indices), *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
+        for j, i in enumerate(indices):
+            if i < len(bank) and bank[i].grad is not None:
+                out[j] = bank[i].grad
+        return out
 
     def _nesterov(self, p: Tensor, g: Tensor, group: dict) -> Tensor:
         state = self.state[p]
