@@ -57,3 +57,15 @@ def test_swa_without_snapshots_keeps_the_weights_and_default_builds_nothing():
     assert swa.averaged_state(model) is None
     assert build_averager(0.0, False, 50, 0.5, model) is None
     assert isinstance(build_averager(0.99, False, 50, 0.5, model), EMA)
+
+
+def test_integer_buffers_are_not_averaged():
+    model = _model()
+    model.register_buffer("steps", torch.tensor(3, dtype=torch.int64))
+    ema = EMA(model, 0.5)
+    model.steps += 4
+    _perturb(model, 0)
+    ema.update(model, 1, 1.0)
+    out = ema.averaged_state(model)
+    assert out["steps"].dtype == torch.int64 and int(out["steps"]) == 7
+    assert set(out) == set(model.state_dict())

@@ -5,7 +5,8 @@
 * :class:`SWA` (R19 / R21): a uniform average of snapshots taken every SWA_EVERY steps while the
   LR scale is below SWA_START_FRAC (0.5 in R19; 0.2 is R21's "tight" SWA). Summed in fp32.
 
-Both hand back a state_dict in the model's dtypes, ready for ``load_state_dict``.
+Both average floating-point entries only (an integer buffer, e.g. a step counter, keeps its
+current value) and hand back a full state_dict in the model's dtypes, ready for ``load_state_dict``.
 """
 
 from __future__ import annotations
@@ -14,9 +15,15 @@ import torch
 from torch import Tensor, nn
 
 
+def _floats(model: nn.Module) -> dict[str, Tensor]:
+    return {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
+
+
 def _cast_like(averaged: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     current = model.state_dict()
-    return {name: t.to(dtype=current[name].dtype, device=current[name].device) for name, t in averaged.items()}
+    out = {name: t.detach().clone() for name, t in current.items() if name not in averaged}
+    out.update({name: t.to(dtype=current[name].dtype, device=current[name].device) for name, t in averaged.items()})
+    return out
 
 
 class EMA:
@@ -24,11 +31,11 @@ class EMA:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay {decay} must lie in (0, 1)")
         self.decay = decay
-        self.shadow = {name: t.detach().float().clone() for name, t in model.state_dict().items()}
+        self.shadow = {name: t.detach().float().clone() for name, t in _floats(model).items()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int, lr_scale: float) -> None:
-        for name, t in model.state_dict().items():
+        for name, t in _floats(model).items():
             self.shadow[name].mul_(self.decay).add_(t.detach().float(), alpha=1.0 - self.decay)
 
     def averaged_state(self, model: nn.Module) -> dict[str, Tensor] | None:
@@ -51,7 +58,7 @@ class SWA:
     def update(self, model: nn.Module, step: int, lr_scale: float) -> None:
         if lr_scale >= self.start_lr_scale or step % self.every != 0:
             return
-        state = model.state_dict()
+        state = _floats(model)
         if self.total is None:
             self.total = {name: t.detach().float().clone() for name, t in state.items()}
         else:
