@@ -70,7 +70,15 @@ class OptimConfig:
     beta1: float = _f(0.9, "BETA1", "Adam beta1")
     beta2: float = _f(0.95, "BETA2", "Adam beta2")
     adam_eps: float = _f(1e-8, "ADAM_EPS", "Adam epsilon")
-    grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables")
+    grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables (records: 0.3, R09)")
+    muon_wd: float = _f(0.0, "MUON_WD", "Muon decoupled weight decay, p *= 1 - lr*wd before the update (R11/R15; 0.095 in R35+)")
+    wd_taper_start_frac: float = _f(1.0, "WD_TAPER_START_FRAC", "full MUON_WD until this training fraction, then linear taper (R40: 0.70); 1 disables")
+    wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)")
+    muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
+    muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)")
+    muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer, sharded Newton-Schulz, all-gather; same update")
+    embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam")
+    adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam")
 
 
 @dataclass
@@ -79,6 +87,13 @@ class TrainConfig:
     run_id: str = _f("", "RUN_ID", "run directory name; empty means a timestamp plus a short random id")
     iterations: int = _f(20000, "ITERATIONS", "maximum optimizer steps")
     warmdown_iters: int = _f(1200, "WARMDOWN_ITERS", "linear LR warm-down length (in steps, converted to time under a cap)")
+    warmdown_frac: float = _f(0.0, "WARMDOWN_FRAC", "warm-down over this last fraction of training (time under a cap), replacing WARMDOWN_ITERS; 0 disables (R24+: 0.72-0.85)")
+    min_lr: float = _f(0.0, "MIN_LR", "floor of the LR scale during the warm-down (R43: 0.10)")
+    ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables")
+    swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
+    swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots")
+    swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)")
+    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25) or shuffled (R30)")
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)")
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks")
     train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length")
@@ -261,6 +276,40 @@ def validate(cfg: Config) -> None:
         raise PgolfError(f"quant scheme {cfg.quant.scheme!r} with {cfg.quant.compressor!r}: only int8 + zlib is available yet")
     if t.device not in ("auto", "cpu", "cuda"):
         raise PgolfError(f"PGOLF_DEVICE={t.device!r}: expected auto, cpu or cuda")
+    _validate_optim(cfg.optim)
+    _validate_train_techniques(t)
+
+
+def _validate_optim(o: "OptimConfig") -> None:
+    from pgolf.optim.muon import NS_SCHEDULES, ns_coefficients
+
+    if o.muon_ns_schedule not in NS_SCHEDULES:
+        raise PgolfError(f"PGOLF_MUON_NS_SCHEDULE={o.muon_ns_schedule!r}: expected one of {', '.join(NS_SCHEDULES)}")
+    try:
+        ns_coefficients(o.muon_ns_schedule, o.muon_backend_steps)
+    except ValueError as exc:
+        raise PgolfError(f"MUON_BACKEND_STEPS={o.muon_backend_steps}: {exc}") from None
+    for name, value in (("MUON_WD", o.muon_wd), ("EMBED_WD", o.embed_wd), ("ADAM_WD", o.adam_wd),
+                        ("WD_TAPER_FINAL_MULT", o.wd_taper_final_mult), ("GRAD_CLIP_NORM", o.grad_clip_norm)):
+        if value < 0:
+            raise PgolfError(f"{name}={value} must be >= 0")
+    if not 0.0 <= o.wd_taper_start_frac <= 1.0:
+        raise PgolfError(f"WD_TAPER_START_FRAC={o.wd_taper_start_frac} must lie in [0, 1]")
+
+
+def _validate_train_techniques(t: "TrainConfig") -> None:
+    if not 0.0 <= t.warmdown_frac <= 1.0:
+        raise PgolfError(f"WARMDOWN_FRAC={t.warmdown_frac} must lie in [0, 1]")
+    if not 0.0 <= t.min_lr <= 1.0:
+        raise PgolfError(f"MIN_LR={t.min_lr} must lie in [0, 1]")
+    if not 0.0 <= t.ema_decay < 1.0:
+        raise PgolfError(f"EMA_DECAY={t.ema_decay} must lie in [0, 1)")
+    if t.ema_decay > 0 and t.swa_enabled:
+        raise PgolfError("EMA_DECAY and SWA_ENABLED are both set: choose one weight average to export")
+    if t.swa_every <= 0:
+        raise PgolfError(f"SWA_EVERY={t.swa_every} must be positive")
+    if t.loader not in ("sequential", "coprime", "shuffled"):
+        raise PgolfError(f"PGOLF_LOADER={t.loader!r}: expected sequential, coprime or shuffled")
 
 
 def load_toml(path: Path) -> tuple[str | None, dict]:

@@ -3,6 +3,8 @@
 Each step takes one contiguous chunk of ``(local_tokens + 1) * world_size`` tokens from the shared
 stream and gives each rank its own span of it (the +1 makes the shifted targets), so 1 and 8
 GPUs see exactly the same tokens per step. No sampling, no workers: deterministic by construction.
+``state_dict()`` / ``load_state_dict()`` resume the stream where it was. :func:`build_loader` picks
+this loader or a record's random-window loader (:mod:`pgolf.data.window_loader`) by PGOLF_LOADER.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ class TokenStream:
         self.file_idx = (self.file_idx + 1) % len(self.files)
         self.tokens = self._load(self.file_idx)
         self.pos = 0
+
+    def state_dict(self) -> dict:
+        return {"file_idx": self.file_idx, "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        idx = int(state["file_idx"])
+        if not 0 <= idx < len(self.files):
+            raise PgolfError(f"loader state names shard {idx}, the data has {len(self.files)}")
+        if idx != self.file_idx:
+            self.tokens = self._load(idx)
+            self.file_idx = idx
+        self.pos = int(state["pos"])
 
     def take(self, n: int) -> np.ndarray:
         chunks = []
@@ -79,3 +93,21 @@ class DistributedTokenLoader:
         y = local[1:].reshape(-1, seq_len)
         non_blocking = self.device.type == "cuda"
         return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+
+def build_loader(kind: str, pattern: str, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
+                 device: torch.device | str = "cpu", vocab_size: int | None = None):
+    """PGOLF_LOADER: ``sequential`` (the reference), ``coprime`` (R25) or ``shuffled`` (R30)."""
+    if kind == "sequential":
+        return DistributedTokenLoader(pattern, rank, world_size, device, vocab_size)
+    from pgolf.data.window_loader import WINDOW_ORDERS, WindowLoader
+
+    if kind not in WINDOW_ORDERS:
+        raise PgolfError(f"PGOLF_LOADER={kind!r}: expected sequential, coprime or shuffled")
+    return WindowLoader(pattern, kind, seq_len, seed, rank, world_size, device, vocab_size)

@@ -6,6 +6,8 @@
 * vectors, scalars, control tensors and ``skip_weights``: Adam at SCALAR_LR.
 
 Each param group carries ``base_lr`` so the schedule can scale every LR by one multiplier.
+With EMBED_WD / ADAM_WD > 0 the Adam groups become AdamW (decoupled decay, as R21/R27); at 0 they
+stay plain Adam so the reference step is unchanged.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pgolf.config import OptimConfig
 from pgolf.model.gpt import GPT
 from pgolf.model.params import is_control_tensor
 from pgolf.optim.muon import Muon
+from pgolf.optim.parallel_muon import ParallelMuon
 
 
 @dataclass
@@ -44,6 +47,11 @@ class Optimizers:
         for group in self.muon.param_groups:
             group["momentum"] = momentum
 
+    def set_muon_wd_scale(self, scale: float) -> None:
+        """The WD taper's multiplier on MUON_WD (R40 tapers Muon's decay only)."""
+        for group in self.muon.param_groups:
+            group["wd_scale"] = scale
+
     def state_dicts(self) -> list[dict]:
         return [opt.state_dict() for opt in self.all]
 
@@ -62,23 +70,26 @@ def split_block_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch
     return matrices, scalars
 
 
-def _adam(params, lr: float, cfg: OptimConfig, fused: bool) -> torch.optim.Adam:
-    return torch.optim.Adam(
-        [{"params": params, "lr": lr, "base_lr": lr}],
-        betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused,
-    )
+def _adam(params, lr: float, cfg: OptimConfig, fused: bool, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    groups = [{"params": params, "lr": lr, "base_lr": lr}]
+    if weight_decay > 0:
+        return torch.optim.AdamW(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused,
+                                 weight_decay=weight_decay)
+    return torch.optim.Adam(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
 
 
 def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Optimizers:
     fused = next(model.parameters()).is_cuda
     matrices, scalars = split_block_params(model)
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
-    opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused)
-    muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps)
+    opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused, cfg.embed_wd)
+    muon_class = ParallelMuon if cfg.muon_parallel else Muon  # DDP has averaged the grads: no reduce-scatter
+    muon = muon_class(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
+                weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
-    opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused)
+    opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused, cfg.adam_wd)
     optimizers: list[torch.optim.Optimizer] = [opt_tok, muon, opt_scalar]
     if model.lm_head is not None:
-        optimizers.insert(1, _adam([model.lm_head.weight], cfg.head_lr, cfg, fused))
+        optimizers.insert(1, _adam([model.lm_head.weight], cfg.head_lr, cfg, fused, cfg.adam_wd))
     return Optimizers(optimizers, muon)

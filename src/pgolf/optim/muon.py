@@ -5,6 +5,15 @@ coefficients (3.4445, -4.7750, 2.0315) run in bf16 on the Frobenius-normalised u
 matrices transposed, the result scaled by ``sqrt(max(1, rows/cols))``. Under torch.distributed each
 rank orthogonalises every ``world_size``-th matrix and one all-reduce of a flat bf16 buffer shares
 the updates, so every rank applies the same step.
+
+Record options (challenge.md sec. 2.3), all off by default so the reference step is unchanged:
+
+* decoupled weight decay ``p *= 1 - lr * wd * wd_scale`` before the update (MUON_WD; R11/R15,
+  0.095 from R35 on; ``wd_scale`` carries the R40 taper, see :mod:`pgolf.optim.schedule`);
+* MuonEq-R: each row of the Nesterov update divided by its L2 norm before Newton-Schulz
+  (MUON_ROW_NORMALIZE; R28 / PR #1260, arXiv:2603.28254);
+* Polar Express: one minimax (a, b, c) per Newton-Schulz iteration instead of the fixed quintic
+  (R43 / PR #1787, coefficients from PR #1344).
 """
 
 from __future__ import annotations
@@ -15,28 +24,64 @@ from torch import Tensor
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
+# Polar Express per-iteration coefficients exactly as in R43 (PR #1787, which took them from PR #1344).
+POLAR_EXPRESS_COEFFICIENTS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 
-def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+NS_SCHEDULES = ("quintic", "polar_express")
+
+
+def ns_coefficients(schedule: str, steps: int) -> list[tuple[float, float, float]]:
+    """The (a, b, c) of each of ``steps`` iterations: the fixed quintic, or Polar Express's first ``steps``."""
+    if schedule == "quintic":
+        return [NS_COEFFICIENTS] * steps
+    if schedule == "polar_express":
+        if steps > len(POLAR_EXPRESS_COEFFICIENTS):
+            raise ValueError(f"Polar Express defines {len(POLAR_EXPRESS_COEFFICIENTS)} iterations, not {steps}")
+        return list(POLAR_EXPRESS_COEFFICIENTS[:steps])
+    raise ValueError(f"unknown Newton-Schulz schedule {schedule!r}")
+
+
+def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
+                  schedule: str = "quintic") -> Tensor:
     """Approximately orthogonalise a 2-D matrix (its singular values pushed towards 1)."""
-    a, b, c = NS_COEFFICIENTS
     X = G.to(dtype)
     X = X / (X.norm() + eps)
     transposed = G.size(0) > G.size(1)
     if transposed:
         X = X.T
-    for _ in range(steps):
+    for a, b, c in ns_coefficients(schedule, steps):
         A = X @ X.T
         B = b * A + c * A @ A
         X = a * X + B @ X
     return X.T if transposed else X
 
 
+def normalize_rows(update: Tensor, eps: float = 1e-7) -> Tensor:
+    """MuonEq-R: every row divided by its L2 norm (computed in fp32, floored at ``eps``)."""
+    norms = update.float().norm(dim=-1, keepdim=True).clamp_min(eps)
+    return update / norms.to(update.dtype)
+
+
 class Muon(torch.optim.Optimizer):
-    """Muon for 2-D parameters; ``ns_dtype`` is bf16 as the reference (float64 for exactness tests)."""
+    """Muon for 2-D parameters; ``ns_dtype`` is bf16 as the reference (float64 for exactness tests).
+
+    Per group: ``weight_decay`` (decoupled, scaled by ``wd_scale``), ``row_normalize`` (MuonEq-R)
+    and ``ns_schedule`` (``quintic`` or ``polar_express``).
+    """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int = 5, nesterov: bool = True,
-                 ns_dtype: torch.dtype = torch.bfloat16):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov))
+                 ns_dtype: torch.dtype = torch.bfloat16, weight_decay: float = 0.0, row_normalize: bool = False,
+                 ns_schedule: str = "quintic"):
+        ns_coefficients(ns_schedule, backend_steps)  # reject a bad schedule before the first step
+        defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
+                        weight_decay=weight_decay, wd_scale=1.0, row_normalize=row_normalize, ns_schedule=ns_schedule)
+        super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
         self.orthogonalize = newton_schulz
 
@@ -49,7 +94,9 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(group["momentum"]).add_(g)
         if group["nesterov"]:
             g = g.add(buf, alpha=group["momentum"])
-        update = self.orthogonalize(g, steps=group["backend_steps"], dtype=self.ns_dtype)
+        if group["row_normalize"]:
+            g = normalize_rows(g)
+        update = self.orthogonalize(g, steps=group["backend_steps"], dtype=self.ns_dtype, schedule=group["ns_schedule"])
         return update * max(1, update.size(0) / update.size(1)) ** 0.5
 
     @torch.no_grad()
@@ -73,8 +120,11 @@ class Muon(torch.optim.Optimizer):
                 offset += p.numel()
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            decay = group["lr"] * group["weight_decay"] * group["wd_scale"]
             offset = 0
             for p in params:
+                if decay != 0.0:  # skipped at 0 so the reference step stays bit-identical
+                    p.mul_(1.0 - decay)
                 p.add_(flat[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype), alpha=-group["lr"])
                 offset += p.numel()
         return loss

@@ -5,6 +5,10 @@
 * The clock runs only while training: it pauses for validation, and the run stops at the first
   step whose cumulative training time reaches ``MAX_WALLCLOCK_SECONDS`` (all ranks agree via MAX).
 * The LR warm-down is time-based under a cap (see :mod:`pgolf.optim.schedule`).
+* Per step, :func:`apply_schedules` sets every scheduled quantity (LR, Muon momentum, WD taper)
+  from the step and the training fraction: the one hook for schedule-driven switches.
+* A configured weight average (EMA or SWA) replaces the trained weights before the final
+  validation, so the checkpoint, the artifact and the score all hold the averaged weights.
 * After training: checkpoint, export the artifact, reload it from disk and score it; that
   round-trip score is the run's score.
 """
@@ -23,15 +27,17 @@ import torch.distributed as dist
 from torch import nn
 
 from pgolf.config import Config
-from pgolf.data.loader import DistributedTokenLoader
+from pgolf.data.loader import DistributedTokenLoader, build_loader
 from pgolf.data.shards import load_tokens
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, evaluate, trim_to_windows
 from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
+from pgolf.optim.averaging import build_averager
+from pgolf.optim.clip import clip_gradients
 from pgolf.optim.groups import Optimizers, build_optimizers
-from pgolf.optim.schedule import lr_scale, muon_momentum
+from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
@@ -49,12 +55,13 @@ class Session:
     model: GPT  # the plain module: state_dict, export
     step_model: nn.Module  # compiled and/or DDP-wrapped: forward/backward
     opts: Optimizers
-    loader: DistributedTokenLoader
+    loader: DistributedTokenLoader  # or a record loader with the same interface (PGOLF_LOADER)
     val_tokens: object
     table: TorchByteTable
     grad_accum_steps: int
     compile: bool
     history: list[dict] = field(default_factory=list)
+    averager: object | None = None  # EMA or SWA (pgolf.optim.averaging), built when training starts
 
 
 def _use_compile(cfg: Config, device: torch.device) -> bool:
@@ -74,7 +81,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch(rt.device)
     val = load_tokens(cfg.data.val_glob(), "val", cfg.model.vocab_size)
     val_tokens = trim_to_windows(val, cfg.eval_seq_len, cfg.eval.val_max_tokens)
-    loader = DistributedTokenLoader(cfg.data.train_glob(), rt.rank, rt.world_size, rt.device, cfg.model.vocab_size)
+    loader = _build_loader(cfg, rt)
 
     run_id = cfg.train.run_id or _broadcast_run_id(rt)
     run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
@@ -92,6 +99,12 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile)
     _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
     return session
+
+
+def _build_loader(cfg: Config, rt: Runtime):
+    t = cfg.train
+    return build_loader(t.loader, cfg.data.train_glob(), t.train_seq_len, t.seed, rt.rank, rt.world_size, rt.device,
+                        cfg.model.vocab_size)
 
 
 def _broadcast_run_id(rt: Runtime) -> str:
@@ -124,7 +137,18 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
     )
 
 
-def train_step(s: Session, scale: float, step: int) -> float:
+def apply_schedules(s: Session, step: int, scale: float, frac: float) -> None:
+    """Set everything scheduled for this step; ``frac`` is the training fraction in [0, 1].
+
+    The hook for schedule-driven switches (e.g. turning on depth recurrence at a fraction).
+    """
+    o = s.cfg.optim
+    s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
+    s.opts.set_lr_scale(scale)
+    s.opts.set_muon_wd_scale(wd_taper_scale(frac, o.wd_taper_start_frac, o.wd_taper_final_mult))
+
+
+def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
     """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean train loss."""
     t = s.cfg.train
     s.opts.zero_grad()
@@ -137,11 +161,8 @@ def train_step(s: Session, scale: float, step: int) -> float:
             loss = s.step_model(x, y)
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
-    o = s.cfg.optim
-    s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
-    s.opts.set_lr_scale(scale)
-    if o.grad_clip_norm > 0:
-        torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
+    apply_schedules(s, step, scale, frac)
+    clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
     s.opts.step()
     s.opts.zero_grad()
     if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
@@ -166,9 +187,7 @@ def compile_warmup(s: Session) -> None:
     s.opts.zero_grad()
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
-    s.loader = DistributedTokenLoader(
-        s.cfg.data.train_glob(), s.rt.rank, s.rt.world_size, s.rt.device, s.cfg.model.vocab_size
-    )
+    s.loader = _build_loader(s.cfg, s.rt)
 
 
 def validate(s: Session) -> Score:
@@ -206,6 +225,7 @@ def run_training(s: Session) -> TrainStats:
     tokens_per_step = t.train_batch_tokens
     train_ms, stop_after, step, score = 0.0, None, 0, None
     bar = _progress(s)
+    s.averager = build_averager(t.ema_decay, t.swa_enabled, t.swa_every, t.swa_start_frac, s.model)
     _sync(s.rt)
     t0 = time.perf_counter()
     while True:
@@ -213,6 +233,8 @@ def run_training(s: Session) -> TrainStats:
         if last or (t.val_loss_every > 0 and step % t.val_loss_every == 0):
             _sync(s.rt)
             train_ms += 1000.0 * (time.perf_counter() - t0)
+            if last:
+                swap_in_average(s)
             score = validate(s)
             s.run.log(
                 f"step:{step}/{t.iterations} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} "
@@ -224,11 +246,13 @@ def run_training(s: Session) -> TrainStats:
         if last:
             break
         elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
-        scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms)
-        loss = train_step(s, scale, step)
+        scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms, t.warmdown_frac, t.min_lr)
+        loss = train_step(s, scale, step, training_frac(step, elapsed, t.iterations, cap_ms))
         if not math.isfinite(loss):
             raise PgolfError(f"training diverged: train loss is {loss} at step {step + 1}")
         step += 1
+        if s.averager is not None:
+            s.averager.update(s.model, step, scale)
         elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
         _log_train(s, step, loss, elapsed, scale, tokens_per_step, bar, force=stop_after is not None)
         if stop_after is None and _reached_cap(s, elapsed, cap_ms):
@@ -237,6 +261,18 @@ def run_training(s: Session) -> TrainStats:
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
     return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score)
+
+
+def swap_in_average(s: Session) -> None:
+    """Load the EMA/SWA weights into the model (all ranks hold identical replicas, so no sync)."""
+    if s.averager is None:
+        return
+    state = s.averager.averaged_state(s.model)
+    if state is None:
+        s.run.log("weight average: no snapshot was taken; keeping the trained weights")
+        return
+    s.model.load_state_dict(state, strict=True)
+    s.run.log(f"weight average: applied {s.averager.describe()}")
 
 
 def _log_train(s: Session, step: int, loss: float, elapsed_ms: float, scale: float, tokens_per_step: int, bar, force: bool) -> None:
