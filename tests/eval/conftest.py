@@ -52,3 +52,20 @@ def trained_tiny(shared_data: Path, tmp_path_factory) -> TrainedTiny:
     tokens = load_tokens(cfg.data.val_glob(), "val", cfg.model.vocab_size)[: EVAL_TOKENS + 1]
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch()
     return TrainedTiny(model, cfg, np.ascontiguousarray(tokens), table, int(sp.bos_id()))
+
+
+def make_ttt_settings(*extra: str):
+    """Small TTT settings for the 1k-token streams of the tests."""
+    from pgolf.presets import build_config
+
+    return build_config("tiny_cpu", [
+        "TTT_CHUNK_TOKENS=512", "TTT_EPOCHS=2", "TTT_BATCH_SEQS=8", "TTT_LR=0.01", "TTT_FREEZE_BLOCKS=1",
+        "TTT_CHUNK_SIZE=64", "TTT_EVAL_SEQ_LEN=128", "TTT_BATCH_SIZE=16", "TTT_LORA_LR=0.001", "TTT_LORA_RANK=4",
+        "PHASED_TTT_PREFIX_DOCS=4", "PHASED_TTT_NUM_PHASES=2", "GLOBAL_TTT_CHUNK_TOKENS=512",
+        "GLOBAL_TTT_BATCH_SEQS=8", "GLOBAL_TTT_LR=0.01", *extra,
+    ], environ={}).eval
+
+
+@pytest.fixture(scope="session")
+def ttt_settings():
+    return make_ttt_settings

@@ -49,7 +49,7 @@ def test_document_isolated_scores_every_target(trained_tiny):
     # on the previous document, so it equals the loss of a one-token window
     bos = int(np.flatnonzero(t.val_tokens[:-1] == t.bos_id)[2])
     alone = t.model(torch.tensor([[t.bos_id]]), torch.tensor([[int(t.val_tokens[bos + 1])]]), reduction="none")
-    assert result.token_losses[bos] == pytest.approx(float(alone), abs=1e-5)
+    assert result.token_losses[bos] == pytest.approx(float(alone.detach()), abs=1e-5)
 
 
 def test_ledger_refuses_unscored_and_double_scored_targets(trained_tiny):

@@ -12,18 +12,8 @@ from pgolf.eval.sliding import evaluate_sliding, evaluate_windows, ledger_result
 from pgolf.eval.ttt import run_ttt
 from pgolf.eval.ttt.sgd import sgd_epochs, trainable_parameters, windows_by_chunk
 from pgolf.eval.windows import plan
-from pgolf.presets import build_config
 
-TTT_TOKENS = 2048
-
-
-def ttt_settings(*extra: str):
-    return build_config("tiny_cpu", [
-        "TTT_CHUNK_TOKENS=512", "TTT_EPOCHS=2", "TTT_BATCH_SEQS=8", "TTT_LR=0.01", "TTT_FREEZE_BLOCKS=1",
-        "TTT_CHUNK_SIZE=64", "TTT_EVAL_SEQ_LEN=128", "TTT_BATCH_SIZE=16", "TTT_LORA_LR=0.01", "TTT_LORA_RANK=4",
-        "PHASED_TTT_PREFIX_DOCS=4", "PHASED_TTT_NUM_PHASES=2", "GLOBAL_TTT_CHUNK_TOKENS=512",
-        "GLOBAL_TTT_BATCH_SEQS=8", "GLOBAL_TTT_LR=0.01", *extra,
-    ], environ={}).eval
+TTT_TOKENS = 1024
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +22,7 @@ def stream(trained_tiny):
 
 
 @pytest.fixture(scope="module")
-def ttt_runs(trained_tiny, stream):
+def ttt_runs(trained_tiny, stream, ttt_settings):
     t = trained_tiny
     return {kind: run_ttt(kind, t.model, stream, t.table, ttt_settings(), 128, t.bos_id) for kind in ("sgd", "lora", "phased")}
 
@@ -43,20 +33,19 @@ def test_ttt_scores_every_target_once_and_improves(trained_tiny, stream, ttt_run
     result = ttt_runs[kind]
     assert result.score.tokens == TTT_TOKENS and not np.isnan(result.token_losses).any()
     # the same context each kind scores with, without adaptation
-    baseline = evaluate_sliding(t.model, stream, 128, 64 if kind == "sgd" else 64, t.table,
+    baseline = evaluate_sliding(t.model, stream, 128, 64, t.table,
                                 bos_id=None if kind == "sgd" else t.bos_id).score
-    print(kind, result.score.val_bpb, baseline.val_bpb)
     assert result.score.val_bpb < baseline.val_bpb + 0.01
 
 
 @pytest.mark.parametrize("kind", ["sgd", "lora", "phased"])
-def test_ttt_per_token_losses_are_reproducible(trained_tiny, stream, ttt_runs, kind):
+def test_ttt_per_token_losses_are_reproducible(trained_tiny, stream, ttt_runs, kind, ttt_settings):
     t = trained_tiny
     again = run_ttt(kind, t.model, stream, t.table, ttt_settings(), 128, t.bos_id)
     assert np.array_equal(again.token_losses.view(np.uint32), ttt_runs[kind].token_losses.view(np.uint32))
 
 
-def test_ttt_leaves_the_callers_model_untouched(trained_tiny, ttt_runs):
+def test_ttt_leaves_the_callers_model_untouched(trained_tiny, ttt_settings):
     before = {k: v.clone() for k, v in trained_tiny.model.state_dict().items()}
     run_ttt("sgd", trained_tiny.model, trained_tiny.val_tokens[:600], trained_tiny.table, ttt_settings(), 128, trained_tiny.bos_id)
     assert all(torch.equal(before[k], v) for k, v in trained_tiny.model.state_dict().items())
@@ -74,7 +63,7 @@ def train_then_score_through_the_ledger(model, tokens, table, s, seq_len=128):
     return ledger_result(ledger)
 
 
-def test_ledger_raises_on_a_planted_train_before_score(trained_tiny, stream):
+def test_ledger_raises_on_a_planted_train_before_score(trained_tiny, stream, ttt_settings):
     import copy
 
     with pytest.raises(ScoreFirstViolation, match="target 0 is not scored yet"):
