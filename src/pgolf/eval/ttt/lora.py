@@ -62,10 +62,11 @@ class BatchedLoRA(nn.Module):
             self.b.append(nn.Parameter(torch.zeros(n_docs, fan_out, rank, device=device)))
         self.rows = torch.arange(n_docs, device=device)
 
-    def _hook(self, index: int):
+    def _hook(self, index: int, on_output: bool):
         def add_delta(module, inputs, output):
             a, b = self.a[index][self.rows], self.b[index][self.rows]
-            x = inputs[0]
+            # a linear layer's adapter reads its input; the head's reads the normed hidden state
+            x = output if on_output else inputs[0]
             delta = torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
             return output + delta.to(output.dtype)
 
@@ -75,7 +76,8 @@ class BatchedLoRA(nn.Module):
     def attached(self, rows: list[int]):
         """Hooks active for documents ``rows`` (batch row j uses adapter ``rows[j]``)."""
         self.rows = torch.tensor(rows, device=self.a[0].device)
-        handles = [m.register_forward_hook(self._hook(i)) for i, (m, _, _) in enumerate(self.modules_by_name.values())]
+        handles = [m.register_forward_hook(self._hook(i, name == "final_norm"))
+                   for i, (name, (m, _, _)) in enumerate(self.modules_by_name.items())]
         try:
             yield
         finally:
