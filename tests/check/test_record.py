@@ -70,6 +70,23 @@ def test_every_static_rule_fires_with_its_line():
     assert {f.line for f in scan(LEAKY, "x") if f.rule == "network"} == {2, 20}
 
 
+def test_validation_data_is_followed_through_local_names():
+    source = """def evaluate_with_ttt(model, opt, args):
+    files = sorted(glob.glob(args.val_files))
+    all_tokens = torch.cat([load(f) for f in files])
+    for doc in split_docs(all_tokens):
+        model(doc).backward()
+        opt.step()
+"""
+    found = [f for f in scan(source, "t.py") if f.rule == "val-to-optimizer"]
+    assert [f.line for f in found] == [5] and "all_tokens" in found[0].message
+
+
+def test_json_size_without_log_evidence_is_flagged(tmp_path):
+    report = check_record(make_record(tmp_path / "rec", GOOD_JSON | {"bytes_total": 15_500_000}, GOOD_LOG))
+    assert [f.rule for f in report.findings] == ["size-evidence"] and report.ok
+
+
 def test_clean_script_has_no_findings():
     assert scan(CLEAN, "train_gpt.py") == []
 
@@ -115,7 +132,7 @@ def make_record(folder: Path, submission: dict | None, log: str | None, code: st
 
 
 GOOD_JSON = {"author": "a", "github_id": "a", "name": "n", "date": "2026-04-01", "val_bpb": 1.2, "blurb": "b",
-             "val_loss": 2.0, "bytes_total": 15_000_000, "bytes_code": len(CLEAN)}
+             "val_loss": 2.0, "bytes_total": 14_999_000 + len(CLEAN), "bytes_code": len(CLEAN)}
 GOOD_LOG = (f"Serialized model: 60000000 bytes\nCode size: {len(CLEAN)} bytes\n"
             f"Serialized model int8+zlib: 14999000 bytes\nTotal submission size int8+zlib: {14_999_000 + len(CLEAN)} bytes\n")
 

@@ -106,6 +106,10 @@ def check_sizes(folder: Path, logs: list[Path], data: dict, report: RecordReport
     total = data.get("bytes_total")
     if isinstance(total, int) and total > SIZE_CAP:
         report.add("submission.json", 0, "size-cap", "error", f"bytes_total {total:,} is over the {SIZE_CAP:,} cap")
+    logged_totals = {s["total"] for s in per_log.values() if "total" in s}
+    if isinstance(total, int) and logged_totals and total not in logged_totals:
+        report.add("submission.json", 0, "size-evidence", "review",
+                   f"bytes_total {total:,} matches no log's stated total ({', '.join(f'{t:,}' for t in sorted(logged_totals))})")
     if not isinstance(total, int) and not any("total" in s for s in per_log.values()):
         report.add("(folder)", 0, "size-cap", "review", "no stated artifact size in submission.json or the logs")
     script = folder / "train_gpt.py"

@@ -100,38 +100,61 @@ def _is_update(node: ast.AST) -> bool:
     return False
 
 
-def _val_data_outside_scoring(node: ast.AST) -> list[str]:
-    """Validation-data names used in ``node`` other than as arguments of a scoring call (eval_val(...))."""
-    names: list[str] = []
+def _names_outside_scoring(node: ast.AST) -> set[str]:
+    """Names read in ``node`` other than inside a scoring call (passing val data to eval_val is evaluation)."""
+    names: set[str] = set()
 
     def visit(n: ast.AST) -> None:
         if isinstance(n, ast.Call) and SCORING_CALL.search(_dotted(n.func).rsplit(".", 1)[-1]):
-            return  # passing val data to a scorer is evaluation, not training
-        if isinstance(n, ast.Name) and VAL_DATA.search(n.id):
-            names.append(n.id)
-        elif isinstance(n, ast.Attribute) and VAL_DATA.search(n.attr):
-            names.append(n.attr)
+            return
+        if isinstance(n, ast.Name):
+            names.add(n.id)
+        elif isinstance(n, ast.Attribute):
+            names.add(n.attr)
         for child in ast.iter_child_nodes(n):
             visit(child)
 
     visit(node)
-    return sorted(set(names))
+    return names
+
+
+def _assigned(target: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+
+
+def _val_tainted(fn: ast.AST) -> set[str]:
+    """Local names whose value is derived from validation data (e.g. ``all_tokens = load(args.val_files)``)."""
+    tainted: set[str] = set()
+    for _ in range(3):  # a few rounds of propagation through later assignments
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value is not None:
+                sources, targets = node.value, (node.targets if isinstance(node, ast.Assign) else [node.target])
+            elif isinstance(node, (ast.For, ast.comprehension)):
+                sources, targets = node.iter, [node.target]
+            else:
+                continue
+            if any(VAL_DATA.search(n) or n in tainted for n in _names_outside_scoring(sources)):
+                for t in targets:
+                    tainted |= _assigned(t)
+    return tainted
 
 
 def _val_to_optimizer(tree: ast.Module, file: str) -> list[Finding]:
     """Loops that update weights while reading validation data (outside scoring calls)."""
-    found, seen = [], set()
+    found = []
     for fn in _functions(tree):
+        tainted = _val_tainted(fn)
         for loop in ast.walk(fn):
             if not isinstance(loop, (ast.For, ast.While)) or not any(_is_update(n) for n in ast.walk(loop)):
                 continue
-            names = _val_data_outside_scoring(loop)
-            if names and fn.name not in seen:
-                seen.add(fn.name)
+            names = sorted((n for n in _names_outside_scoring(loop) if VAL_DATA.search(n) or n in tainted),
+                           key=lambda n: (not VAL_DATA.search(n), n.startswith("_"), n))  # direct val names first
+            if names:
                 line = next(n.lineno for n in ast.walk(loop) if _is_update(n))
                 found.append(Finding(file, line, "val-to-optimizer", "review",
                                      f"{fn.name}() updates weights in a loop over {', '.join(names[:3])}: test-time "
                                      "training, legal only if every update follows scoring (run `pgolf check flip`)"))
+                break
     return found
 
 
