@@ -23,6 +23,7 @@ VERB_MODULES = (
     "pgolf.train.cli",
     "pgolf.eval.cli",
     "pgolf.bench.cli",
+    "pgolf.check.cli",
     "pgolf.demo",
 )
 

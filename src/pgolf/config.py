@@ -111,6 +111,30 @@ class EvalConfig:
     val_batch_size: int = _f(524_288, "VAL_BATCH_SIZE", "validation tokens per batch, summed over ranks")
     eval_seq_len: int = _f(0, "EVAL_SEQ_LEN", "evaluation window length; 0 means TRAIN_SEQ_LEN")
     val_max_tokens: int = _f(0, "VAL_MAX_TOKENS", "score only the first N val tokens (quick checks); 0 means all")
+    eval_stride: int = _f(0, "EVAL_STRIDE", "sliding-window stride for `pgolf eval`; 0 means standard windows only")
+    doc_isolated: bool = _f(False, "PGOLF_EVAL_DOC_ISOLATED", "sliding/TTT context restarts at every BOS")
+    ttt: str = _f("", "PGOLF_TTT", "score-first test-time training: '' (off), sgd, lora or phased")
+    ttt_lr: float = _f(0.002, "TTT_LR", "sgd TTT: SGD learning rate (cosine-decayed over chunks)")
+    ttt_epochs: int = _f(3, "TTT_EPOCHS", "sgd TTT: epochs over each already-scored chunk")
+    ttt_chunk_tokens: int = _f(32_768, "TTT_CHUNK_TOKENS", "sgd TTT: targets per chunk (score chunk, then train on it)")
+    ttt_freeze_blocks: int = _f(2, "TTT_FREEZE_BLOCKS", "sgd TTT: the first k blocks stay frozen")
+    ttt_momentum: float = _f(0.9, "TTT_MOMENTUM", "sgd TTT: SGD momentum")
+    ttt_batch_seqs: int = _f(32, "TTT_BATCH_SEQS", "sgd TTT: sequences per training batch")
+    ttt_grad_clip: float = _f(1.0, "TTT_GRAD_CLIP", "sgd TTT: grad-norm clip; 0 disables")
+    ttt_lora_rank: int = _f(8, "TTT_LORA_RANK", "lora/phased TTT: LoRA rank")
+    ttt_lora_lr: float = _f(0.01, "TTT_LORA_LR", "lora/phased TTT: Adam learning rate")
+    ttt_lora_targets: str = _f("q,v,head", "PGOLF_TTT_LORA_TARGETS", "lora/phased TTT: adapted modules among q, v, head")
+    ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)")
+    ttt_eval_seq_len: int = _f(1024, "TTT_EVAL_SEQ_LEN", "lora/phased TTT: context window inside a document")
+    ttt_batch_size: int = _f(64, "TTT_BATCH_SIZE", "lora/phased TTT: documents adapted side by side")
+    phased_ttt_prefix_docs: int = _f(2000, "PHASED_TTT_PREFIX_DOCS", "phased TTT: documents scored before the last global SGD pause")
+    phased_ttt_num_phases: int = _f(1, "PHASED_TTT_NUM_PHASES", "phased TTT: global SGD pauses spread over the prefix")
+    global_ttt_lr: float = _f(0.001, "GLOBAL_TTT_LR", "phased TTT: global SGD learning rate")
+    global_ttt_momentum: float = _f(0.9, "GLOBAL_TTT_MOMENTUM", "phased TTT: global SGD momentum")
+    global_ttt_epochs: int = _f(1, "GLOBAL_TTT_EPOCHS", "phased TTT: epochs over all documents scored so far")
+    global_ttt_chunk_tokens: int = _f(32_768, "GLOBAL_TTT_CHUNK_TOKENS", "phased TTT: tokens per global SGD chunk (cosine LR over chunks)")
+    global_ttt_batch_seqs: int = _f(32, "GLOBAL_TTT_BATCH_SEQS", "phased TTT: sequences per global SGD batch")
+    global_ttt_grad_clip: float = _f(1.0, "GLOBAL_TTT_GRAD_CLIP", "phased TTT: grad-norm clip; 0 disables")
 
 
 @dataclass
@@ -278,6 +302,7 @@ def validate(cfg: Config) -> None:
         raise PgolfError(f"PGOLF_DEVICE={t.device!r}: expected auto, cpu or cuda")
     _validate_optim(cfg.optim)
     _validate_train_techniques(t)
+    _validate_eval(cfg.eval)
 
 
 def _validate_optim(o: "OptimConfig") -> None:
@@ -310,6 +335,25 @@ def _validate_train_techniques(t: "TrainConfig") -> None:
         raise PgolfError(f"SWA_EVERY={t.swa_every} must be positive")
     if t.loader not in ("sequential", "coprime", "shuffled"):
         raise PgolfError(f"PGOLF_LOADER={t.loader!r}: expected sequential, coprime or shuffled")
+
+
+def _validate_eval(e: "EvalConfig") -> None:
+    if e.eval_stride < 0:
+        raise PgolfError(f"EVAL_STRIDE={e.eval_stride} must be >= 0")
+    if e.ttt not in ("", "sgd", "lora", "phased"):
+        raise PgolfError(f"PGOLF_TTT={e.ttt!r}: expected '', sgd, lora or phased")
+    bad = set(filter(None, e.ttt_lora_targets.split(","))) - {"q", "v", "head"}
+    if bad or not e.ttt_lora_targets.strip(","):
+        raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={e.ttt_lora_targets!r}: expected a comma list of q, v, head")
+    positive = {"TTT_EPOCHS": e.ttt_epochs, "TTT_CHUNK_TOKENS": e.ttt_chunk_tokens, "TTT_BATCH_SEQS": e.ttt_batch_seqs,
+                "TTT_LORA_RANK": e.ttt_lora_rank, "TTT_CHUNK_SIZE": e.ttt_chunk_size, "TTT_EVAL_SEQ_LEN": e.ttt_eval_seq_len,
+                "TTT_BATCH_SIZE": e.ttt_batch_size, "PHASED_TTT_NUM_PHASES": e.phased_ttt_num_phases,
+                "GLOBAL_TTT_CHUNK_TOKENS": e.global_ttt_chunk_tokens, "GLOBAL_TTT_BATCH_SEQS": e.global_ttt_batch_seqs}
+    for name, value in positive.items():
+        if value <= 0:
+            raise PgolfError(f"{name}={value} must be positive")
+    if e.ttt_freeze_blocks < 0 or e.global_ttt_epochs < 0 or e.phased_ttt_prefix_docs < 0:
+        raise PgolfError("TTT_FREEZE_BLOCKS, GLOBAL_TTT_EPOCHS and PHASED_TTT_PREFIX_DOCS must be >= 0")
 
 
 def load_toml(path: Path) -> tuple[str | None, dict]:

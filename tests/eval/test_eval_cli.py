@@ -122,3 +122,26 @@ def test_code_running_pickle_is_refused_and_runs_nothing(capsys, sp1024_model, v
     code, _, err = run_eval(capsys, "--artifact", str(evil), "--preset", "tiny_cpu", *common(sp1024_model, val_prefix_shard))
     assert code == 2 and "evil.ptz" in err and len(err.strip().splitlines()) == 1
     assert not marker.exists()
+
+
+def test_every_phase_is_scored_and_timed(capsys, checkpoint, sp1024_model, val_prefix_shard):
+    code, out, _ = run_eval(capsys, "--checkpoint", str(checkpoint), "--tokenizer", str(sp1024_model), "--val",
+                            str(val_prefix_shard), "--max-tokens", "512", "--device", "cpu", "--json",
+                            "--sliding", "64", "--doc-isolated", "--ttt", "sgd",
+                            "--set", "TTT_CHUNK_TOKENS=256", "--set", "TTT_EPOCHS=1", "--set", "TTT_BATCH_SEQS=4")
+    assert code == 0
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["phases"]) == {"standard", "sliding", "ttt"} and result["final_phase"] == "ttt"
+    for phase in result["phases"].values():
+        assert phase["tokens"] == 512
+    assert result["phases"]["sliding"]["stride"] == 64 and result["phases"]["sliding"]["doc_isolated"]
+    assert result["val_bpb"] == result["phases"]["ttt"]["val_bpb"]
+    timing = result["timing"]
+    assert set(timing["phase_s"]) == {"read_weights", "load_data", "build_model", "standard", "sliding", "ttt"}
+    assert sum(timing["phase_s"].values()) <= timing["total_s"] == result["eval_time_s"]
+    assert timing["within_limit"] is None and "CPU" in timing["note"]
+
+
+def test_stride_longer_than_the_window_is_refused(capsys, checkpoint, sp1024_model, val_prefix_shard):
+    expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
+                                   "--sliding", "4096"], "stride must not exceed")

@@ -1,5 +1,10 @@
 """``pgolf eval``: score an artifact or a checkpoint on validation shards with the exact val_bpb.
 
+Phases, each reported with its score: standard non-overlapping windows (always), sliding windows
+(``--sliding STRIDE``, optionally ``--doc-isolated``), score-first TTT (``--ttt sgd|lora|phased``).
+The final number is the last phase's. ``--json`` adds the wall time of every phase, from reading
+the weights to the final number, compared with the 600 s evaluation limit (see pgolf.eval.timing).
+
 Accepted weights: a pgolf artifact (``model.pgolf``, carries its config), a pgolf checkpoint
 (``checkpoint.safetensors``, carries its config), or the reference's ``final_model.pt`` /
 ``final_model.int8.ptz`` (read with ``torch.load(weights_only=True)``; give ``--preset``).
@@ -11,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from pgolf.config_cli import add_config_arguments
@@ -62,40 +66,115 @@ def _resolve_config(args: argparse.Namespace, embedded: dict | None):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import numpy as np
+    from pgolf.eval.timing import PhaseTimer, limit_comparison
+    from pgolf.runtime import device_name, pick_device
 
-    from pgolf.data.shards import load_tokens
-    from pgolf.eval.evaluate import evaluate, trim_to_windows
-    from pgolf.model.gpt import build_model
-    from pgolf.runtime import pick_device
-    from pgolf.tokenizer.luts import build_byte_table
-    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
-
-    t0 = time.perf_counter()
+    device = pick_device(args.device)
+    timer = PhaseTimer(device)
     args.preset_given = args.preset is not None
     args.preset = args.preset or "baseline"
-    state, embedded = _load_state(args)
+    with timer.phase("read_weights"):
+        state, embedded = _load_state(args)
     cfg = _resolve_config(args, embedded)
-    tokenizer = args.tokenizer or cfg.data.tokenizer_path
-    sp = load_tokenizer(tokenizer)
-    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
-    device = pick_device(args.device)
-    seq_len = args.seq_len or cfg.eval_seq_len
-    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
-    model = build_model(cfg.model, device)
-    _load_into(model, state, args)
-    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
-    result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses))
-    out = {**result.score.as_dict(), "seq_len": seq_len, "preset": cfg.preset, "device": str(device),
-           "weights": str(args.artifact or args.checkpoint), "eval_time_s": time.perf_counter() - t0}
+    _apply_eval_flags(cfg, args)
+    with timer.phase("load_data"):
+        sp, tokens, table, seq_len = _load_eval_data(args, cfg, device)
+    with timer.phase("build_model"):
+        model = _build(cfg, state, args, device)
+    phases = _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer)
+    final_name, final = list(phases.items())[-1]
+    total = timer.total()
+    gpus = torch_cuda_count() if device.type == "cuda" else 0
+    out = {**final["score"], "final_phase": final_name, "seq_len": seq_len, "preset": cfg.preset, "device": str(device),
+           "weights": str(args.artifact or args.checkpoint), "eval_time_s": total,
+           "phases": {name: {**p["score"], **{k: v for k, v in p.items() if k != "score"}} for name, p in phases.items()},
+           "timing": {"total_s": total, "phase_s": timer.phases,
+                      **limit_comparison(total, device, gpus, device_name(device) if device.type == "cuda" else None)}}
     if args.token_losses:
-        _save_npy(Path(args.token_losses), result.token_losses.astype(np.float32))
+        _save_npy(Path(args.token_losses), final["losses"])
         out["token_losses"] = args.token_losses
+    for p in out["phases"].values():
+        p.pop("losses", None)
     if args.json:
         print(json.dumps(out, sort_keys=True))
     else:
-        print(f"val_loss {out['val_loss']:.8f}  val_bpb {out['val_bpb']:.8f}  ({out['tokens']:,} tokens, {out['bytes']:,} bytes)")
+        for name, p in phases.items():
+            s = p["score"]
+            print(f"{name:<9} val_loss {s['val_loss']:.8f}  val_bpb {s['val_bpb']:.8f}  ({s['tokens']:,} tokens, {s['bytes']:,} bytes)")
+        print(f"eval time {total:.1f} s: " + ", ".join(f"{k} {v:.1f}" for k, v in timer.phases.items()))
     return 0
+
+
+def torch_cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _apply_eval_flags(cfg, args: argparse.Namespace) -> None:
+    from pgolf.config import validate
+
+    if args.sliding is not None:
+        cfg.eval.eval_stride = args.sliding
+    if args.doc_isolated:
+        cfg.eval.doc_isolated = True
+    if args.ttt:
+        cfg.eval.ttt = args.ttt
+    validate(cfg)
+
+
+def _load_eval_data(args: argparse.Namespace, cfg, device):
+    from pgolf.data.shards import load_tokens
+    from pgolf.eval.evaluate import trim_to_windows
+    from pgolf.tokenizer.luts import build_byte_table
+    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+
+    tokenizer = args.tokenizer or cfg.data.tokenizer_path
+    sp = load_tokenizer(tokenizer)
+    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
+    seq_len = args.seq_len or cfg.eval_seq_len
+    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    return sp, tokens, build_byte_table(sp, cfg.model.vocab_size).to_torch(device), seq_len
+
+
+def _build(cfg, state, args, device):
+    from pgolf.model.gpt import build_model
+
+    model = build_model(cfg.model, device)
+    _load_into(model, state, args)
+    return model
+
+
+def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> dict:
+    """Standard evaluation, then sliding (EVAL_STRIDE) and TTT (PGOLF_TTT) when asked; all on one stream."""
+    import numpy as np
+
+    from pgolf.errors import PgolfError
+    from pgolf.eval.evaluate import evaluate
+    from pgolf.eval.sliding import evaluate_sliding
+    from pgolf.eval.ttt import run_ttt
+
+    e = cfg.eval
+    bos = int(sp.bos_id())
+    if e.eval_stride > seq_len:
+        raise PgolfError(f"--sliding {e.eval_stride}: the stride must not exceed the window length {seq_len}")
+    phases: dict = {}
+    with timer.phase("standard"):
+        result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses))
+    phases["standard"] = {"score": result.score.as_dict(), "losses": result.token_losses}
+    if e.eval_stride or e.doc_isolated:
+        stride = e.eval_stride or seq_len
+        with timer.phase("sliding"):
+            r = evaluate_sliding(model, tokens, seq_len, stride, table, args.batch_tokens, device, bos if e.doc_isolated else None)
+        phases["sliding"] = {"score": r.score.as_dict(), "losses": r.token_losses, "stride": stride, "doc_isolated": e.doc_isolated}
+    if e.ttt:
+        with timer.phase("ttt"):
+            r = run_ttt(e.ttt, model, tokens, table, e, seq_len, bos, device, cfg.train.seed)
+        phases["ttt"] = {"score": r.score.as_dict(), "losses": r.token_losses, "kind": e.ttt}
+    for p in phases.values():
+        if p["losses"] is not None:
+            p["losses"] = np.asarray(p["losses"], dtype=np.float32)
+    return phases
 
 
 def _load_into(model, state: dict, args: argparse.Namespace) -> None:
@@ -149,5 +228,8 @@ def register(subparsers) -> None:
     parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     parser.add_argument("--token-losses", metavar="OUT.npy", help="save the per-target loss in nats (float32, stream order)")
+    parser.add_argument("--sliding", type=int, metavar="STRIDE", help="also score with sliding windows of this stride (EVAL_STRIDE)")
+    parser.add_argument("--doc-isolated", action="store_true", help="sliding/TTT context restarts at every BOS")
+    parser.add_argument("--ttt", choices=("sgd", "lora", "phased"), help="also score with score-first TTT (settings: TTT_* via --set)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
     parser.set_defaults(handler=_eval)

@@ -1,0 +1,127 @@
+"""``pgolf check``: compliance checks a reviewer can rerun.
+
+* ``pgolf check flip``: perturb tokens at random positions of the evaluated stream and verify that
+  every per-token loss scored before the perturbed token could be seen is bit-identical, for
+  standard, sliding and the three score-first TTT kinds (C1 causality, C3 score-before-update).
+* ``pgolf check normalization``: the model's distribution sums to 1 over the vocabulary at sampled
+  positions and each charged loss is ``-log p(target)`` (C2).
+* ``pgolf check record DIR``: required files, submission.json fields, size under the cap, and
+  static findings with file and line (self-extracting scripts decoded, never executed).
+
+Exit code 0 when every check passes, 1 when one fails, 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pgolf.config_cli import add_config_arguments
+
+
+def _model_and_data(args: argparse.Namespace):
+    from pgolf.eval import cli as eval_cli
+    from pgolf.runtime import pick_device
+
+    device = pick_device(args.device)
+    args.preset_given = args.preset is not None
+    args.preset = args.preset or "baseline"
+    state, embedded = eval_cli._load_state(args)
+    cfg = eval_cli._resolve_config(args, embedded)
+    args.sliding, args.doc_isolated, args.ttt = None, args.doc_isolated, None
+    eval_cli._apply_eval_flags(cfg, args)
+    sp, tokens, table, seq_len = eval_cli._load_eval_data(args, cfg, device)
+    model = eval_cli._build(cfg, state, args, device)
+    model.eval()
+    return cfg, sp, tokens, table, seq_len, model, device
+
+
+def _flip(args: argparse.Namespace) -> int:
+    from pgolf.check.flip import MODES, evaluator_for, flip_check, pick_flips
+
+    cfg, sp, tokens, table, seq_len, model, device = _model_and_data(args)
+    modes = MODES if args.mode == "all" else (args.mode,)
+    flips = pick_flips(tokens, args.flips, cfg.model.vocab_size, int(sp.bos_id()), args.seed)
+    reports = []
+    for mode in modes:
+        evaluate = evaluator_for(mode, model, table, cfg.eval, seq_len, int(sp.bos_id()), device,
+                                 args.batch_tokens, args.stride or cfg.eval.eval_stride or 64, cfg.train.seed)
+        report = flip_check(evaluate, tokens, mode, flips)
+        reports.append(report.as_dict())
+        if not args.json:
+            verdict = "PASS" if report.ok else "FAIL"
+            detail = ", ".join(f"p={o.position}: {o.changed}/{o.protected} changed" for o in report.outcomes)
+            print(f"flip {mode:<8} {verdict}  ({detail})")
+    ok = all(r["ok"] for r in reports)
+    if args.json:
+        print(json.dumps({"ok": ok, "reports": reports}, sort_keys=True))
+    return 0 if ok else 1
+
+
+def _normalization(args: argparse.Namespace) -> int:
+    from pgolf.check.normalization import normalization_check
+
+    args.doc_isolated = False
+    cfg, sp, tokens, table, seq_len, model, device = _model_and_data(args)
+    report = normalization_check(model, tokens, seq_len, args.samples, args.seed, device=device)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
+    else:
+        verdict = "PASS" if report.ok else "FAIL"
+        print(f"normalization {verdict}: max |sum p - 1| = {report.max_sum_error:.2e}, "
+              f"max |loss + log p(target)| = {report.max_loss_error:.2e} over {report.positions} positions")
+    return 0 if report.ok else 1
+
+
+def _record(args: argparse.Namespace) -> int:
+    from pgolf.check.record import check_record
+
+    reports = [check_record(p) for p in args.paths]
+    if args.json:
+        print(json.dumps([r.as_dict() for r in reports], sort_keys=True))
+    else:
+        for r in reports:
+            print(f"{'PASS' if r.ok else 'FAIL'} {r.path}")
+            for key, value in r.facts.items():
+                print(f"  {key}: {json.dumps(value, sort_keys=True)}")
+            for f in r.findings:
+                print(f"  [{f.severity}] {f.file}:{f.line} {f.rule}: {f.message}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    weights = parser.add_mutually_exclusive_group(required=True)
+    weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
+    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
+    add_config_arguments(parser, default_preset=None)
+    parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
+    parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
+    parser.add_argument("--seq-len", type=int, default=0, help="window length (default: the config's eval/train length)")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="evaluate only the first N val tokens (default: 8192)")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run (default: cpu, for bit-identity)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the sampled positions")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("check", help="compliance checks: flip, normalization, record",
+                                   description=sys.modules[__name__].__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="check", metavar="CHECK", required=True)
+    flip = sub.add_parser("flip", help="perturb tokens; earlier per-token losses must stay bit-identical")
+    _add_weights_arguments(flip)
+    flip.add_argument("--mode", default="all", choices=("all", "standard", "sliding", "sgd", "lora", "phased"))
+    flip.add_argument("--flips", type=int, default=3, help="perturbed positions (default: 3)")
+    flip.add_argument("--stride", type=int, default=0, help="sliding stride (default: EVAL_STRIDE, else 64)")
+    flip.add_argument("--doc-isolated", action="store_true", help="sliding/TTT restart context at every BOS")
+    flip.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")
+    flip.set_defaults(handler=_flip)
+    norm = sub.add_parser("normalization", help="softmax sums to 1 and losses are -log p(target)")
+    _add_weights_arguments(norm)
+    norm.add_argument("--samples", type=int, default=256, help="sampled positions (default: 256)")
+    norm.set_defaults(handler=_normalization)
+    rec = sub.add_parser("record", help="compliance report for records folders or train_gpt.py files")
+    rec.add_argument("paths", nargs="+", help="records folders or .py files")
+    rec.add_argument("--json", action="store_true", help="print one JSON list")
+    rec.set_defaults(handler=_record)

@@ -1,0 +1,86 @@
+"""The score-first ledger: the one place evaluation and test-time training get tokens from.
+
+Every evaluator scores through :meth:`ScoreLedger.record` and every adapter (test-time training)
+gets its training tokens from :meth:`ScoreLedger.training_tokens`, which raises
+:class:`ScoreFirstViolation` if any target in the span is not scored yet (rule C3 of issue #1017:
+train only on validation tokens already evaluated). Recording a target twice raises too (C4: one
+left-to-right pass, no rescoring). Scores accumulate in :class:`pgolf.eval.bpb.BpbAccumulator`.
+
+The ledger also keeps, per target, its loss and the scoring step (one step per ``record`` call),
+which is what the flip check (:mod:`pgolf.check.flip`) compares between two runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pgolf.errors import PgolfError
+from pgolf.eval.bpb import BpbAccumulator, Score
+from pgolf.tokenizer.luts import TorchByteTable
+
+
+class ScoreFirstViolation(PgolfError):
+    """An adapter asked for tokens that were not scored yet, or a target was scored twice."""
+
+
+class ScoreLedger:
+    def __init__(self, tokens: np.ndarray, table: TorchByteTable, device: torch.device | str = "cpu"):
+        self._tokens = torch.from_numpy(np.ascontiguousarray(tokens).astype(np.int64))
+        self.device = torch.device(device)
+        self.n_targets = int(tokens.shape[0]) - 1
+        self.scored = np.zeros(self.n_targets, dtype=np.bool_)
+        self.losses = np.full(self.n_targets, np.nan, dtype=np.float32)
+        self.step_of = np.full(self.n_targets, -1, dtype=np.int64)
+        self.steps = 0
+        self.acc = BpbAccumulator(table, device)
+
+    # -- scoring side ---------------------------------------------------------------------------
+    def inputs(self, start: int, end: int) -> torch.Tensor:
+        """Input tokens ``[start, end)`` for scoring (causal context: reading it is always legal)."""
+        return self._tokens[start:end]
+
+    def targets(self, start: int, end: int) -> torch.Tensor:
+        """Target tokens of targets ``[start, end)``; only the scorer may ask for them."""
+        return self._tokens[start + 1 : end + 1]
+
+    def record(self, target_idx: torch.Tensor | np.ndarray, losses: torch.Tensor) -> None:
+        """Score targets ``target_idx`` (1-D, distinct) with per-target losses in nats."""
+        idx = torch.as_tensor(target_idx, dtype=torch.int64).reshape(-1).cpu()
+        losses = losses.detach().reshape(-1)
+        if idx.numel() != losses.numel():
+            raise ValueError(f"{idx.numel()} targets but {losses.numel()} losses")
+        idx_np = idx.numpy()
+        if self.scored[idx_np].any() or np.unique(idx_np).size != idx_np.size:
+            first = int(idx_np[self.scored[idx_np]][0]) if self.scored[idx_np].any() else int(idx_np[0])
+            raise ScoreFirstViolation(f"target {first} scored twice (one left-to-right pass only)")
+        self.scored[idx_np] = True
+        self.losses[idx_np] = losses.float().cpu().numpy()
+        self.step_of[idx_np] = self.steps
+        self.steps += 1
+        dev = losses.device
+        self.acc.add(losses, self._tokens[idx].to(dev), self._tokens[idx + 1].to(dev))
+
+    # -- adapter side ---------------------------------------------------------------------------
+    def check_scored(self, start: int, end: int) -> None:
+        span = self.scored[start:end]
+        if start < 0 or end > self.n_targets or start >= end:
+            raise ScoreFirstViolation(f"training span [{start}, {end}) is outside the stream of {self.n_targets} targets")
+        if not span.all():
+            first = start + int(np.argmin(span))
+            raise ScoreFirstViolation(
+                f"adapter asked for targets [{start}, {end}) but target {first} is not scored yet (score before update)"
+            )
+
+    def training_tokens(self, start: int, end: int) -> torch.Tensor:
+        """Tokens ``[start, end]`` (inputs and targets of targets ``[start, end)``), all already scored."""
+        self.check_scored(start, end)
+        return self._tokens[start : end + 1].clone()
+
+    # -- result ---------------------------------------------------------------------------------
+    def result(self) -> Score:
+        missing = int((~self.scored).sum())
+        if missing:
+            first = int(np.argmin(self.scored))
+            raise PgolfError(f"evaluation left {missing} of {self.n_targets} targets unscored (first: {first})")
+        return self.acc.result()

@@ -1,0 +1,159 @@
+"""Per-document LoRA TTT, many documents side by side, attached with forward hooks.
+
+Documents are the BOS-delimited segments of the stream. A batch of ``TTT_BATCH_SIZE`` documents
+gets one rank-``TTT_LORA_RANK`` adapter per document and per target module (``A[doc, r, in]``
+random, ``B[doc, out, r]`` zero, so every adapter starts as the identity):
+
+* ``q`` / ``v``: a hook on ``blocks.i.attn.c_q`` / ``c_v`` adds ``x A^T B^T`` to the projection;
+* ``head``: a hook on ``final_norm`` adds ``h A^T B^T`` to the hidden state the tied head reads, so
+  the head's effective weight becomes ``W (I + B A)`` (a rank-r update on its input side; this
+  needs no change to the model's logits code and works for tied and untied heads alike).
+
+Each document is cut into chunks of ``TTT_CHUNK_SIZE`` targets. Step k scores chunk k of every
+document still running (context: up to ``TTT_EVAL_SEQ_LEN`` inputs of the same document), then,
+for documents with a chunk k+1, takes one Adam step on the loss of chunk k, whose tokens the
+ledger hands out because they were just scored. Adapters are per document (the loss is a sum of
+per-document means and Adam is elementwise), so documents never influence each other.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from torch import nn
+
+from pgolf.config import EvalConfig
+from pgolf.eval.evaluate import autocast_for
+from pgolf.eval.ledger import ScoreLedger
+from pgolf.eval.sliding import LedgerResult, ledger_result, score_windows, scored_positions
+from pgolf.eval.windows import Window, segments
+from pgolf.tokenizer.luts import TorchByteTable
+
+
+def target_modules(model: nn.Module, targets: str) -> dict[str, tuple[nn.Module, int, int]]:
+    """name -> (module to hook, in features, out features) for the requested LoRA targets."""
+    wanted = set(filter(None, targets.split(",")))
+    found: dict[str, tuple[nn.Module, int, int]] = {}
+    for i, block in enumerate(model.blocks):
+        for key, attr in (("q", "c_q"), ("v", "c_v")):
+            if key in wanted:
+                lin = getattr(block.attn, attr)
+                found[f"blocks.{i}.attn.{attr}"] = (lin, lin.in_features, lin.out_features)
+    if "head" in wanted:
+        dim = model.tok_emb.weight.shape[1]
+        found["final_norm"] = (model.final_norm, dim, dim)
+    return found
+
+
+class BatchedLoRA(nn.Module):
+    """Independent low-rank adapters for ``n_docs`` documents on the hooked modules."""
+
+    def __init__(self, model: nn.Module, n_docs: int, rank: int, targets: str, generator: torch.Generator, device):
+        super().__init__()
+        self.modules_by_name = target_modules(model, targets)
+        self.a = nn.ParameterList()
+        self.b = nn.ParameterList()
+        for _, fan_in, fan_out in self.modules_by_name.values():
+            a = torch.randn(n_docs, rank, fan_in, generator=generator) / math.sqrt(fan_in)
+            self.a.append(nn.Parameter(a.to(device)))
+            self.b.append(nn.Parameter(torch.zeros(n_docs, fan_out, rank, device=device)))
+        self.rows = torch.arange(n_docs, device=device)
+
+    def _hook(self, index: int, on_output: bool):
+        def add_delta(module, inputs, output):
+            a, b = self.a[index][self.rows], self.b[index][self.rows]
+            # a linear layer's adapter reads its input; the head's reads the normed hidden state
+            x = output if on_output else inputs[0]
+            delta = torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
+            return output + delta.to(output.dtype)
+
+        return add_delta
+
+    @contextmanager
+    def attached(self, rows: list[int]):
+        """Hooks active for documents ``rows`` (batch row j uses adapter ``rows[j]``)."""
+        self.rows = torch.tensor(rows, device=self.a[0].device)
+        handles = [m.register_forward_hook(self._hook(i, name == "final_norm"))
+                   for i, (name, (m, _, _)) in enumerate(self.modules_by_name.items())]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+
+def chunk_window(doc: tuple[int, int], k: int, chunk: int, context: int) -> Window | None:
+    """Window scoring chunk ``k`` of ``doc`` with up to ``context`` inputs of that document."""
+    a, b = doc
+    first = a + k * chunk
+    if first >= b:
+        return None
+    end = min(first + chunk, b)
+    return Window(max(a, end - context), end, first)
+
+
+def stacked_training_batch(ledger: ScoreLedger, windows: list[Window], device):
+    """Inputs/targets of already-scored windows, only ever taken from the ledger's training side."""
+    longest = max(w.length for w in windows)
+    x = torch.zeros(len(windows), longest, dtype=torch.int64)
+    y = torch.zeros(len(windows), longest, dtype=torch.int64)
+    for row, w in enumerate(windows):
+        toks = ledger.training_tokens(w.start, w.end)
+        x[row, : w.length], y[row, : w.length] = toks[:-1], toks[1:]
+    return x.to(device), y.to(device)
+
+
+def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], device) -> torch.Tensor:
+    """Sum over documents of the mean loss on each one's scored chunk."""
+    x, y = stacked_training_batch(ledger, windows, device)
+    with autocast_for(device):
+        losses = model(x, y, reduction="none").float()
+    rows, cols, _ = scored_positions(windows, device)
+    counts = torch.tensor([w.scored for w in windows], device=device, dtype=torch.float32)
+    return (losses[rows, cols] / counts[rows]).sum()
+
+
+def adapt_documents(
+    model: nn.Module, ledger: ScoreLedger, docs: list[tuple[int, int]], s: EvalConfig, device, generator: torch.Generator
+) -> None:
+    """Score every target of ``docs`` chunk by chunk with per-document LoRA adapted in between."""
+    lora = BatchedLoRA(model, len(docs), s.ttt_lora_rank, s.ttt_lora_targets, generator, device)
+    optimizer = torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=(0.9, 0.999))
+    context = max(s.ttt_eval_seq_len, s.ttt_chunk_size)
+    k = 0
+    while True:
+        windows = {i: w for i, d in enumerate(docs) if (w := chunk_window(d, k, s.ttt_chunk_size, context))}
+        if not windows:
+            return
+        rows = sorted(windows)
+        with torch.no_grad(), lora.attached(rows):
+            score_windows(model, ledger, [windows[i] for i in rows], device)
+        learners = [i for i in rows if chunk_window(docs[i], k + 1, s.ttt_chunk_size, context)]
+        if learners:  # a document's last chunk is never trained on: nothing of it is left to score
+            optimizer.zero_grad(set_to_none=True)
+            with lora.attached(learners):
+                chunk_loss(model, ledger, [windows[i] for i in learners], device).backward()
+            optimizer.step()
+        k += 1
+
+
+def document_batches(docs: list[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int]]]:
+    return [docs[i : i + batch_size] for i in range(0, len(docs), batch_size)]
+
+
+def evaluate_lora_ttt(
+    model: nn.Module, tokens: np.ndarray, table: TorchByteTable, s: EvalConfig, bos_id: int, device, seed: int
+) -> LedgerResult:
+    """Per-document LoRA TTT over every document; batches hold documents of similar length."""
+    ledger = ScoreLedger(tokens, table, device)
+    generator = torch.Generator().manual_seed(seed)
+    docs = sorted(segments(tokens, bos_id), key=lambda d: (d[0] - d[1], d[0]))  # longest first, padding stays small
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    for batch in document_batches(docs, s.ttt_batch_size):
+        adapt_documents(model, ledger, batch, s, device, generator)
+    return ledger_result(ledger)
