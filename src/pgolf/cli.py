@@ -24,6 +24,7 @@ VERB_MODULES = (
     "pgolf.eval.cli",
     "pgolf.demo",
     "pgolf.bundle.cli",
+    "pgolf.submit.cli",
 )
 
 
