@@ -25,6 +25,7 @@ VERB_MODULES = (
     "pgolf.demo",
     "pgolf.bundle.cli",
     "pgolf.submit.cli",
+    "pgolf.runs.cli",
 )
 
 
