@@ -25,7 +25,7 @@ VERB_MODULES = (
     "pgolf.demo",
     "pgolf.bundle.cli",
     "pgolf.submit.cli",
-    "pgolf.runs.cli",
+    "pgolf.experiments.cli",
 )
 
 

@@ -23,7 +23,7 @@ from statistics import fmean, stdev
 from pgolf.config import from_dict
 from pgolf.errors import PgolfError
 from pgolf.export.artifact import SIZE_CAP_BYTES
-from pgolf.runs.read import IDENTITY_FIELDS, LOG, Run, config_differences, load_run
+from pgolf.experiments.read import IDENTITY_FIELDS, LOG, Run, config_differences, load_run
 
 TRACKS = ("10min_16mb", "non_record_16mb")
 BASE_REQUIREMENTS = ("numpy", "torch", "sentencepiece", "safetensors", "tqdm")

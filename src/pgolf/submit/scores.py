@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
-from pgolf.runs.read import load_run
+from pgolf.experiments.read import load_run
 
 
 @dataclass(frozen=True)

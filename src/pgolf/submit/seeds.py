@@ -15,7 +15,7 @@ from pathlib import Path
 from statistics import fmean, stdev
 
 from pgolf.errors import PgolfError
-from pgolf.runs.read import Run, load_run
+from pgolf.experiments.read import Run, load_run
 from pgolf.train.rundir import new_run_id
 
 
