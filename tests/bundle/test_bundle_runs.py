@@ -111,7 +111,8 @@ def test_baseline_bundle_is_small_and_readable_copy_is_the_same_program(tmp_path
     assert dict(report.candidates)[report.codec] == report.bytes_wrapped == min(dict(report.candidates).values())
     readable = (tmp_path / "train_gpt_readable.py").read_text()
     assert "import pgolf" not in readable and "from pgolf" not in readable
-    assert "'num_layers': 9" in readable and 'if __name__ == "__main__":' in readable or "if __name__ == '__main__':" in readable
+    assert "'num_layers': 9" in readable
+    assert 'if __name__ == "__main__":' in readable or "if __name__ == '__main__':" in readable
     compile(readable, "train_gpt_readable.py", "exec")
     assert "pgolf.bundle.cli" not in report.modules and "pgolf.cli" not in report.modules
 
