@@ -25,6 +25,9 @@ VERB_MODULES = (
     "pgolf.bench.cli",
     "pgolf.check.cli",
     "pgolf.demo",
+    "pgolf.bundle.cli",
+    "pgolf.submit.cli",
+    "pgolf.experiments.cli",
 )
 
 

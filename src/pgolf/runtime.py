@@ -80,22 +80,25 @@ def seed_everything(seed: int) -> None:
 
 
 def package_source_files() -> list[Path]:
-    root = Path(__file__).resolve().parent
-    return sorted(root.rglob("*.py"))
+    # A bundled train_gpt.py names itself in PGOLF_CODE_FILES: it, not its folder, is the code.
+    named = [Path(p).resolve() for p in os.environ.get("PGOLF_CODE_FILES", "").split(os.pathsep) if p]
+    return sorted(named) if named else sorted(Path(__file__).resolve().parent.rglob("*.py"))
 
 
 def source_hash() -> str:
     """sha256 over the package's .py files (relative path and content), the code identity of a run."""
+    files = package_source_files()
     root = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for path in package_source_files():
-        h.update(str(path.relative_to(root)).encode())
+    for path in files:
+        h.update(str(path.relative_to(root) if path.is_relative_to(root) else path.name).encode())
         h.update(path.read_bytes())
     return h.hexdigest()
 
 
 def git_commit() -> str | None:
-    root = Path(__file__).resolve().parents[2]
+    parents = Path(__file__).resolve().parents
+    root = parents[min(2, len(parents) - 1)]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):

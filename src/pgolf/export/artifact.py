@@ -3,7 +3,10 @@
 The challenge caps code bytes + compressed model bytes at 16,000,000 (decimal) bytes.
 
 * ``bytes_model`` is the exact on-disk size of the artifact file (``os.path.getsize``).
-* ``bytes_code`` is, until a bundler exists, the UTF-8 size of the source of every ``pgolf``
+* ``bytes_code`` is the size of the shipped single-file bundle when one is named, either with
+  ``files=`` or with the ``PGOLF_CODE_FILES`` environment variable (``os.pathsep``-separated; a
+  bundled ``train_gpt.py`` sets it to itself, and ``pgolf train`` honours it too). Otherwise it is
+  the UTF-8 size of the source of every ``pgolf``
   module imported in this process (``sys.modules``: the package ``__init__`` files included,
   CLI modules included when loaded, so the count errs on the high side). Each file is read as
   text and re-encoded, exactly as the reference counts its own script. :func:`code_files` lists
@@ -32,6 +35,7 @@ from pgolf.quant.int8 import quantize_state_dict
 
 SIZE_CAP_BYTES = 16_000_000
 PACKAGE = "pgolf"
+CODE_FILES_ENV = "PGOLF_CODE_FILES"
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,12 @@ class SizeReport:
             f"artifact {self.bytes_total:,} bytes = model {self.bytes_model:,} + code {self.bytes_code:,} "
             f"({self.code_source}); {state} the {SIZE_CAP_BYTES:,}-byte cap"
         )
+
+
+def bundle_files() -> tuple[Path, ...] | None:
+    """The shipped code files named by ``PGOLF_CODE_FILES``, or None when it is unset."""
+    named = os.environ.get(CODE_FILES_ENV, "")
+    return tuple(Path(p) for p in named.split(os.pathsep) if p) or None
 
 
 def code_files() -> tuple[Path, ...]:
@@ -102,10 +112,15 @@ def size_report(
     path = Path(artifact_path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
-    paths = code_files() if files is None else tuple(Path(f) for f in files)
-    source = (
-        f"{len(paths)} pgolf module files imported" if files is None else f"{len(paths)} given code files"
-    )
+    bundle = bundle_files() if files is None else None
+    if bundle is not None:
+        paths, source = bundle, f"bundle {', '.join(p.name for p in bundle)}"
+    elif files is None:
+        paths = code_files()
+        source = f"{len(paths)} pgolf module files imported"
+    else:
+        paths = tuple(Path(f) for f in files)
+        source = f"{len(paths)} given code files"
     return make_size_report(
         os.path.getsize(path), count_code_bytes(paths), source, (_display_name(p) for p in paths)
     )

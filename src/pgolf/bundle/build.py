@@ -1,0 +1,94 @@
+"""``build_bundle``: the package, for one resolved configuration, as one ``train_gpt.py``.
+
+Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write the resolved config
+into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`), minify and wrap
+(:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgolf.bundle.graph import Module, collect
+from pgolf.bundle.inline import inline
+from pgolf.bundle.wrap import minify, wrap
+from pgolf.config import Config
+from pgolf.errors import PgolfError
+
+ENTRY = "pgolf.bundle.entry"
+FROZEN_NAME = "FROZEN_CONFIG"
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    path: str
+    readable_path: str
+    modules: tuple[str, ...]
+    codec: str
+    bytes_raw: int  # the inlined, readable source
+    bytes_minified: int
+    bytes_wrapped: int  # the shipped file: these are the submission's code bytes
+    candidates: tuple[tuple[str, int], ...] = ()  # wrapped bytes per codec tried
+
+    def summary(self) -> str:
+        return (
+            f"{self.path}: {self.bytes_wrapped:,} bytes ({self.codec} + base85 of {self.bytes_minified:,} minified bytes; "
+            f"readable {self.bytes_raw:,} bytes in {self.readable_path}); {len(self.modules)} modules"
+        )
+
+
+def freeze_config(entry: Module, cfg: Config) -> None:
+    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal."""
+    literal = ast.parse(repr(cfg.to_dict()), mode="eval").body
+    for node in entry.tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == FROZEN_NAME for t in targets):
+            node.value = literal
+            return
+    raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
+
+
+def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True) -> tuple[str, tuple[str, ...]]:
+    """The readable single-file source for ``cfg`` and the modules it contains."""
+    from pgolf import __version__
+
+    modules = collect(entry)
+    freeze_config(modules[-1], cfg)
+    header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
+    return inline(modules, header, tree_shake), tuple(m.name for m in modules)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def readable_path_for(path: Path) -> Path:
+    return path.with_name(f"{path.stem}_readable{path.suffix}")
+
+
+def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, tree_shake: bool = True) -> BundleReport:
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise PgolfError(f"{out}: folder {out.parent} does not exist")
+    source, modules = bundle_source(cfg, entry, tree_shake)
+    compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
+    small = minify(source)
+    wrapped = wrap(small)
+    readable = readable_path_for(out)
+    _write_atomic(readable, source)
+    _write_atomic(out, wrapped.script)
+    return BundleReport(
+        str(out), str(readable), modules, wrapped.codec,
+        len(source.encode()), len(small.encode()), len(wrapped.script.encode()), wrapped.sizes,
+    )

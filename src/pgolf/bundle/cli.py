@@ -1,0 +1,41 @@
+"""``pgolf bundle``: write one self-contained ``train_gpt.py`` for a preset (+ ``--set``) configuration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from pgolf.config_cli import add_config_arguments, config_from_args
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pgolf.bundle.build import build_bundle
+
+    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), sort_keys=True))
+        return 0
+    print(report.summary())
+    tried = ", ".join(f"{codec} {size:,}" for codec, size in report.candidates)
+    print(f"code bytes: raw {report.bytes_raw:,} -> minified {report.bytes_minified:,} -> wrapped {report.bytes_wrapped:,} ({tried})")
+    if report.codec == "brotli":
+        print("note: the script imports brotli, so it must be installed where it runs (add it to requirements.txt)")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bundle", help="write a single-file train_gpt.py for one configuration",
+        description="Inline the pgolf modules a training run needs (found from the import graph) into one script with "
+        "the resolved config frozen in (the reference env vars still override it), minify it and wrap it as a "
+        "self-extracting lzma or brotli + base85 file, whichever is smaller. Writes a readable copy beside it. "
+        "Run it with `python train_gpt.py` or `torchrun --standalone --nproc_per_node=N train_gpt.py`; "
+        "its size is the submission's code bytes.",
+    )
+    add_config_arguments(parser)
+    parser.add_argument("-o", "--output", default="train_gpt.py", help="output script (default: train_gpt.py)")
+    parser.add_argument("--no-shake", action="store_true", help="keep top-level definitions nothing reaches")
+    parser.add_argument("--json", action="store_true", help="print the size report as JSON")
+    parser.set_defaults(handler=_bundle)

@@ -1,0 +1,88 @@
+"""Tree shaking: drop top-level definitions that nothing the bundle runs can reach.
+
+Works on the inlined modules, where every global name is unique. Roots are the statements that
+run for effect: any statement that binds no global name (the entry's ``__main__`` block, a
+registry update such as ``TABLE[key] = fn``), and any statement that calls a bundle function while
+the module executes (a registering decorator, ``X = register(...)``, a call in a class body).
+From the roots, every global name a kept statement mentions (anywhere inside it: bodies,
+annotations, defaults) keeps every statement that binds that name. Imports are always kept.
+Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
+"""
+
+from __future__ import annotations
+
+import ast
+
+from pgolf.bundle.names import top_level_definitions
+
+_DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
+
+
+def _names_loaded(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _module_time_nodes(stmt: ast.stmt):
+    """Sub-nodes evaluated when the statement runs at import time (function bodies excluded)."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        yield from stmt.decorator_list
+        yield from stmt.args.defaults
+        yield from (d for d in stmt.args.kw_defaults if d is not None)
+        return
+    if isinstance(stmt, ast.ClassDef):
+        yield from stmt.decorator_list
+        yield from stmt.bases
+        yield from (k.value for k in stmt.keywords)
+        for inner in stmt.body:
+            yield from _module_time_nodes(inner)
+        return
+    yield stmt
+
+
+def _calls_bundle_function(stmt: ast.stmt, bundle_names: set[str]) -> bool:
+    for part in _module_time_nodes(stmt):
+        for node in ast.walk(part):
+            if isinstance(node, ast.Call) and _names_loaded(node.func) & bundle_names:
+                return True
+    return False
+
+
+def uses_dynamic_lookup(bodies: list[list[ast.stmt]]) -> bool:
+    for body in bodies:
+        for stmt in body:
+            for node in ast.walk(stmt):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC_LOOKUPS:
+                    return True
+                if isinstance(node, ast.Subscript) and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.slice)):
+                    return True  # sys.modules[__name__]: the module looks itself up
+    return False
+
+
+def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
+    """The same bodies without unreachable top-level definitions (order kept)."""
+    if uses_dynamic_lookup(bodies):
+        return bodies
+    stmts = [(i, s) for i, body in enumerate(bodies) for s in body]
+    binds = [set(top_level_definitions([s])) for _, s in stmts]
+    bundle_names = set().union(*binds) if binds else set()
+    binders: dict[str, list[int]] = {}
+    for k, names in enumerate(binds):
+        for name in names:
+            binders.setdefault(name, []).append(k)
+    keep = set()
+    pending = [
+        k for k, (_, s) in enumerate(stmts)
+        if not binds[k] or isinstance(s, (ast.Import, ast.ImportFrom)) or _calls_bundle_function(s, bundle_names)
+    ]
+    while pending:
+        k = pending.pop()
+        if k in keep:
+            continue
+        keep.add(k)
+        for name in _names_loaded(stmts[k][1]) & bundle_names:
+            pending.extend(binders[name])
+    out: list[list[ast.stmt]] = [[] for _ in bodies]
+    for k, (i, s) in enumerate(stmts):
+        if k in keep:
+            out[i].append(s)
+    return out

@@ -1,0 +1,63 @@
+"""Minify a bundle and wrap it as a self-extracting script: base85 of lzma or brotli, the smaller.
+
+Minification (python-minifier) keeps asserts, debug branches, global names and class attribute
+annotations (dataclasses need them) and renames only locals, which it does without changing
+meaning; docstrings go. The wrapper ``exec``s the decompressed source in its own globals, so
+``__name__ == "__main__"`` and ``__file__`` are the shipped script's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import lzma
+from dataclasses import dataclass
+
+from pgolf.errors import PgolfError
+
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+
+def minify(source: str) -> str:
+    import python_minifier
+
+    try:
+        return python_minifier.minify(
+            source, remove_literal_statements=True, rename_locals=True, rename_globals=False,
+            remove_asserts=False, remove_debug=False, hoist_literals=False,
+        )
+    except Exception as exc:  # the minifier reports unsupported syntax with assorted exception types
+        raise PgolfError(f"python-minifier failed on the bundle ({type(exc).__name__}: {exc})") from None
+
+
+def _lzma_script(data: bytes) -> str:
+    blob = base64.b85encode(lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)).decode()
+    return (
+        "import lzma as L,base64 as B\n"
+        f'exec(L.decompress(B.b85decode("{blob}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n'
+    )
+
+
+def _brotli_script(data: bytes) -> str:
+    import brotli
+
+    blob = base64.b85encode(brotli.compress(data, quality=11, lgwin=24)).decode()
+    return f'import brotli as R,base64 as B\nexec(R.decompress(B.b85decode("{blob}")))\n'
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    script: str
+    codec: str  # "lzma" or "brotli"
+    sizes: tuple[tuple[str, int], ...] = ()  # every candidate's bytes, for the report
+
+
+def wrap(source: str) -> Wrapped:
+    """The smaller self-extracting script (brotli only when installed: the script then needs it too)."""
+    data = source.encode("utf-8")
+    candidates = [Wrapped(_lzma_script(data), "lzma")]
+    if importlib.util.find_spec("brotli") is not None:
+        candidates.append(Wrapped(_brotli_script(data), "brotli"))
+    sizes = tuple((w.codec, len(w.script.encode("utf-8"))) for w in candidates)
+    best = min(candidates, key=lambda w: len(w.script.encode("utf-8")))
+    return Wrapped(best.script, best.codec, sizes)

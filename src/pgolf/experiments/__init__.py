@@ -1,0 +1,1 @@
+"""Experiments: reading finished run directories, the runs index, reports and sweeps."""

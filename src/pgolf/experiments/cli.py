@@ -1,0 +1,130 @@
+"""``pgolf runs list|show|compare`` and ``pgolf report``: look back at finished runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+LIST_COLUMNS = ("run_id", "preset", "seed", "val_bpb", "pre_quant_val_bpb", "bytes_total", "steps", "step_avg_ms", "sweep")
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.5f}" if abs(value) < 100 else f"{value:.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    cells = [tuple(_fmt(v) for v in row) for row in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from pgolf.experiments.index import rows
+
+    found = rows(args.runs_dir, args.sort, args.sweep)
+    print_table(LIST_COLUMNS, [tuple(str(r[c]) if c == "seed" else r[c] for c in LIST_COLUMNS) for r in found])
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from pgolf.experiments.index import resolve
+
+    run = resolve(args.runs_dir, args.run)
+    print(json.dumps({"run_dir": str(run.path), "results": run.results, "config": run.config}, indent=2, sort_keys=True))
+    return 0
+
+
+COMPARE_RESULTS = ("val_bpb", "val_loss", "quant_gap_bpb", "bytes_model", "bytes_code", "bytes_total", "steps",
+                   "step_avg_ms", "train_time_s", "eval_time_s", "tokens_per_s", "device", "world_size")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pgolf.experiments.index import resolve
+    from pgolf.experiments.read import flatten_config
+
+    runs = [resolve(args.runs_dir, name) for name in args.runs]
+    flats = [flatten_config(r.config) for r in runs]
+    keys = sorted({k for f in flats for k in f})
+    differing = [k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1]
+    header = ("",) + tuple(r.run_id for r in runs)
+    print("config differences" + ("" if differing else ": none"))
+    if differing:
+        print_table(header, [(k, *(f.get(k) for f in flats)) for k in differing])
+    print("\nresults")
+    print_table(header, [(k, *(r.results.get(k) for r in runs)) for k in COMPARE_RESULTS])
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from pgolf.experiments.index import resolve
+    from pgolf.experiments.report import write_report
+
+    runs = [resolve(args.runs_dir, name) for name in args.runs]
+    for path in write_report(runs, args.output):
+        print(path)
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pgolf.errors import PgolfError
+    from pgolf.experiments.sweep import best, combinations, parse_grid, run_sweep
+
+    if not args.grid:
+        raise PgolfError("sweep: give at least one --grid KEY=v1,v2")
+    combos = combinations(parse_grid(args.grid), args.random, args.sample_seed)
+    results = run_sweep(args.preset, args.overrides, combos, Path(args.runs_dir), args.name, args.nproc)
+    ordered = sorted(results, key=lambda r: (r.run is None, r.run.metric("val_bpb") if r.run else 0.0))
+    print_table(("run_id", "val_bpb", "bytes_total", "overrides"),
+                [(r.run_id, r.run.metric("val_bpb") if r.run else None, r.run.results.get("bytes_total") if r.run else None,
+                  " ".join(r.overrides)) for r in ordered])
+    top = best(results)
+    if top is None:
+        print("no run finished")
+        return 1
+    print(f"best: {top.run_id} val_bpb {top.run.metric('val_bpb'):.6f} with {' '.join(top.overrides)}")
+    return 0 if all(r.run for r in results) else 1
+
+
+def register(subparsers) -> None:
+    runs = subparsers.add_parser("runs", help="list, show and compare finished runs (SQLite index under the runs dir)")
+    sub = runs.add_subparsers(dest="runs_verb", metavar="ACTION", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--runs-dir", default="runs", help="runs folder holding index.sqlite (default: runs)")
+    listing = sub.add_parser("list", parents=[common], help="one line per finished run (newest first)")
+    listing.add_argument("--sort", default="finished", help="column to sort by, e.g. val_bpb (default: finished, newest first)")
+    listing.add_argument("--sweep", default=None, help="only runs of this sweep")
+    listing.set_defaults(handler=_list)
+    show = sub.add_parser("show", parents=[common], help="results and config of one run")
+    show.add_argument("run", help="run id (or unique prefix) or run directory")
+    show.set_defaults(handler=_show)
+    compare = sub.add_parser("compare", parents=[common], help="config differences and results side by side")
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run ids or run directories")
+    compare.set_defaults(handler=_compare)
+
+    report = subparsers.add_parser("report", parents=[common], help="PNG plots and an HTML page for runs",
+                                   description="Train loss and val_bpb vs step and vs wallclock, val_bpb by phase, artifact bytes; "
+                                   "one index.html showing them with a results table.")
+    report.add_argument("runs", nargs="+", metavar="RUN", help="run ids or run directories")
+    report.add_argument("-o", "--output", default="report", help="output folder (default: report)")
+    report.set_defaults(handler=_report)
+
+    from pgolf.config_cli import add_config_arguments
+
+    sweep = subparsers.add_parser("sweep", parents=[common], help="train a grid or random sample of configurations; print the best",
+                                  description="Each combination of --grid values (or --random N of them) is one `pgolf train` in a "
+                                  "fresh process, tagged with the sweep name in the runs index.")
+    add_config_arguments(sweep)
+    sweep.add_argument("--grid", action="append", default=[], metavar="KEY=v1,v2", help="values to try for one field (repeatable)")
+    sweep.add_argument("--random", type=int, default=None, metavar="N", help="run N random distinct combinations instead of all")
+    sweep.add_argument("--sample-seed", type=int, default=0, help="seed of the --random draw (default: 0)")
+    sweep.add_argument("--name", default="", help="sweep name, the run id prefix (default: sweep-<timestamp>)")
+    sweep.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
+    sweep.set_defaults(handler=_sweep)

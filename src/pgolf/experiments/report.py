@@ -1,0 +1,136 @@
+"""``pgolf report``: PNG plots and one static HTML page comparing runs.
+
+Plots: train loss and val_bpb against step and against training wallclock (from metrics.jsonl),
+val_bpb by phase (last validation before quantization vs the artifact's round trip), and artifact
+bytes (model + code against the cap). Written atomically into one folder with ``index.html``.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import tempfile
+from pathlib import Path
+
+from pgolf.export.artifact import SIZE_CAP_BYTES
+from pgolf.experiments.read import Run, config_differences
+
+
+def _save(fig, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _series(run: Run, event: str, key: str) -> tuple[list, list, list]:
+    rows = [r for r in run.metrics() if r.get("event") == event and key in r]
+    return [r["step"] for r in rows], [r["train_time_ms"] / 1000.0 for r in rows], [r[key] for r in rows]
+
+
+def _curves(plt, runs: list[Run], event: str, key: str, label: str, path: Path) -> None:
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for run in runs:
+        steps, seconds, values = _series(run, event, key)
+        style = {"marker": "o"} if event == "val" else {}
+        by_step.plot(steps, values, label=run.run_id, **style)
+        by_time.plot(seconds, values, label=run.run_id, **style)
+    by_step.set_xlabel("step")
+    by_time.set_xlabel("training wallclock (s)")
+    for ax in (by_step, by_time):
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    fig.suptitle(f"{label} vs step and vs wallclock")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _phases(plt, runs: list[Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(runs) + 2), 4))
+    width = 0.38
+    for i, run in enumerate(runs):
+        pre, post = run.results["pre_quant"]["val_bpb"], run.results["val_bpb"]
+        ax.bar(i - width / 2, pre, width, color="tab:blue", label="before quantization" if i == 0 else None)
+        ax.bar(i + width / 2, post, width, color="tab:orange", label="artifact round trip" if i == 0 else None)
+        ax.text(i + width / 2, post, f"{post:.4f}", ha="center", va="bottom", fontsize=8)
+    values = [v for r in runs for v in (r.results["pre_quant"]["val_bpb"], r.results["val_bpb"])]
+    span = max(values) - min(values)
+    ax.set_ylim(min(values) - max(span, 0.01), max(values) + max(span, 0.01) * 0.5)
+    ax.set_xticks(range(len(runs)), [r.run_id for r in runs], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("val_bpb")
+    ax.set_title("val_bpb by phase")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def _sizes(plt, runs: list[Run], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(runs) + 2), 4))
+    for i, run in enumerate(runs):
+        model, code = run.results["bytes_model"], run.results["bytes_code"]
+        ax.bar(i, model / 1e6, color="tab:green", label="model" if i == 0 else None)
+        ax.bar(i, code / 1e6, bottom=model / 1e6, color="tab:red", label="code" if i == 0 else None)
+        ax.text(i, (model + code) / 1e6, f"{model + code:,}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(SIZE_CAP_BYTES / 1e6, color="black", linestyle="--", label="16,000,000-byte cap")
+    ax.set_xticks(range(len(runs)), [r.run_id for r in runs], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("artifact (MB, decimal)")
+    ax.set_title("artifact bytes")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+PLOTS = ("train_loss.png", "val_bpb.png", "bpb_by_phase.png", "artifact_bytes.png")
+
+
+def _html(runs: list[Run]) -> str:
+    cols = ("val_bpb", "val_loss", "quant_gap_bpb", "bytes_total", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
+    head = "".join(f"<th>{c}</th>" for c in ("run",) + cols)
+    body = []
+    for run in runs:
+        cells = "".join(f"<td>{html.escape(_fmt(run.results.get(c)))}</td>" for c in cols)
+        body.append(f"<tr><td>{html.escape(run.run_id)}</td>{cells}</tr>")
+    diffs = config_differences(runs[0].config, runs[-1].config) if len(runs) > 1 else {}
+    diff_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(repr(a))}</td><td>{html.escape(repr(b))}</td></tr>" for k, (a, b) in diffs.items())
+    images = "".join(f'<p><img src="{p}" alt="{p}"></p>' for p in PLOTS)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>pgolf report</title>"
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "img{max-width:100%}</style></head><body><h1>pgolf report</h1>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table>"
+        + (f"<h2>Config: {html.escape(runs[0].run_id)} vs {html.escape(runs[-1].run_id)}</h2><table>{diff_rows}</table>" if diffs else "")
+        + f"{images}</body></html>\n"
+    )
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def write_report(runs: list[Run], out_dir: str | Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _curves(plt, runs, "train", "train_loss", "train loss (nats)", out / PLOTS[0])
+    _curves(plt, runs, "val", "val_bpb", "val_bpb", out / PLOTS[1])
+    _phases(plt, runs, out / PLOTS[2])
+    _sizes(plt, runs, out / PLOTS[3])
+    page = out / "index.html"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index.html.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(_html(runs))
+    os.replace(tmp, page)
+    return [out / p for p in PLOTS] + [page]

@@ -1,0 +1,1 @@
+"""Submitting: significance tests, multi-seed runs and the records/ folder of a submission."""

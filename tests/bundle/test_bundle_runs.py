@@ -1,0 +1,130 @@
+"""The shipped single-file bundle trains exactly like the package: same losses, step for step,
+for three presets; the reference env vars still override its frozen config; its own size is the
+code bytes; the baseline bundle is under 25,000 bytes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pgolf.bundle.build import build_bundle
+from pgolf.config import Config, iter_fields
+from pgolf.presets import build_config
+
+STEPS = 30
+SMALL = ["TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "VAL_BATCH_SIZE=2048", "VAL_MAX_TOKENS=4096",
+         "TRAIN_LOG_EVERY=0", "MAX_WALLCLOCK_SECONDS=0", "PGOLF_DEVICE=cpu", "PGOLF_COMPILE=0"]
+# Each preset as small as a fast test needs; demo_cpu's sp512 tokenizer is not among the fixtures.
+PRESETS = {
+    "baseline": ["NUM_LAYERS=2", "MODEL_DIM=64", "WARMUP_STEPS=2", *SMALL],  # GRAD_ACCUM_STEPS=0: 8 micro-steps
+    "tiny_cpu": SMALL,
+    "demo_cpu": ["VOCAB_SIZE=1024", *SMALL],
+}
+
+
+def data_overrides(shared_data: Path) -> list[str]:
+    return [
+        f"DATA_PATH={shared_data / 'datasets' / 'fineweb10B_sp1024_trainsample'}",
+        f"VAL_FILES={shared_data / 'datasets' / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+        f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+    ]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test process's env without any config variable, so only the frozen config and ``extra`` apply."""
+    names = {f.metadata.get("env") for _, f in iter_fields(Config())} | {"RANK", "WORLD_SIZE", "LOCAL_RANK", "PGOLF_CODE_FILES"}
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(OMP_NUM_THREADS="1", **extra)
+    return env
+
+
+def start_bundle(script: Path, runs: Path, run_id: str, *launcher: str, **env: str) -> subprocess.Popen:
+    cmd = [*(launcher or (sys.executable,)), str(script)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=script.parent,
+                            env=clean_env(RUN_ID=run_id, PGOLF_RUNS_DIR=str(runs), **env))
+
+
+def start_package(preset: str, overrides: list[str], runs: Path, run_id: str) -> subprocess.Popen:
+    sets = [f"--set={item}" for item in overrides]
+    cmd = [sys.executable, "-m", "pgolf.cli", "train", "--preset", preset, "--runs-dir", str(runs), *sets]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=clean_env(RUN_ID=run_id, PYTHONPATH=os.pathsep.join(sys.path)))
+
+
+def finish(proc: subprocess.Popen, runs: Path, run_id: str) -> dict:
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads((runs / run_id / "results.json").read_text())
+
+
+def run_bundle(script: Path, runs: Path, run_id: str, *launcher: str, **env: str) -> dict:
+    return finish(start_bundle(script, runs, run_id, *launcher, **env), runs, run_id)
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if r["event"] == "train"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_bundle_trains_exactly_like_the_package(preset, shared_data, tmp_path):
+    overrides = data_overrides(shared_data) + PRESETS[preset] + ["SEED=7"]
+    # The bundle freezes ITERATIONS=50; the reference env var ITERATIONS=30 must still win over it.
+    cfg = build_config(preset, overrides + ["ITERATIONS=50"], environ={})
+    report = build_bundle(cfg, tmp_path / "train_gpt.py")
+    runs = tmp_path / "runs"
+    # Both sides in fresh processes with one thread each: same kernels, so equality can be exact.
+    bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle", ITERATIONS=str(STEPS))
+    package_proc = start_package(preset, overrides + [f"ITERATIONS={STEPS}"], runs, "package")
+    bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
+    assert bundled["steps"] == package["steps"] == STEPS
+    assert losses(tmp_path / "runs" / "bundle") == losses(tmp_path / "runs" / "package")  # exactly
+    assert bundled["val_bpb"] == package["val_bpb"]
+    assert bundled["bytes_code"] == report.bytes_wrapped == os.path.getsize(tmp_path / "train_gpt.py")
+    assert bundled["code_source"] == "bundle train_gpt.py"
+
+
+@pytest.mark.slow
+def test_bundle_runs_under_torchrun_on_two_ranks(shared_data, tmp_path):
+    overrides = data_overrides(shared_data) + SMALL + ["ITERATIONS=4", "GRAD_ACCUM_STEPS=0"]
+    build_bundle(build_config("tiny_cpu", overrides, environ={}), tmp_path / "train_gpt.py")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+    runs = tmp_path / "runs"
+    ddp_proc = start_bundle(tmp_path / "train_gpt.py", runs, "ddp", *torchrun)
+    single = run_bundle(tmp_path / "train_gpt.py", runs, "single")
+    ddp = finish(ddp_proc, runs, "ddp")
+    assert ddp["world_size"] == 2 and single["world_size"] == 1
+    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "runs" / "ddp"), losses(tmp_path / "runs" / "single"))) < 1e-4
+
+
+def test_baseline_bundle_is_small_and_readable_copy_is_the_same_program(tmp_path):
+    report = build_bundle(build_config("baseline", environ={}), tmp_path / "train_gpt.py")
+    shipped = (tmp_path / "train_gpt.py").read_bytes()
+    assert len(shipped) == report.bytes_wrapped < 25_000  # the reference's raw script is 47,642 bytes
+    assert report.bytes_wrapped < report.bytes_minified < report.bytes_raw
+    assert dict(report.candidates)[report.codec] == report.bytes_wrapped == min(dict(report.candidates).values())
+    readable = (tmp_path / "train_gpt_readable.py").read_text()
+    assert "import pgolf" not in readable and "from pgolf" not in readable
+    assert "'num_layers': 9" in readable
+    assert 'if __name__ == "__main__":' in readable or "if __name__ == '__main__':" in readable
+    compile(readable, "train_gpt_readable.py", "exec")
+    assert "pgolf.bundle.cli" not in report.modules and "pgolf.cli" not in report.modules
+
+
+def test_bundle_cli_reports_sizes(run_pgolf, tmp_path):
+    code, out, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(tmp_path / "t.py"), "--json"])
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["bytes_wrapped"] == os.path.getsize(tmp_path / "t.py")
+    assert report["bytes_raw"] == os.path.getsize(tmp_path / "t_readable.py")
+
+
+def test_bundle_cli_names_a_missing_folder(run_pgolf, tmp_path):
+    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(tmp_path / "nope" / "t.py")])
+    assert code == 2 and err.count("\n") == 1 and "does not exist" in err

@@ -1,0 +1,31 @@
+"""Both self-extracting wrappers run, keep __name__ and __file__, and the smaller one is chosen."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pgolf.bundle.wrap import _brotli_script, _lzma_script, minify, wrap
+
+PROGRAM = "import os\nif __name__ == '__main__':\n    print(os.path.basename(__file__), sum(range(10)))\n" + "# padding\n" * 50
+
+
+@pytest.mark.parametrize("make", [_lzma_script, _brotli_script])
+def test_wrapped_script_runs_as_main(make, tmp_path):
+    script = tmp_path / "train_gpt.py"
+    script.write_text(make(PROGRAM.encode()))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    assert out == "train_gpt.py 45\n"
+
+
+def test_wrap_picks_the_smaller_codec():
+    wrapped = wrap(PROGRAM)
+    sizes = dict(wrapped.sizes)
+    assert set(sizes) == {"lzma", "brotli"} and len(wrapped.script.encode()) == sizes[wrapped.codec] == min(sizes.values())
+
+
+def test_minify_keeps_asserts_and_drops_docstrings():
+    small = minify('def f(value):\n    """Doc."""\n    assert value > 0, "positive"\n    return value\n')
+    assert "assert" in small and "Doc." not in small

@@ -1,0 +1,91 @@
+"""`pgolf seeds` runs every seed through the shipped bundle; `pgolf submit` turns them into a
+records folder with the fields records use, refusing runs of different configurations."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+SEEDS = (11, 22)
+
+
+def data_sets(shared_data: Path) -> list[str]:
+    return [
+        "--set", f"DATA_PATH={shared_data / 'datasets' / 'fineweb10B_sp1024_trainsample'}",
+        "--set", f"VAL_FILES={shared_data / 'datasets' / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+        "--set", f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+        "--set", "ITERATIONS=3", "--set", "VAL_MAX_TOKENS=4096", "--set", "TRAIN_LOG_EVERY=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def seeded(shared_data, tmp_path_factory):
+    """Two seeds of tiny_cpu, trained by the bundle `pgolf seeds` builds."""
+    from pgolf.cli import main
+
+    root = tmp_path_factory.mktemp("seeds")
+    saved = os.environ.pop("SEED", None)
+    try:
+        code = main(["seeds", "--preset", "tiny_cpu", *data_sets(shared_data), "--seeds", *map(str, SEEDS),
+                     "--runs-dir", str(root / "runs"), "--prefix", "t", "--bundle", str(root / "train_gpt.py")])
+    finally:
+        if saved is not None:
+            os.environ["SEED"] = saved
+    assert code == 0
+    return root
+
+
+def test_seeds_runs_each_seed_with_the_bundle(seeded):
+    for seed in SEEDS:
+        results = json.loads((seeded / "runs" / f"t_seed{seed}" / "results.json").read_text())
+        config = json.loads((seeded / "runs" / f"t_seed{seed}" / "config.json").read_text())
+        assert config["train"]["seed"] == seed and results["steps"] == 3
+        assert results["code_source"] == "bundle train_gpt.py"
+        assert results["bytes_code"] == os.path.getsize(seeded / "train_gpt.py")
+    a, b = (json.loads((seeded / "runs" / f"t_seed{s}" / "results.json").read_text())["val_bpb"] for s in SEEDS)
+    assert a != b  # the seed reached the model
+
+
+def test_submit_writes_a_records_folder(seeded, run_pgolf, tmp_path):
+    runs = [str(seeded / "runs" / f"t_seed{s}") for s in SEEDS]
+    code, out, err = run_pgolf(["submit", *runs, "--name", "Tiny Test", "--author", "A. Golfer", "--github-id", "agolfer",
+                                "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"),
+                                "--bundle", str(seeded / "train_gpt.py"), "--against", "3.9", "4.0", "4.1"])
+    assert code == 0, err
+    folder = tmp_path / "records" / "track_10min_16mb" / "2026-11-22_TinyTest"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["README.md", "submission.json", "requirements.txt", "train_gpt.py"] + [f"train_seed{s}.log" for s in SEEDS])
+    sub = json.loads((folder / "submission.json").read_text())
+    bundle_bytes = os.path.getsize(seeded / "train_gpt.py")
+    assert sub["seeds"] == list(SEEDS) and sub["track"] == "10min_16mb" and sub["bytes_code"] == bundle_bytes
+    for seed in SEEDS:
+        row, results = sub["seed_results"][str(seed)], json.loads(Path(runs[SEEDS.index(seed)], "results.json").read_text())
+        assert row["val_bpb"] == results["val_bpb"] and row["artifact_bytes"] == results["bytes_model"] + bundle_bytes
+        assert {"val_loss", "steps", "step_avg_ms", "train_time_s", "eval_time_s"} <= set(row)
+    assert sub["val_bpb"] == pytest.approx(sum(r["val_bpb"] for r in sub["seed_results"].values()) / 2)
+    assert sub["val_bpb_std"] > 0 and sub["t_statistic"] < 0 and sub["welch_df"] > 0
+    readme = (folder / "README.md").read_text()
+    assert "model.num_layers`: 9 -> 2" in readme and "## Significance" in readme and "| 22 |" in readme
+    assert (folder / "train_gpt.py").read_bytes() == (seeded / "train_gpt.py").read_bytes()
+    assert "torch==" in (folder / "requirements.txt").read_text()
+    # the same folder again is refused, and nothing half-written is left behind
+    code, _, err = run_pgolf(["submit", *runs, "--name", "Tiny Test", "--author", "A", "--github-id", "a", "--date", "2026-11-22",
+                              "--records-dir", str(tmp_path / "records"), "--bundle", str(seeded / "train_gpt.py")])
+    assert code == 2 and "already exists" in err
+    assert [p.name for p in (tmp_path / "records" / "track_10min_16mb").iterdir()] == ["2026-11-22_TinyTest"]
+
+
+def test_submit_refuses_runs_of_different_configurations(seeded, run_pgolf, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(seeded / "runs" / f"t_seed{SEEDS[1]}", other)
+    config = json.loads((other / "config.json").read_text())
+    config["optim"]["matrix_lr"] = 0.02
+    (other / "config.json").write_text(json.dumps(config))
+    code, _, err = run_pgolf(["submit", str(seeded / "runs" / f"t_seed{SEEDS[0]}"), str(other), "--name", "x", "--author", "a",
+                              "--github-id", "a", "--records-dir", str(tmp_path / "records")])
+    assert code == 2 and err.count("\n") == 1 and "optim.matrix_lr" in err
+    assert not (tmp_path / "records" / "track_10min_16mb").exists() or not any((tmp_path / "records" / "track_10min_16mb").iterdir())
