@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.model import attn_backend
+from pgolf.model.attn_backend import causal_attention
 from pgolf.model.layers import CastedLinear, Rotary, apply_rotary
 
 
@@ -37,5 +37,5 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q = apply_rotary(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         k = apply_rotary(k, cos, sin)
-        y = attn_backend.causal_attention(q, k, v)
+        y = causal_attention(q, k, v)
         return self.proj(y.transpose(1, 2).reshape(bsz, seqlen, dim))
