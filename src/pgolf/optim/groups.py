@@ -72,8 +72,10 @@ def _adam(params, lr: float, cfg: OptimConfig, fused: bool) -> torch.optim.Adam:
 def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Optimizers:
     fused = next(model.parameters()).is_cuda
     matrices, scalars = split_block_params(model)
+    extra = model.extra_parameter_roles()  # record techniques' tables, projections and gates
+    matrices, scalars = matrices + extra["matrix"], scalars + extra["scalar"]
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
-    opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused)
+    opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused)
     muon = Muon(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
