@@ -117,17 +117,13 @@ def gated_pair(**gate):
     return plain, gated
 
 
-def test_output_gate_and_sparse_gate_start_as_identity():
+def test_attention_output_gate_starts_as_identity():
     x = tokens()
-    for gate in ({"attn_out_gate_enabled": True}, {"sparse_attn_gate_enabled": True}):
-        plain, gated = gated_pair(**gate)
-        with torch.no_grad():
-            for b in gated.blocks:
-                b.attn.attn_gate_w.zero_()
-        expected = plain.logits(x)
-        if "sparse_attn_gate_enabled" in gate:  # sig(0) = 0.5: half of every head, not identity
-            continue
-        assert torch.allclose(gated.logits(x), expected, atol=1e-6)
+    plain, gated = gated_pair(attn_out_gate_enabled=True)
+    with torch.no_grad():
+        for b in gated.blocks:
+            b.attn.attn_gate_w.zero_()  # its init: 2 sig(0) = 1
+    assert torch.allclose(gated.logits(x), plain.logits(x), atol=1e-6)
 
 
 def test_gates_multiply_each_head_by_their_formula():
