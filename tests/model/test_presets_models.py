@@ -37,10 +37,7 @@ def shrink(model_cfg) -> None:
 
 def causal_model(model_cfg) -> GPT:
     torch.manual_seed(0)
-    model = perturbed(GPT(model_cfg)).eval()
-    if model_cfg.num_loops:
-        model.set_recurrence(True)
-    return model
+    return perturbed(GPT(model_cfg)).eval()  # recurrence, if any, is on when built
 
 
 def shrunk_configs():
@@ -73,6 +70,7 @@ def train_steps(model_cfg, optim_cfg, tokens: np.ndarray, steps: int = 20, seqs:
     """A direct mini loop (the real optimizers, no schedule); recurrence switches on half-way."""
     torch.manual_seed(0)
     model = GPT(model_cfg)
+    model.set_recurrence(False)
     opts = build_optimizers(model, optim_cfg, model_cfg.tie_embeddings)
     losses = []
     for step in range(steps):

@@ -27,6 +27,8 @@ def test_recurrence_shares_parameters_and_switches_on_at_runtime():
     looped = perturbed(GPT(tiny_cfg(num_layers=4, num_loops=2, loop_start=1, loop_end=2)))
     # Only the U-Net skip weights grow with the virtual depth (as in R35+): 4 instead of 2 rows.
     assert count_parameters(looped) - count_parameters(flat) == 2 * 64
+    assert looped.layer_order() == [0, 1, 2, 1, 2, 1, 2, 3]  # built on, as a trained model evaluates
+    looped.set_recurrence(False)
     calls = []
     looped.blocks[1].register_forward_hook(lambda *a: calls.append(1))
     x = tokens()
@@ -47,7 +49,6 @@ def test_recurrence_shares_parameters_and_switches_on_at_runtime():
 def test_recurrence_grads_accumulate_into_the_shared_tensors():
     """A looped model equals a flat model with copied blocks, and its grads are the copies' sums."""
     looped = perturbed(GPT(tiny_cfg(num_layers=4, num_loops=1, loop_start=1, loop_end=2)))
-    looped.set_recurrence(True)
     order = looped.layer_order()  # [0, 1, 2, 1, 2, 3]
     unrolled = GPT(tiny_cfg(num_layers=len(order)))
     with torch.no_grad():

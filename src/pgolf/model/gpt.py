@@ -74,7 +74,9 @@ class GPT(nn.Module):
         # Virtual layer orders for 0..NUM_LOOPS extra passes; the U-Net is sized for the longest.
         self.layer_orders = [looped_layer_order(cfg.num_layers, cfg.loop_start, cfg.loop_end, n)
                              for n in range(cfg.num_loops + 1)]
-        self.active_loops = 0
+        # Built with every loop on, as a trained model is evaluated (a loaded artifact then scores
+        # as trained); a run that switches recurrence on late calls set_recurrence(False) first.
+        self.active_loops = cfg.num_loops
         encoder, decoder = encoder_decoder(self.layer_orders[-1])
         self.num_encoder_layers = cfg.num_layers // 2
         self.num_decoder_layers = cfg.num_layers - self.num_encoder_layers
