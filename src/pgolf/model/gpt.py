@@ -11,6 +11,8 @@ module of its concern: ``embed.py`` (BigramHash, SmearGate, value embeddings), `
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -136,51 +138,53 @@ class GPT(nn.Module):
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states [batch, seq, dim]."""
-        x = self.embed(input_ids)
-        x0 = x
-        cfg = self.cfg
-        needs_inputs = cfg.doc_isolated_attention or self.ve_layers or cfg.value_residual
-        doc_mask = document_causal_mask(input_ids, cfg.bos_id) if cfg.doc_isolated_attention else None
-        shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
-        shared = AttentionInputs(doc_mask=doc_mask) if needs_inputs else None
-
-        def inputs_for(layer: int) -> AttentionInputs | None:
-            if shared is None:
-                return None
-            ve = None
-            if shared_ve is not None and layer in self.ve_layers:
-                ve = shared_ve * self.ve_layer_scales[self.ve_layers.index(layer)].to(shared_ve.dtype)
-            shared.value_embed = ve
-            return shared
-
+        x0 = self.embed(input_ids)
+        inputs_for = self._attention_inputs(input_ids)
         encoder, decoder = encoder_decoder(self.layer_order())
-        skips: list[Tensor] = []
+        x, skips = x0, []
         for i in encoder:
             x = self.blocks[i](x, x0, inputs_for(i))
             skips.append(x)
+        return self.final_norm(self._decode(x, x0, skips, decoder, inputs_for))
+
+    def _attention_inputs(self, input_ids: Tensor) -> Callable[[int], AttentionInputs | None]:
+        """Per-layer side inputs of attention; None throughout when no option needs any (the reference)."""
+        cfg = self.cfg
+        if not (cfg.doc_isolated_attention or self.ve_layers or cfg.value_residual):
+            return lambda layer: None
+        doc_mask = document_causal_mask(input_ids, cfg.bos_id) if cfg.doc_isolated_attention else None
+        shared = AttentionInputs(doc_mask=doc_mask)  # first_values is filled in by the first layer
+        shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
+
+        def inputs_for(layer: int) -> AttentionInputs:
+            shared.value_embed = None
+            if shared_ve is not None and layer in self.ve_layers:
+                scale = self.ve_layer_scales[self.ve_layers.index(layer)]
+                shared.value_embed = shared_ve * scale.to(shared_ve.dtype)
+            return shared
+
+        return inputs_for
+
+    def _merge_skip(self, x: Tensor, skip: Tensor, j: int) -> Tensor:
+        gate = None if self.skip_gates is None else self.skip_gates[j]
+        return merge_skip(x, skip, self.skip_weights[j], gate)
+
+    def _decode(self, x: Tensor, x0: Tensor, skips: list[Tensor], decoder: list[int], inputs_for) -> Tensor:
+        """The decoder half: pop U-Net skips; from the first layer >= PARALLEL_START_LAYER on, two lanes."""
         lanes: tuple[Tensor, Tensor] | None = None
         for j, i in enumerate(decoder):
-            parallel = 0 < cfg.parallel_start_layer <= i
-            if parallel and lanes is None:
+            if lanes is None and 0 < self.cfg.parallel_start_layer <= i:
                 lanes = (x, x)
-            if j < self.skip_weights.size(0) and skips:
-                gate = None if self.skip_gates is None else self.skip_gates[j]
-                if lanes is not None:
-                    lanes = (merge_skip(lanes[0], skips.pop(), self.skip_weights[j], gate), lanes[1])
-                else:
-                    x = merge_skip(x, skips.pop(), self.skip_weights[j], gate)
-            if parallel:
-                lanes = self.blocks[i].forward_lanes(
-                    lanes[0], lanes[1], x0, self.parallel_post_lambdas[i], self.parallel_resid_lambdas[i], inputs_for(i))
-            elif lanes is not None:
-                x = final_lane(*lanes, cfg.parallel_final_lane)
-                lanes = None
+            skip = skips.pop() if j < self.skip_weights.size(0) and skips else None
+            if lanes is None:
+                if skip is not None:
+                    x = self._merge_skip(x, skip, j)
                 x = self.blocks[i](x, x0, inputs_for(i))
             else:
-                x = self.blocks[i](x, x0, inputs_for(i))
-        if lanes is not None:
-            x = final_lane(*lanes, cfg.parallel_final_lane)
-        return self.final_norm(x)
+                lane0 = lanes[0] if skip is None else self._merge_skip(lanes[0], skip, j)
+                lanes = self.blocks[i].forward_lanes(
+                    lane0, lanes[1], x0, self.parallel_post_lambdas[i], self.parallel_resid_lambdas[i], inputs_for(i))
+        return x if lanes is None else final_lane(*lanes, self.cfg.parallel_final_lane)
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Softcapped logits [batch, seq, vocab] in the activation dtype."""
