@@ -17,6 +17,8 @@ SOFTCAPS = ("tanh", "poly")
 def softcap(logits: Tensor, cap: float, kind: str = "tanh") -> Tensor:
     if kind == "tanh":
         return cap * torch.tanh(logits / cap)
+    if kind not in SOFTCAPS:
+        raise ValueError(f"unknown softcap {kind!r}")
     u = torch.clamp(logits / cap, -2.0, 2.0)
     u2 = u * u
     return cap * torch.clamp(u * (1.0 - u2 / 3.0 + u2 * u2 / 15.0), -1.0, 1.0)

@@ -26,6 +26,9 @@ LANE_ENDINGS = ("mean", "attn", "mlp")
 
 
 def final_lane(lane0: Tensor, lane1: Tensor, ending: str) -> Tensor:
+    """The hidden state after the last two-lane layer: one lane, or their mean."""
+    if ending not in LANE_ENDINGS:
+        raise ValueError(f"unknown final lane {ending!r}")
     if ending == "attn":
         return lane0
     if ending == "mlp":
