@@ -50,10 +50,58 @@ class ModelConfig:
     logit_softcap: float = _f(30.0, "LOGIT_SOFTCAP", "logits = c * tanh(logits / c)")
     rope_base: float = _f(10000.0, "ROPE_BASE", "RoPE base frequency")
     qk_gain_init: float = _f(1.5, "QK_GAIN_INIT", "initial per-head gain on normalized queries")
+    # Record techniques (architecture). Every default is off: the reference model, bit for bit.
+    # The sources (record ids and PRs of /work/shared/docs/challenge.md sec. 2.1) are in the
+    # docstrings of the modules that implement them, under pgolf/model/.
+    mlp_hidden: int = _f(0, "MLP_HIDDEN", "explicit MLP hidden size; 0 means mlp_mult * model_dim")
+    mlp_activation: str = _f("relu2", "MLP_ACTIVATION", "relu2 (reference), leaky_relu2 (R22) or swiglu")
+    negative_slope: float = _f(0.5, "NEGATIVE_SLOPE", "LeakyReLU slope of the leaky_relu2 activation")
+    xsa_last_n: int = _f(0, "XSA_LAST_N", "exclusive self-attention on the last N layers (R17); >= NUM_LAYERS means all")
+    rope_dims: int = _f(0, "ROPE_DIMS", "rotate only the first k dims of each head (partial RoPE, R20); 0 means all")
+    rope_yarn: bool = _f(False, "ROPE_YARN", "NTK base rescale base*s^(d/(d-2)) when seq > ROPE_TRAIN_SEQ_LEN")
+    rope_train_seq_len: int = _f(1024, "ROPE_TRAIN_SEQ_LEN", "sequence length RoPE was trained at (for ROPE_YARN)")
+    ln_scale: bool = _f(False, "LN_SCALE", "scale the normed block inputs by 1/sqrt(layer+1) (R20)")
+    use_smeargate: bool = _f(False, "USE_SMEARGATE", "SmearGate v1: per-dim blend with the previous embedding (R15)")
+    smear_gate_enabled: bool = _f(False, "SMEAR_GATE_ENABLED", "SmearGate v2: x_t += lam*sig(W x_t[:w]) x_{t-1} (R39)")
+    smear_bos_fix: bool = _f(False, "SMEAR_BOS_FIX", "no smearing into a BOS token (R45): documents stay separate")
+    gate_window: int = _f(12, "GATE_WINDOW", "input width of the x[:w] gates (SmearGate v2, attention gates)")
+    bos_id: int = _f(1, "BOS_ID", "token id that starts a document (BOS fixes, document-isolated attention)")
+    bigram_vocab_size: int = _f(0, "BIGRAM_VOCAB_SIZE", "BigramHash buckets (R15/R19); 0 disables")
+    bigram_dim: int = _f(128, "BIGRAM_DIM", "BigramHash table width, projected to model_dim")
+    bigram_hash: str = _f("xor", "BIGRAM_HASH", "xor: (36313 cur ^ 27191 prev) mod (B-1) (R19+); mul: (92821 prev + cur) mod B (R15)")
+    bigram_scale: float = _f(0.05, "BIGRAM_SCALE", "initial value of the learned BigramHash output scale")
+    bigram_init_std: float = _f(0.0, "BIGRAM_INIT_STD", "BigramHash table init std; 0 means zeros")
+    bigram_bos_fix: bool = _f(False, "BIGRAM_BOS_FIX", "hash a BOS token as a first position (no pair across documents)")
+    ve_enabled: bool = _f(False, "VE_ENABLED", "value embeddings added to V on VE_LAYERS (R21)")
+    ve_dim: int = _f(128, "VE_DIM", "value-embedding table width")
+    ve_layers: str = _f("", "VE_LAYERS", "comma-separated layer indices for value embeddings; empty means the last two")
+    value_residual: bool = _f(False, "VALUE_RESIDUAL", "v = l0*v_first_layer + l1*v, lambdas init 0.5 (R22)")
+    doc_isolated_attention: bool = _f(False, "DOC_ISOLATED_ATTENTION", "no attention across BOS boundaries (block-diagonal causal mask)")
+    num_loops: int = _f(0, "NUM_LOOPS", "depth recurrence: extra passes over layers LOOP_START..LOOP_END (R26/R35)")
+    loop_start: int = _f(3, "LOOP_START", "first layer of the looped range")
+    loop_end: int = _f(5, "LOOP_END", "last layer of the looped range (inclusive)")
+    parallel_start_layer: int = _f(0, "PARALLEL_START_LAYER", "two-lane parallel residuals from this layer (R26/R44); 0 disables")
+    parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)")
+    gptj_parallel: bool = _f(False, "GPTJ_PARALLEL", "GPT-J block: x + attn(n(x)) + mlp(n(x)) (R31)")
+    attn_out_gate_enabled: bool = _f(False, "ATTN_OUT_GATE_ENABLED", "per-head y *= 2 sig(W x[:w]), W zero-init (R39)")
+    gated_attn_enabled: bool = _f(False, "GATED_ATTN_ENABLED", "per-head y *= sig(W_g x) (R41, Qwen G1)")
+    gated_attn_init_std: float = _f(0.01, "GATED_ATTN_INIT_STD", "init std of the gated-attention W_g")
+    sparse_attn_gate_enabled: bool = _f(False, "SPARSE_ATTN_GATE_ENABLED", "per-head y *= sig(s W x[:w]), W zero-init (R43)")
+    sparse_attn_gate_scale: float = _f(1.0, "SPARSE_ATTN_GATE_SCALE", "the scale s of the sparse attention gate")
+    skip_gates_enabled: bool = _f(False, "SKIP_GATES_ENABLED", "sigmoid-gated U-Net skips x = lerp(w*skip, x, sig(g)) (R27)")
+    logit_softcap_kind: str = _f("tanh", "SOFTCAP_TYPE", "tanh (reference) or poly (odd degree-5 polynomial cap, R23)")
+    z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)")
+    ortho_init: bool = _f(False, "ORTHO_INIT", "orthogonal init of matrices, output projections scaled 1/sqrt(2L) (R15/R19)")
+    overtone_init: bool = _f(False, "OVERTONE_INIT", "token embedding with a k^-0.5 singular-value spectrum (R11)")
 
     @property
     def head_dim(self) -> int:
         return self.model_dim // self.num_heads
+
+    @property
+    def hidden_size(self) -> int:
+        """MLP hidden width: MLP_HIDDEN when set, else MLP_MULT * MODEL_DIM."""
+        return self.mlp_hidden or self.mlp_mult * self.model_dim
 
 
 @dataclass
@@ -290,6 +338,7 @@ def validate(cfg: Config) -> None:
         raise PgolfError(f"LOGIT_SOFTCAP={m.logit_softcap} must be positive")
     if m.vocab_size <= 0 or m.vocab_size > 1 << 16:
         raise PgolfError(f"VOCAB_SIZE={m.vocab_size} must lie in 1..65536 (shards store uint16)")
+    validate_model_techniques(m)
     if t.train_seq_len <= 0 or t.train_batch_tokens <= 0:
         raise PgolfError("TRAIN_SEQ_LEN and TRAIN_BATCH_TOKENS must be positive")
     if t.compile not in ("auto", "0", "1"):
@@ -354,6 +403,50 @@ def _validate_eval(e: "EvalConfig") -> None:
             raise PgolfError(f"{name}={value} must be positive")
     if e.ttt_freeze_blocks < 0 or e.global_ttt_epochs < 0 or e.phased_ttt_prefix_docs < 0:
         raise PgolfError("TTT_FREEZE_BLOCKS, GLOBAL_TTT_EPOCHS and PHASED_TTT_PREFIX_DOCS must be >= 0")
+
+
+def _choice(value: str, choices: tuple[str, ...], env: str) -> None:
+    if value not in choices:
+        raise PgolfError(f"{env}={value!r}: expected one of {', '.join(choices)}")
+
+
+def validate_model_techniques(m: ModelConfig) -> None:
+    """Cross-checks of the record-technique fields of ModelConfig."""
+    _choice(m.mlp_activation, ("relu2", "leaky_relu2", "swiglu"), "MLP_ACTIVATION")
+    _choice(m.bigram_hash, ("xor", "mul"), "BIGRAM_HASH")
+    _choice(m.logit_softcap_kind, ("tanh", "poly"), "SOFTCAP_TYPE")
+    _choice(m.parallel_final_lane, ("mean", "attn", "mlp"), "PARALLEL_FINAL_LANE")
+    if m.mlp_hidden < 0 or m.mlp_mult <= 0 and not m.mlp_hidden:
+        raise PgolfError(f"MLP_HIDDEN={m.mlp_hidden} / MLP_MULT={m.mlp_mult}: the MLP width must be positive")
+    if m.rope_dims and (m.rope_dims % 2 or not 2 < m.rope_dims <= m.head_dim):
+        raise PgolfError(f"ROPE_DIMS={m.rope_dims} must be even, above 2 and at most the head dim {m.head_dim}")
+    if m.rope_yarn and m.rope_train_seq_len <= 0:
+        raise PgolfError(f"ROPE_TRAIN_SEQ_LEN={m.rope_train_seq_len} must be positive with ROPE_YARN=1")
+    if m.use_smeargate and m.smear_gate_enabled:
+        raise PgolfError("USE_SMEARGATE (v1) and SMEAR_GATE_ENABLED (v2) are exclusive: pick one SmearGate")
+    gates = [m.attn_out_gate_enabled, m.gated_attn_enabled, m.sparse_attn_gate_enabled]
+    if sum(gates) > 1:
+        raise PgolfError("ATTN_OUT_GATE_ENABLED, GATED_ATTN_ENABLED and SPARSE_ATTN_GATE_ENABLED are exclusive")
+    if not 0 < m.gate_window <= m.model_dim:
+        raise PgolfError(f"GATE_WINDOW={m.gate_window} must lie in 1..MODEL_DIM")
+    if m.bigram_vocab_size and m.bigram_vocab_size < 2:
+        raise PgolfError(f"BIGRAM_VOCAB_SIZE={m.bigram_vocab_size} must be 0 (off) or at least 2")
+    if m.num_loops < 0 or m.num_loops and not 0 <= m.loop_start <= m.loop_end < m.num_layers:
+        raise PgolfError(f"NUM_LOOPS={m.num_loops} over LOOP_START={m.loop_start}..LOOP_END={m.loop_end}: "
+                         f"need 0 <= start <= end < NUM_LAYERS={m.num_layers}")
+    if m.parallel_start_layer < 0 or m.parallel_start_layer >= max(m.num_layers, 1) and m.parallel_start_layer:
+        raise PgolfError(f"PARALLEL_START_LAYER={m.parallel_start_layer} must lie in 1..NUM_LAYERS-1 (0 disables)")
+    if m.parallel_start_layer and m.gptj_parallel:
+        raise PgolfError("PARALLEL_START_LAYER (two lanes) and GPTJ_PARALLEL are exclusive")
+    if m.z_loss < 0:
+        raise PgolfError(f"Z_LOSS={m.z_loss} must be >= 0")
+    if m.ve_enabled:
+        try:
+            layers = [int(i) for i in m.ve_layers.split(",") if i.strip()]
+        except ValueError:
+            raise PgolfError(f"VE_LAYERS={m.ve_layers!r}: expected comma-separated layer indices") from None
+        if any(not 0 <= i < m.num_layers for i in layers):
+            raise PgolfError(f"VE_LAYERS={m.ve_layers!r}: indices must lie in 0..NUM_LAYERS-1")
 
 
 def load_toml(path: Path) -> tuple[str | None, dict]:

@@ -63,6 +63,27 @@ def demo_cpu() -> Config:
     return cfg
 
 
+@preset("smeargate_orthoinit_muonwd",
+        "records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd (R15): 1.1556 val_bpb on 8xH100")
+def smeargate_orthoinit_muonwd() -> Config:
+    """R15's architecture: 9x512, MLP 3x, BigramHash 4096x128 (R15's multiplicative hash), SmearGate v1,
+    orthogonal init; 22,368,840 parameters, as its train.log reports. Its LRs and Muon momentum too.
+
+    Not here yet (no config field for them): Muon weight decay 0.01, int6 STE fake-quant during
+    training, int6 + zstd-22 export with the tied embedding in fp16, sliding-window eval stride 64.
+    """
+    cfg = baseline()
+    cfg.preset = "smeargate_orthoinit_muonwd"
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    m.mlp_mult = 3
+    m.bigram_vocab_size, m.bigram_dim, m.bigram_hash, m.bigram_scale, m.bigram_init_std = 4096, 128, "mul", 0.0, 0.01
+    m.use_smeargate, m.ortho_init = True, True
+    o.tied_embed_lr, o.matrix_lr, o.scalar_lr = 0.03, 0.02, 0.02
+    o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
+    t.warmdown_iters = 3000
+    return cfg
+
+
 def resolve_preset(name_or_path: str) -> Config:
     """A registered preset by name, or a TOML file (with an optional ``base``)."""
     if name_or_path in PRESETS:

@@ -145,6 +145,11 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments | None 
     return _sdpa_documents(q, k, v, segments)
 
 
+def doc_ids_from_bos(input_ids: Tensor, bos_id: int) -> Tensor:
+    """[B, T] document index per token (a BOS starts a new one); no host sync, so it compiles."""
+    return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=1)
+
+
 def document_causal_mask(doc_ids: Tensor) -> Tensor:
     """[B, 1, T, T] bool: query i may see key j iff j <= i and both lie in the same document."""
     seq_len = doc_ids.size(1)

@@ -9,6 +9,7 @@ from pgolf.config_cli import add_config_arguments, config_from_args
 
 
 def _info(args: argparse.Namespace) -> int:
+    from pgolf.config import ModelConfig
     from pgolf.model.gpt import GPT, count_parameters
 
     cfg = config_from_args(args)
@@ -17,14 +18,20 @@ def _info(args: argparse.Namespace) -> int:
     for name, p in model.named_parameters():
         group = name.split(".")[0] if not name.startswith("blocks.") else "blocks"
         by_group[group] = by_group.get(group, 0) + p.numel()
+    # Model fields that differ from the reference defaults: the techniques this count includes.
+    reference = ModelConfig()
+    changed = {f: v for f, v in vars(cfg.model).items() if getattr(reference, f) != v}
     info = {"preset": cfg.preset, "params": count_parameters(model), "by_group": by_group,
-            "layers": cfg.model.num_layers, "model_dim": cfg.model.model_dim, "vocab_size": cfg.model.vocab_size}
+            "layers": cfg.model.num_layers, "model_dim": cfg.model.model_dim, "vocab_size": cfg.model.vocab_size,
+            "model_changes": changed}
     if args.json:
         print(json.dumps(info))
     else:
         print(f"preset {cfg.preset}: {info['params']:,} parameters")
         for group, n in by_group.items():
             print(f"  {group:<14} {n:>12,}")
+        for name, value in changed.items():
+            print(f"  {name} = {value}")
     return 0
 
 

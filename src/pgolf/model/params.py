@@ -10,6 +10,8 @@ import os
 
 DEFAULT_CONTROL_PATTERNS = (
     "attn_scale,attn_scales,mlp_scale,mlp_scales,resid_mix,resid_mixes,q_gain,skip_weight,skip_weights"
+    # Record techniques' small gates and mixes (none exists in the reference model), as R44 lists them.
+    ",skip_gates,parallel_post_lambdas,parallel_resid_lambdas,attn_gate,smear,vr_lambda,ve_layer_scales"
 )
 
 

@@ -81,11 +81,13 @@ def _adam(params, lr: float, cfg: OptimConfig, fused: bool, weight_decay: float 
 def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Optimizers:
     fused = next(model.parameters()).is_cuda
     matrices, scalars = split_block_params(model)
+    extra = model.extra_parameter_roles()  # record techniques' tables, projections and gates
+    matrices, scalars = matrices + extra["matrix"], scalars + extra["scalar"]
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
-    opt_tok = _adam([model.tok_emb.weight], token_lr, cfg, fused, cfg.embed_wd)
+    opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused, cfg.embed_wd)
     muon_class = ParallelMuon if cfg.muon_parallel else Muon  # DDP has averaged the grads: no reduce-scatter
     muon = muon_class(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
-                weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
+                      weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
     opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused, cfg.adam_wd)
