@@ -117,3 +117,11 @@ def test_wallclock_cap_stops_the_run(shared_data, tmp_path):
     assert results["stopped_early"] and results["steps"] < 100_000
     assert 2.0 <= results["train_time_s"] < 10.0
     assert "stopping_early: wallclock_cap" in (tmp_path / "c" / "train.log").read_text()
+
+
+def test_validation_during_training(shared_data, tmp_path):
+    """Validation runs under inference_mode; training must resume after it (RoPE tables rebuilt)."""
+    results = train(tiny_config(shared_data, 6, "RUN_ID=v", "VAL_LOSS_EVERY=2"), runs_dir=tmp_path, echo=False)
+    log = (tmp_path / "v" / "train.log").read_text()
+    assert all(f"step:{n}/6 val_loss" in log for n in (0, 2, 4, 6))
+    assert results["steps"] == 6

@@ -47,7 +47,9 @@ def rank_window_range(total_windows: int, rank: int, world_size: int) -> tuple[i
     return (total_windows * rank) // world_size, (total_windows * (rank + 1)) // world_size
 
 
-@torch.inference_mode()
+# no_grad, not inference_mode: modules cache tensors (RoPE tables) that training reuses afterwards,
+# and inference tensors cannot be saved for backward.
+@torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     tokens: np.ndarray,
