@@ -273,7 +273,11 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
     if s.rt.is_master:
-        report = export_model(s.model.state_dict(), path, {"config": s.cfg.to_dict()})
+        q = s.cfg.quant
+        report = export_model(
+            s.model.state_dict(), path, {"config": s.cfg.to_dict()},
+            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle,
+        )
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
     if s.rt.distributed:
