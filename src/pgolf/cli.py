@@ -23,6 +23,7 @@ VERB_MODULES = (
     "pgolf.train.cli",
     "pgolf.eval.cli",
     "pgolf.demo",
+    "pgolf.quant.cli",
 )
 
 
