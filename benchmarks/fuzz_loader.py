@@ -103,8 +103,8 @@ def run(inputs: int, seed: int) -> dict:
     bases = []
     for policy, q in sample_states():
         for codec in available_codecs():
-            bases.append((f"{policy}/{codec}", encode_artifact(q, {"p": policy}, codec, shuffle=rng.random() < 0.5)))
-    payloads = [encode_payload(q, {}, shuffle=True) for _, q in sample_states()]
+            bases.append((f"{policy}/{codec}", encode_artifact(q, {"p": policy}, codec, shuffle=rng.random() < 0.5, pack=rng.random() < 0.5)))
+    payloads = [encode_payload(q, {}, shuffle=True, pack=p) for _, q in sample_states() for p in (False, True)]
     counts: dict[str, int] = {}
     outcomes = {"pgolf_error": 0, "loaded": 0, "crash": 0}
     crashes: list[str] = []

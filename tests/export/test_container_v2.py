@@ -20,7 +20,7 @@ from pgolf.quant.policy import quantize_state_dict_policy
 def blob(codec: str) -> bytes:
     g = torch.Generator().manual_seed(0)
     sd = {"blocks.0.mlp.fc.weight": torch.randn(16, 32, generator=g), "tok_emb.weight": torch.randn(8, 32, generator=g), "s": torch.ones(4)}
-    return encode_artifact(quantize_state_dict_policy(sd, "mlp=int5g16,int3,small=0"), {"k": 1}, codec, shuffle=True)
+    return encode_artifact(quantize_state_dict_policy(sd, "mlp=int5g16,int3,small=0"), {"k": 1}, codec, shuffle=True, pack=True)
 
 
 CODECS = available_codecs()
@@ -53,7 +53,7 @@ def test_any_bit_flip_is_rejected(codec, data):
 def test_lying_metadata_behind_a_valid_crc_is_rejected(old, new):
     g = torch.Generator().manual_seed(0)
     q = quantize_state_dict_policy({"blocks.0.mlp.fc.weight": torch.randn(16, 32, generator=g)}, "int5g16,small=0")
-    payload = encode_payload(q, {}, shuffle=True)
+    payload = encode_payload(q, {}, shuffle=True, pack=True)
     if old not in payload:
         return
     # Keep the safetensors header length right by padding/trimming with spaces in the JSON.

@@ -139,7 +139,7 @@ PAIRS = [(s, "zlib") for s in SCHEMES] + [("int5g32", c) for c in available_code
 def test_loaded_artifact_dequantizes_bit_for_bit_like_memory(scheme, codec):
     q = quantize_state_dict_policy(weights(), f"{scheme},small=0")
     for shuffle in (False, True):
-        q2, meta = decode_artifact(encode_artifact(q, {"s": scheme}, codec, shuffle=shuffle), "t")
+        q2, meta = decode_artifact(encode_artifact(q, {"s": scheme}, codec, shuffle=shuffle, pack=shuffle), "t")
         assert meta == {"s": scheme}
         a, b = dequantize(q), dequantize(q2)
         assert list(a) == list(b)

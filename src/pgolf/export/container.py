@@ -140,10 +140,13 @@ def _save(tensors: dict[str, Tensor], text: str) -> bytes:
         raise PgolfError(f"cannot serialize the quantized state ({_one_line(exc)})") from None
 
 
-def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool) -> tuple[str, Tensor, dict[str, Any]]:
+def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool) -> tuple[str, Tensor, dict[str, Any]]:
     """Key, stored tensor and layout record of one tensor of an entry (v2 layout)."""
     t = t.detach().to("cpu").contiguous()
     role = tensor_role(e.name)
+    if part == "values" and e.kind == KIND_INTN and not pack:
+        # One code per byte: byte-oriented compressors model these far better than packed bits.
+        return f"{role}.codes.int{e.bits}/{e.name}", t.clone(), {"layout": "raw"}
     if part == "values" and e.kind == KIND_INTN:
         spec = {"layout": "bits", "shape": list(t.shape)}
         return f"{role}.codes.int{e.bits}/{e.name}", pack_codes(t, e.bits), spec
@@ -154,12 +157,14 @@ def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool) -> tuple[st
     return f"{role}.{part}.{dtype_name(t.dtype)}/{e.name}", t.clone(), {"layout": "raw"}
 
 
-def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False) -> bytes:
+def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False) -> bytes:
     """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
 
     States of only reference kinds (and no shuffle) use the v1 layout, byte for byte as before.
     Otherwise (v2) intN codes are bit-packed, fp16/fp32 tensors optionally byte-shuffled, and
     keys are prefixed by role, part and layout so that similar bytes sit together in the payload.
+    intN codes are stored one per byte unless ``pack`` (then bit-packed: smallest raw, but it
+    hides the byte structure from compressors, so packed files usually compress worse).
     """
     if not isinstance(extra_meta, dict):
         raise PgolfError(f"artifact metadata must be a dict, got {type(extra_meta).__name__}")
@@ -183,7 +188,7 @@ def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bo
         for part, t in (("values", e.values), ("scale", e.scale)):
             if t is None:
                 continue
-            key, stored, layout = _stored_part(e, part, t, shuffle)
+            key, stored, layout = _stored_part(e, part, t, shuffle, pack)
             tensors[key] = stored
             spec["tensors"][part] = {"key": key, **layout}
         specs.append(spec)
@@ -334,9 +339,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def encode_artifact(q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False) -> bytes:
+def encode_artifact(
+    q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False
+) -> bytes:
     """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins)."""
-    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle), codec)
+    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack), codec)
 
 
 def decode_artifact(
