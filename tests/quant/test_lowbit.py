@@ -157,3 +157,11 @@ def test_auto_codec_picks_the_smallest():
     auto = encode_artifact(q, {}, "auto")
     assert len(auto) == min(sizes.values())
     assert len(auto) > HEADER_BYTES
+
+
+@pytest.mark.parametrize("q", [0.999, 0.9995, 0.9999, 0.99999, 0.9999984, 1.0])
+def test_top_order_quantiles_equal_torch_quantile(q):
+    from pgolf.quant.lowbit import _TopOrder
+
+    x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(6)).abs()
+    assert torch.allclose(_TopOrder(x, q).quantile(q), torch.quantile(x, q, dim=-1), rtol=0, atol=1e-7)

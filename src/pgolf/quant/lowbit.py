@@ -126,13 +126,26 @@ def _units(w: Tensor, group_size: int) -> Tensor:
     return w.reshape(rows, cols) if group_size == 0 else w.reshape(rows * (cols // group_size), group_size)
 
 
-def _quantile_of_sorted(sorted_abs: Tensor, q: float) -> Tensor:
-    # Linear interpolation between order statistics: torch.quantile's rule, on a presorted tensor.
-    n = sorted_abs.shape[-1]
-    rank = q * (n - 1)
-    lo = int(rank)
-    hi = min(lo + 1, n - 1)
-    return torch.lerp(sorted_abs[:, lo], sorted_abs[:, hi], rank - lo)
+class _TopOrder:
+    """The largest order statistics of each row of ``|units|``, enough for quantiles >= ``min_q``.
+
+    Every quantile we need is in the top 0.1%, so a ``topk`` of a few elements replaces a full
+    sort (the slow part of percentile clipping on a 17M-parameter model).
+    """
+
+    def __init__(self, abs_units: Tensor, min_q: float):
+        n = abs_units.shape[-1]
+        self.n = n
+        self.first = max(0, int(min_q * (n - 1)) - 1)  # lowest rank index needed (fp32 rounding slack)
+        k = n - self.first
+        self.top = abs_units.topk(k, dim=-1, sorted=True).values.flip(-1)  # ascending: ranks first..n-1
+
+    def quantile(self, q: float) -> Tensor:
+        # Linear interpolation between order statistics, rank computed in fp32: torch.quantile's rule.
+        rank = torch.tensor(q, dtype=torch.float32) * (self.n - 1)
+        lo = int(rank.floor())
+        hi = min(int(rank.ceil()), self.n - 1)
+        return torch.lerp(self.top[:, lo - self.first], self.top[:, hi - self.first], rank - lo)
 
 
 def _scale_for(clip: Tensor, qmax: int) -> Tensor:
@@ -145,10 +158,10 @@ def _codes(units: Tensor, scale: Tensor, qmax: int) -> Tensor:
 
 
 def _mse_clip(units: Tensor, qmax: int) -> Tensor:
-    sorted_abs = units.abs().sort(dim=-1).values
+    order = _TopOrder(units.abs(), min(MSE_CANDIDATE_QUANTILES))
     best_clip = best_err = None
     for q in MSE_CANDIDATE_QUANTILES:
-        clip = _quantile_of_sorted(sorted_abs, q)
+        clip = order.quantile(q)
         scale = _scale_for(clip, qmax)
         err = (_codes(units, scale, qmax) * scale[:, None] - units).square().sum(dim=-1)
         if best_err is None:
@@ -171,7 +184,7 @@ def clip_per_unit(w: Tensor, scheme: Scheme, hessian_diag: Tensor | None = None)
     """The clip magnitude of every row (or group, row-major) of the 2-D fp32 tensor ``w``."""
     units = _units(w, scheme.group_size)
     if scheme.clip == "pct":
-        return torch.quantile(units.abs(), CLIP_Q, dim=-1) if units.shape[-1] <= 1 << 24 else _quantile_of_sorted(units.abs().sort(dim=-1).values, CLIP_Q)
+        return _TopOrder(units.abs(), CLIP_Q).quantile(CLIP_Q)
     if scheme.clip == "max":
         return units.abs().amax(dim=-1)
     if scheme.clip == "absmean":
