@@ -106,6 +106,10 @@ class QuantConfig:
     )
     compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor: zlib (reference, level 9), lzma, zstd, brotli, lrzip or auto (smallest)")
     byte_shuffle: bool = _f(False, "PGOLF_BYTE_SHUFFLE", "store fp16/fp32 tensors byte-plane by byte-plane in the artifact")
+    qat_enabled: bool = _f(False, "QAT_ENABLED", "straight-through fake quantization of linear weights by the export policy")
+    late_qat_threshold: float = _f(
+        0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)"
+    )
 
 
 @dataclass
@@ -249,6 +253,8 @@ def _validate_quant(q: QuantConfig) -> None:
     parse_policy(q.scheme)
     if q.compressor != AUTO and q.compressor not in CODEC_IDS:
         raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
+    if not 0.0 <= q.late_qat_threshold <= 1.0:
+        raise PgolfError(f"LATE_QAT_THRESHOLD={q.late_qat_threshold}: expected a value in [0, 1]")
 
 
 def validate(cfg: Config) -> None:

@@ -165,3 +165,11 @@ def test_top_order_quantiles_equal_torch_quantile(q):
 
     x = torch.randn(7, 1000, generator=torch.Generator().manual_seed(6)).abs()
     assert torch.allclose(_TopOrder(x, q).quantile(q), torch.quantile(x, q, dim=-1), rtol=0, atol=1e-7)
+
+
+def test_fp16_grid_rounding_equals_a_half_cast():
+    from pgolf.quant.lowbit import _round_to_fp16_grid
+
+    x = torch.cat([torch.rand(100_000) * 10.0 ** torch.randint(-4, 4, (100_000,)), torch.tensor([1.0, 2.0**-14, 65504.0, 1 + 2**-11, 1 + 3 * 2**-11])])
+    x = x.clamp(2.0**-14, 65504.0)
+    assert torch.equal(_round_to_fp16_grid(x), x.half().float())

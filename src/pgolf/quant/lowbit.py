@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -141,16 +142,29 @@ class _TopOrder:
         self.top = abs_units.topk(k, dim=-1, sorted=True).values.flip(-1)  # ascending: ranks first..n-1
 
     def quantile(self, q: float) -> Tensor:
-        # Linear interpolation between order statistics, rank computed in fp32: torch.quantile's rule.
-        rank = torch.tensor(q, dtype=torch.float32) * (self.n - 1)
-        lo = int(rank.floor())
-        hi = min(int(rank.ceil()), self.n - 1)
-        return torch.lerp(self.top[:, lo - self.first], self.top[:, hi - self.first], rank - lo)
+        # Linear interpolation between order statistics with the rank in fp32 (torch.quantile's
+        # rule), computed in numpy so that torch.compile sees constants, not data-dependent ints.
+        rank = np.float32(q) * np.float32(self.n - 1)
+        lo = int(np.floor(rank))
+        hi = min(int(np.ceil(rank)), self.n - 1)
+        return torch.lerp(self.top[:, lo - self.first], self.top[:, hi - self.first], float(rank - np.float32(lo)))
+
+
+def _round_to_fp16_grid(x: Tensor) -> Tensor:
+    """fp32 ``x`` (positive, in fp16's normal range) rounded to the nearest fp16 value, ties to even.
+
+    Done on the fp32 bits rather than by ``.to(float16).float()``, which torch.compile's inductor
+    may drop as a redundant cast pair: QAT under compile must see the same scales as the export.
+    """
+    bits = x.contiguous().view(torch.int32)
+    dropped = 13  # fp32 keeps 23 mantissa bits, fp16 keeps 10
+    rounded = (bits + ((1 << (dropped - 1)) - 1) + ((bits >> dropped) & 1)) & ~((1 << dropped) - 1)
+    return rounded.view(torch.float32)
 
 
 def _scale_for(clip: Tensor, qmax: int) -> Tensor:
     """fp16-representable scales (kept in fp32) for the given clips."""
-    return (clip / qmax).clamp_min(MIN_SCALE).to(torch.float16).float()
+    return _round_to_fp16_grid((clip / qmax).clamp(MIN_SCALE, 65504.0))
 
 
 def _codes(units: Tensor, scale: Tensor, qmax: int) -> Tensor:

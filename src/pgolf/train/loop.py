@@ -31,6 +31,7 @@ from pgolf.eval.evaluate import autocast_for, evaluate, trim_to_windows
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum
+from pgolf.quant.qat import disable_qat, update_qat
 from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
@@ -222,6 +223,8 @@ def run_training(s: Session) -> TrainStats:
             break
         elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms)
+        if update_qat(s.model, s.cfg.quant, scale):
+            s.run.log(f"qat:on step:{step} lr_scale:{scale:.4f} policy:{s.cfg.quant.scheme}")
         loss = train_step(s, scale, step)
         if not math.isfinite(loss):
             raise PgolfError(f"training diverged: train loss is {loss} at step {step + 1}")
@@ -287,6 +290,7 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     _sync(s.rt)
     t0 = time.perf_counter()
     state, _ = load_weights(path)
+    disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
     score = validate(s)
     _sync(s.rt)
