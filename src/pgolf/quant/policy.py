@@ -130,10 +130,23 @@ def quantize_with_scheme(
     return QuantEntry(name, KIND_INTN, codes, scale, t.dtype, scheme.bits, scheme.group_size)
 
 
+def _gptq_entry(entry: QuantEntry, tensor: Tensor, hessian: Tensor, scheme: Scheme) -> QuantEntry:
+    from pgolf.quant.gptq import gptq_quantize
+
+    # The RTN entry already fixed the layout (a group that does not divide became per row).
+    scheme = Scheme(FAMILY_INT, entry.bits, entry.group_size, scheme.clip, scheme.k)
+    codes, scale = gptq_quantize(tensor.detach().cpu(), hessian.cpu(), scheme)
+    return QuantEntry(entry.name, KIND_INTN, codes, scale, entry.restore_dtype, entry.bits, entry.group_size)
+
+
 def quantize_state_dict_policy(
-    state_dict: Mapping[str, Tensor], policy: Policy | str, hessians: Mapping[str, Tensor] | None = None
+    state_dict: Mapping[str, Tensor],
+    policy: Policy | str,
+    hessians: Mapping[str, Tensor] | None = None,
+    gptq: bool = False,
 ) -> QuantizedState:
-    """Quantize a state dict by ``policy``; ``hessians`` (name -> input Hessian) feed ``hsd`` clips."""
+    """Quantize a state dict by ``policy``; ``hessians`` (name -> input Hessian) feed ``hsd`` clips
+    and, with ``gptq``, GPTQ rounding of every intN tensor that has one (pgolf.quant.gptq)."""
     if isinstance(policy, str):
         policy = parse_policy(policy)
     fp32_patterns = keep_float_fp32_patterns()
@@ -145,5 +158,8 @@ def quantize_state_dict_policy(
             raise PgolfError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
         h = hessians.get(name) if hessians else None
         diag = torch.diagonal(h).float() if h is not None else None
-        entries.append(quantize_with_scheme(name, tensor, policy.scheme_for(name), policy.small_numel, fp32_patterns, diag))
+        entry = quantize_with_scheme(name, tensor, policy.scheme_for(name), policy.small_numel, fp32_patterns, diag)
+        if gptq and h is not None and entry.kind == KIND_INTN:
+            entry = _gptq_entry(entry, tensor, h, policy.scheme_for(name))
+        entries.append(entry)
     return QuantizedState(tuple(entries))
