@@ -25,6 +25,7 @@ VERB_MODULES = (
     "pgolf.bench.cli",
     "pgolf.check.cli",
     "pgolf.demo",
+    "pgolf.quant.cli",
     "pgolf.bundle.cli",
     "pgolf.submit.cli",
     "pgolf.experiments.cli",

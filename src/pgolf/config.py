@@ -187,8 +187,16 @@ class EvalConfig:
 
 @dataclass
 class QuantConfig:
-    scheme: str = _f("int8", "PGOLF_QUANT_SCHEME", "export quantization scheme; int8 is the reference's per-row int8")
-    compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor; zlib is the reference's zlib level 9")
+    scheme: str = _f(
+        "int8", "PGOLF_QUANT_SCHEME",
+        "export quantization policy (pgolf.quant.policy), e.g. 'embed=int8,attn=int6:mse,mlp=int5'; int8 is the reference's per-row int8",
+    )
+    compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor: zlib (reference, level 9), lzma, zstd, brotli, lrzip or auto (smallest)")
+    byte_shuffle: bool = _f(False, "PGOLF_BYTE_SHUFFLE", "store fp16/fp32 tensors byte-plane by byte-plane in the artifact")
+    qat_enabled: bool = _f(False, "QAT_ENABLED", "straight-through fake quantization of linear weights by the export policy")
+    late_qat_threshold: float = _f(
+        0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)"
+    )
 
 
 @dataclass
@@ -325,6 +333,17 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return cfg
 
 
+def _validate_quant(q: QuantConfig) -> None:
+    from pgolf.export.codecs import AUTO, CODEC_IDS
+    from pgolf.quant.policy import parse_policy
+
+    parse_policy(q.scheme)
+    if q.compressor != AUTO and q.compressor not in CODEC_IDS:
+        raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
+    if not 0.0 <= q.late_qat_threshold <= 1.0:
+        raise PgolfError(f"LATE_QAT_THRESHOLD={q.late_qat_threshold}: expected a value in [0, 1]")
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that would otherwise fail deep inside training."""
     m, t = cfg.model, cfg.train
@@ -345,8 +364,7 @@ def validate(cfg: Config) -> None:
         raise PgolfError(f"PGOLF_COMPILE={t.compile!r}: expected auto, 0 or 1")
     if t.attn_backend not in ("auto", "fa3", "sdpa"):
         raise PgolfError(f"PGOLF_ATTN_BACKEND={t.attn_backend!r}: expected auto, fa3 or sdpa")
-    if cfg.quant.scheme != "int8" or cfg.quant.compressor != "zlib":
-        raise PgolfError(f"quant scheme {cfg.quant.scheme!r} with {cfg.quant.compressor!r}: only int8 + zlib is available yet")
+    _validate_quant(cfg.quant)
     if t.device not in ("auto", "cpu", "cuda"):
         raise PgolfError(f"PGOLF_DEVICE={t.device!r}: expected auto, cpu or cuda")
     _validate_optim(cfg.optim)

@@ -31,7 +31,8 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.export.container import write_artifact
-from pgolf.quant.int8 import quantize_state_dict
+from pgolf.quant.int8 import QuantizedState
+from pgolf.quant.policy import quantize_state_dict_policy
 
 SIZE_CAP_BYTES = 16_000_000
 PACKAGE = "pgolf"
@@ -142,20 +143,25 @@ def export_model(
     *,
     files: Iterable[str | os.PathLike[str]] | None = None,
     codec: str = "zlib",
+    policy: str = "int8",
+    shuffle: bool = False,
+    quantized: QuantizedState | None = None,
 ) -> SizeReport:
-    """Quantize, write the artifact to ``path`` and return its size report.
+    """Quantize by ``policy`` (or take an already ``quantized`` state), write the artifact to
+    ``path`` with ``codec`` (``"auto"``: smallest) and return its size report.
 
     Raises PgolfError (leaving no new file) when model + code is over the cap.
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    quantized = quantize_state_dict(state_dict)
+    if quantized is None:
+        quantized = quantize_state_dict_policy(state_dict, policy)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".export")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write_artifact(tmp, quantized, meta, codec)
+        write_artifact(tmp, quantized, meta, codec, shuffle=shuffle)
         report = size_report(tmp, files)
         check_under_cap(report)
         os.replace(tmp, path)

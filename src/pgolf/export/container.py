@@ -5,7 +5,7 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
     offset  size  field
     0       8     magic b"PGOLF\\x00AR"
     8       1     format version (1)
-    9       1     compressor id (1 = zlib level 9; ids for lzma/zstd/brotli can be added later)
+    9       1     compressor id (pgolf.export.codecs: 1 zlib-9, 2 lzma, 3 zstd-22, 4 brotli-11, 5 lrzip)
     10      8     uncompressed payload length, u64
     18      4     CRC32 of the uncompressed payload, u32
     22      ...   compressed payload, to the end of the file
@@ -33,7 +33,19 @@ import safetensors.torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
-from pgolf.quant.int8 import KIND_PASSTHROUGH, KINDS, QuantEntry, QuantizedState, dtype_from_name, dtype_name
+from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, compress_best, zlib_decompress_capped  # noqa: F401
+from pgolf.quant.int8 import (
+    INTN_BITS,
+    KIND_INTN,
+    KIND_PASSTHROUGH,
+    KINDS,
+    QuantEntry,
+    QuantizedState,
+    dtype_from_name,
+    dtype_name,
+)
+from pgolf.quant.policy import tensor_role
 
 MAGIC = b"PGOLF\x00AR"
 FORMAT_VERSION = 1
@@ -44,45 +56,14 @@ METADATA_KEY = "pgolf"
 # Real artifacts are under 16 MB compressed and int8 data barely compresses, so a payload of
 # 256 MiB is already absurd; anything claiming more is refused before decompressing.
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
-ZLIB_LEVEL = 9
+SCHEMA_V2 = "pgolf.quant.v2"
+# Entries may not claim more dimensions or elements than any real state dict holds.
+MAX_NDIM = 8
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:200] or type(exc).__name__
-
-
-def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
-    """Inflate one complete zlib stream of at most ``max_bytes``; PgolfError on anything else."""
-    inflater = zlib.decompressobj()
-    try:
-        # max_length bounds the output buffer, so a bomb stops at max_bytes + 1 bytes.
-        out = inflater.decompress(data, max_bytes + 1)
-    except zlib.error as exc:
-        raise PgolfError(f"{source}: corrupt zlib data ({_one_line(exc)})") from None
-    if len(out) > max_bytes:
-        raise PgolfError(f"{source}: zlib data inflates to more than {max_bytes} bytes")
-    if not inflater.eof:
-        raise PgolfError(f"{source}: truncated zlib data")
-    if inflater.unused_data:
-        raise PgolfError(f"{source}: {len(inflater.unused_data)} unexpected bytes after the zlib data")
-    return out
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A compressor: its id in the header, and both directions."""
-
-    codec_id: int
-    name: str
-    compress: Callable[[bytes], bytes]
-    decompress: Callable[[bytes, int, str], bytes]  # (data, max_bytes, source) -> payload
-
-
-CODECS: dict[int, Codec] = {
-    1: Codec(1, "zlib", lambda data: zlib.compress(data, ZLIB_LEVEL), zlib_decompress_capped),
-}
-CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,12 +72,21 @@ CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
 
 
 def pack_container(payload: bytes, codec: str = "zlib") -> bytes:
-    """Frame ``payload``: header (magic, version, codec, length, CRC32) + compressed bytes."""
-    if codec not in CODEC_IDS:
-        raise PgolfError(f"unknown compressor {codec!r} (known: {', '.join(sorted(CODEC_IDS))})")
-    c = CODECS[CODEC_IDS[codec]]
+    """Frame ``payload``: header (magic, version, codec, length, CRC32) + compressed bytes.
+
+    ``codec`` is a compressor name or ``"auto"``: every available compressor, smallest output wins.
+    """
+    if codec == AUTO:
+        c, body = compress_best(payload)
+    else:
+        if codec not in CODEC_IDS:
+            raise PgolfError(f"unknown compressor {codec!r} (known: {', '.join(sorted(CODEC_IDS))}, {AUTO})")
+        c = CODECS[CODEC_IDS[codec]]
+        if not c.available():
+            raise PgolfError(f"compressor {codec!r} is not available on this machine")
+        body = c.compress(payload)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, c.codec_id, len(payload), zlib.crc32(payload))
-    return header + c.compress(payload)
+    return header + body
 
 
 def unpack_container(blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
@@ -132,29 +122,77 @@ def _tensor_keys(e: QuantEntry) -> list[str]:
     return [f"values/{e.name}"] if e.kind == KIND_PASSTHROUGH else [f"values/{e.name}", f"scale/{e.name}"]
 
 
-def encode_payload(q: QuantizedState, extra_meta: dict[str, Any]) -> bytes:
-    """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON)."""
-    if not isinstance(extra_meta, dict):
-        raise PgolfError(f"artifact metadata must be a dict, got {type(extra_meta).__name__}")
-    doc = {
-        "schema": SCHEMA,
-        "entries": [{"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype)} for e in q],
-        "meta": extra_meta,
-    }
+def _needs_v2(q: QuantizedState, shuffle: bool) -> bool:
+    return shuffle or any(e.kind == KIND_INTN for e in q)
+
+
+def _dump_doc(doc: dict[str, Any]) -> str:
     try:
-        text = json.dumps(doc, separators=(",", ":"), allow_nan=False)
+        return json.dumps(doc, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise PgolfError(f"artifact metadata is not plain JSON ({_one_line(exc)})") from None
-    tensors: dict[str, Tensor] = {}
-    for e in q:
-        # Clones: safetensors refuses tensors that share storage (tied weights, views).
-        tensors[f"values/{e.name}"] = e.values.detach().to("cpu").contiguous().clone()
-        if e.scale is not None:
-            tensors[f"scale/{e.name}"] = e.scale.detach().to("cpu").contiguous().clone()
+
+
+def _save(tensors: dict[str, Tensor], text: str) -> bytes:
     try:
         return safetensors.torch.save(tensors, metadata={METADATA_KEY: text})
     except Exception as exc:  # safetensors raises its own error types for unsupported dtypes
         raise PgolfError(f"cannot serialize the quantized state ({_one_line(exc)})") from None
+
+
+def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool) -> tuple[str, Tensor, dict[str, Any]]:
+    """Key, stored tensor and layout record of one tensor of an entry (v2 layout)."""
+    t = t.detach().to("cpu").contiguous()
+    role = tensor_role(e.name)
+    if part == "values" and e.kind == KIND_INTN and not pack:
+        # One code per byte: byte-oriented compressors model these far better than packed bits.
+        return f"{role}.codes.int{e.bits}/{e.name}", t.clone(), {"layout": "raw"}
+    if part == "values" and e.kind == KIND_INTN:
+        spec = {"layout": "bits", "shape": list(t.shape)}
+        return f"{role}.codes.int{e.bits}/{e.name}", pack_codes(t, e.bits), spec
+    if shuffle and t.is_floating_point() and t.element_size() > 1:
+        spec = {"layout": "shuffle", "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
+        return f"{role}.{part}.shuffled.{dtype_name(t.dtype)}/{e.name}", shuffle_bytes(t), spec
+    # Clones: safetensors refuses tensors that share storage (tied weights, views).
+    return f"{role}.{part}.{dtype_name(t.dtype)}/{e.name}", t.clone(), {"layout": "raw"}
+
+
+def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False) -> bytes:
+    """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
+
+    States of only reference kinds (and no shuffle) use the v1 layout, byte for byte as before.
+    Otherwise (v2) intN codes are bit-packed, fp16/fp32 tensors optionally byte-shuffled, and
+    keys are prefixed by role, part and layout so that similar bytes sit together in the payload.
+    intN codes are stored one per byte unless ``pack`` (then bit-packed: smallest raw, but it
+    hides the byte structure from compressors, so packed files usually compress worse).
+    """
+    if not isinstance(extra_meta, dict):
+        raise PgolfError(f"artifact metadata must be a dict, got {type(extra_meta).__name__}")
+    if not _needs_v2(q, shuffle):
+        doc = {
+            "schema": SCHEMA,
+            "entries": [{"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype)} for e in q],
+            "meta": extra_meta,
+        }
+        tensors: dict[str, Tensor] = {}
+        for e in q:
+            tensors[f"values/{e.name}"] = e.values.detach().to("cpu").contiguous().clone()
+            if e.scale is not None:
+                tensors[f"scale/{e.name}"] = e.scale.detach().to("cpu").contiguous().clone()
+        return _save(tensors, _dump_doc(doc))
+    specs, tensors = [], {}
+    for e in q:
+        spec: dict[str, Any] = {"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype), "tensors": {}}
+        if e.kind == KIND_INTN:
+            spec.update(bits=e.bits, group_size=e.group_size)
+        for part, t in (("values", e.values), ("scale", e.scale)):
+            if t is None:
+                continue
+            key, stored, layout = _stored_part(e, part, t, shuffle, pack)
+            tensors[key] = stored
+            spec["tensors"][part] = {"key": key, **layout}
+        specs.append(spec)
+    return _save(tensors, _dump_doc({"schema": SCHEMA_V2, "entries": specs, "meta": extra_meta}))
 
 
 def _read_metadata(payload: bytes, source: str) -> dict[str, Any]:
@@ -166,10 +204,10 @@ def _read_metadata(payload: bytes, source: str) -> dict[str, Any]:
     try:
         header = json.loads(payload[8 : 8 + n].decode("utf-8"))
         doc = json.loads(header["__metadata__"][METADATA_KEY])
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise PgolfError(f"{source}: unreadable safetensors/pgolf metadata ({_one_line(exc)})") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise PgolfError(f"{source}: metadata schema is not {SCHEMA!r}")
+    if not isinstance(doc, dict) or doc.get("schema") not in (SCHEMA, SCHEMA_V2):
+        raise PgolfError(f"{source}: metadata schema is not {SCHEMA!r} or {SCHEMA_V2!r}")
     if not isinstance(doc.get("entries"), list) or not isinstance(doc.get("meta"), dict):
         raise PgolfError(f"{source}: metadata lacks its entry list or meta object")
     return doc
@@ -182,33 +220,99 @@ def _load_tensors(payload: bytes, source: str) -> dict[str, Tensor]:
         raise PgolfError(f"{source}: corrupt safetensors payload ({_one_line(exc)})") from None
 
 
-def _entry_from(spec: object, tensors: dict[str, Tensor], source: str) -> QuantEntry:
+def _make_entry(name: str, kind: str, values: Tensor, scale: Tensor | None, dtype, source: str, **extra) -> QuantEntry:
+    try:
+        return QuantEntry(name, kind, values, scale, dtype, **extra)
+    except ValueError as exc:
+        raise PgolfError(f"{source}: {exc}") from None
+
+
+def _entry_head(spec: object, source: str) -> tuple[str, str, Any]:
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or spec.get("kind") not in KINDS:
         raise PgolfError(f"{source}: malformed metadata entry {str(spec)[:80]!r}")
     name, kind = spec["name"], spec["kind"]
     dtype = dtype_from_name(spec.get("restore_dtype"))
     if dtype is None:
         raise PgolfError(f"{source}: tensor {name!r} has unknown restore dtype {spec.get('restore_dtype')!r}")
+    return name, kind, dtype
+
+
+def _entry_from(spec: object, tensors: dict[str, Tensor], source: str) -> QuantEntry:
+    name, kind, dtype = _entry_head(spec, source)
+    if kind == KIND_INTN:
+        raise PgolfError(f"{source}: tensor {name!r} is intn, which a v1 artifact cannot hold")
     values = tensors.get(f"values/{name}")
     scale = tensors.get(f"scale/{name}")
     if values is None or (kind != KIND_PASSTHROUGH and scale is None):
         raise PgolfError(f"{source}: tensor {name!r} is listed in the metadata but missing from the payload")
-    try:
-        return QuantEntry(name, kind, values, scale if kind != KIND_PASSTHROUGH else None, dtype)
-    except ValueError as exc:
-        raise PgolfError(f"{source}: {exc}") from None
+    return _make_entry(name, kind, values, scale if kind != KIND_PASSTHROUGH else None, dtype, source)
+
+
+def _shape_of(layout: dict, name: str, source: str) -> tuple[int, ...]:
+    shape = layout.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_NDIM
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_PAYLOAD_BYTES * 8 for d in shape)
+    ):
+        raise PgolfError(f"{source}: tensor {name!r} has a malformed stored shape {str(shape)[:60]}")
+    return tuple(shape)
+
+
+def _restore_part(layout: object, tensors: dict[str, Tensor], name: str, bits: int, source: str) -> tuple[str, Tensor]:
+    if not isinstance(layout, dict) or not isinstance(layout.get("key"), str):
+        raise PgolfError(f"{source}: tensor {name!r} has a malformed layout record")
+    key = layout["key"]
+    stored = tensors.get(key)
+    if stored is None:
+        raise PgolfError(f"{source}: tensor {name!r} refers to {key[:80]!r}, missing from the payload")
+    kind = layout.get("layout")
+    if kind == "raw":
+        return key, stored
+    if kind == "bits":
+        return key, unpack_codes(stored, bits, _shape_of(layout, name, source), source)
+    if kind == "shuffle":
+        dtype = dtype_from_name(layout.get("dtype"))
+        if dtype is None or not dtype.is_floating_point:
+            raise PgolfError(f"{source}: tensor {name!r} has a bad shuffled dtype {layout.get('dtype')!r}")
+        return key, unshuffle_bytes(stored, dtype, _shape_of(layout, name, source), source)
+    raise PgolfError(f"{source}: tensor {name!r} has unknown layout {str(kind)[:40]!r}")
+
+
+def _entry_from_v2(spec: object, tensors: dict[str, Tensor], used: set[str], source: str) -> QuantEntry:
+    name, kind, dtype = _entry_head(spec, source)
+    assert isinstance(spec, dict)
+    bits, group = spec.get("bits", 8), spec.get("group_size", 0)
+    if kind == KIND_INTN and (not isinstance(bits, int) or bits not in INTN_BITS or not isinstance(group, int)):
+        raise PgolfError(f"{source}: tensor {name!r} has bad bits/group_size {bits!r}/{group!r}")
+    parts = spec.get("tensors")
+    if not isinstance(parts, dict) or "values" not in parts or (kind != KIND_PASSTHROUGH and "scale" not in parts):
+        raise PgolfError(f"{source}: tensor {name!r} lacks its tensor records")
+    restored: dict[str, Tensor] = {}
+    for part in ("values", "scale") if kind != KIND_PASSTHROUGH else ("values",):
+        key, t = _restore_part(parts[part], tensors, name, bits if part == "values" and kind == KIND_INTN else 8, source)
+        if key in used:
+            raise PgolfError(f"{source}: payload tensor {key[:80]!r} is used twice")
+        used.add(key)
+        restored[part] = t
+    extra = {"bits": bits, "group_size": group} if kind == KIND_INTN else {}
+    return _make_entry(name, kind, restored["values"], restored.get("scale"), dtype, source, **extra)
 
 
 def decode_payload(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:
     """Inverse of :func:`encode_payload`, validating that tensors and metadata agree."""
     doc = _read_metadata(payload, source)
     tensors = _load_tensors(payload, source)
-    entries = [_entry_from(spec, tensors, source) for spec in doc["entries"]]
+    if doc["schema"] == SCHEMA:
+        entries = [_entry_from(spec, tensors, source) for spec in doc["entries"]]
+        expected = {k for e in entries for k in _tensor_keys(e)}
+    else:
+        expected = set()
+        entries = [_entry_from_v2(spec, tensors, expected, source) for spec in doc["entries"]]
     try:
         q = QuantizedState(tuple(entries))
     except ValueError as exc:
         raise PgolfError(f"{source}: {exc}") from None
-    expected = {k for e in entries for k in _tensor_keys(e)}
     extra = sorted(set(tensors) - expected)
     if extra:
         raise PgolfError(f"{source}: payload holds tensor {extra[0]!r} that the metadata does not list")
@@ -235,9 +339,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
-def encode_artifact(q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib") -> bytes:
-    """The complete artifact file bytes for ``q``."""
-    return pack_container(encode_payload(q, extra_meta), codec)
+def encode_artifact(
+    q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False
+) -> bytes:
+    """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins)."""
+    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack), codec)
 
 
 def decode_artifact(
@@ -248,13 +354,18 @@ def decode_artifact(
 
 
 def write_artifact(
-    path: str | os.PathLike[str], quantized_state: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib"
+    path: str | os.PathLike[str],
+    quantized_state: QuantizedState,
+    extra_meta: dict[str, Any],
+    codec: str = "zlib",
+    *,
+    shuffle: bool = False,
 ) -> int:
     """Write the artifact atomically; return its exact size on disk in bytes."""
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    atomic_write_bytes(path, encode_artifact(quantized_state, extra_meta, codec))
+    atomic_write_bytes(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle))
     return os.path.getsize(path)
 
 

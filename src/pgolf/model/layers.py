@@ -21,8 +21,16 @@ class RMSNorm(nn.Module):
 
 
 class CastedLinear(nn.Linear):
-    """Weights stay fp32 for the optimizer; the matmul runs in the activation dtype (bf16 on GPU)."""
+    """Weights stay fp32 for the optimizer; the matmul runs in the activation dtype (bf16 on GPU).
+
+    ``weight_fake_quant`` (None unless QAT is on, see pgolf.quant.qat) maps the fp32 weight to its
+    straight-through fake-quantized value. It is an instance attribute, so torch.compile guards on
+    it and recompiles when QAT switches on instead of constant-folding a class flag.
+    """
+
+    weight_fake_quant = None
 
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, self.weight.to(x.dtype), bias)
+        w = self.weight if self.weight_fake_quant is None else self.weight_fake_quant(self.weight)
+        return F.linear(x, w.to(x.dtype), bias)

@@ -33,7 +33,11 @@ QUANT_FORMAT = "int8_clean_per_row_v1"
 KIND_PER_ROW = "int8_per_row"
 KIND_PER_TENSOR = "int8_per_tensor"
 KIND_PASSTHROUGH = "passthrough"
-KINDS = (KIND_PER_ROW, KIND_PER_TENSOR, KIND_PASSTHROUGH)
+# Low-bit codes from pgolf.quant.lowbit: symmetric codes in [-(2^(bits-1)-1), 2^(bits-1)-1] kept in
+# int8, with one fp16 scale per row (group_size 0) or per group of ``group_size`` columns.
+KIND_INTN = "intn"
+KINDS = (KIND_PER_ROW, KIND_PER_TENSOR, KIND_PASSTHROUGH, KIND_INTN)
+INTN_BITS = range(2, 9)
 
 KEEP_FLOAT_MAX_NUMEL = 65_536
 KEEP_FLOAT_STORE_DTYPE = torch.float16
@@ -74,7 +78,7 @@ class QuantEntry:
     (``int8_per_tensor``) or None (``passthrough``). ``restore_dtype`` is the dtype
     :func:`dequantize` returns: the original dtype, except that control tensors kept in fp32 come
     back as fp32 and fp16/other float passthroughs come back as stored, as in the reference.
-    Construction checks the shapes and dtypes fit together and raises ValueError when not.
+    ``bits`` and ``group_size`` only matter for ``intn`` (see KIND_INTN). Construction checks the shapes and dtypes fit together and raises ValueError when not.
     """
 
     name: str
@@ -82,6 +86,8 @@ class QuantEntry:
     values: Tensor
     scale: Tensor | None
     restore_dtype: torch.dtype
+    bits: int = 8
+    group_size: int = 0
 
     def __post_init__(self) -> None:
         problem = _entry_problem(self)
@@ -98,6 +104,8 @@ def _entry_problem(e: QuantEntry) -> str | None:
         return "values must be a tensor and restore_dtype a torch dtype"
     if e.kind == KIND_PASSTHROUGH:
         return _passthrough_problem(e)
+    if e.kind == KIND_INTN:
+        return _intn_problem(e)
     return _int8_problem(e)
 
 
@@ -125,6 +133,38 @@ def _int8_problem(e: QuantEntry) -> str | None:
     rows = e.values.shape[0]
     if e.scale.numel() != rows:
         return f"per-row scale has {e.scale.numel()} elements for {rows} rows"
+    return None
+
+
+def intn_scale_shape(shape: tuple[int, ...], group_size: int) -> tuple[int, ...] | None:
+    """The scale shape of an ``intn`` tensor of ``shape``, or None when no layout fits."""
+    if len(shape) != 2:
+        return None
+    rows, cols = shape
+    if group_size == 0:
+        return (rows,)
+    if group_size < 0 or cols % group_size:
+        return None
+    return (rows, cols // group_size)
+
+
+def _intn_problem(e: QuantEntry) -> str | None:
+    if not isinstance(e.bits, int) or e.bits not in INTN_BITS:
+        return f"bit width {e.bits!r} is not in 2..8"
+    if e.values.dtype != torch.int8:
+        return f"quantized values are {dtype_name(e.values.dtype)}, expected int8"
+    if not isinstance(e.scale, Tensor) or e.scale.dtype != torch.float16:
+        return "an intn tensor needs a float16 scale tensor"
+    if not e.restore_dtype.is_floating_point:
+        return f"cannot dequantize to non-float dtype {dtype_name(e.restore_dtype)}"
+    expected = intn_scale_shape(tuple(e.values.shape), e.group_size) if isinstance(e.group_size, int) else None
+    if expected is None:
+        return f"group size {e.group_size!r} does not fit a tensor of shape {tuple(e.values.shape)}"
+    if tuple(e.scale.shape) != expected:
+        return f"scale shape {tuple(e.scale.shape)} does not match {expected}"
+    qmax = (1 << (e.bits - 1)) - 1
+    if e.values.numel() and int(e.values.abs().max()) > qmax:
+        return f"codes exceed the int{e.bits} range +-{qmax}"
     return None
 
 
@@ -262,8 +302,20 @@ def dequantize_entry(e: QuantEntry) -> Tensor:
     if e.kind == KIND_PER_TENSOR:
         assert e.scale is not None
         return (e.values.float() * float(e.scale.item())).to(dtype=e.restore_dtype).contiguous()
+    if e.kind == KIND_INTN:
+        assert e.scale is not None
+        return intn_dequantize(e.values, e.scale, e.group_size).to(dtype=e.restore_dtype).contiguous()
     # A copy, so the caller may train on the result without touching this state.
     return e.values.to(dtype=e.restore_dtype, copy=True).contiguous()
+
+
+def intn_dequantize(codes: Tensor, scale: Tensor, group_size: int) -> Tensor:
+    """fp32 weights from intn codes and their fp16 scales (per row, or per group of columns)."""
+    rows, cols = codes.shape
+    if group_size == 0:
+        return codes.float() * scale.float()[:, None]
+    grouped = codes.float().reshape(rows, cols // group_size, group_size) * scale.float()[:, :, None]
+    return grouped.reshape(rows, cols)
 
 
 def dequantize(q: QuantizedState) -> dict[str, Tensor]:
@@ -290,6 +342,8 @@ def to_reference_object(q: QuantizedState) -> dict[str, object]:
             if e.restore_dtype != e.values.dtype:
                 orig_dtypes[e.name] = dtype_name(e.restore_dtype)
             continue
+        if e.kind == KIND_INTN:
+            raise PgolfError(f"tensor {e.name!r}: int{e.bits} codes have no reference int8 layout")
         assert e.scale is not None
         quantized[e.name] = e.values
         scales[e.name] = e.scale

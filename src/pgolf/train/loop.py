@@ -38,6 +38,7 @@ from pgolf.optim.averaging import build_averager
 from pgolf.optim.clip import clip_gradients
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
+from pgolf.quant.qat import disable_qat, update_qat
 from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
@@ -247,6 +248,8 @@ def run_training(s: Session) -> TrainStats:
             break
         elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms, t.warmdown_frac, t.min_lr)
+        if update_qat(s.model, s.cfg.quant, scale):
+            s.run.log(f"qat:on step:{step} lr_scale:{scale:.4f} policy:{s.cfg.quant.scheme}")
         loss = train_step(s, scale, step, training_frac(step, elapsed, t.iterations, cap_ms))
         if not math.isfinite(loss):
             raise PgolfError(f"training diverged: train loss is {loss} at step {step + 1}")
@@ -312,7 +315,11 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
     if s.rt.is_master:
-        report = export_model(s.model.state_dict(), path, {"config": s.cfg.to_dict()})
+        q = s.cfg.quant
+        report = export_model(
+            s.model.state_dict(), path, {"config": s.cfg.to_dict()},
+            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle,
+        )
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
     if s.rt.distributed:
@@ -322,6 +329,7 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     _sync(s.rt)
     t0 = time.perf_counter()
     state, _ = load_weights(path)
+    disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
     score = validate(s)
     _sync(s.rt)

@@ -1,0 +1,178 @@
+"""Compressors for the artifact container, each with a capped, fully checked decompressor.
+
+ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (xz, preset 9 extreme), 3 zstd level 22,
+4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed).
+Every decompressor returns at most ``max_bytes`` bytes and raises a one-line PgolfError for
+corrupt, truncated or trailing data, so hostile input cannot force a large allocation.
+"""
+
+from __future__ import annotations
+
+import lzma
+import shutil
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import brotli
+import zstandard
+
+from pgolf.errors import PgolfError
+
+ZLIB_LEVEL = 9
+ZSTD_LEVEL = 22
+BROTLI_QUALITY = 11
+LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+AUTO = "auto"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
+    """Inflate one complete zlib stream of at most ``max_bytes``; PgolfError on anything else."""
+    inflater = zlib.decompressobj()
+    try:
+        # max_length bounds the output buffer, so a bomb stops at max_bytes + 1 bytes.
+        out = inflater.decompress(data, max_bytes + 1)
+    except zlib.error as exc:
+        raise PgolfError(f"{source}: corrupt zlib data ({_one_line(exc)})") from None
+    if len(out) > max_bytes:
+        raise PgolfError(f"{source}: zlib data inflates to more than {max_bytes} bytes")
+    if not inflater.eof:
+        raise PgolfError(f"{source}: truncated zlib data")
+    if inflater.unused_data:
+        raise PgolfError(f"{source}: {len(inflater.unused_data)} unexpected bytes after the zlib data")
+    return out
+
+
+def _lzma_compress(data: bytes) -> bytes:
+    # No xz check: the container's CRC32 already covers the payload.
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=LZMA_PRESET)
+
+
+def lzma_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    try:
+        out = d.decompress(data, max_bytes + 1)
+    except lzma.LZMAError as exc:
+        raise PgolfError(f"{source}: corrupt lzma data ({_one_line(exc)})") from None
+    if len(out) > max_bytes:
+        raise PgolfError(f"{source}: lzma data inflates to more than {max_bytes} bytes")
+    if not d.eof:
+        raise PgolfError(f"{source}: truncated lzma data")
+    if d.unused_data:
+        raise PgolfError(f"{source}: {len(d.unused_data)} unexpected bytes after the lzma data")
+    return out
+
+
+def _zstd_compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True, write_checksum=False).compress(data)
+
+
+def zstd_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise PgolfError(f"{source}: corrupt zstd frame header ({_one_line(exc)})") from None
+    # The frame must declare its size, and that size must fit the cap, before any output exists.
+    if declared < 0 or declared > max_bytes:
+        raise PgolfError(f"{source}: zstd frame declares {declared} bytes (cap {max_bytes})")
+    d = zstandard.ZstdDecompressor().decompressobj()
+    try:
+        out = d.decompress(data)
+    except zstandard.ZstdError as exc:
+        raise PgolfError(f"{source}: corrupt zstd data ({_one_line(exc)})") from None
+    if len(out) != declared or not d.eof:
+        raise PgolfError(f"{source}: truncated zstd data")
+    if d.unused_data:
+        raise PgolfError(f"{source}: {len(d.unused_data)} unexpected bytes after the zstd data")
+    return out
+
+
+def brotli_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
+    d = brotli.Decompressor()
+    try:
+        out = d.process(data, output_buffer_limit=max_bytes + 1)
+        if len(out) > max_bytes:
+            raise PgolfError(f"{source}: brotli data inflates to more than {max_bytes} bytes")
+        if not d.is_finished():
+            raise PgolfError(f"{source}: truncated brotli data")
+    except brotli.error as exc:
+        raise PgolfError(f"{source}: corrupt brotli data ({_one_line(exc)})") from None
+    return out
+
+
+def lrzip_available() -> bool:
+    return shutil.which("lrzip") is not None
+
+
+def _run_lrzip(args: list[str], data: bytes, out_name: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "in"
+        src.write_bytes(data)
+        out = Path(tmp) / out_name
+        subprocess.run(["lrzip", "-q", "-f", *args, "-o", str(out), str(src)], check=True, capture_output=True, timeout=600)
+        return out.read_bytes()
+
+
+def _lrzip_compress(data: bytes) -> bytes:
+    if not lrzip_available():
+        raise PgolfError("compressor lrzip: the lrzip binary is not installed")
+    return _run_lrzip(["-L", "9"], data, "out.lrz")
+
+
+def lrzip_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
+    if not lrzip_available():
+        raise PgolfError(f"{source}: compressed with lrzip, but the lrzip binary is not installed")
+    try:
+        out = _run_lrzip(["-d"], data, "out")
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+        raise PgolfError(f"{source}: corrupt lrzip data ({type(exc).__name__})") from None
+    if len(out) > max_bytes:
+        raise PgolfError(f"{source}: lrzip data inflates to more than {max_bytes} bytes")
+    return out
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A compressor: its id in the header, and both directions."""
+
+    codec_id: int
+    name: str
+    compress: Callable[[bytes], bytes]
+    decompress: Callable[[bytes, int, str], bytes]  # (data, max_bytes, source) -> payload
+    available: Callable[[], bool] = lambda: True
+
+
+CODECS: dict[int, Codec] = {
+    1: Codec(1, "zlib", lambda data: zlib.compress(data, ZLIB_LEVEL), zlib_decompress_capped),
+    2: Codec(2, "lzma", _lzma_compress, lzma_decompress_capped),
+    3: Codec(3, "zstd", _zstd_compress, zstd_decompress_capped),
+    4: Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped),
+    5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
+}
+CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
+
+
+def available_codecs() -> list[str]:
+    """Names of the compressors usable on this machine, in id order."""
+    return [c.name for c in CODECS.values() if c.available()]
+
+
+def compress_best(payload: bytes, names: list[str] | None = None) -> tuple[Codec, bytes]:
+    """The smallest compression of ``payload`` among ``names`` (default: all available); ties go to the lower id."""
+    best: tuple[Codec, bytes] | None = None
+    for name in names or available_codecs():
+        c = CODECS[CODEC_IDS[name]]
+        out = c.compress(payload)
+        if best is None or len(out) < len(best[1]):
+            best = (c, out)
+    if best is None:
+        raise PgolfError("no compressor to choose from")
+    return best

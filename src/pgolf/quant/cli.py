@@ -1,0 +1,94 @@
+"""``pgolf quant inspect ARTIFACT`` (bytes per tensor and per group, summing to the file size) and
+``pgolf quant sweep CHECKPOINT`` (policies x compressors by round trip; see pgolf.quant.sweep)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pgolf.config_cli import add_config_arguments
+from pgolf.export.artifact import SIZE_CAP_BYTES
+from pgolf.export.codecs import CODECS
+from pgolf.export.inspect import attribute_bytes, group_totals
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    rows = attribute_bytes(args.artifact)
+    size = os.path.getsize(args.artifact)
+    with open(args.artifact, "rb") as f:
+        codec = CODECS[f.read(10)[9]].name
+    if not args.groups_only:
+        print(f"{'file bytes':>12} {'stored':>12}  tensor")
+        for r in rows:
+            print(f"{r.file_bytes:>12,} {r.stored_bytes:>12,}  {r.key}")
+        print()
+    print(f"{'file bytes':>12}  group")
+    for group, b in group_totals(rows).items():
+        print(f"{b:>12,}  {group}")
+    total = sum(r.file_bytes for r in rows)
+    print(f"{total:>12,}  total ({codec}; file size {size:,}; model-only headroom {SIZE_CAP_BYTES - size:,} of {SIZE_CAP_BYTES:,})")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pgolf.data.shards import load_tokens
+    from pgolf.eval.cli import _load_into, _load_state, _resolve_config
+    from pgolf.errors import PgolfError
+    from pgolf.eval.evaluate import evaluate, trim_to_windows
+    from pgolf.model.gpt import build_model
+    from pgolf.quant.policy import parse_policy
+    from pgolf.quant.sweep import check_compressors, format_table, run_sweep, write_outputs
+    from pgolf.runtime import pick_device
+    from pgolf.tokenizer.luts import build_byte_table
+    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+
+    for policy in args.schemes:  # refuse bad input before the slow loading
+        parse_policy(policy)
+    check_compressors(args.compressors.split(","))
+    args.artifact, args.preset_given = None, args.preset is not None
+    args.preset = args.preset or "baseline"
+    state, embedded = _load_state(args)
+    cfg = _resolve_config(args, embedded)
+    out = Path(args.out)
+    if not out.is_dir():
+        raise PgolfError(f"--out {out}: folder does not exist")
+    sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer_path)
+    check_vocab_size(sp, cfg.model.vocab_size, str(args.tokenizer or cfg.data.tokenizer_path))
+    device = pick_device(args.device)
+    seq_len = cfg.eval_seq_len
+    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
+    model = build_model(cfg.model, device)
+
+    def score(weights: dict) -> float:
+        _load_into(model, weights, args)
+        return evaluate(model, tokens, seq_len, table, args.batch_tokens, device).score.val_bpb
+
+    float_bpb, rows = run_sweep(state, args.schemes, args.compressors.split(","), score, out)
+    print(format_table(float_bpb, rows))
+    for path in write_outputs(float_bpb, rows, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("quant", help="inspect artifacts and sweep quantization policies x compressors")
+    sub = p.add_subparsers(dest="quant_verb", metavar="ACTION", required=True)
+    ins = sub.add_parser("inspect", help="bytes per tensor and per group, summing exactly to the file size")
+    ins.add_argument("artifact")
+    ins.add_argument("--groups-only", action="store_true", help="print only the per-group totals")
+    ins.set_defaults(handler=_inspect)
+    sw = sub.add_parser("sweep", help="evaluate quantization policies x compressors by round trip")
+    sw.add_argument("checkpoint", help="checkpoint.safetensors (carries its config) or a torch .pt (give --preset)")
+    sw.add_argument("--schemes", nargs="+", required=True, metavar="POLICY", help="policies, e.g. int8 int6:mse 'attn=int6,mlp=int5'")
+    sw.add_argument("--compressors", default="zlib", help="comma-separated: zlib,lzma,zstd,brotli,lrzip,auto (default: zlib)")
+    add_config_arguments(sw, default_preset=None)
+    sw.add_argument("--val", help="val shard file, directory or glob (default: the config's)")
+    sw.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
+    sw.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
+    sw.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")
+    sw.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    sw.add_argument("--out", default=".", help="folder for the artifacts and sweep.csv/.json/.png (default: .)")
+    sw.set_defaults(handler=_sweep)

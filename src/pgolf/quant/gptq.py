@@ -1,0 +1,100 @@
+"""GPTQ (Frantar et al. 2023) for intN per-row / per-group schemes, with Hessians from forward hooks.
+
+* :func:`collect_hessians` runs calibration batches through the model with a forward pre-hook on
+  every CastedLinear and accumulates ``H = sum x^T x`` over its inputs (fp32, per weight name).
+* :func:`gptq_quantize` quantizes one weight column by column in blocks of 128, in descending
+  ``diag(H)`` order (activation order), with dead columns zeroed, damping ``0.01 * mean(diag H)``,
+  and the error of each column fed back to the not-yet-quantized ones through the Cholesky factor
+  of ``H^-1``. Scales are fixed up front by the scheme's clip rule, so codes and fp16 scales are
+  stored exactly like round-to-nearest ones (same entry kind, same artifact format).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from pgolf.errors import PgolfError
+from pgolf.model.layers import CastedLinear
+from pgolf.quant.lowbit import FAMILY_INT, Scheme, _scale_for, clip_per_unit, fits
+
+BLOCK = 128
+DAMP = 0.01
+
+
+@torch.no_grad()
+def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, Tensor]:
+    """``{"<linear>.weight": H}`` from running ``model.logits`` on each batch of input ids."""
+    hessians: dict[str, Tensor] = {}
+    handles = []
+
+    def hook_for(name: str):
+        def hook(_module, inputs):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            h = hessians.get(name)
+            hessians[name] = x.T @ x if h is None else h.add_(x.T @ x)
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, CastedLinear):
+            handles.append(module.register_forward_pre_hook(hook_for(f"{name}.weight")))
+    try:
+        for ids in batches:
+            model.logits(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return hessians
+
+
+def _column_scales(w: Tensor, scheme: Scheme) -> tuple[Tensor, Tensor]:
+    """fp32 scale per (row, column) and the fp16 scale tensor to store."""
+    rows, cols = w.shape
+    scale = _scale_for(clip_per_unit(w, scheme), scheme.qmax)
+    if scheme.group_size == 0:
+        return scale[:, None].expand(rows, cols), scale.half()
+    per_group = scale.reshape(rows, cols // scheme.group_size)
+    return per_group.repeat_interleave(scheme.group_size, dim=1), per_group.half()
+
+
+def gptq_quantize(w: Tensor, hessian: Tensor, scheme: Scheme) -> tuple[Tensor, Tensor]:
+    """``(codes int8, scale fp16)`` like :func:`pgolf.quant.lowbit.quantize_weight`, GPTQ-rounded."""
+    if scheme.family != FAMILY_INT or not fits(scheme, tuple(w.shape)):
+        raise PgolfError(f"GPTQ: scheme {scheme} cannot store a tensor of shape {tuple(w.shape)}")
+    rows, cols = w.shape
+    if hessian.shape != (cols, cols):
+        raise PgolfError(f"GPTQ: Hessian shape {tuple(hessian.shape)} does not match {cols} input columns")
+    w = w.detach().float().clone()
+    col_scale, stored_scale = _column_scales(w, scheme)
+    h = hessian.detach().float().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    perm = torch.argsort(torch.diagonal(h), descending=True)
+    inv = torch.argsort(perm)
+    w, h, s = w[:, perm], h[perm][:, perm], col_scale[:, perm]
+    h += DAMP * torch.diagonal(h).mean() * torch.eye(cols)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    q = torch.zeros_like(w)
+    for b0 in range(0, cols, BLOCK):
+        b1 = min(b0 + BLOCK, cols)
+        wb, hb = w[:, b0:b1].clone(), hinv[b0:b1, b0:b1]
+        err = torch.zeros_like(wb)
+        for j in range(b1 - b0):
+            col, d = wb[:, j], hb[j, j]
+            qc = torch.clamp(torch.round(col / s[:, b0 + j]), -scheme.qmax, scheme.qmax)
+            q[:, b0 + j] = qc
+            e = (col - qc * s[:, b0 + j]) / d
+            wb[:, j:] -= e[:, None] * hb[j, j:][None, :]
+            err[:, j] = e
+        w[:, b1:] -= err @ hinv[b0:b1, b1:]
+    return q[:, inv].to(torch.int8).contiguous(), stored_scale.contiguous()
+
+
+def hessian_error(w: Tensor, w_hat: Tensor, hessian: Tensor) -> float:
+    """``trace((W - W_hat) H (W - W_hat)^T)``: the layer-output error GPTQ minimizes."""
+    d = (w - w_hat).float()
+    return float(((d @ hessian.float()) * d).sum())

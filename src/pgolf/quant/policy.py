@@ -1,0 +1,165 @@
+"""Which scheme each tensor gets: a policy of ``PATTERN=SCHEME`` rules, and applying it.
+
+A policy string is a comma-separated list of rules, first match wins::
+
+    embed=int8ref,attn=int6:mse,mlp=int5,*=int6,small=65536
+
+* ``PATTERN`` is a role (``embed``: token embedding, ``head``: untied output head, ``attn``,
+  ``mlp``, ``other``) or a glob on the tensor name (``blocks.0.*``);
+* ``SCHEME`` is a :mod:`pgolf.quant.lowbit` scheme string;
+* ``small=N`` sets the size at or under which float tensors are kept as floats by the reference
+  rule (control tensors fp32, the rest fp16; default 65,536, the reference's); non-float tensors
+  and tensors that are not 2-D always go that way too;
+* a bare scheme (``int6``) means ``*=int6``; tensors no rule matches get ``int8ref``.
+
+The policy ``int8`` (or ``int8ref``) is the reference export exactly.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pgolf.errors import PgolfError
+from pgolf.quant.int8 import (
+    KEEP_FLOAT_MAX_NUMEL,
+    KIND_INTN,
+    KIND_PASSTHROUGH,
+    QuantEntry,
+    QuantizedState,
+    _keep_float,
+    keep_float_fp32_patterns,
+    quantize_tensor,
+)
+from pgolf.quant.lowbit import FAMILY_FLOAT, FAMILY_INT, FAMILY_REF, Scheme, fits, parse_scheme, quantize_weight
+
+ROLES = ("embed", "head", "attn", "mlp", "other")
+
+
+def tensor_role(name: str) -> str:
+    """The role of a state-dict tensor, from its name."""
+    if name.startswith("tok_emb") or ".tok_emb" in name or "embed" in name:
+        return "embed"
+    if "lm_head" in name:
+        return "head"
+    if ".attn." in name or name.startswith("attn."):
+        return "attn"
+    if ".mlp." in name or name.startswith("mlp."):
+        return "mlp"
+    return "other"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Ordered ``(pattern, scheme)`` rules plus the keep-float size threshold."""
+
+    rules: tuple[tuple[str, Scheme], ...]
+    small_numel: int = KEEP_FLOAT_MAX_NUMEL
+
+    def scheme_for(self, name: str) -> Scheme:
+        role = tensor_role(name)
+        for pattern, scheme in self.rules:
+            if pattern == "*" or pattern == role or (pattern not in ROLES and fnmatch.fnmatchcase(name, pattern)):
+                return scheme
+        return Scheme(FAMILY_REF)
+
+    def __str__(self) -> str:
+        parts = [f"{p}={s}" for p, s in self.rules]
+        if self.small_numel != KEEP_FLOAT_MAX_NUMEL:
+            parts.append(f"small={self.small_numel}")
+        return ",".join(parts)
+
+    @property
+    def is_reference(self) -> bool:
+        return self.small_numel == KEEP_FLOAT_MAX_NUMEL and all(s.family == FAMILY_REF for _, s in self.rules)
+
+
+def parse_policy(text: str) -> Policy:
+    """The Policy spelled ``text``; PgolfError naming the bad rule otherwise."""
+    if not isinstance(text, str) or not text.strip():
+        raise PgolfError("quant policy is empty")
+    rules: list[tuple[str, Scheme]] = []
+    small = KEEP_FLOAT_MAX_NUMEL
+    for raw in text.split(","):
+        rule = raw.strip()
+        if not rule:
+            continue
+        pattern, sep, scheme_text = rule.partition("=")
+        if not sep:
+            pattern, scheme_text = "*", rule
+        pattern = pattern.strip()
+        if not pattern:
+            raise PgolfError(f"quant policy rule {rule!r}: empty pattern")
+        if pattern == "small":
+            try:
+                small = int(scheme_text)
+            except ValueError:
+                raise PgolfError(f"quant policy rule {rule!r}: small= needs an element count") from None
+            if small < 0:
+                raise PgolfError(f"quant policy rule {rule!r}: small= must be >= 0")
+            continue
+        rules.append((pattern, parse_scheme(scheme_text)))
+    return Policy(tuple(rules), small)
+
+
+def quantize_with_scheme(
+    name: str, tensor: Tensor, scheme: Scheme, small_numel: int, fp32_patterns: tuple[str, ...],
+    hessian_diag: Tensor | None = None,
+) -> QuantEntry:
+    """One tensor's entry under ``scheme`` (small, non-float and non-2-D tensors: reference rule)."""
+    t = tensor.detach().to("cpu").contiguous()
+    if scheme.family == FAMILY_REF:
+        return quantize_tensor(name, t, fp32_patterns)
+    if not t.is_floating_point() or t.numel() <= small_numel or t.ndim != 2:
+        if t.is_floating_point() and t.numel() > KEEP_FLOAT_MAX_NUMEL and scheme.family == FAMILY_INT:
+            # A large non-matrix tensor: the reference's per-tensor int8 is the only fitting layout.
+            return quantize_tensor(name, t, fp32_patterns)
+        return _keep_float(name, t, fp32_patterns) if t.is_floating_point() else QuantEntry(
+            name, KIND_PASSTHROUGH, t.clone(), None, t.dtype
+        )
+    if scheme.family == FAMILY_FLOAT:
+        return QuantEntry(name, KIND_PASSTHROUGH, t.to(scheme.float_dtype).contiguous(), None, t.dtype)
+    if not fits(scheme, tuple(t.shape)):
+        # The group does not divide the columns: one scale per row at the same width instead.
+        scheme = Scheme(FAMILY_INT, scheme.bits, 0, scheme.clip, scheme.k)
+    codes, scale = quantize_weight(t, scheme, hessian_diag)
+    return QuantEntry(name, KIND_INTN, codes, scale, t.dtype, scheme.bits, scheme.group_size)
+
+
+def _gptq_entry(entry: QuantEntry, tensor: Tensor, hessian: Tensor, scheme: Scheme) -> QuantEntry:
+    from pgolf.quant.gptq import gptq_quantize
+
+    # The RTN entry already fixed the layout (a group that does not divide became per row).
+    scheme = Scheme(FAMILY_INT, entry.bits, entry.group_size, scheme.clip, scheme.k)
+    codes, scale = gptq_quantize(tensor.detach().cpu(), hessian.cpu(), scheme)
+    return QuantEntry(entry.name, KIND_INTN, codes, scale, entry.restore_dtype, entry.bits, entry.group_size)
+
+
+def quantize_state_dict_policy(
+    state_dict: Mapping[str, Tensor],
+    policy: Policy | str,
+    hessians: Mapping[str, Tensor] | None = None,
+    gptq: bool = False,
+) -> QuantizedState:
+    """Quantize a state dict by ``policy``; ``hessians`` (name -> input Hessian) feed ``hsd`` clips
+    and, with ``gptq``, GPTQ rounding of every intN tensor that has one (pgolf.quant.gptq)."""
+    if isinstance(policy, str):
+        policy = parse_policy(policy)
+    fp32_patterns = keep_float_fp32_patterns()
+    entries = []
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not name:
+            raise PgolfError(f"state dict key {name!r} is not a non-empty string")
+        if not isinstance(tensor, Tensor):
+            raise PgolfError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+        h = hessians.get(name) if hessians else None
+        diag = torch.diagonal(h).float() if h is not None else None
+        entry = quantize_with_scheme(name, tensor, policy.scheme_for(name), policy.small_numel, fp32_patterns, diag)
+        if gptq and h is not None and entry.kind == KIND_INTN:
+            entry = _gptq_entry(entry, tensor, h, policy.scheme_for(name))
+        entries.append(entry)
+    return QuantizedState(tuple(entries))

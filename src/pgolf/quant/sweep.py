@@ -1,0 +1,123 @@
+"""``pgolf quant sweep``: every (policy, compressor) pair scored by a real round trip.
+
+For each policy the checkpoint is quantized once; for each compressor the artifact is written
+(export/artifact.py sizes it: bytes_model is the file, bytes_total adds the code, headroom to the
+16,000,000-byte cap), read back from disk and dequantized. Decoded weights must equal the
+in-memory quantized weights bit for bit (checked for every pair), so val_bpb is evaluated once per
+policy with eval/evaluate.py; the quantization gap is that minus the float checkpoint's val_bpb.
+Results go to a table on stdout plus ``sweep.csv``, ``sweep.json`` and ``sweep.png`` (val_bpb
+against bytes_total) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from pgolf.errors import PgolfError
+from pgolf.export.artifact import SIZE_CAP_BYTES, size_report
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS
+from pgolf.export.container import atomic_write_bytes, read_artifact, write_artifact
+from pgolf.quant.int8 import dequantize
+from pgolf.quant.policy import parse_policy, quantize_state_dict_policy
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    policy: str
+    compressor: str
+    bytes_model: int
+    bytes_total: int
+    headroom: int
+    val_bpb: float
+    quant_gap_bpb: float
+
+
+def check_compressors(names: list[str]) -> list[str]:
+    for n in names:
+        if n != AUTO and n not in CODEC_IDS:
+            raise PgolfError(f"--compressors: unknown compressor {n!r} (known: {', '.join(CODEC_IDS)}, {AUTO})")
+        if n in CODEC_IDS and not CODECS[CODEC_IDS[n]].available():
+            raise PgolfError(f"--compressors: {n} is not available on this machine")
+    return names
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], where: str) -> None:
+    for name, t in a.items():
+        if name not in b or t.dtype != b[name].dtype or not torch.equal(t, b[name]):
+            raise PgolfError(f"{where}: tensor {name!r} does not round-trip bit for bit")
+
+
+def run_sweep(state: dict, policies: list[str], compressors: list[str], score, out_dir: Path) -> tuple[float, list[SweepRow]]:
+    """``score(state_dict) -> val_bpb``; artifacts are written to ``out_dir``."""
+    for p in policies:
+        parse_policy(p)
+    check_compressors(compressors)
+    float_bpb = score(state)
+    rows = []
+    for i, policy in enumerate(policies):
+        quantized = quantize_state_dict_policy(state, policy)
+        expected = dequantize(quantized)
+        bpb = None
+        for codec in compressors:
+            path = out_dir / f"sweep_{i}_{codec}.pgolf"
+            write_artifact(path, quantized, {"policy": policy}, codec)
+            report = size_report(path)
+            loaded = dequantize(read_artifact(path)[0])
+            _same_weights(expected, loaded, str(path))
+            if bpb is None:
+                bpb = score(loaded)
+            rows.append(SweepRow(policy, codec, report.bytes_model, report.bytes_total, report.headroom, bpb, bpb - float_bpb))
+    return float_bpb, rows
+
+
+def format_table(float_bpb: float, rows: list[SweepRow]) -> str:
+    head = f"{'bytes_model':>12} {'bytes_total':>12} {'headroom':>12} {'val_bpb':>10} {'gap':>9}  compressor  policy"
+    lines = [f"float checkpoint val_bpb {float_bpb:.6f}; cap {SIZE_CAP_BYTES:,} bytes", head]
+    for r in rows:
+        lines.append(
+            f"{r.bytes_model:>12,} {r.bytes_total:>12,} {r.headroom:>12,} {r.val_bpb:>10.6f} {r.quant_gap_bpb:>+9.6f}  {r.compressor:<10}  {r.policy}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(float_bpb: float, rows: list[SweepRow], out_dir: Path) -> list[Path]:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SweepRow.__dataclass_fields__))
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in rows)
+    atomic_write_bytes(out_dir / "sweep.csv", buf.getvalue().encode())
+    doc = {"float_val_bpb": float_bpb, "size_cap_bytes": SIZE_CAP_BYTES, "rows": [asdict(r) for r in rows]}
+    atomic_write_bytes(out_dir / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
+    _plot(float_bpb, rows, out_dir / "sweep.png")
+    return [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
+
+
+def _plot(float_bpb: float, rows: list[SweepRow], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for codec in dict.fromkeys(r.compressor for r in rows):
+        pts = [r for r in rows if r.compressor == codec]
+        ax.scatter([r.bytes_total for r in pts], [r.val_bpb for r in pts], label=codec)
+        for r in pts:
+            ax.annotate(r.policy, (r.bytes_total, r.val_bpb), fontsize=6, alpha=0.7)
+    ax.axhline(float_bpb, color="gray", linestyle="--", label="float checkpoint")
+    ax.axvline(SIZE_CAP_BYTES, color="red", linestyle=":", label="16 MB cap")
+    ax.set_xlabel("bytes_total (model + code)")
+    ax.set_ylabel("val_bpb")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)

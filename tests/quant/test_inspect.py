@@ -1,0 +1,41 @@
+"""``pgolf quant inspect``: per-tensor and per-group bytes sum exactly to the file size."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from pgolf.export.codecs import available_codecs
+from pgolf.export.container import write_artifact
+from pgolf.export.inspect import attribute_bytes, group_totals
+from pgolf.quant.policy import quantize_state_dict_policy
+
+
+def artifact(tmp_path, codec, policy="embed=int8,attn=int6,mlp=int5g32,small=0"):
+    g = torch.Generator().manual_seed(0)
+    sd = {"tok_emb.weight": torch.randn(64, 64, generator=g), "blocks.0.attn.c_q.weight": torch.randn(64, 64, generator=g),
+          "blocks.0.mlp.fc.weight": torch.randn(128, 64, generator=g), "blocks.0.attn_scale": torch.ones(64)}
+    path = tmp_path / f"m.{codec}"
+    write_artifact(path, quantize_state_dict_policy(sd, policy), {"x": 1}, codec, shuffle=True)
+    return path
+
+
+@pytest.mark.parametrize("codec", [c for c in available_codecs() if c != "brotli"])
+def test_rows_and_groups_sum_to_the_file_size(tmp_path, codec):
+    path = artifact(tmp_path, codec)
+    rows = attribute_bytes(path)
+    assert sum(r.file_bytes for r in rows) == os.path.getsize(path)
+    assert sum(group_totals(rows).values()) == os.path.getsize(path)
+    assert {"header", "metadata", "mlp.codes.int5", "attn.codes.int6"} <= set(group_totals(rows))
+
+
+def test_cli_prints_the_exact_total(tmp_path, run_pgolf):
+    path = artifact(tmp_path, "zlib", "int8")
+    code, out, _ = run_pgolf(["quant", "inspect", str(path)])
+    assert code == 0 and f"file size {os.path.getsize(path):,}" in out
+    total_line = [line for line in out.splitlines() if "total (zlib" in line][0]
+    assert int(total_line.split()[0].replace(",", "")) == os.path.getsize(path)
+    code, _, err = run_pgolf(["quant", "inspect", str(tmp_path / "missing")])
+    assert code == 2 and "not found" in err

@@ -1,0 +1,45 @@
+"""``pgolf quant sweep`` on a checkpoint trained here: table, CSV, JSON and PNG, sizes measured."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import safetensors.torch
+import torch
+
+from pgolf.model.gpt import build_model
+from pgolf.presets import tiny_cpu
+
+
+def test_sweep_writes_every_pair_with_measured_sizes(shared_data, tmp_path, run_pgolf):
+    cfg = tiny_cpu()
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    ckpt = tmp_path / "checkpoint.safetensors"
+    safetensors.torch.save_file(model.state_dict(), str(ckpt), metadata={"pgolf_config": cfg.to_json()})
+    code, out, err = run_pgolf([
+        "quant", "sweep", str(ckpt), "--schemes", "int8", "int4g32,small=0", "--compressors", "zlib,zstd",
+        "--val", str(shared_data / "datasets" / "fineweb10B_sp1024_valprefix" / "fineweb_val_000000.bin"),
+        "--tokenizer", str(shared_data / "tokenizers" / "fineweb_1024_bpe.model"), "--max-tokens", "4096",
+        "--out", str(tmp_path),
+    ])
+    assert code == 0, err
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [(r["policy"], r["compressor"]) for r in rows] == [
+        ("int8", "zlib"), ("int8", "zstd"), ("int4g32,small=0", "zlib"), ("int4g32,small=0", "zstd")]
+    for i, r in enumerate(rows):
+        path = tmp_path / f"sweep_{i // 2}_{r['compressor']}.pgolf"
+        assert r["bytes_model"] == os.path.getsize(path)
+        assert r["bytes_total"] > r["bytes_model"] and r["headroom"] == 16_000_000 - r["bytes_total"]
+    # int4 on every matrix loses more than int8 (which keeps these small matrices as fp16).
+    assert rows[2]["quant_gap_bpb"] > rows[0]["quant_gap_bpb"]
+    assert len(list(csv.DictReader((tmp_path / "sweep.csv").open()))) == 4
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "bytes_total" in out and "headroom" in out
+    code, _, err = run_pgolf(["quant", "sweep", str(ckpt), "--schemes", "int9", "--out", str(tmp_path)])
+    assert code == 2 and "int9" in err
