@@ -136,6 +136,7 @@ class TrainConfig:
     iterations: int = _f(20000, "ITERATIONS", "maximum optimizer steps")
     warmdown_iters: int = _f(1200, "WARMDOWN_ITERS", "linear LR warm-down length (in steps, converted to time under a cap)")
     warmdown_frac: float = _f(0.0, "WARMDOWN_FRAC", "warm-down over this last fraction of training (time under a cap), replacing WARMDOWN_ITERS; 0 disables (R24+: 0.72-0.85)")
+    enable_looping_at: float = _f(0.0, "ENABLE_LOOPING_AT", "training fraction at which depth recurrence (NUM_LOOPS) switches on; 0 = from the start (R35+: 0.35)")
     min_lr: float = _f(0.0, "MIN_LR", "floor of the LR scale during the warm-down (R43: 0.10)")
     ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables")
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
@@ -392,6 +393,8 @@ def _validate_optim(o: "OptimConfig") -> None:
 def _validate_train_techniques(t: "TrainConfig") -> None:
     if not 0.0 <= t.warmdown_frac <= 1.0:
         raise PgolfError(f"WARMDOWN_FRAC={t.warmdown_frac} must lie in [0, 1]")
+    if not 0.0 <= t.enable_looping_at <= 1.0:
+        raise PgolfError(f"ENABLE_LOOPING_AT={t.enable_looping_at} must lie in [0, 1]")
     if not 0.0 <= t.min_lr <= 1.0:
         raise PgolfError(f"MIN_LR={t.min_lr} must lie in [0, 1]")
     if not 0.0 <= t.ema_decay < 1.0:

@@ -125,3 +125,11 @@ def test_validation_during_training(shared_data, tmp_path):
     log = (tmp_path / "v" / "train.log").read_text()
     assert all(f"step:{n}/6 val_loss" in log for n in (0, 2, 4, 6))
     assert results["steps"] == 6
+
+
+def test_recurrence_switches_on_at_a_fraction_of_training(shared_data, tmp_path):
+    results = train(tiny_config(shared_data, 4, "RUN_ID=r", "NUM_LOOPS=1", "LOOP_START=0", "LOOP_END=1",
+                                "ENABLE_LOOPING_AT=0.5"), runs_dir=tmp_path, echo=False)
+    log = (tmp_path / "r" / "train.log").read_text()
+    assert "recurrence:off step:0 layers:2" in log and "recurrence:on step:2 layers:4" in log
+    assert results["steps"] == 4

@@ -147,6 +147,15 @@ def apply_schedules(s: Session, step: int, scale: float, frac: float) -> None:
     s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
     s.opts.set_lr_scale(scale)
     s.opts.set_muon_wd_scale(wd_taper_scale(frac, o.wd_taper_start_frac, o.wd_taper_final_mult))
+    switch_recurrence(s, frac >= s.cfg.train.enable_looping_at, step)
+
+
+def switch_recurrence(s: Session, active: bool, step: int) -> None:
+    """Depth recurrence (NUM_LOOPS) on or off; logged when it changes. A no-op without loops."""
+    if s.model.cfg.num_loops == 0 or (s.model.active_loops > 0) == active:
+        return
+    s.model.set_recurrence(active)
+    s.run.log(f"recurrence:{'on' if active else 'off'} step:{step} layers:{len(s.model.layer_order())}")
 
 
 def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
@@ -236,6 +245,7 @@ def run_training(s: Session) -> TrainStats:
             train_ms += 1000.0 * (time.perf_counter() - t0)
             if last:
                 swap_in_average(s)
+                switch_recurrence(s, True, step)  # the artifact is always evaluated with its loops
             score = validate(s)
             s.run.log(
                 f"step:{step}/{t.iterations} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} "
