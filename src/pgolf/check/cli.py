@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from pgolf.config_cli import add_config_arguments
+from pgolf.eval.cli import add_weights_arguments
 
 
 def _model_and_data(args: argparse.Namespace):
@@ -91,13 +91,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
-    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
-    add_config_arguments(parser, default_preset=None)
-    parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
-    parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
-    parser.add_argument("--seq-len", type=int, default=0, help="window length (default: the config's eval/train length)")
+    add_weights_arguments(parser)
     parser.add_argument("--max-tokens", type=int, default=8192, help="evaluate only the first N val tokens (default: 8192)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where to run (default: cpu, for bit-identity)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the sampled positions")

@@ -212,11 +212,8 @@ def _save_npy(path: Path, array) -> None:
         raise
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "eval", help="score an artifact or checkpoint (exact val_loss and val_bpb)",
-        description=sys.modules[__name__].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to score and on what: the weights, their config, the val shards and tokenizer, the window."""
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
     weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
@@ -224,6 +221,14 @@ def register(subparsers) -> None:
     parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
     parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
     parser.add_argument("--seq-len", type=int, default=0, help="window length (default: the config's eval/train length)")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval", help="score an artifact or checkpoint (exact val_loss and val_bpb)",
+        description=sys.modules[__name__].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_weights_arguments(parser)
     parser.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch (default: 65536)")
     parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
