@@ -22,7 +22,7 @@ COMPRESSORS = ("lzma", "zlib", "brotli", "gzip", "bz2")
 
 
 class NotAWrapper(Exception):
-    pass
+    """The source is not a recognised self-extracting wrapper (it is then checked as plain code)."""
 
 
 @dataclass
