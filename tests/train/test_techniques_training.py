@@ -4,9 +4,6 @@ and scored, and the record options run through the real loop."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,7 @@ from pgolf.export.loading import load_weights
 from pgolf.optim.averaging import EMA, SWA
 from pgolf.train.loop import ARTIFACT_NAME, CHECKPOINT_NAME, train
 
-from test_training import tiny_config, tiny_config_overrides, train_losses
+from test_training import tiny_config, train_losses, train_single_and_two_gloo_ranks
 
 
 class _Spy:
@@ -75,15 +72,7 @@ def test_record_options_train_the_same_on_one_and_two_gloo_ranks(shared_data, tm
     """Every training option at once through the real loop; the window loader's rank-independent stream
     and Parallel Muon make 2 DDP ranks follow the single process."""
     common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", *RECORD_OPTIONS]
-    train(tiny_config(shared_data, 4, "RUN_ID=single", *common), runs_dir=tmp_path, echo=False)
-    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "pgolf.cli", "train", "--preset", "tiny_cpu", "--runs-dir", str(tmp_path), *sets]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
     assert len(single) == len(ddp) == 4 and single[-1] < single[0]
     assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]

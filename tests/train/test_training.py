@@ -85,8 +85,8 @@ def test_golden_loss_curve(shared_data, tmp_path):
     assert worst < GOLDEN_TOLERANCE, f"loss curve moved by {worst:.2e} nats (PGOLF_UPDATE_GOLDEN=1 to accept)"
 
 
-def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
-    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128"]
+def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: list[str]) -> tuple[list[float], list[float]]:
+    """4 steps in this process (run "single") and under torchrun on 2 gloo ranks (run "ddp"); their train losses."""
     train(tiny_config(shared_data, 4, "RUN_ID=single", *common), runs_dir=tmp_path, echo=False)
     sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -95,7 +95,12 @@ def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    single, ddp = train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    return train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+
+
+def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128"]
+    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
     assert len(single) == len(ddp) == 4
     assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
     assert "world_size: 2" in (tmp_path / "ddp" / "train.log").read_text()
