@@ -42,7 +42,7 @@ from pgolf.quant.qat import disable_qat, update_qat
 from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
-from pgolf.train import warmup
+from pgolf.train.warmup import capture, graph_variants, restore, set_variant
 from pgolf.train.rundir import RunDir, new_run_id
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -194,16 +194,16 @@ def compile_warmup(s: Session) -> None:
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
         return
-    initial = warmup.capture(s.model, s.opts)
-    variants = warmup.graph_variants(s.model, s.cfg.train, s.cfg.quant)
+    initial = capture(s.model, s.opts)
+    variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
     for variant in variants:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
         for i in range(steps):
-            warmup.set_variant(s.model, variant, s.cfg.quant.scheme)  # train_step's schedules must not move it
+            set_variant(s.model, variant, s.cfg.quant.scheme)  # train_step's schedules must not move it
             train_step(s, 1.0, 0, variant.training_frac)
             if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
                 s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
-    warmup.restore(s.model, s.opts, initial)
+    restore(s.model, s.opts, initial)
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
     s.loader = _build_loader(s.cfg, s.rt)
