@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from pgolf.model import attn_backend
-from pgolf.model.attn_backend import causal_attention, fa3_unavailable_reason, segments_from_bos, select_backend
+from pgolf.model.attn_backend import (
+    causal_attention,
+    fa3_unavailable_reason,
+    padded_segments_from_bos,
+    segments_from_bos,
+    select_backend,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -73,3 +79,53 @@ def test_fa3_varlen_matches_sdpa_block_diagonal_mask():
     torch.testing.assert_close(fa3_out, sdpa_out, **BF16_TOL)
     for a, b in zip(fa3_grads, sdpa_grads):
         assert _relative_error(a, b) < 2e-2
+
+
+def _documents(device, batch, seq_len, seed=1):
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.randint(2, 1024, (batch, seq_len), generator=g, device=device)
+    ids[torch.rand(ids.shape, generator=g, device=device) < 0.01] = BOS  # documents of ~100 tokens
+    return ids
+
+
+def test_fa3_varlen_over_padded_segments_matches_sdpa_block_diagonal_mask():
+    """The fixed-shape segments the compiled model uses: trailing zero-length documents change nothing."""
+    device = _need_fa3()
+    q, k, v = _qkv(device)
+    ids = _documents(device, q.size(0), q.size(2))
+    fa3_out, fa3_grads = _run("fa3", device, q, k, v, padded_segments_from_bos(ids, BOS))
+    sdpa_out, sdpa_grads = _run("sdpa", device, q, k, v, segments_from_bos(ids, BOS))
+    torch.testing.assert_close(fa3_out, sdpa_out, **BF16_TOL)
+    for a, b in zip(fa3_grads, sdpa_grads):
+        assert _relative_error(a, b) < 2e-2
+
+
+def _compiled_doc_isolated_loss(backend: str, device, ids):
+    from pgolf.eval.evaluate import autocast_for
+    from pgolf.model.gpt import build_model
+    from pgolf.presets import baseline
+
+    cfg = baseline().model
+    cfg.num_layers, cfg.doc_isolated_attention, cfg.bos_id = 2, True, BOS  # head_dim 64: an FA3 size
+    torch._dynamo.reset()
+    select_backend(backend, device)
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    compiled = torch.compile(model, dynamic=False, fullgraph=True)
+    with autocast_for(device):
+        loss = compiled(ids, torch.roll(ids, -1, 1))
+    grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+    return loss.detach().float(), grads
+
+
+def test_compiled_doc_isolated_model_on_fa3_varlen_matches_sdpa_mask():
+    """The model's wiring: DOC_ISOLATED_ATTENTION on FA3 (varlen, compiled, no graph break) equals the SDPA mask path."""
+    device = _need_fa3()
+    ids = _documents(device, 4, 1024, seed=2)
+    fa3_loss, fa3_grads = _compiled_doc_isolated_loss("fa3", device, ids)
+    sdpa_loss, sdpa_grads = _compiled_doc_isolated_loss("sdpa", device, ids)
+    torch._dynamo.reset()
+    torch.testing.assert_close(fa3_loss, sdpa_loss, rtol=1e-2, atol=1e-2)
+    for a, b in zip(fa3_grads, sdpa_grads):
+        if a is not None and b is not None and b.norm() > 0:
+            assert _relative_error(a, b) < 5e-2

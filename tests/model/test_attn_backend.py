@@ -1,4 +1,5 @@
-"""The attention backend layer on CPU: document isolation equals per-document attention, selection rules."""
+"""The attention backend layer on CPU: document isolation equals per-document attention, FA3 varlen's
+fixed-shape segments describe exactly the mask path's documents, selection rules."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import torch.nn.functional as F
 
 from pgolf.errors import PgolfError
 from pgolf.model import attn_backend
-from pgolf.model.attn_backend import causal_attention, document_causal_mask, segments_from_bos, select_backend
+from pgolf.model.attn_backend import (
+    causal_attention,
+    doc_ids_from_bos,
+    document_attention_inputs,
+    document_causal_mask,
+    padded_segments_from_bos,
+    segments_from_bos,
+    select_backend,
+)
 
 BOS = 1
 
@@ -119,3 +128,81 @@ def test_gpu_fallback_prints_one_notice_with_reason_and_cost(capsys):
     with pytest.raises(PgolfError, match="fa3 but FlashAttention 3 cannot run: CUDA is not available"):
         select_backend("fa3", "cuda")
     assert select_backend("sdpa", "cuda") == "sdpa" and capsys.readouterr().err == ""
+
+
+# -- FA3 varlen's input, in fixed shapes for compiled models ------------------------------------------
+
+LAYOUTS = [
+    torch.tensor([[5, 1, 7, 8, 1, 9], [1, 4, 4, 4, 4, 1]]),  # BOS first, last, mid-row
+    torch.tensor([[1, 1, 1, 2, 2, 2], [3, 3, 3, 3, 3, 3]]),  # back-to-back BOS; a row without any
+    torch.randint(0, 4, (3, 32), generator=torch.Generator().manual_seed(7)),  # about one token in four
+]
+
+
+def varlen_reference(q, k, v, cu_seqlens):
+    """What flash_attn_varlen_func computes: plain causal attention over each [cu[i], cu[i+1]) of the
+    flattened batch (zero-length documents contribute nothing)."""
+    batch, heads, seq_len, dim = q.shape
+    groups = heads // k.size(1)
+    flat = [t.transpose(1, 2).reshape(batch * seq_len, t.size(1), dim) for t in (q, k, v)]
+    out = torch.zeros_like(flat[0])
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            qq, kk, vv = (t[a:b].transpose(0, 1)[None] for t in flat)
+            kk, vv = kk.repeat_interleave(groups, dim=1), vv.repeat_interleave(groups, dim=1)
+            out[a:b] = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)[0].transpose(0, 1)
+    return out.view(batch, seq_len, heads, dim).transpose(1, 2)
+
+
+@pytest.mark.parametrize("ids", LAYOUTS)
+def test_padded_segments_are_the_documents_of_the_mask_path(ids):
+    padded, exact = padded_segments_from_bos(ids, BOS), segments_from_bos(ids, BOS)
+    n = exact.num_docs
+    assert padded.cu_seqlens.dtype == torch.int32 and padded.cu_seqlens.numel() == ids.numel() + 1
+    assert torch.equal(padded.cu_seqlens[: n + 1], exact.cu_seqlens)
+    assert (padded.cu_seqlens[n:] == ids.numel()).all()  # the rest: zero-length documents at the end
+    assert padded.max_seqlen == ids.size(1) >= exact.max_seqlen
+    assert torch.equal(padded.doc_ids, exact.doc_ids)
+    # every segment is one document of the SDPA mask path: constant doc id, never crossing a row
+    mask_ids = doc_ids_from_bos(ids, BOS)
+    bounds = padded.cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        if b > a:
+            assert a // ids.size(1) == (b - 1) // ids.size(1)
+            assert mask_ids.reshape(-1)[a:b].unique().numel() == 1
+    assert torch.equal(document_causal_mask(padded.doc_ids), document_causal_mask(mask_ids))
+
+
+@pytest.mark.parametrize("ids", LAYOUTS)
+def test_varlen_over_padded_segments_equals_the_sdpa_mask_path(ids):
+    q, k, v = qkv(ids.size(0), 4, 2, ids.size(1), seed=5)
+    select_backend("sdpa", "cpu")
+    masked = causal_attention(q, k, v, segments_from_bos(ids, BOS))
+    got = varlen_reference(q, k, v, padded_segments_from_bos(ids, BOS).cu_seqlens)
+    torch.testing.assert_close(got, masked, rtol=1e-12, atol=1e-12)
+
+
+def test_padded_segments_compile_once_for_every_document_layout():
+    from pgolf.bench.recompile import RecompileWatch
+
+    torch._dynamo.reset()
+    build = torch.compile(padded_segments_from_bos, fullgraph=True, dynamic=False, backend="eager")
+    ids = torch.randint(0, 4, (2, 16), generator=torch.Generator().manual_seed(0))
+    build(ids, BOS)
+    watch = RecompileWatch()
+    with watch.forbid("new document layouts"):
+        for seed in range(1, 4):
+            other = torch.randint(0, 4, (2, 16), generator=torch.Generator().manual_seed(seed))
+            assert torch.equal(build(other, BOS).cu_seqlens, padded_segments_from_bos(other, BOS).cu_seqlens)
+    torch._dynamo.reset()
+
+
+def test_the_model_gets_a_mask_on_sdpa_and_segments_on_fa3(monkeypatch):
+    ids = LAYOUTS[0]
+    select_backend("sdpa", "cpu")
+    mask, segments = document_attention_inputs(ids, BOS)
+    assert segments is None and torch.equal(mask, document_causal_mask(doc_ids_from_bos(ids, BOS)))
+    monkeypatch.setattr(attn_backend, "_active", "fa3")  # as select_backend leaves it on a Hopper GPU with FA3
+    mask, segments = document_attention_inputs(ids, BOS)
+    assert mask is None and torch.equal(segments.cu_seqlens, padded_segments_from_bos(ids, BOS).cu_seqlens)

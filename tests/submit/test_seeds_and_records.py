@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 from pathlib import Path
 
 import pytest
 
-SEEDS = (11, 22)
+SEEDS = (11, 22, 33)  # three, as a records PR has
 
 
 def data_sets(shared_data: Path) -> list[str]:
@@ -24,7 +25,7 @@ def data_sets(shared_data: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def seeded(shared_data, tmp_path_factory):
-    """Two seeds of tiny_cpu, trained by the bundle `pgolf seeds` builds."""
+    """Three seeds of tiny_cpu, trained by the bundle `pgolf seeds` builds."""
     from pgolf.cli import main
 
     root = tmp_path_factory.mktemp("seeds")
@@ -46,8 +47,8 @@ def test_seeds_runs_each_seed_with_the_bundle(seeded):
         assert config["train"]["seed"] == seed and results["steps"] == 3
         assert results["code_source"] == "bundle train_gpt.py"
         assert results["bytes_code"] == os.path.getsize(seeded / "train_gpt.py")
-    a, b = (json.loads((seeded / "runs" / f"t_seed{s}" / "results.json").read_text())["val_bpb"] for s in SEEDS)
-    assert a != b  # the seed reached the model
+    scores = {json.loads((seeded / "runs" / f"t_seed{s}" / "results.json").read_text())["val_bpb"] for s in SEEDS}
+    assert len(scores) == len(SEEDS)  # the seed reached the model
 
 
 def test_submit_writes_a_records_folder(seeded, run_pgolf, tmp_path):
@@ -66,7 +67,7 @@ def test_submit_writes_a_records_folder(seeded, run_pgolf, tmp_path):
         row, results = sub["seed_results"][str(seed)], json.loads(Path(runs[SEEDS.index(seed)], "results.json").read_text())
         assert row["val_bpb"] == results["val_bpb"] and row["artifact_bytes"] == results["bytes_model"] + bundle_bytes
         assert {"val_loss", "steps", "step_avg_ms", "train_time_s", "eval_time_s"} <= set(row)
-    assert sub["val_bpb"] == pytest.approx(sum(r["val_bpb"] for r in sub["seed_results"].values()) / 2)
+    assert sub["val_bpb"] == pytest.approx(sum(r["val_bpb"] for r in sub["seed_results"].values()) / len(SEEDS))
     assert sub["val_bpb_std"] > 0 and sub["t_statistic"] < 0 and sub["welch_df"] > 0
     readme = (folder / "README.md").read_text()
     assert "model.num_layers`: 9 -> 2" in readme and "## Significance" in readme and "| 22 |" in readme
@@ -89,3 +90,36 @@ def test_submit_refuses_runs_of_different_configurations(seeded, run_pgolf, tmp_
                               "--github-id", "a", "--records-dir", str(tmp_path / "records")])
     assert code == 2 and err.count("\n") == 1 and "optim.matrix_lr" in err
     assert not (tmp_path / "records" / "track_10min_16mb").exists() or not any((tmp_path / "records" / "track_10min_16mb").iterdir())
+
+
+SEED_FIELDS = {"val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes", "bytes_model", "bytes_code", "steps",
+               "step_avg_ms", "train_time_s", "eval_time_s", "run_id"}
+SUMMARY_FIELDS = {"val_bpb", "val_loss", "val_bpb_std", "val_loss_std", "bytes_total", "artifact_bytes_mean",
+                  "train_steps_mean", "step_avg_ms_mean", "train_time_s_mean", "eval_time_s_mean", "hardware",
+                  "pytorch_version", "python_version", "pgolf_version"}
+
+
+def test_a_three_seed_records_folder_passes_check_record(seeded, run_pgolf, tmp_path):
+    runs = [seeded / "runs" / f"t_seed{s}" for s in SEEDS]
+    code, _, err = run_pgolf(["submit", *map(str, runs), "--name", "Three Seeds", "--author", "A. Golfer",
+                              "--github-id", "agolfer", "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"),
+                              "--bundle", str(seeded / "train_gpt.py")])
+    assert code == 0, err
+    folder = tmp_path / "records" / "track_10min_16mb" / "2026-11-22_ThreeSeeds"
+    code, out, _ = run_pgolf(["check", "record", str(folder), "--json"])
+    [report] = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and report["ok"] and report["findings"] == []
+    sub = json.loads((folder / "submission.json").read_text())
+    assert SUMMARY_FIELDS <= set(sub) and sub["seeds"] == list(SEEDS)
+    results = [json.loads((run / "results.json").read_text()) for run in runs]
+    for seed, result in zip(SEEDS, results):
+        row = sub["seed_results"][str(seed)]
+        assert set(row) == SEED_FIELDS
+        assert (row["val_bpb"], row["val_loss"], row["steps"]) == (result["val_bpb"], result["val_loss"], result["steps"])
+        # each log's own size line is the seed's artifact: the check cross-checked sizes against evidence
+        assert report["facts"]["log_sizes"][f"train_seed{seed}.log"]["total"] == row["artifact_bytes"] == result["bytes_total"]
+    bpb = [r["val_bpb"] for r in results]
+    assert sub["val_bpb"] == pytest.approx(statistics.fmean(bpb)) and sub["val_bpb_std"] == pytest.approx(statistics.stdev(bpb))
+    assert sub["train_time_s_mean"] == pytest.approx(statistics.fmean(r["train_time_s"] for r in results), abs=0.01)
+    assert sub["bytes_total"] == max(r["bytes_total"] for r in results)
+    assert sub["hardware"] == "1x " + results[0]["device"] and sub["pytorch_version"] == results[0]["versions"]["torch"]

@@ -24,6 +24,8 @@ COMMON_FIELDS = {"blurb": str, "val_loss": (int, float), "bytes_total": int, "by
 LOG_TOTAL = re.compile(r"^Total submission size (?P<label>[^:]+): (?P<n>\d+) bytes", re.MULTILINE)
 LOG_MODEL = re.compile(r"^Serialized model (?P<label>[^:]+): (?P<n>\d+) bytes", re.MULTILINE)
 LOG_CODE = re.compile(r"^Code size(?: \((?P<kind>compressed|uncompressed)\))?: (?P<n>\d+) bytes", re.MULTILINE)
+# pgolf's own logs (pgolf.export.artifact.SizeReport.summary): "artifact T bytes = model M + code C (...)"
+LOG_PGOLF = re.compile(r"^artifact (?P<total>[\d,]+) bytes = model (?P<model>[\d,]+) \+ code (?P<code>[\d,]+) ", re.MULTILINE)
 
 
 @dataclass
@@ -82,6 +84,10 @@ def log_sizes(text: str) -> dict:
     models = [int(m["n"]) for m in LOG_MODEL.finditer(text)]
     codes = {m["kind"] or "plain": int(m["n"]) for m in LOG_CODE.finditer(text)}
     code = codes.get("compressed", codes.get("plain"))
+    pgolf = list(LOG_PGOLF.finditer(text))
+    if pgolf and not totals and not models and code is None:
+        last = {k: int(v.replace(",", "")) for k, v in pgolf[-1].groupdict().items()}
+        return {"total": last["total"], "code": last["code"], "model": last["model"]}
     out: dict = {}
     if totals:
         out["total"] = totals[-1]

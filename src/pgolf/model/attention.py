@@ -6,9 +6,9 @@ Record options, all off by default (then this is exactly the reference's attenti
   arXiv:2603.09078): from each head's output remove its component along the token's own
   normalised value vector, ``z_i = y_i - (y_i . v_i/|v_i|) v_i/|v_i|``. GQA-efficient form: the
   output is viewed as [B, Hkv, group, T, D] and the values broadcast, no ``repeat_interleave``.
-* Document-isolated attention: a block-diagonal causal mask built from BOS positions, so no
-  token attends across a document boundary (the records do this with varlen flash attention,
-  R35+ "VarLenAttn"; here via an SDPA mask).
+* Document-isolated attention: no token attends across a BOS document boundary. On FA3 this is
+  varlen flash attention over the documents (as the records do, R35+ "VarLenAttn"); on SDPA a
+  block-diagonal causal mask.
 * Value embeddings (R21, PR #374): a shared token table projected to the KV width, added to V.
 * Value residual (code in R22): ``v = l0 * v_first_layer + l1 * v``, lambdas init 0.5.
 * Per-head output gates, mutually exclusive, applied before the output projection:
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf.model.attn_backend import causal_attention
+from pgolf.model.attn_backend import Segments, causal_attention
 from pgolf.model.layers import CastedLinear
 from pgolf.model.rope import Rotary, apply_rotary
 
@@ -51,19 +51,21 @@ class AttentionOptions:
 class AttentionInputs:
     """Side inputs of one forward pass, shared by every layer."""
 
-    doc_mask: Tensor | None = None  # [B, 1, T, T] bool, True = may attend
+    doc_mask: Tensor | None = None  # [B, 1, T, T] bool, True = may attend (document isolation on SDPA)
+    segments: Segments | None = None  # the documents, for FA3 varlen (document isolation on FA3)
     value_embed: Tensor | None = None  # [B, T, kv_dim] for this layer, already scaled
     first_values: Tensor | None = None  # [B, T, kv_dim], the first layer's values (value residual)
 
 
-def attention_kernel(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+def attention_kernel(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None,
+                     segments: Segments | None = None) -> Tensor:
     """softmax(q k^T / sqrt(d)) v, causal; q [B, H, T, D], k and v [B, Hkv, T, D].
 
     Without a mask this is the reference's ``is_causal=True`` call; with one, the mask (already
-    causal) replaces it.
+    causal) replaces it; with ``segments``, FA3 varlen attends within each document.
     """
     if attn_mask is None:
-        return causal_attention(q, k, v)  # FA3 or the reference's SDPA call (pgolf.model.attn_backend)
+        return causal_attention(q, k, v, segments)  # FA3 or the reference's SDPA call (pgolf.model.attn_backend)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=k.size(1) != q.size(1))
 
 
@@ -146,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q = apply_rotary(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         k = apply_rotary(k, cos, sin)
-        y = attention_kernel(q, k, v, inputs.doc_mask if inputs is not None else None)
+        y = attention_kernel(q, k, v, *((inputs.doc_mask, inputs.segments) if inputs is not None else ()))
         if self.options.xsa:
             y = exclusive_self_attention(y, v)
         y = y.transpose(1, 2)

@@ -9,11 +9,12 @@ layout, ``q [B, H, T, D]`` and ``k, v [B, Hkv, T, D]`` (GQA when ``Hkv < H``); F
 * ``fa3``: ``flash_attn_interface.flash_attn_func`` (Hopper only). It computes in bf16 (fp16 inputs
   stay fp16), as SDPA does under the training's bf16 autocast.
 
-Document isolation: pass :class:`Segments` (built by :func:`segments_from_bos` from BOS positions)
-and every token attends only to earlier tokens of its own document. FA3 runs
-``flash_attn_varlen_func`` on the flattened batch; SDPA gets a block-diagonal causal mask, which
-rules out its flash kernel and materialises ``T x T`` scores per head: correct, but slow and
-memory-hungry at long sequence lengths.
+Document isolation: pass :class:`Segments` (built by :func:`segments_from_bos` from BOS positions,
+or in fixed shapes for compiled models by :func:`padded_segments_from_bos`) and every token attends
+only to earlier tokens of its own document. FA3 runs ``flash_attn_varlen_func`` on the flattened
+batch; SDPA gets a block-diagonal causal mask, which rules out its flash kernel and materialises
+``T x T`` scores per head: correct, but slow and memory-hungry at long sequence lengths. The model
+asks :func:`document_attention_inputs` for whichever of the two the active backend uses.
 
 The backend is chosen once per process by :func:`select_backend` (``train.attn_backend``:
 ``auto``, ``fa3`` or ``sdpa``), before ``torch.compile`` traces the model: compiled graphs guard on
@@ -77,6 +78,36 @@ def segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
     return Segments(cu_seqlens, max_seqlen, doc_ids)
 
 
+def padded_segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
+    """The documents of :func:`segments_from_bos` in fixed shapes, for compiled models.
+
+    ``cu_seqlens`` always has ``batch * seq_len + 1`` entries: the document starts, then the total
+    repeated (trailing zero-length documents, which the varlen kernels skip; R36's loader pads its
+    ``cu_seqlens`` with the total the same way, to a multiple of 64). ``max_seqlen`` is ``seq_len``,
+    an upper bound, since every row start is a boundary. No host sync and no data-dependent shape,
+    so it traces under ``torch.compile(fullgraph=True, dynamic=False)`` and never recompiles.
+    """
+    if input_ids.ndim != 2:
+        raise PgolfError(f"padded_segments_from_bos: input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
+    batch, seq_len = input_ids.shape
+    total = batch * seq_len
+    starts = input_ids == bos_id
+    starts[:, 0] = True
+    flat = starts.reshape(-1)
+    positions = torch.nonzero_static(flat, size=total, fill_value=total).flatten()
+    cu_seqlens = torch.cat([positions, positions.new_full((1,), total)]).to(torch.int32)
+    doc_ids = (torch.cumsum(flat.to(torch.int64), 0) - 1).view(batch, seq_len)
+    return Segments(cu_seqlens, seq_len, doc_ids)
+
+
+def document_attention_inputs(input_ids: Tensor, bos_id: int) -> tuple[Tensor | None, Segments | None]:
+    """What document-isolated attention needs on the active backend: ``(mask, None)`` for SDPA (the
+    block-diagonal causal mask of :func:`document_causal_mask`), ``(None, segments)`` for FA3 varlen."""
+    if _resolved_backend(input_ids.device) == "fa3":
+        return None, padded_segments_from_bos(input_ids, bos_id)
+    return document_causal_mask(doc_ids_from_bos(input_ids, bos_id)), None
+
+
 def fa3_unavailable_reason(device: torch.device) -> str | None:
     """Why FA3 cannot run on ``device``, or None when it can."""
     if device.type != "cuda":
@@ -135,14 +166,17 @@ def _notice_fallback(reason: str) -> None:
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor, segments: Segments | None = None) -> Tensor:
     """Causal attention, within documents when ``segments`` is given. q [B,H,T,D], k/v [B,Hkv,T,D] -> [B,H,T,D]."""
-    backend = _active
-    if backend is None:
-        backend = "sdpa" if torch.compiler.is_compiling() else select_backend("auto", q.device)
-    if backend == "fa3":
+    if _resolved_backend(q.device) == "fa3":
         return _fa3(q, k, v, segments)
     if segments is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=k.size(1) != q.size(1))
     return _sdpa_documents(q, k, v, segments)
+
+
+def _resolved_backend(device: torch.device) -> str:
+    if _active is not None:
+        return _active
+    return "sdpa" if torch.compiler.is_compiling() else select_backend("auto", device)
 
 
 def doc_ids_from_bos(input_ids: Tensor, bos_id: int) -> Tensor:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from pgolf.config import ModelConfig
 from pgolf.model.attention import AttentionInputs, AttentionOptions
-from pgolf.model.attn_backend import doc_ids_from_bos, document_causal_mask
+from pgolf.model.attn_backend import document_attention_inputs
 from pgolf.model.block import Block
 from pgolf.model.embed import BigramHash, SmearGateV1, SmearGateV2, ValueEmbedding
 from pgolf.model.init import orthogonal_init_, overtone_embedding_, phased_resid_mix_
@@ -153,8 +153,9 @@ class GPT(nn.Module):
         cfg = self.cfg
         if not (cfg.doc_isolated_attention or self.ve_layers or cfg.value_residual):
             return lambda layer: None
-        doc_mask = document_causal_mask(doc_ids_from_bos(input_ids, cfg.bos_id)) if cfg.doc_isolated_attention else None
-        shared = AttentionInputs(doc_mask=doc_mask)  # first_values is filled in by the first layer
+        # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend)
+        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id) if cfg.doc_isolated_attention else (None, None)
+        shared = AttentionInputs(doc_mask=doc_mask, segments=segments)  # first_values is filled in by the first layer
         shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
 
         def inputs_for(layer: int) -> AttentionInputs:

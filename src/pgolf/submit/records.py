@@ -93,6 +93,8 @@ def submission_json(sub: Submission, runs: list[Run], bundle_bytes: int, signifi
         "pre_quant_val_bpb": fmean(row["pre_quant_val_bpb"] for row in rows.values()),
         "train_steps_mean": fmean(row["steps"] for row in rows.values()),
         "step_avg_ms_mean": round(fmean(row["step_avg_ms"] for row in rows.values()), 2),
+        "train_time_s_mean": round(fmean(row["train_time_s"] for row in rows.values()), 2),
+        "eval_time_s_mean": round(fmean(row["eval_time_s"] for row in rows.values()), 2),
         "hardware": f"{first.get('world_size', 1)}x {first.get('device', 'unknown')}",
         "pytorch_version": versions.get("torch"), "cuda_version": versions.get("cuda"),
         "python_version": versions.get("python"), "pgolf_version": versions.get("pgolf"),

@@ -1,7 +1,8 @@
 """The training run, from config to scored artifact, with the reference's timing rules.
 
-* Compile warm-up: ``WARMUP_STEPS`` real steps prime compiled graphs, then the initial weights,
-  optimizer state and data loader are restored, so they cost no training and no time.
+* Compile warm-up: ``WARMUP_STEPS`` real steps per graph variant (recurrence / QAT settings the
+  schedules will switch to) prime compiled graphs, then the initial weights, optimizer state, flags,
+  RNGs and data loader are restored, so they cost no training, no time and no mid-run recompile.
 * The clock runs only while training: it pauses for validation, and the run stops at the first
   step whose cumulative training time reaches ``MAX_WALLCLOCK_SECONDS`` (all ranks agree via MAX).
 * The LR warm-down is time-based under a cap (see :mod:`pgolf.optim.schedule`).
@@ -15,7 +16,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
@@ -42,6 +42,7 @@ from pgolf.quant.qat import disable_qat, update_qat
 from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+from pgolf.train.warmup import capture, graph_variants, restore, set_variant
 from pgolf.train.rundir import RunDir, new_run_id
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -182,19 +183,27 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
 
 
 def compile_warmup(s: Session) -> None:
-    """Run WARMUP_STEPS real steps to prime compiled graphs, then restore the initial state exactly."""
+    """Prime the compiled graph of every variant the run will reach, then restore the initial state exactly.
+
+    WARMUP_STEPS real steps per variant (:func:`pgolf.train.warmup.graph_variants`: the starting one,
+    then each reachable recurrence / QAT combination, as the records run 20 steps plus 20 with looping
+    on), so no schedule-driven switch compiles inside the timed run. Afterwards weights, optimizer
+    state, recurrence, QAT, RNGs and the data loader are as before: training is bit-identical to
+    WARMUP_STEPS=0.
+    """
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
         return
-    model_state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
-    opt_states = [copy.deepcopy(sd) for sd in s.opts.state_dicts()]
-    for i in range(steps):
-        train_step(s, 1.0, 0)
-        if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
-            s.run.log(f"warmup_step:{i + 1}/{steps}")
-    s.model.load_state_dict(model_state, strict=True)
-    s.opts.load_state_dicts(opt_states)
-    s.opts.zero_grad()
+    initial = capture(s.model, s.opts)
+    variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
+    for variant in variants:
+        label = f" {variant.describe()}" if len(variants) > 1 else ""
+        for i in range(steps):
+            set_variant(s.model, variant, s.cfg.quant.scheme)  # train_step's schedules must not move it
+            train_step(s, 1.0, 0, variant.training_frac)
+            if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
+                s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
+    restore(s.model, s.opts, initial)
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
     s.loader = _build_loader(s.cfg, s.rt)
