@@ -93,6 +93,11 @@ class ModelConfig:
     z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)")
     ortho_init: bool = _f(False, "ORTHO_INIT", "orthogonal init of matrices, output projections scaled 1/sqrt(2L) (R15/R19)")
     overtone_init: bool = _f(False, "OVERTONE_INIT", "token embedding with a k^-0.5 singular-value spectrum (R11)")
+    embed_dim: int = _f(0, "EMBED_DIM", "factored tied embedding (R23: 254): vocab x k table and a k -> MODEL_DIM projection; 0 or MODEL_DIM: unfactored")
+    embed_proj_shared: bool = _f(
+        False, "PGOLF_EMBED_PROJ_SHARED",
+        "with EMBED_DIM: the tied head reads through the input projection transposed (V*k + k*d) instead of R23's own d -> k projection",
+    )
 
     @property
     def head_dim(self) -> int:
@@ -459,6 +464,10 @@ def validate_model_techniques(m: ModelConfig) -> None:
         raise PgolfError(f"PARALLEL_START_LAYER={m.parallel_start_layer} must lie in 1..NUM_LAYERS-1 (0 disables)")
     if m.parallel_start_layer and m.gptj_parallel:
         raise PgolfError("PARALLEL_START_LAYER (two lanes) and GPTJ_PARALLEL are exclusive")
+    if m.embed_dim < 0:
+        raise PgolfError(f"EMBED_DIM={m.embed_dim} must be >= 0 (0: unfactored)")
+    if m.embed_proj_shared and not (m.tie_embeddings and m.embed_dim not in (0, m.model_dim)):
+        raise PgolfError("PGOLF_EMBED_PROJ_SHARED needs TIE_EMBEDDINGS=1 and an EMBED_DIM other than 0 and MODEL_DIM")
     if m.z_loss < 0:
         raise PgolfError(f"Z_LOSS={m.z_loss} must be >= 0")
     if m.ve_enabled:
