@@ -7,6 +7,8 @@
   with prev = 0 at position 0, table std 0.01, no scale. With the BOS fix a BOS token hashes
   as a first position, so no pair spans two documents.
 * SmearGate v1 (R15, PR #65/#102): ``x_t = sig(g) x_t + (1 - sig(g)) x_{t-1}``, per-dim g (init 3).
+  R22 writes it as ``(1 - sig(a)) x_t + sig(a) x_{t-1}`` with a = 0 at init: the same gate with
+  g = -a, so it is ``PGOLF_SMEAR_GATE_INIT=0`` here.
 * SmearGate v2 (R39, PR #1667): ``x_t += lam * sig(W x_t[:w]) x_{t-1}``, W and lam zero-init.
 * SmearGate BOS fix (R45, PR #1851): the previous-token term is multiplied by
   ``input_ids[t] != BOS``, so the last token of one document never leaks into the next.
@@ -78,10 +80,10 @@ def not_bos(input_ids: Tensor, bos_id: int | None, dtype: torch.dtype) -> Tensor
 
 
 class SmearGateV1(nn.Module):
-    def __init__(self, dim: int, bos_id: int | None = None):
+    def __init__(self, dim: int, bos_id: int | None = None, init: float = 3.0):
         super().__init__()
         self.bos_id = bos_id
-        self.gate = nn.Parameter(torch.full((dim,), 3.0, dtype=torch.float32))
+        self.gate = nn.Parameter(torch.full((dim,), init, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate).to(x.dtype)

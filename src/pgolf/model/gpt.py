@@ -59,7 +59,7 @@ def build_block(cfg: ModelConfig, layer: int) -> Block:
     return Block(
         cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size, cfg.rope_base, cfg.qk_gain_init,
         attention=attention_options(cfg, layer), activation=cfg.mlp_activation, negative_slope=cfg.negative_slope,
-        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=cfg.gptj_parallel,
+        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=cfg.gptj_parallel or 0 <= cfg.parallel_residual_start <= layer,
     )
 
 
@@ -78,7 +78,7 @@ class GPT(nn.Module):
             cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim, cfg.bigram_hash, cfg.bigram_scale,
             cfg.bigram_init_std, bos if cfg.bigram_bos_fix else None)
         smear_bos = bos if cfg.smear_bos_fix else None
-        self.smear = (SmearGateV1(cfg.model_dim, smear_bos) if cfg.use_smeargate
+        self.smear = (SmearGateV1(cfg.model_dim, smear_bos, cfg.smear_gate_init) if cfg.use_smeargate
                       else SmearGateV2(cfg.gate_window, smear_bos) if cfg.smear_gate_enabled else None)
         # Virtual layer orders for 0..NUM_LOOPS extra passes; the U-Net is sized for the longest.
         self.layer_orders = [looped_layer_order(cfg.num_layers, cfg.loop_start, cfg.loop_end, n)
@@ -141,9 +141,11 @@ class GPT(nn.Module):
             x = self.embed_proj(x)
         if self.bigram is not None:
             x = x + self.bigram(input_ids)
-        if self.smear is not None:
-            x = self.smear(x, input_ids)
-        return F.rms_norm(x, (x.size(-1),))
+        if self.smear is None:
+            return F.rms_norm(x, (x.size(-1),))
+        if self.cfg.smear_after_norm:
+            return self.smear(F.rms_norm(x, (x.size(-1),)), input_ids)
+        return F.rms_norm(self.smear(x, input_ids), (x.size(-1),))
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states [batch, seq, dim]."""
