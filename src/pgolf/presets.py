@@ -66,11 +66,12 @@ def demo_cpu() -> Config:
 @preset("smeargate_orthoinit_muonwd",
         "records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd (R15): 1.1556 val_bpb on 8xH100")
 def smeargate_orthoinit_muonwd() -> Config:
-    """R15's architecture: 9x512, MLP 3x, BigramHash 4096x128 (R15's multiplicative hash), SmearGate v1,
-    orthogonal init; 22,368,840 parameters, as its train.log reports. Its LRs and Muon momentum too.
-
-    Not here yet (no config field for them): Muon weight decay 0.01, int6 STE fake-quant during
-    training, int6 + zstd-22 export with the tied embedding in fp16, sliding-window eval stride 64.
+    """R15: 9x512, MLP 3x, BigramHash 4096x128 (R15's multiplicative hash), SmearGate v1,
+    orthogonal init; 22,368,840 parameters, as its train.log reports. Its LRs (0.03 tied embedding,
+    0.02 matrix/scalar), Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD 0.01, warm-down 3000.
+    Export: per-row int6 at the reference's percentile clip, the token embedding and the BigramHash
+    table as fp16, zstd-22; int6 straight-through QAT of every linear from the first step (the same
+    scheme as the export). Score: sliding windows of 1024, stride 64.
     """
     cfg = baseline()
     cfg.preset = "smeargate_orthoinit_muonwd"
@@ -80,7 +81,11 @@ def smeargate_orthoinit_muonwd() -> Config:
     m.use_smeargate, m.ortho_init = True, True
     o.tied_embed_lr, o.matrix_lr, o.scalar_lr = 0.03, 0.02, 0.02
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
+    o.muon_wd = 0.01
     t.warmdown_iters = 3000
+    cfg.eval.eval_stride = 64
+    q = cfg.quant
+    q.scheme, q.compressor, q.qat_enabled = "embed=fp16,bigram.table.weight=fp16,*=int6", "zstd", True
     return cfg
 
 
