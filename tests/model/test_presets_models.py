@@ -138,3 +138,11 @@ def test_model_info_counts_every_option(run_pgolf):
     for group in ("bigram", "smear", "ve_shared", "ve_layer_scales", "skip_gates", "parallel_post_lambdas"):
         assert info["by_group"][group] > 0, group
     assert info["model_changes"]["xsa_last_n"] == 4 and "num_layers" in info["model_changes"]
+
+
+def test_model_info_reports_a_record_presets_count(run_pgolf):
+    code, out, _ = run_pgolf(["model", "info", "--preset", "sp8192_lqer_sparsegate_bossmear", "--json"])
+    assert code == 0
+    info = json.loads(out)
+    assert info["params"] == 35_945_671 and info["vocab_size"] == 8192
+    assert info["model_changes"]["parallel_start_layer"] == 8 and info["by_group"]["smear"] == 13
