@@ -195,7 +195,8 @@ def leakyrelu_ttt_parallel_muon() -> Config:
 
 
 @preset("sp8192_recur_parres_ttt",
-        "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT (R35, PR #1493): 1.0810 val_bpb on 8xH100")
+        "records/track_10min_16mb/2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT (R35, PR #1493): "
+        "1.0810 val_bpb on 8xH100")
 def sp8192_recur_parres_ttt() -> Config:
     """R35: SentencePiece 8192 vocabulary, 11x512, MLP 4x LeakyReLU(0.5)^2, XSA on all layers,
     partial RoPE 16/64 (NTK rescale past 2048), LN scale, QK gain 5.25, sigmoid-gated U-Net skips,
@@ -237,7 +238,8 @@ def sp8192_recur_parres_ttt() -> Config:
 
 
 @preset("sp8192_lqer_sparsegate_bossmear",
-        "records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611 (R44, PR #1855): 1.0611 val_bpb on 8xH100")
+        "records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611 (R44, PR #1855): "
+        "1.0611 val_bpb on 8xH100")
 def sp8192_lqer_sparsegate_bossmear() -> Config:
     """R44, the strongest recipe pgolf can express: SP8192 CaseOps vocabulary, 11x512, MLP 4x
     LeakyReLU(0.5)^2, XSA on all layers, partial RoPE 16/64, LN scale, QK gain 5.0, gated U-Net

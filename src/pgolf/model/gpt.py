@@ -3,9 +3,9 @@
 ``state_dict`` keys are those of the challenge's reference ``train_gpt.py`` (``tok_emb.weight``,
 ``blocks.0.attn.c_q.weight``, ..., ``skip_weights``), so its checkpoints load as they are. Record
 techniques switched on in :class:`~pgolf.config.ModelConfig` add their own keys; each lives in the
-module of its concern: ``embed.py`` (factored embedding, BigramHash, SmearGate, value embeddings), ``attention.py``
-(XSA, document masks, output gates, value residual), ``rope.py``, ``mlp.py``, ``block.py``
-(LN scale, GPT-J form), ``residual.py`` (gated skips, parallel lanes), ``recurrence.py``,
+module of its concern: ``embed.py`` (factored embedding, BigramHash, SmearGate, value embeddings),
+``attention.py`` (XSA, document masks, output gates, value residual), ``rope.py``, ``mlp.py``,
+``block.py`` (LN scale, GPT-J form), ``residual.py`` (gated skips, parallel lanes), ``recurrence.py``,
 ``init.py`` and ``logits.py``.
 """
 
@@ -56,10 +56,11 @@ def attention_options(cfg: ModelConfig, layer: int) -> AttentionOptions:
 
 
 def build_block(cfg: ModelConfig, layer: int) -> Block:
+    gptj = cfg.gptj_parallel or 0 <= cfg.parallel_residual_start <= layer  # GPTJ_PARALLEL: all; R35: from 7
     return Block(
         cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size, cfg.rope_base, cfg.qk_gain_init,
         attention=attention_options(cfg, layer), activation=cfg.mlp_activation, negative_slope=cfg.negative_slope,
-        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=cfg.gptj_parallel or 0 <= cfg.parallel_residual_start <= layer,
+        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=gptj,
     )
 
 
