@@ -83,6 +83,9 @@ class ModelConfig:
     parallel_start_layer: int = _f(0, "PARALLEL_START_LAYER", "two-lane parallel residuals from this layer (R26/R44); 0 disables")
     parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)")
     gptj_parallel: bool = _f(False, "GPTJ_PARALLEL", "GPT-J block: x + attn(n(x)) + mlp(n(x)) (R31)")
+    parallel_residual_start: int = _f(-1, "PARALLEL_RESIDUAL_START", "GPT-J blocks from this layer on (R35: 7); -1 disables (GPTJ_PARALLEL=1: every layer)")
+    smear_gate_init: float = _f(3.0, "PGOLF_SMEAR_GATE_INIT", "SmearGate v1 initial gate logit g: 3.0 (R15) or 0.0 (R22, an even blend at start)")
+    smear_after_norm: bool = _f(False, "PGOLF_SMEAR_AFTER_NORM", "SmearGate on the normed embedding (R22, PR #1090) instead of before the norm (R15, R44)")
     attn_out_gate_enabled: bool = _f(False, "ATTN_OUT_GATE_ENABLED", "per-head y *= 2 sig(W x[:w]), W zero-init (R39)")
     gated_attn_enabled: bool = _f(False, "GATED_ATTN_ENABLED", "per-head y *= sig(W_g x) (R41, Qwen G1)")
     gated_attn_init_std: float = _f(0.01, "GATED_ATTN_INIT_STD", "init std of the gated-attention W_g")
@@ -93,6 +96,11 @@ class ModelConfig:
     z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)")
     ortho_init: bool = _f(False, "ORTHO_INIT", "orthogonal init of matrices, output projections scaled 1/sqrt(2L) (R15/R19)")
     overtone_init: bool = _f(False, "OVERTONE_INIT", "token embedding with a k^-0.5 singular-value spectrum (R11)")
+    embed_dim: int = _f(0, "EMBED_DIM", "factored tied embedding (R23: 254): vocab x k table and a k -> MODEL_DIM projection; 0 or MODEL_DIM: unfactored")
+    embed_proj_shared: bool = _f(
+        False, "PGOLF_EMBED_PROJ_SHARED",
+        "with EMBED_DIM: the tied head reads through the input projection transposed (V*k + k*d) instead of R23's own d -> k projection",
+    )
 
     @property
     def head_dim(self) -> int:
@@ -459,6 +467,14 @@ def validate_model_techniques(m: ModelConfig) -> None:
         raise PgolfError(f"PARALLEL_START_LAYER={m.parallel_start_layer} must lie in 1..NUM_LAYERS-1 (0 disables)")
     if m.parallel_start_layer and m.gptj_parallel:
         raise PgolfError("PARALLEL_START_LAYER (two lanes) and GPTJ_PARALLEL are exclusive")
+    if not -1 <= m.parallel_residual_start < max(m.num_layers, 1):
+        raise PgolfError(f"PARALLEL_RESIDUAL_START={m.parallel_residual_start} must lie in -1..NUM_LAYERS-1 (-1 disables)")
+    if m.parallel_start_layer and m.parallel_residual_start >= 0:
+        raise PgolfError("PARALLEL_START_LAYER (two lanes) and PARALLEL_RESIDUAL_START (GPT-J) are exclusive")
+    if m.embed_dim < 0:
+        raise PgolfError(f"EMBED_DIM={m.embed_dim} must be >= 0 (0: unfactored)")
+    if m.embed_proj_shared and not (m.tie_embeddings and m.embed_dim not in (0, m.model_dim)):
+        raise PgolfError("PGOLF_EMBED_PROJ_SHARED needs TIE_EMBEDDINGS=1 and an EMBED_DIM other than 0 and MODEL_DIM")
     if m.z_loss < 0:
         raise PgolfError(f"Z_LOSS={m.z_loss} must be >= 0")
     if m.ve_enabled:

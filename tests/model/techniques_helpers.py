@@ -47,6 +47,6 @@ ALL_ON = dict(
     ve_enabled=True, ve_layers="2,3", value_residual=True, doc_isolated_attention=True,
     num_loops=1, loop_start=1, loop_end=2, parallel_start_layer=3, sparse_attn_gate_enabled=True,
     sparse_attn_gate_scale=0.5, skip_gates_enabled=True, logit_softcap_kind="poly", z_loss=1e-4,
-    ortho_init=True, overtone_init=True,
+    ortho_init=True, overtone_init=True, embed_dim=24, smear_after_norm=True,
 )
 """Every option switched on at once (mutually exclusive ones: one of each)."""

@@ -16,8 +16,30 @@ from pgolf.optim.groups import build_optimizers
 from pgolf.presets import PRESETS, resolve_preset
 
 
+def parameter_count(model_cfg) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no init work
+        return count_parameters(GPT(model_cfg))
+
+
 def test_r15_preset_has_the_records_parameter_count():
-    assert count_parameters(GPT(resolve_preset("smeargate_orthoinit_muonwd").model)) == 22_368_840
+    assert parameter_count(resolve_preset("smeargate_orthoinit_muonwd").model) == 22_368_840
+
+
+@pytest.mark.parametrize("name, logged", [
+    ("leakyrelu_ttt_parallel_muon", 26_928_220),  # R22 train_seed*.log model_params
+    ("sp8192_recur_parres_ttt", 35_944_536),  # R35 train_seed*.log model_params
+    ("sp8192_lqer_sparsegate_bossmear", 35_945_671),  # R44 train_seed*.log model_params
+])
+def test_record_presets_have_the_records_parameter_counts(name, logged):
+    assert parameter_count(resolve_preset(name).model) == logged
+
+
+def test_pr1090_logged_run_is_the_preset_plus_a_4096x128_bigram():
+    """PR #1090's shipped code has no BigramHash; its train.log (27,092,057) came from a run with one."""
+    m = resolve_preset("xsa_swiglu_lora_ttt_1xh100").model
+    assert parameter_count(m) == 26_502_232
+    m.bigram_vocab_size, m.bigram_dim = 4096, 128
+    assert parameter_count(m) == 27_092_057
 
 
 def shrink(model_cfg) -> None:
@@ -28,6 +50,8 @@ def shrink(model_cfg) -> None:
     m.mlp_hidden = min(m.mlp_hidden, 128)
     m.loop_start, m.loop_end = min(m.loop_start, m.num_layers - 1), min(m.loop_end, m.num_layers - 1)
     m.parallel_start_layer = min(m.parallel_start_layer, m.num_layers - 1)
+    m.parallel_residual_start = min(m.parallel_residual_start, m.num_layers - 1)
+    m.embed_dim = min(m.embed_dim, 32)
     m.rope_dims = min(m.rope_dims, 8)
     m.bigram_vocab_size = min(m.bigram_vocab_size, 512)
     m.bigram_dim = min(m.bigram_dim, 32)
@@ -114,3 +138,11 @@ def test_model_info_counts_every_option(run_pgolf):
     for group in ("bigram", "smear", "ve_shared", "ve_layer_scales", "skip_gates", "parallel_post_lambdas"):
         assert info["by_group"][group] > 0, group
     assert info["model_changes"]["xsa_last_n"] == 4 and "num_layers" in info["model_changes"]
+
+
+def test_model_info_reports_a_record_presets_count(run_pgolf):
+    code, out, _ = run_pgolf(["model", "info", "--preset", "sp8192_lqer_sparsegate_bossmear", "--json"])
+    assert code == 0
+    info = json.loads(out)
+    assert info["params"] == 35_945_671 and info["vocab_size"] == 8192
+    assert info["model_changes"]["parallel_start_layer"] == 8 and info["by_group"]["smear"] == 13

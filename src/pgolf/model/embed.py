@@ -7,9 +7,16 @@
   with prev = 0 at position 0, table std 0.01, no scale. With the BOS fix a BOS token hashes
   as a first position, so no pair spans two documents.
 * SmearGate v1 (R15, PR #65/#102): ``x_t = sig(g) x_t + (1 - sig(g)) x_{t-1}``, per-dim g (init 3).
+  R22 writes it as ``(1 - sig(a)) x_t + sig(a) x_{t-1}`` with a = 0 at init: the same gate with
+  g = -a, so it is ``PGOLF_SMEAR_GATE_INIT=0`` here.
 * SmearGate v2 (R39, PR #1667): ``x_t += lam * sig(W x_t[:w]) x_{t-1}``, W and lam zero-init.
 * SmearGate BOS fix (R45, PR #1851): the previous-token term is multiplied by
   ``input_ids[t] != BOS``, so the last token of one document never leaks into the next.
+* Factored tied embedding (R23, PR #640, ``EMBED_DIM``): the token table is ``vocab x k`` and a
+  linear ``k -> d`` projection (``embed_proj``) lifts it to the model width. The tied head maps
+  the final hidden back to ``k`` and multiplies by the table: in R23 with its own ``d -> k``
+  projection (``embed_proj_rev``; ``V k + 2 k d`` parameters), or, with ``PGOLF_EMBED_PROJ_SHARED``,
+  through ``embed_proj`` transposed, so head and input share both factors (``V k + k d``).
 * Value embeddings (R21, PR #374): a shared ``vocab x ve_dim`` table (std 0.01), a zero-init
   projection to the KV width and a learned scale (init 0.1); per-layer scales live on the GPT.
 """
@@ -20,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pgolf.config import ModelConfig
 from pgolf.model.layers import CastedLinear
 
 HASHES = ("xor", "mul")
@@ -72,10 +80,10 @@ def not_bos(input_ids: Tensor, bos_id: int | None, dtype: torch.dtype) -> Tensor
 
 
 class SmearGateV1(nn.Module):
-    def __init__(self, dim: int, bos_id: int | None = None):
+    def __init__(self, dim: int, bos_id: int | None = None, init: float = 3.0):
         super().__init__()
         self.bos_id = bos_id
-        self.gate = nn.Parameter(torch.full((dim,), 3.0, dtype=torch.float32))
+        self.gate = nn.Parameter(torch.full((dim,), init, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate).to(x.dtype)
@@ -111,3 +119,26 @@ class ValueEmbedding(nn.Module):
     def forward(self, input_ids: Tensor) -> Tensor:
         h = self.proj(self.table(input_ids))
         return h * self.scale.to(h.dtype)
+
+
+def embed_width(cfg: ModelConfig) -> int:
+    """Width of the token table: EMBED_DIM when it factors the embedding, else MODEL_DIM."""
+    return cfg.embed_dim if cfg.embed_dim not in (0, cfg.model_dim) else cfg.model_dim
+
+
+def is_factored(cfg: ModelConfig) -> bool:
+    return embed_width(cfg) != cfg.model_dim
+
+
+def projection_weight(proj: CastedLinear) -> Tensor:
+    """The weight ``proj`` multiplies by, fake-quantized when QAT is on (as CastedLinear.forward)."""
+    return proj.weight if proj.weight_fake_quant is None else proj.weight_fake_quant(proj.weight)
+
+
+def tied_head_input(x: Tensor, embed_proj: CastedLinear | None, embed_proj_rev: CastedLinear | None) -> Tensor:
+    """The hidden state in the table's width: ``x`` itself, ``rev(x)`` (R23) or ``x P`` (shared: P^T)."""
+    if embed_proj_rev is not None:
+        return embed_proj_rev(x)
+    if embed_proj is not None:
+        return F.linear(x, projection_weight(embed_proj).t().to(x.dtype))
+    return x

@@ -3,9 +3,9 @@
 ``state_dict`` keys are those of the challenge's reference ``train_gpt.py`` (``tok_emb.weight``,
 ``blocks.0.attn.c_q.weight``, ..., ``skip_weights``), so its checkpoints load as they are. Record
 techniques switched on in :class:`~pgolf.config.ModelConfig` add their own keys; each lives in the
-module of its concern: ``embed.py`` (BigramHash, SmearGate, value embeddings), ``attention.py``
-(XSA, document masks, output gates, value residual), ``rope.py``, ``mlp.py``, ``block.py``
-(LN scale, GPT-J form), ``residual.py`` (gated skips, parallel lanes), ``recurrence.py``,
+module of its concern: ``embed.py`` (factored embedding, BigramHash, SmearGate, value embeddings),
+``attention.py`` (XSA, document masks, output gates, value residual), ``rope.py``, ``mlp.py``,
+``block.py`` (LN scale, GPT-J form), ``residual.py`` (gated skips, parallel lanes), ``recurrence.py``,
 ``init.py`` and ``logits.py``.
 """
 
@@ -21,7 +21,8 @@ from pgolf.config import ModelConfig
 from pgolf.model.attention import AttentionInputs, AttentionOptions
 from pgolf.model.attn_backend import document_attention_inputs
 from pgolf.model.block import Block
-from pgolf.model.embed import BigramHash, SmearGateV1, SmearGateV2, ValueEmbedding
+from pgolf.model.embed import (BigramHash, SmearGateV1, SmearGateV2, ValueEmbedding, embed_width, is_factored,
+                               tied_head_input)
 from pgolf.model.init import orthogonal_init_, overtone_embedding_, phased_resid_mix_
 from pgolf.model.layers import CastedLinear, RMSNorm
 from pgolf.model.logits import softcap, z_loss
@@ -55,10 +56,11 @@ def attention_options(cfg: ModelConfig, layer: int) -> AttentionOptions:
 
 
 def build_block(cfg: ModelConfig, layer: int) -> Block:
+    gptj = cfg.gptj_parallel or 0 <= cfg.parallel_residual_start <= layer  # GPTJ_PARALLEL: all; R35: from 7
     return Block(
         cfg.model_dim, cfg.num_heads, cfg.num_kv_heads, cfg.hidden_size, cfg.rope_base, cfg.qk_gain_init,
         attention=attention_options(cfg, layer), activation=cfg.mlp_activation, negative_slope=cfg.negative_slope,
-        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=cfg.gptj_parallel,
+        ln_scale=Block.ln_scale_for(layer) if cfg.ln_scale else 1.0, gptj_parallel=gptj,
     )
 
 
@@ -67,12 +69,17 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         bos = cfg.bos_id
-        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        self.tok_emb = nn.Embedding(cfg.vocab_size, embed_width(cfg))
+        # Factored embedding (EMBED_DIM): the table's width k is lifted to d; the tied head maps back.
+        factored = is_factored(cfg)
+        self.embed_proj = CastedLinear(embed_width(cfg), cfg.model_dim, bias=False) if factored else None
+        own_head_proj = factored and cfg.tie_embeddings and not cfg.embed_proj_shared
+        self.embed_proj_rev = CastedLinear(cfg.model_dim, embed_width(cfg), bias=False) if own_head_proj else None
         self.bigram = None if cfg.bigram_vocab_size <= 0 else BigramHash(
             cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim, cfg.bigram_hash, cfg.bigram_scale,
             cfg.bigram_init_std, bos if cfg.bigram_bos_fix else None)
         smear_bos = bos if cfg.smear_bos_fix else None
-        self.smear = (SmearGateV1(cfg.model_dim, smear_bos) if cfg.use_smeargate
+        self.smear = (SmearGateV1(cfg.model_dim, smear_bos, cfg.smear_gate_init) if cfg.use_smeargate
                       else SmearGateV2(cfg.gate_window, smear_bos) if cfg.smear_gate_enabled else None)
         # Virtual layer orders for 0..NUM_LOOPS extra passes; the U-Net is sized for the longest.
         self.layer_orders = [looped_layer_order(cfg.num_layers, cfg.loop_start, cfg.loop_end, n)
@@ -131,11 +138,15 @@ class GPT(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         """The normed input stream x0 [batch, seq, dim]."""
         x = self.tok_emb(input_ids)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
         if self.bigram is not None:
             x = x + self.bigram(input_ids)
-        if self.smear is not None:
-            x = self.smear(x, input_ids)
-        return F.rms_norm(x, (x.size(-1),))
+        if self.smear is None:
+            return F.rms_norm(x, (x.size(-1),))
+        if self.cfg.smear_after_norm:
+            return self.smear(F.rms_norm(x, (x.size(-1),)), input_ids)
+        return F.rms_norm(self.smear(x, input_ids), (x.size(-1),))
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states [batch, seq, dim]."""
@@ -191,8 +202,10 @@ class GPT(nn.Module):
     def logits(self, input_ids: Tensor) -> Tensor:
         """Softcapped logits [batch, seq, vocab] in the activation dtype."""
         x = self.hidden(input_ids)
-        weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        proj = F.linear(x, weight.to(x.dtype))
+        if self.lm_head is None:
+            proj = F.linear(tied_head_input(x, self.embed_proj, self.embed_proj_rev), self.tok_emb.weight.to(x.dtype))
+        else:
+            proj = F.linear(x, self.lm_head.weight.to(x.dtype))
         return softcap(proj, self.cfg.logit_softcap, self.cfg.logit_softcap_kind)
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
@@ -218,6 +231,7 @@ class GPT(nn.Module):
         ``scalar``: Adam at SCALAR_LR. Empty lists for the reference model.
         """
         roles: dict[str, list[nn.Parameter]] = {"embed": [], "matrix": [], "scalar": []}
+        roles["matrix"].extend(p.weight for p in (self.embed_proj, self.embed_proj_rev) if p is not None)
         for module in (self.bigram, getattr(self, "ve_shared", None)):
             if module is not None:
                 roles["embed"].append(module.table.weight)

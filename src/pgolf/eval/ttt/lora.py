@@ -43,7 +43,7 @@ def target_modules(model: nn.Module, targets: str) -> dict[str, tuple[nn.Module,
                 lin = getattr(block.attn, attr)
                 found[f"blocks.{i}.attn.{attr}"] = (lin, lin.in_features, lin.out_features)
     if "head" in wanted:
-        dim = model.tok_emb.weight.shape[1]
+        dim = model.cfg.model_dim  # the final hidden's width (the table's may be narrower: EMBED_DIM)
         found["final_norm"] = (model.final_norm, dim, dim)
     return found
 
