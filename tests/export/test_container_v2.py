@@ -13,6 +13,7 @@ from pgolf.errors import PgolfError
 from pgolf.export.bitpack import pack_codes, unpack_codes
 from pgolf.export.codecs import available_codecs
 from pgolf.export.container import decode_artifact, encode_artifact, encode_payload, pack_container
+from pgolf.quant.int8 import dequantize
 from pgolf.quant.policy import quantize_state_dict_policy
 
 
@@ -38,12 +39,24 @@ def test_any_truncation_is_rejected(codec, data):
 
 @settings(max_examples=120, deadline=None)
 @given(codec=st.sampled_from(CODECS), data=st.data())
-def test_any_bit_flip_is_rejected(codec, data):
+def test_no_bit_flip_loads_different_weights(codec, data):
+    """A flipped bit is refused, or decodes to exactly the original payload (the payload CRC makes sure).
+
+    The second case is real: compressed streams carry bits their decoders ignore. Of every single-bit
+    flip of this blob, 4/8168 (zlib), 14/8128 (zstd), 7/7488 (brotli), 0 (lzma) and about 3% (lrzip)
+    decode to the very same payload; none decodes to anything else.
+    """
     b = bytearray(blob(codec))
     i = data.draw(st.integers(0, len(b) - 1))
     b[i] ^= 1 << data.draw(st.integers(0, 7))
-    with pytest.raises(PgolfError):
-        decode_artifact(bytes(b), "f")
+    try:
+        q, meta = decode_artifact(bytes(b), "f")
+    except PgolfError:
+        return
+    original, original_meta = decode_artifact(blob(codec), "f")
+    assert meta == original_meta
+    assert dequantize(q).keys() == dequantize(original).keys()
+    assert all(torch.equal(dequantize(q)[k], v) for k, v in dequantize(original).items())
 
 
 @settings(max_examples=40, deadline=None)
