@@ -46,21 +46,18 @@ def newton_schulz_batched(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: t
     return X.mT if transposed else X
 
 
-def _all_gather(output: Tensor, shard: Tensor) -> None:
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(output, shard)
-
-
 class _BankShard:
     """One bank's gradient shard on this rank, with its pending reduce-scatter (if any)."""
 
-    def __init__(self, bank: list[Tensor], group: dict, shard: Tensor, owned: range, work=None, world: int = 1):
+    def __init__(self, bank: list[Tensor], group: dict, shard: Tensor, owned: range, work=None, world: int = 1,
+                 sent: Tensor | None = None):
         self.bank, self.group, self.shard, self.owned, self.work, self.world = bank, group, shard, owned, work, world
+        self.sent = sent  # the stacked gradients being reduce-scattered: kept alive until the transfer ends
 
     def wait(self) -> Tensor:
         if self.work is not None:
             self.work.wait()
-            self.work = None
+            self.work, self.sent = None, None
             self.shard /= self.world
         return self.shard
 
@@ -101,7 +98,7 @@ class ParallelMuon(Muon):
                     shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
                     stacked = self._stack_grads(bank, range(shard_size * world))
                     work = dist.reduce_scatter_tensor(shard, stacked, op=dist.ReduceOp.SUM, async_op=True)
-                    self._shards.append(_BankShard(bank, group, shard, owned, work, world))
+                    self._shards.append(_BankShard(bank, group, shard, owned, work, world, sent=stacked))
                 else:  # gradients already identical on every rank: stack only the owned ones
                     shard = self._stack_grads(bank, range(rank * shard_size, (rank + 1) * shard_size))
                     self._shards.append(_BankShard(bank, group, shard, owned))
@@ -157,7 +154,7 @@ class ParallelMuon(Muon):
             updates[idx] = ortho * max(1, rows / cols) ** 0.5
         if distributed:
             full = torch.empty(updates.shape[0] * world, *bank[0].shape, device=updates.device, dtype=updates.dtype)
-            _all_gather(full, updates)
+            dist.all_gather_into_tensor(full, updates)
         else:
             full = updates
         decay = group["lr"] * group["weight_decay"] * group["wd_scale"]
