@@ -132,7 +132,7 @@ class OptimConfig:
     wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)")
     muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
     muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)")
-    muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer, sharded Newton-Schulz, all-gather; same update")
+    muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer; multi-rank: no DDP, bank grads reduce-scattered, sharded Newton-Schulz, all-gather; same update")
     embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam")
     adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam")
 
@@ -150,7 +150,7 @@ class TrainConfig:
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
     swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots")
     swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)")
-    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25) or shuffled (R30)")
+    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)")
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)")
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks")
     train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length")

@@ -11,7 +11,9 @@ from safetensors.torch import load_file
 
 import pgolf.train.loop as loop
 from pgolf.export.loading import load_weights
+from pgolf.model.gpt import build_model
 from pgolf.optim.averaging import EMA, SWA
+from pgolf.runtime import seed_everything
 from pgolf.train.loop import ARTIFACT_NAME, CHECKPOINT_NAME, train
 
 from test_training import tiny_config, train_losses, train_single_and_two_gloo_ranks
@@ -65,15 +67,35 @@ def test_exported_artifact_holds_the_averaged_weights(shared_data, tmp_path, mon
 
 RECORD_OPTIONS = ("MUON_WD=0.095", "WD_TAPER_START_FRAC=0.5", "WD_TAPER_FINAL_MULT=0.5", "MUON_ROW_NORMALIZE=1",
                   "PGOLF_MUON_NS_SCHEDULE=polar_express", "EMBED_WD=0.085", "ADAM_WD=0.02", "WARMDOWN_FRAC=0.5",
-                  "MIN_LR=0.1", "GRAD_CLIP_NORM=0.3", "PGOLF_LOADER=coprime", "PGOLF_PARALLEL_MUON=1", "EMA_DECAY=0.9")
+                  "MIN_LR=0.1", "GRAD_CLIP_NORM=0.3", "PGOLF_LOADER=coprime", "EMA_DECAY=0.9")
+# bf16 Newton-Schulz turns fp32 reduction-order differences into noise that this short, loss-spiking run
+# amplifies. Measured noise over two data orders (4 steps), plain Muon under DDP and Parallel Muon alike:
+# losses 6e-5 to 1.4e-4, weights 6-7% of their distance from init. Measured bugs: clipping on per-rank
+# norms moves the losses by 1.1e-3 to 1.8e-3; un-averaged bank gradients by 1.4e-2 and the weights by 115%.
+LOSS_TOLERANCE = 5e-4
+WEIGHT_TOLERANCE = 0.2
 
 
-def test_record_options_train_the_same_on_one_and_two_gloo_ranks(shared_data, tmp_path):
-    """Every training option at once through the real loop; the window loader's rank-independent stream
-    and Parallel Muon make 2 DDP ranks follow the single process."""
+def _initial_weights(shared_data):
+    cfg = tiny_config(shared_data, 4)
+    seed_everything(cfg.train.seed)
+    return {k: v.float() for k, v in build_model(cfg.model, torch.device("cpu")).state_dict().items()}
+
+
+def test_record_options_parallel_muon_on_two_gloo_ranks_follows_plain_muon_on_one(shared_data, tmp_path):
+    """Every training option at once through the real loop. 2 ranks with Parallel Muon (banks kept out of
+    DDP and reduce-scattered, the rest all-reduced, the clip on the averaged gradients) follow one process
+    with plain Muon: same losses, same weights up to bf16 Newton-Schulz noise."""
     common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", *RECORD_OPTIONS]
-    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
+    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common, ranks_only=("PGOLF_PARALLEL_MUON=1",))
     assert len(single) == len(ddp) == 4 and single[-1] < single[0]
-    assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
+    assert max(abs(a - b) for a, b in zip(single, ddp)) < LOSS_TOLERANCE
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]
-    assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < 1e-4
+    assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < LOSS_TOLERANCE
+    assert "grad_sync: no DDP; 4 Muon banks" in (tmp_path / "ddp" / "train.log").read_text()
+    one, two = (load_file(str(tmp_path / name / CHECKPOINT_NAME)) for name in ("single", "ddp"))
+    init = _initial_weights(shared_data)
+    for name, w in one.items():
+        moved = (w.float() - init[name]).norm()
+        assert moved > 0, name
+        assert (w.float() - two[name].float()).norm() / moved < WEIGHT_TOLERANCE, name

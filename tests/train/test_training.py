@@ -85,10 +85,14 @@ def test_golden_loss_curve(shared_data, tmp_path):
     assert worst < GOLDEN_TOLERANCE, f"loss curve moved by {worst:.2e} nats (PGOLF_UPDATE_GOLDEN=1 to accept)"
 
 
-def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: list[str]) -> tuple[list[float], list[float]]:
-    """4 steps in this process (run "single") and under torchrun on 2 gloo ranks (run "ddp"); their train losses."""
-    train(tiny_config(shared_data, 4, "RUN_ID=single", *common), runs_dir=tmp_path, echo=False)
-    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common)]
+def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: list[str], single_only: tuple = (),
+                                    ranks_only: tuple = ()) -> tuple[list[float], list[float]]:
+    """4 steps in this process (run "single") and under torchrun on 2 gloo ranks (run "ddp"); their train losses.
+
+    ``single_only`` / ``ranks_only``: settings for one side only (e.g. plain Muon vs Parallel Muon).
+    """
+    train(tiny_config(shared_data, 4, "RUN_ID=single", *common, *single_only), runs_dir=tmp_path, echo=False)
+    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common, *ranks_only)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pgolf.cli", "train", "--preset", "tiny_cpu", "--runs-dir", str(tmp_path), *sets]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

@@ -6,19 +6,19 @@ windows per pass:
 
 * ``coprime`` (R25 / PR #726): window k of the pass is block ``(start + k * stride) mod bc`` with a
   random start and a random stride coprime with ``bc``, so every block is visited once per pass, in
-  a scattered order, without storing a permutation.
-* ``shuffled`` (R30 / PR #1394): window k is block ``perm[k]`` of a random permutation.
+  a scattered order, without storing a permutation. Which shards feed each batch follows R25's
+  shard-mixing schedule (:mod:`pgolf.data.shard_mix`: 8 -> 64 shards per batch, weights
+  ``remaining ** (0.9 -> 0.5)``).
+* ``shuffled`` (R30 / PR #1394): window k is block ``perm[k]`` of a random permutation; each
+  window's shard is drawn with probability proportional to the windows that shard has left, so
+  shards drain together; when all are drained every shard starts a new pass (as R30).
 
-Each window's shard is drawn with probability proportional to the windows that shard has left, so
-shards drain together; when all are drained every shard starts a new pass (as R30).
-
-Differences from the records, on purpose: the records seed per rank (R30: shards ``rank::world``,
-RNG seeded by the rank) or draw per global batch (R25, with a shard-mixing schedule), so their
-token streams depend on the number of GPUs. Here one seeded window stream is shared by all ranks:
-each call consumes ``world_size * n`` windows and rank r takes the r-th block of n, exactly as the
-reference's sequential loader slices its token stream. So the union over ranks of a step's tokens
-equals the single-process step's tokens, for any world size that divides 8. R25's shard-mixing
-schedule (0.9 -> 0.5 exponent, 8 -> 32 shards per batch) is not reproduced.
+Difference from the records, on purpose: the records seed per rank (R30: shards ``rank::world``,
+RNG seeded by the rank) or mix per micro-batch over the ranks (R25), so their token streams depend
+on the number of GPUs. Here one seeded window stream is shared by all ranks: each call consumes
+``world_size * n`` windows and rank r takes the r-th block of n, exactly as the reference's
+sequential loader slices its token stream. So the union over ranks of a step's tokens equals the
+single-process step's tokens, for any world size that divides 8.
 
 Everything random derives from SEED: the shard choice from one generator, each shard pass's phase
 and order from a generator keyed by (seed, shard, pass). ``state_dict()`` is a few integers per
@@ -99,7 +99,8 @@ class WindowStream:
     def _remaining(self) -> np.ndarray:
         return np.array([self._pass(i).count - self.taken[i] for i in range(len(self.counts))], dtype=np.float64)
 
-    def take(self, n: int) -> list[tuple[int, int]]:
+    def take(self, n: int, batch_windows: int = 0) -> list[tuple[int, int]]:
+        """The next ``n`` windows, drawn one at a time (``batch_windows`` only matters to R25's mixed batches)."""
         out = []
         remaining = self._remaining()
         for _ in range(n):
@@ -135,7 +136,13 @@ class WindowLoader:
         self.rank, self.world_size, self.seq_len = rank, world_size, seq_len
         self.device = torch.device(device)
         self.vocab_size = vocab_size
-        self.stream = WindowStream(order, [read_header(f) for f in self.files], seq_len, seed)
+        counts = [read_header(f) for f in self.files]
+        if order == "coprime":
+            from pgolf.data.shard_mix import ShardMixStream  # imports ShardPass from here
+
+            self.stream: WindowStream | ShardMixStream = ShardMixStream(counts, seq_len, seed)
+        else:
+            self.stream = WindowStream(order, counts, seq_len, seed)
         self._maps: dict[int, np.ndarray] = {}
 
     def _tokens(self, shard: int) -> np.ndarray:
@@ -151,7 +158,8 @@ class WindowLoader:
                 f"a positive multiple of TRAIN_SEQ_LEN={self.seq_len} (the loader's window length)"
             )
         n = local_tokens // seq_len
-        windows = self.stream.take(n * self.world_size)[self.rank * n : (self.rank + 1) * n]
+        step_windows = n * self.world_size * grad_accum_steps  # one optimizer step, summed over ranks
+        windows = self.stream.take(n * self.world_size, step_windows)[self.rank * n : (self.rank + 1) * n]
         rows = np.stack([np.asarray(self._tokens(s)[p : p + seq_len + 1]) for s, p in windows]).astype(np.int64)
         if self.vocab_size is not None:
             check_token_range(rows, self.vocab_size, f"training shards ({self.files[windows[0][0]].parent})")

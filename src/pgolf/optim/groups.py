@@ -78,16 +78,20 @@ def _adam(params, lr: float, cfg: OptimConfig, fused: bool, weight_decay: float 
     return torch.optim.Adam(groups, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
 
 
-def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool) -> Optimizers:
+def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_rank_grads: bool = False) -> Optimizers:
+    """``per_rank_grads``: Parallel Muon reduce-scatters its own gradients (multi-rank, banks outside DDP)."""
     fused = next(model.parameters()).is_cuda
     matrices, scalars = split_block_params(model)
     extra = model.extra_parameter_roles()  # record techniques' tables, projections and gates
     matrices, scalars = matrices + extra["matrix"], scalars + extra["scalar"]
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
     opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused, cfg.embed_wd)
-    muon_class = ParallelMuon if cfg.muon_parallel else Muon  # DDP has averaged the grads: no reduce-scatter
-    muon = muon_class(matrices, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
-                      weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
+    muon_options = dict(lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
+                        weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
+    if cfg.muon_parallel:
+        muon: Muon = ParallelMuon(matrices, reduce_grads=per_rank_grads, **muon_options)
+    else:
+        muon = Muon(matrices, **muon_options)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
     opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused, cfg.adam_wd)

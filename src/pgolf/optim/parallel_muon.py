@@ -5,13 +5,21 @@ optimizer (same-shaped gradients stacked at each step), so the model and its sta
 as they are. Per bank of B matrices, padded to a multiple of the world size W:
 
 1. gradients -> this rank's shard of B/W matrices: a reduce-scatter (mean) when the gradients are
-   still per-rank (``reduce_grads=True``, R22's banks live outside DDP), or a plain slice when DDP
-   already averaged them (pgolf's loop today);
+   still per-rank (``reduce_grads=True``: the training loop keeps the banks out of DDP, see
+   :mod:`pgolf.optim.grad_sync`), or a plain slice when they are already averaged;
 2. Nesterov momentum, optional MuonEq-R row normalisation, and one batched Newton-Schulz on the
    shard (momentum buffers live only on the rank that owns the matrix);
 3. an all-gather of the orthogonalised shards, then every rank applies every update.
 
+Phase 1 can run ahead of :meth:`ParallelMuon.step`: :meth:`ParallelMuon.reduce_grad_shards`
+launches every bank's reduce-scatter asynchronously (the caller overlaps the small all-reduce of
+the other gradients with them), and the global gradient-norm clip can then scale the averaged
+shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
+
 The update equals plain :class:`pgolf.optim.muon.Muon`'s (tests compare them on 1 and 2 gloo ranks).
+Reductions are SUM then divide by W, not ``ReduceOp.AVG``: gloo has no AVG, and one formula keeps
+NCCL and the gloo CPU tests numerically alike. gloo implements ``reduce_scatter_tensor`` (torch >= 2.x),
+so there is no separate CPU path.
 """
 
 from __future__ import annotations
@@ -38,9 +46,20 @@ def newton_schulz_batched(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: t
     return X.mT if transposed else X
 
 
-def _all_gather(output: Tensor, shard: Tensor) -> None:
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    gather(output, shard)
+class _BankShard:
+    """One bank's gradient shard on this rank, with its pending reduce-scatter (if any)."""
+
+    def __init__(self, bank: list[Tensor], group: dict, shard: Tensor, owned: range, work=None, world: int = 1,
+                 sent: Tensor | None = None):
+        self.bank, self.group, self.shard, self.owned, self.work, self.world = bank, group, shard, owned, work, world
+        self.sent = sent  # the stacked gradients being reduce-scattered: kept alive until the transfer ends
+
+    def wait(self) -> Tensor:
+        if self.work is not None:
+            self.work.wait()
+            self.work, self.sent = None, None
+            self.shard /= self.world
+        return self.shard
 
 
 class ParallelMuon(Muon):
@@ -49,6 +68,7 @@ class ParallelMuon(Muon):
     def __init__(self, params, *args, reduce_grads: bool = False, **kwargs):
         super().__init__(params, *args, **kwargs)
         self.reduce_grads = reduce_grads
+        self._shards: list[_BankShard] | None = None
 
     @staticmethod
     def banks(params: list[Tensor]) -> list[list[Tensor]]:
@@ -58,33 +78,67 @@ class ParallelMuon(Muon):
             by_shape.setdefault(tuple(p.shape), []).append(p)
         return list(by_shape.values())
 
+    @staticmethod
+    def _world() -> tuple[bool, int, int]:
+        distributed = dist.is_available() and dist.is_initialized()
+        return distributed, (dist.get_world_size() if distributed else 1), (dist.get_rank() if distributed else 0)
+
+    @torch.no_grad()
+    def reduce_grad_shards(self) -> None:
+        """Phase 1: every bank's gradient shard; reduce-scatters are launched async and awaited lazily."""
+        distributed, world, rank = self._world()
+        self._shards = []
+        for group in self.param_groups:
+            for bank in self.banks(group["params"]):
+                if not any(p.grad is not None for p in bank):
+                    continue
+                shard_size = -(-len(bank) // world)
+                owned = range(rank * shard_size, min((rank + 1) * shard_size, len(bank)))
+                if distributed and self.reduce_grads:
+                    shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
+                    stacked = self._stack_grads(bank, range(shard_size * world))
+                    work = dist.reduce_scatter_tensor(shard, stacked, op=dist.ReduceOp.SUM, async_op=True)
+                    self._shards.append(_BankShard(bank, group, shard, owned, work, world, sent=stacked))
+                else:  # gradients already identical on every rank: stack only the owned ones
+                    shard = self._stack_grads(bank, range(rank * shard_size, (rank + 1) * shard_size))
+                    self._shards.append(_BankShard(bank, group, shard, owned))
+
+    def grad_shard_sq_norm(self) -> Tensor:
+        """Sum of squares of this rank's averaged gradient shards (fp32); summed over ranks it is the banks' norm²."""
+        if self._shards is None:
+            self.reduce_grad_shards()
+        total = torch.zeros((), dtype=torch.float32, device=self._device())
+        for s in self._shards:
+            total += s.wait().float().square().sum()
+        return total
+
+    def scale_grad_shards(self, factor: Tensor | float) -> None:
+        """Multiply the averaged gradient shards (the gradient-norm clip on sharded gradients)."""
+        for s in self._shards or []:
+            s.wait().mul_(factor)
+
+    def _device(self) -> torch.device:
+        return self.param_groups[0]["params"][0].device
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        distributed = dist.is_available() and dist.is_initialized()
-        world = dist.get_world_size() if distributed else 1
-        rank = dist.get_rank() if distributed else 0
-        for group in self.param_groups:
-            for bank in self.banks(group["params"]):
-                self._step_bank(bank, group, world, rank, distributed)
+        if self._shards is None:
+            self.reduce_grad_shards()
+        shards, self._shards = self._shards, None
+        distributed, world, _ = self._world()
+        for s in shards:
+            self._step_bank(s, world, distributed)
         return loss
 
-    def _step_bank(self, bank: list[Tensor], group: dict, world: int, rank: int, distributed: bool) -> None:
+    def _step_bank(self, s: _BankShard, world: int, distributed: bool) -> None:
+        bank, group, owned = s.bank, s.group, s.owned
+        shard = s.wait()
         present = [p.grad is not None for p in bank]
-        if not any(present):
-            return
-        shard_size = -(-len(bank) // world)
-        owned = range(rank * shard_size, min((rank + 1) * shard_size, len(bank)))
-        if distributed and self.reduce_grads:
-            shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
-            dist.reduce_scatter_tensor(shard, self._stack_grads(bank, range(shard_size * world)), op=dist.ReduceOp.SUM)
-            shard /= world
-        else:  # gradients already identical on every rank: stack only the owned ones
-            shard = self._stack_grads(bank, owned)
-        updates = torch.zeros(shard_size, *bank[0].shape, device=bank[0].device, dtype=self.ns_dtype)
+        updates = torch.zeros(shard.shape[0], *bank[0].shape, device=bank[0].device, dtype=self.ns_dtype)
         nesterov_updates = []
         for j, i in enumerate(owned):
             if present[i]:
@@ -99,8 +153,8 @@ class ParallelMuon(Muon):
             rows, cols = bank[0].shape
             updates[idx] = ortho * max(1, rows / cols) ** 0.5
         if distributed:
-            full = torch.empty(shard_size * world, *bank[0].shape, device=updates.device, dtype=updates.dtype)
-            _all_gather(full, updates)
+            full = torch.empty(updates.shape[0] * world, *bank[0].shape, device=updates.device, dtype=updates.dtype)
+            dist.all_gather_into_tensor(full, updates)
         else:
             full = updates
         decay = group["lr"] * group["weight_decay"] * group["wd_scale"]

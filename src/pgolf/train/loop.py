@@ -36,6 +36,7 @@ from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
 from pgolf.optim.clip import clip_gradients
+from pgolf.optim.grad_sync import BankedGradSync, broadcast_parameters, make_grad_sync
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.quant.qat import disable_qat, update_qat
@@ -64,6 +65,7 @@ class Session:
     compile: bool
     history: list[dict] = field(default_factory=list)
     averager: object | None = None  # EMA or SWA (pgolf.optim.averaging), built when training starts
+    grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
 
 
 def _use_compile(cfg: Config, device: torch.device) -> bool:
@@ -91,15 +93,23 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     model = build_model(cfg.model, rt.device)
     use_compile = _use_compile(cfg, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
-    if rt.distributed:
+    banks_outside_ddp = rt.distributed and cfg.optim.muon_parallel
+    opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings, per_rank_grads=banks_outside_ddp)
+    grad_sync = None
+    if banks_outside_ddp:  # R22: no DDP; Parallel Muon reduce-scatters its banks, the rest is all-reduced
+        broadcast_parameters(model)
+        grad_sync = make_grad_sync(model, opts.muon)
+    elif rt.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
-    opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings)
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
-    session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile)
+    session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
+                      grad_sync=grad_sync)
     _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
+    if grad_sync is not None:
+        run.log(grad_sync.describe())
     return session
 
 
@@ -165,7 +175,7 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
     s.opts.zero_grad()
     total = torch.zeros((), device=s.rt.device)
     for micro in range(s.grad_accum_steps):
-        if s.rt.distributed:
+        if s.rt.distributed and s.grad_sync is None:  # DDP: all-reduce only on the last micro-batch
             s.step_model.require_backward_grad_sync = micro == s.grad_accum_steps - 1
         x, y = s.loader.next_batch(t.train_batch_tokens, t.train_seq_len, s.grad_accum_steps)
         with autocast_for(s.rt.device):
@@ -173,7 +183,11 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
     apply_schedules(s, step, scale, frac)
-    clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
+    if s.grad_sync is not None:
+        s.grad_sync.reduce()
+        s.grad_sync.clip(s.cfg.optim.grad_clip_norm)
+    else:
+        clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
     s.opts.step()
     s.opts.zero_grad()
     if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
