@@ -131,7 +131,8 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
 
     t, o = s.cfg.train, s.cfg.optim
     s.opts.zero_grad()
-    no_sync = s.step_model.no_sync() if s.rt.distributed else contextlib.nullcontext()
+    ddp = s.rt.distributed and s.grad_sync is None  # Parallel Muon runs without DDP (see pgolf.optim.grad_sync)
+    no_sync = s.step_model.no_sync() if ddp else contextlib.nullcontext()
     with no_sync:
         for _ in range(s.grad_accum_steps):
             with timer.phase("data"):
@@ -140,7 +141,10 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
                 loss = s.step_model(x, y)
             with timer.phase("backward"):
                 (loss / s.grad_accum_steps).backward()
-    if s.rt.distributed:
+    if s.grad_sync is not None:
+        with timer.phase("communication"):
+            s.grad_sync.reduce()
+    elif s.rt.distributed:
         with timer.phase("communication"):
             for p in s.model.parameters():
                 if p.grad is not None:
@@ -149,7 +153,9 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
     with timer.phase("optimizer"):
         s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
         s.opts.set_lr_scale(1.0)
-        if o.grad_clip_norm > 0:
+        if s.grad_sync is not None:
+            s.grad_sync.clip(o.grad_clip_norm)
+        elif o.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
         s.opts.step()
         s.opts.zero_grad()
