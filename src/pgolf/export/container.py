@@ -12,7 +12,8 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
 
 The payload is a safetensors file (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
 key ``"pgolf"`` holds JSON: the entries in state-dict order (name, kind, restore dtype) and the
-caller's ``meta``. Reading checks everything (magic, version, codec, length, CRC, the safetensors
+caller's ``meta``. A v2 entry with an LQER correction (pgolf.quant.lqer) adds an ``lqer`` record
+(mode, bits, group size and the keys of its four tensors ``<role>.lqer.<part>.<dtype>/<name>``). Reading checks everything (magic, version, codec, length, CRC, the safetensors
 header, that tensors and metadata agree) and answers any defect with a one-line PgolfError; the
 decompressed size is capped so a lying header or a zlib bomb cannot force a huge allocation.
 """
@@ -45,6 +46,8 @@ from pgolf.quant.int8 import (
     dtype_from_name,
     dtype_name,
 )
+from pgolf.quant.lqer import MODES as LQER_MODES
+from pgolf.quant.lqer import LowRank
 from pgolf.quant.policy import tensor_role
 
 MAGIC = b"PGOLF\x00AR"
@@ -59,6 +62,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
 SCHEMA_V2 = "pgolf.quant.v2"
 # Entries may not claim more dimensions or elements than any real state dict holds.
 MAX_NDIM = 8
+# The tensors of an LQER correction, stored under ``<role>.lqer.<part>.<dtype>/<name>``.
+LQER_PARTS = ("a_codes", "a_scale", "b_codes", "b_scale")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -157,6 +162,20 @@ def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool)
     return f"{role}.{part}.{dtype_name(t.dtype)}/{e.name}", t.clone(), {"layout": "raw"}
 
 
+def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """Store an entry's LQER factors (codes one per byte, fp16 scales) and describe them."""
+    lr = e.lqer
+    assert lr is not None
+    role = tensor_role(e.name)
+    keys = {}
+    for part in LQER_PARTS:
+        t = getattr(lr, part).detach().to("cpu").contiguous().clone()
+        key = f"{role}.lqer.{part}.{dtype_name(t.dtype)}/{e.name}"
+        tensors[key] = t
+        keys[part] = key
+    return {"mode": lr.mode, "bits": lr.bits, "group_size": lr.group_size, "tensors": keys}
+
+
 def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False) -> bytes:
     """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
 
@@ -191,6 +210,8 @@ def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bo
             key, stored, layout = _stored_part(e, part, t, shuffle, pack)
             tensors[key] = stored
             spec["tensors"][part] = {"key": key, **layout}
+        if e.lqer is not None:
+            spec["lqer"] = _lqer_spec(e, tensors)
         specs.append(spec)
     return _save(tensors, _dump_doc({"schema": SCHEMA_V2, "entries": specs, "meta": extra_meta}))
 
@@ -296,7 +317,30 @@ def _entry_from_v2(spec: object, tensors: dict[str, Tensor], used: set[str], sou
         used.add(key)
         restored[part] = t
     extra = {"bits": bits, "group_size": group} if kind == KIND_INTN else {}
+    if "lqer" in spec:
+        extra["lqer"] = _lqer_from(spec["lqer"], tensors, used, name, source)
     return _make_entry(name, kind, restored["values"], restored.get("scale"), dtype, source, **extra)
+
+
+def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: str, source: str) -> LowRank:
+    """The LowRank an entry's ``lqer`` record describes (its shapes are checked with the entry)."""
+    if (
+        not isinstance(spec, dict)
+        or spec.get("mode") not in LQER_MODES
+        or not isinstance(spec.get("tensors"), dict)
+        or not all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("bits", "group_size"))
+    ):
+        raise PgolfError(f"{source}: tensor {name!r} has a malformed LQER record")
+    parts = {}
+    for part in LQER_PARTS:
+        key = spec["tensors"].get(part)
+        if not isinstance(key, str) or key not in tensors:
+            raise PgolfError(f"{source}: tensor {name!r} LQER part {part} is missing from the payload")
+        if key in used:
+            raise PgolfError(f"{source}: payload tensor {key[:80]!r} is used twice")
+        used.add(key)
+        parts[part] = tensors[key]
+    return LowRank(spec["mode"], bits=spec["bits"], group_size=spec["group_size"], **parts)
 
 
 def decode_payload(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:
