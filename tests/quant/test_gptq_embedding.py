@@ -49,3 +49,13 @@ def test_policy_gptq_rounds_the_embedding(trained_tiny):
     gptq = dequantize(quantize_state_dict_policy(sd, "embed=int4,*=int8,small=0", hessians, gptq=True))[TIED_EMBED_NAME]
     h, w = hessians[TIED_EMBED_NAME], sd[TIED_EMBED_NAME]
     assert hessian_error(w, gptq, h) < hessian_error(w, rtn, h)
+
+
+def test_hessians_stay_fp32_products_under_bf16_autocast(trained_tiny):
+    model, batches = trained_tiny
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        hessians = collect_hessians(model, batches[:1])
+        x = model.hidden(batches[0]).float().reshape(-1, model.cfg.model_dim)
+    h = hessians[TIED_EMBED_NAME]
+    assert all(v.dtype == torch.float32 for v in hessians.values())
+    assert torch.allclose(h, x.T @ x, rtol=1e-5, atol=1e-4)

@@ -43,8 +43,11 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, T
 
     def accumulate(name: str, x: Tensor) -> None:
         x = x.detach().float().reshape(-1, x.shape[-1])
+        # Calibration may run under bf16 autocast; the Hessian itself must be an fp32 product.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xtx = x.T @ x
         h = hessians.get(name)
-        hessians[name] = x.T @ x if h is None else h.add_(x.T @ x)
+        hessians[name] = xtx if h is None else h.add_(xtx)
 
     def hook_for(name: str):
         def hook(_module, inputs):
