@@ -46,8 +46,6 @@ from pgolf.quant.int8 import (
     dtype_from_name,
     dtype_name,
 )
-from pgolf.quant.lqer import MODES as LQER_MODES
-from pgolf.quant.lqer import LowRank
 from pgolf.quant.policy import tensor_role
 
 MAGIC = b"PGOLF\x00AR"
@@ -322,8 +320,11 @@ def _entry_from_v2(spec: object, tensors: dict[str, Tensor], used: set[str], sou
     return _make_entry(name, kind, restored["values"], restored.get("scale"), dtype, source, **extra)
 
 
-def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: str, source: str) -> LowRank:
+def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: str, source: str):
     """The LowRank an entry's ``lqer`` record describes (its shapes are checked with the entry)."""
+    from pgolf.quant.lqer import MODES as LQER_MODES
+    from pgolf.quant.lqer import LowRank
+
     if (
         not isinstance(spec, dict)
         or spec.get("mode") not in LQER_MODES

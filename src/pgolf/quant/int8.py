@@ -21,13 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.model.params import DEFAULT_CONTROL_PATTERNS, control_tensor_patterns
-from pgolf.quant.lqer import LowRank, lowrank_dequantize, lowrank_problem
+
+if TYPE_CHECKING:  # imported lazily: artifacts without LQER never load pgolf.quant.lqer
+    from pgolf.quant.lqer import LowRank
 
 QUANT_FORMAT = "int8_clean_per_row_v1"
 
@@ -110,8 +113,14 @@ def _entry_problem(e: QuantEntry) -> str | None:
     if e.lqer is not None and e.kind != KIND_INTN:
         return "only an intn tensor can carry an LQER correction"
     if e.kind == KIND_INTN:
-        return _intn_problem(e) or (lowrank_problem(e.lqer, tuple(e.values.shape)) if e.lqer is not None else None)
+        return _intn_problem(e) or (_lqer_problem(e) if e.lqer is not None else None)
     return _int8_problem(e)
+
+
+def _lqer_problem(e: QuantEntry) -> str | None:
+    from pgolf.quant.lqer import lowrank_problem
+
+    return lowrank_problem(e.lqer, tuple(e.values.shape))
 
 
 def _passthrough_problem(e: QuantEntry) -> str | None:
@@ -313,6 +322,8 @@ def dequantize_entry(e: QuantEntry) -> Tensor:
         assert e.scale is not None
         w = intn_dequantize(e.values, e.scale, e.group_size)
         if e.lqer is not None:
+            from pgolf.quant.lqer import lowrank_dequantize
+
             w = w + lowrank_dequantize(e.lqer)
         return w.to(dtype=e.restore_dtype).contiguous()
     # A copy, so the caller may train on the result without touching this state.

@@ -238,11 +238,11 @@ def training_cap_ms(cfg: Config) -> float | None:
 
 def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float]:
     """Calibration Hessians for the export (None without USE_GPTQ) and the milliseconds they took."""
-    from pgolf.quant.calibration import calibration_hessians, calibration_source
-
     q, t = s.cfg.quant, s.cfg.train
     if not q.gptq_enabled:
         return None, 0.0
+    from pgolf.quant.calibration import calibration_hessians, calibration_source  # only then: counted code
+
     _sync(s.rt)
     t0 = time.perf_counter()
     hessians = calibration_hessians(
@@ -364,13 +364,16 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     """
     from pgolf.export.artifact import export_model
     from pgolf.export.loading import load_weights
-    from pgolf.quant.pipeline import quantize_for_export
 
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
     if s.rt.is_master:
         q = s.cfg.quant
-        quantized = quantize_for_export(s.model.state_dict(), q, hessians) if q.gptq_enabled or q.lqer_enabled else None
+        quantized = None
+        if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
+            from pgolf.quant.pipeline import quantize_for_export
+
+            quantized = quantize_for_export(s.model.state_dict(), q, hessians)
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
             codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized,
