@@ -10,7 +10,7 @@ from pgolf.export.container import read_artifact
 from pgolf.presets import build_config
 from pgolf.quant.gptq import TIED_EMBED_NAME
 from pgolf.quant.int8 import dequantize
-from pgolf.quant.pipeline import quantize_for_export
+from pgolf.quant.policy import quantize_for_export
 from pgolf.train.loop import ARTIFACT_NAME, compile_warmup, export_and_score, run_training, setup
 
 STEPS = 6

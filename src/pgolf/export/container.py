@@ -321,27 +321,17 @@ def _entry_from_v2(spec: object, tensors: dict[str, Tensor], used: set[str], sou
 
 
 def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: str, source: str):
-    """The LowRank an entry's ``lqer`` record describes (its shapes are checked with the entry)."""
-    from pgolf.quant.lqer import MODES as LQER_MODES
+    """The LowRank an entry's ``lqer`` record describes (QuantEntry validates it with the entry)."""
     from pgolf.quant.lqer import LowRank
 
-    if (
-        not isinstance(spec, dict)
-        or spec.get("mode") not in LQER_MODES
-        or not isinstance(spec.get("tensors"), dict)
-        or not all(isinstance(spec.get(k), int) and not isinstance(spec.get(k), bool) for k in ("bits", "group_size"))
-    ):
+    keys = spec.get("tensors") if isinstance(spec, dict) else None
+    if not isinstance(keys, dict) or not all(isinstance(keys.get(p), str) and keys[p] in tensors for p in LQER_PARTS):
         raise PgolfError(f"{source}: tensor {name!r} has a malformed LQER record")
-    parts = {}
-    for part in LQER_PARTS:
-        key = spec["tensors"].get(part)
-        if not isinstance(key, str) or key not in tensors:
-            raise PgolfError(f"{source}: tensor {name!r} LQER part {part} is missing from the payload")
-        if key in used:
-            raise PgolfError(f"{source}: payload tensor {key[:80]!r} is used twice")
-        used.add(key)
-        parts[part] = tensors[key]
-    return LowRank(spec["mode"], bits=spec["bits"], group_size=spec["group_size"], **parts)
+    for p in LQER_PARTS:
+        if keys[p] in used:
+            raise PgolfError(f"{source}: payload tensor {keys[p][:80]!r} is used twice")
+        used.add(keys[p])
+    return LowRank(spec.get("mode"), *(tensors[keys[p]] for p in LQER_PARTS), spec.get("bits"), spec.get("group_size"))
 
 
 def decode_payload(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:

@@ -15,22 +15,14 @@ KV cache), which is what the records did: ~2,000 forwards per batch of sequences
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from pgolf.config import QuantConfig
 from pgolf.errors import PgolfError
+from pgolf.eval.evaluate import autocast_for
 from pgolf.quant.gptq import collect_hessians
-
-SOURCE_TRAIN = "train"
-SOURCE_SELF = "self"
-
-
-def calibration_source(q: QuantConfig) -> str:
-    return SOURCE_SELF if q.gptq_ar_selfgen else SOURCE_TRAIN
 
 
 @torch.no_grad()
@@ -39,69 +31,41 @@ def generate_calibration_tokens(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """``[num_seqs, seq_len]`` int64 token ids sampled from ``model.logits`` at ``temperature``."""
-    if num_seqs <= 0 or seq_len <= 0 or batch_size <= 0:
-        raise PgolfError(f"self-generated calibration needs positive sizes (seqs {num_seqs}, len {seq_len}, batch {batch_size})")
-    if not temperature > 0:
-        raise PgolfError(f"GPTQ_TEMPERATURE={temperature}: must be positive")
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training
     model.eval()
     out = []
-    try:
-        for start in range(0, num_seqs, batch_size):
-            n = min(batch_size, num_seqs - start)
-            tokens = torch.randint(0, vocab_size, (n, 1), device=device, generator=gen)
-            for _ in range(seq_len - 1):
-                with _autocast(device):
-                    last = model.logits(tokens)[:, -1, :].float()
-                probs = torch.softmax(last / temperature, dim=-1)
-                tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=gen)], dim=1)
-            out.append(tokens)
-    finally:
-        model.train(was_training)
+    for start in range(0, num_seqs, batch_size):
+        tokens = torch.randint(0, vocab_size, (min(batch_size, num_seqs - start), 1), device=device, generator=gen)
+        for _ in range(seq_len - 1):
+            with autocast_for(device):
+                last = model.logits(tokens)[:, -1].float()
+            tokens = torch.cat([tokens, torch.multinomial(torch.softmax(last / temperature, -1), 1, generator=gen)], 1)
+        out.append(tokens)
+    model.train(was_training)
     return torch.cat(out)
-
-
-def _autocast(device: torch.device):
-    from pgolf.eval.evaluate import autocast_for
-
-    return autocast_for(device)
-
-
-def train_calibration_batches(loader, num_batches: int, batch_tokens: int, seq_len: int, grad_accum: int) -> Iterator[Tensor]:
-    """The next ``num_batches`` training input batches of this rank (targets are not needed)."""
-    for _ in range(num_batches):
-        x, _ = loader.next_batch(batch_tokens, seq_len, grad_accum)
-        yield x
-
-
-def hessians_from_batches(model: nn.Module, batches, device: torch.device) -> dict[str, Tensor]:
-    """Hessians of every quantizable weight; summed over ranks when distributed, on the CPU."""
-    was_training = model.training
-    model.eval()
-    try:
-        with _autocast(device):
-            hessians = collect_hessians(model, batches)
-    finally:
-        model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
-        for name in sorted(hessians):  # same order on every rank
-            dist.all_reduce(hessians[name], op=dist.ReduceOp.SUM)
-    return {k: v.cpu() for k, v in hessians.items()}
 
 
 def calibration_hessians(
     model: nn.Module, q: QuantConfig, seq_len: int, vocab_size: int, device: torch.device, seed: int,
     loader=None, batch_tokens: int = 0, grad_accum: int = 1,
 ) -> dict[str, Tensor]:
-    """Hessians from the configured source; ``loader`` (and its batch shape) only for ``train``."""
-    if calibration_source(q) == SOURCE_SELF:
-        tokens = generate_calibration_tokens(
+    """Hessians (CPU, summed over ranks) from the configured source; ``loader`` only for ``train``."""
+    if q.gptq_ar_selfgen:
+        batches = generate_calibration_tokens(
             model, q.gptq_calib_samples, seq_len, vocab_size, q.gptq_temperature, q.gptq_batch_size, seed, device
-        )
-        return hessians_from_batches(model, tokens.split(q.gptq_batch_size), device)
-    if loader is None:
+        ).split(q.gptq_batch_size)
+    elif loader is None:
         raise PgolfError("GPTQ calibration from training batches needs the training data (or set GPTQ_AR_SELFGEN=1)")
-    batches = train_calibration_batches(loader, q.gptq_calibration_batches, batch_tokens, seq_len, grad_accum)
-    return hessians_from_batches(model, batches, device)
+    else:
+        batches = (loader.next_batch(batch_tokens, seq_len, grad_accum)[0] for _ in range(q.gptq_calibration_batches))
+    was_training = model.training
+    model.eval()
+    with autocast_for(device):
+        hessians = collect_hessians(model, batches)
+    model.train(was_training)
+    if dist.is_available() and dist.is_initialized():
+        for name in sorted(hessians):  # same order on every rank
+            dist.all_reduce(hessians[name])
+    return {k: v.cpu() for k, v in hessians.items()}

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pgolf.errors import PgolfError
 
 MODE_SYM = "sym"
 MODE_ASYM = "asym"
@@ -54,49 +53,25 @@ class LowRank:
     bits: int = 4
     group_size: int = 64
 
-    @property
-    def rank(self) -> int:
-        return int(self.a_codes.shape[1])
-
-
-def _code_range(lr: LowRank, part: str) -> tuple[int, int]:
-    if lr.mode == MODE_ASYM:
-        return ASYM_A_RANGE if part == "a" else ASYM_B_RANGE
-    qmax = (1 << (lr.bits - 1)) - 1
-    return -qmax, qmax
-
 
 def lowrank_problem(lr: object, shape: tuple[int, ...]) -> str | None:
     """What is wrong with ``lr`` as the correction of a tensor of ``shape``, or None."""
-    if not isinstance(lr, LowRank):
-        return "the LQER correction is not a LowRank"
-    if lr.mode not in MODES:
-        return f"unknown LQER mode {lr.mode!r}"
-    tensors = (lr.a_codes, lr.a_scale, lr.b_codes, lr.b_scale)
-    if not all(isinstance(t, Tensor) for t in tensors):
-        return "LQER parts must be tensors"
-    if lr.a_codes.dtype != torch.int8 or lr.b_codes.dtype != torch.int8:
-        return "LQER codes must be int8"
-    if lr.a_scale.dtype != torch.float16 or lr.b_scale.dtype != torch.float16:
-        return "LQER scales must be float16"
-    if len(shape) != 2 or lr.a_codes.ndim != 2 or lr.b_codes.ndim != 2:
-        return "LQER needs a 2-D tensor and 2-D factors"
+    parts = (lr.a_codes, lr.a_scale, lr.b_codes, lr.b_scale)
+    if not isinstance(lr, LowRank) or lr.mode not in MODES or not isinstance(lr.bits, int) or not 2 <= lr.bits <= 8 or not isinstance(lr.group_size, int):
+        return "bad LQER mode, bits or group size"
+    if not all(isinstance(t, Tensor) and t.dtype == d for t, d in zip(parts, (torch.int8, torch.float16) * 2)):
+        return "LQER codes must be int8 tensors and scales float16"
     rows, cols = shape
-    r = lr.a_codes.shape[1]
-    if r < 1 or tuple(lr.a_codes.shape) != (rows, r) or tuple(lr.b_codes.shape) != (r, cols):
-        return f"LQER factors {tuple(lr.a_codes.shape)} @ {tuple(lr.b_codes.shape)} do not give {tuple(shape)}"
-    if not isinstance(lr.bits, int) or not 2 <= lr.bits <= 8 or not isinstance(lr.group_size, int):
-        return f"LQER bits/group {lr.bits!r}/{lr.group_size!r} are invalid"
-    if lr.mode == MODE_ASYM:
-        g = lr.group_size
-        if g < 1 or (r * cols) % g or tuple(lr.a_scale.shape) != (1,) or tuple(lr.b_scale.shape) != ((r * cols) // g,):
-            return f"LQER asym scales {tuple(lr.a_scale.shape)}/{tuple(lr.b_scale.shape)} do not fit group {g}"
-    elif tuple(lr.a_scale.shape) != (rows,) or tuple(lr.b_scale.shape) != (r,):
-        return f"LQER sym scales {tuple(lr.a_scale.shape)}/{tuple(lr.b_scale.shape)} do not fit ({rows}, {r})"
-    for part, codes in (("a", lr.a_codes), ("b", lr.b_codes)):
-        lo, hi = _code_range(lr, part)
+    r = lr.a_codes.shape[-1]
+    g = max(lr.group_size, 1)
+    want = [(rows, r), (1,) if lr.mode == MODE_ASYM else (rows,), (r, cols), ((r * cols) // g,) if lr.mode == MODE_ASYM else (r,)]
+    if r < 1 or [tuple(t.shape) for t in parts] != want or (lr.mode == MODE_ASYM and (r * cols) % g):
+        return f"LQER parts {[tuple(t.shape) for t in parts]} do not fit {tuple(shape)}"
+    q = (1 << (lr.bits - 1)) - 1
+    ranges = (ASYM_A_RANGE, ASYM_B_RANGE) if lr.mode == MODE_ASYM else ((-q, q), (-q, q))
+    for codes, (lo, hi) in zip((lr.a_codes, lr.b_codes), ranges):
         if codes.numel() and (int(codes.min()) < lo or int(codes.max()) > hi):
-            return f"LQER {part.upper()} codes leave [{lo}, {hi}]"
+            return f"LQER codes leave [{lo}, {hi}]"
     return None
 
 
@@ -111,63 +86,44 @@ def lowrank_dequantize(lr: LowRank) -> Tensor:
     return a @ b
 
 
-def _fp16_scale(x: Tensor) -> Tensor:
-    """fp32 values rounded to fp16 scales in the normal range."""
-    return x.clamp(_MIN_SCALE, _MAX_SCALE).to(torch.float16)
-
-
-def _codes(x: Tensor, scale: Tensor, lo: int, hi: int) -> Tensor:
-    return torch.clamp(torch.round(x / scale), lo, hi).to(torch.int8)
+def _pack(x: Tensor, amax: Tensor, divisor: float, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+    """Codes of ``x`` [units, n] with one fp16 scale ``amax / divisor`` per unit (normal range)."""
+    scale = (amax / divisor).clamp(_MIN_SCALE, _MAX_SCALE).to(torch.float16)
+    return torch.clamp(torch.round(x / scale.float()[:, None]), lo, hi).to(torch.int8), scale
 
 
 def pack_sym(a: Tensor, b: Tensor, bits: int) -> LowRank:
-    qmax = (1 << (bits - 1)) - 1
-    sa = _fp16_scale(a.abs().amax(dim=1) / qmax)
-    sb = _fp16_scale(b.abs().amax(dim=1) / qmax)
-    qa = _codes(a, sa.float()[:, None], -qmax, qmax)
-    qb = _codes(b, sb.float()[:, None], -qmax, qmax)
-    return LowRank(MODE_SYM, qa.contiguous(), sa.contiguous(), qb.contiguous(), sb.contiguous(), bits, 0)
+    q = (1 << (bits - 1)) - 1
+    qa, sa = _pack(a, a.abs().amax(dim=1), q, -q, q)
+    qb, sb = _pack(b, b.abs().amax(dim=1), q, -q, q)
+    return LowRank(MODE_SYM, qa, sa, qb, sb, bits, 0)
 
 
 def pack_asym(a: Tensor, b: Tensor, group_size: int) -> LowRank:
-    sa = _fp16_scale(a.abs().amax().reshape(1) / ASYM_A_DIVISOR)
-    qa = _codes(a, sa.float(), *ASYM_A_RANGE)
+    qa, sa = _pack(a.reshape(1, -1), a.abs().amax().reshape(1), ASYM_A_DIVISOR, *ASYM_A_RANGE)
     groups = b.reshape(-1, group_size)
-    sb = _fp16_scale(groups.abs().amax(dim=1) / ASYM_B_DIVISOR)
-    qb = _codes(groups, sb.float()[:, None], *ASYM_B_RANGE).reshape(b.shape)
-    return LowRank(MODE_ASYM, qa.contiguous(), sa.contiguous(), qb.contiguous(), sb.contiguous(), 4, group_size)
+    qb, sb = _pack(groups, groups.abs().amax(dim=1), ASYM_B_DIVISOR, *ASYM_B_RANGE)
+    return LowRank(MODE_ASYM, qa.reshape(a.shape), sa, qb.reshape(b.shape), sb, 4, group_size)
 
 
 def lowrank_correction(error: Tensor, rank: int, factor_bits: int = 4, asym: bool = True, group_size: int = 64) -> LowRank:
     """The packed rank-``rank`` SVD correction of ``error`` (asym when the group divides B)."""
-    e = error.detach().float().cpu()
-    u, s, vh = torch.linalg.svd(e, full_matrices=False)
+    u, s, vh = torch.linalg.svd(error.detach().float().cpu(), full_matrices=False)
     r = max(1, min(rank, s.numel()))
-    a = (u[:, :r] * s[:r]).contiguous()
-    b = vh[:r, :].contiguous()
+    a, b = u[:, :r] * s[:r], vh[:r]
     if asym and group_size > 0 and b.numel() % group_size == 0:
         return pack_asym(a, b, group_size)
     return pack_sym(a, b, factor_bits)
 
 
-def add_lqer(
-    quantized, float_state: Mapping[str, Tensor], rank: int, top_k: int, factor_bits: int = 4, asym: bool = True,
-    group_size: int = 64,
-):
+def add_lqer(quantized, float_state: Mapping[str, Tensor], rank: int, top_k: int, factor_bits: int = 4, asym: bool = True,
+             group_size: int = 64):
     """``quantized`` (a QuantizedState) with LQER corrections on its ``top_k`` worst intN tensors."""
     from pgolf.quant.int8 import KIND_INTN, QuantizedState, intn_dequantize
 
-    errors: dict[str, Tensor] = {}
-    for e in quantized:
-        if e.kind == KIND_INTN and e.lqer is None:
-            if e.name not in float_state:
-                raise PgolfError(f"LQER: tensor {e.name!r} is missing from the float state")
-            errors[e.name] = float_state[e.name].detach().float().cpu() - intn_dequantize(e.values, e.scale, e.group_size)
+    errors = {e.name: float_state[e.name].detach().float().cpu() - intn_dequantize(e.values, e.scale, e.group_size)
+              for e in quantized if e.kind == KIND_INTN and e.lqer is None}
     worst = sorted(errors, key=lambda n: -float(errors[n].norm()))[:top_k]
-    entries = []
-    for e in quantized:
-        if e.name in worst:
-            lr = lowrank_correction(errors[e.name], rank, factor_bits, asym, group_size)
-            e = dataclasses.replace(e, lqer=lr)
-        entries.append(e)
-    return QuantizedState(tuple(entries))
+    return QuantizedState(tuple(
+        dataclasses.replace(e, lqer=lowrank_correction(errors[e.name], rank, factor_bits, asym, group_size))
+        if e.name in worst else e for e in quantized))

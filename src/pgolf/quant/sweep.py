@@ -31,8 +31,7 @@ from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS
 from pgolf.export.container import atomic_write_bytes, read_artifact, write_artifact
 from pgolf.config import QuantConfig
 from pgolf.quant.int8 import dequantize
-from pgolf.quant.pipeline import quantize_for_export
-from pgolf.quant.policy import parse_policy
+from pgolf.quant.policy import parse_policy, quantize_for_export
 
 METHOD_PREFIXES = ("gptq", "lqer")
 

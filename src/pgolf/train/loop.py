@@ -241,7 +241,7 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
     q, t = s.cfg.quant, s.cfg.train
     if not q.gptq_enabled:
         return None, 0.0
-    from pgolf.quant.calibration import calibration_hessians, calibration_source  # only then: counted code
+    from pgolf.quant.calibration import calibration_hessians  # only then: counted code
 
     _sync(s.rt)
     t0 = time.perf_counter()
@@ -253,7 +253,7 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
     ms = 1000.0 * (time.perf_counter() - t0)
     cap = f" of cap {1000.0 * t.max_wallclock_seconds:.0f}ms" if t.max_wallclock_seconds > 0 else ""
     s.run.log(
-        f"gptq:collected {len(hessians)} Hessians from {calibration_source(q)} data in {ms:.0f}ms; "
+        f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms; "
         f"train_time + hessians = {train_ms + ms:.0f}ms{cap}"
     )
     return hessians, ms
@@ -371,7 +371,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
         q = s.cfg.quant
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
-            from pgolf.quant.pipeline import quantize_for_export
+            from pgolf.quant.policy import quantize_for_export
 
             quantized = quantize_for_export(s.model.state_dict(), q, hessians)
         report = export_model(
