@@ -162,15 +162,11 @@ def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool)
 
 def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
     """Store an entry's LQER factors (codes one per byte, fp16 scales) and describe them."""
-    lr = e.lqer
-    assert lr is not None
-    role = tensor_role(e.name)
-    keys = {}
-    for part in LQER_PARTS:
-        t = getattr(lr, part).detach().to("cpu").contiguous().clone()
-        key = f"{role}.lqer.{part}.{dtype_name(t.dtype)}/{e.name}"
-        tensors[key] = t
-        keys[part] = key
+    lr, keys = e.lqer, {}
+    for p in LQER_PARTS:
+        t = getattr(lr, p).detach().cpu().contiguous().clone()
+        keys[p] = f"{tensor_role(e.name)}.lqer.{p}.{dtype_name(t.dtype)}/{e.name}"
+        tensors[keys[p]] = t
     return {"mode": lr.mode, "bits": lr.bits, "group_size": lr.group_size, "tensors": keys}
 
 

@@ -113,14 +113,10 @@ def _entry_problem(e: QuantEntry) -> str | None:
     if e.lqer is not None and e.kind != KIND_INTN:
         return "only an intn tensor can carry an LQER correction"
     if e.kind == KIND_INTN:
-        return _intn_problem(e) or (_lqer_problem(e) if e.lqer is not None else None)
+        from pgolf.quant.lqer import lowrank_problem
+
+        return _intn_problem(e) or (lowrank_problem(e.lqer, tuple(e.values.shape)) if e.lqer is not None else None)
     return _int8_problem(e)
-
-
-def _lqer_problem(e: QuantEntry) -> str | None:
-    from pgolf.quant.lqer import lowrank_problem
-
-    return lowrank_problem(e.lqer, tuple(e.values.shape))
 
 
 def _passthrough_problem(e: QuantEntry) -> str | None:
