@@ -2,7 +2,7 @@
 
 Corruptions of valid v1 and v2 artifacts (every compressor available): truncations, bit flips,
 byte overwrites, lying header fields (length, codec, version) and forged payloads whose JSON
-metadata lies (shapes, bits, keys) re-framed with a valid CRC so they reach the payload decoder.
+metadata lies (shapes, bits, keys, LQER records) re-framed with a valid CRC so they reach the payload decoder.
 Any other exception is a crash; the slowest input is recorded. Writes
 benchmarks/results/fuzz_loader.json.
 
@@ -27,6 +27,7 @@ import torch
 from pgolf.errors import PgolfError
 from pgolf.export.codecs import available_codecs
 from pgolf.export.container import HEADER_BYTES, decode_artifact, encode_artifact, encode_payload, pack_container
+from pgolf.quant.lqer import add_lqer
 from pgolf.quant.policy import quantize_state_dict_policy
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fuzz_loader.json"
@@ -42,7 +43,10 @@ def sample_states() -> list[tuple[str, object]]:
         "blocks.0.attn_scale": torch.ones(32),
         "steps": torch.tensor(1),
     }
-    return [(p, quantize_state_dict_policy(sd, p)) for p in ("int8", "int6,small=0", "int4g16:mse,small=0", "ternaryg16,small=0")]
+    states = [(p, quantize_state_dict_policy(sd, p)) for p in ("int8", "int6,small=0", "int4g16:mse,small=0", "ternaryg16,small=0")]
+    # LQER corrections: asym (groups of 64) on the worst tensor, sym (no whole group of 100) on the next.
+    q = add_lqer(quantize_state_dict_policy(sd, "int4,small=0"), sd, rank=4, top_k=1)
+    return [*states, ("int4+lqer,small=0", add_lqer(q, sd, rank=2, top_k=1, group_size=100))]
 
 
 def corrupt(blob: bytes, rng: random.Random) -> tuple[str, bytes]:
@@ -77,11 +81,21 @@ def forged_payload(payload: bytes, rng: random.Random) -> tuple[str, bytes]:
     header = json.loads(payload[8 : 8 + n])
     doc = json.loads(header["__metadata__"]["pgolf"])
     entry = rng.choice(doc["entries"])
-    field = rng.choice(["shape", "bits", "group_size", "key", "kind", "restore_dtype", "layout", "drop", "name"])
+    field = rng.choice(["shape", "bits", "group_size", "key", "kind", "restore_dtype", "layout", "drop", "name", "lqer"])
     parts = entry.get("tensors", {})
     rec = parts.get("values", {})
     value = rng.choice([-1, 0, 1, 3, 9, 2**40, "x", None, [], [2**31, 2**31], [1] * 20])
-    if field == "shape" and rec:
+    if field == "lqer":
+        lqer = entry.get("lqer")
+        if isinstance(lqer, dict) and rng.random() < 0.8:
+            sub = rng.choice(["mode", "bits", "group_size", "tensors"])
+            if sub == "tensors":
+                lqer["tensors"][rng.choice(list(lqer["tensors"]))] = rng.choice([str(value), rec.get("key", "")])
+            else:
+                lqer[sub] = rng.choice([value, "sym", "asym"])
+        else:
+            entry["lqer"] = value
+    elif field == "shape" and rec:
         rec["shape"] = value
     elif field in ("bits", "group_size", "kind", "restore_dtype", "name"):
         entry[field] = value

@@ -206,6 +206,20 @@ class QuantConfig:
     late_qat_threshold: float = _f(
         0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)"
     )
+    # GPTQ and LQER (pgolf.quant.gptq, calibration, lqer; README "GPTQ, calibration and LQER").
+    gptq_enabled: bool = _f(False, "USE_GPTQ", "GPTQ-round intN tensors (tied embedding too)")
+    gptq_reserve_seconds: float = _f(4.0, "GPTQ_RESERVE_SECONDS", "with USE_GPTQ and a cap: stop training this early for calibration")
+    gptq_calibration_batches: int = _f(16, "GPTQ_CALIBRATION_BATCHES", "GPTQ calibration: training batches")
+    gptq_ar_selfgen: bool = _f(False, "GPTQ_AR_SELFGEN", "GPTQ calibration: the model's own samples")
+    gptq_calib_samples: int = _f(64, "GPTQ_CALIB_SAMPLES", "self calibration: sequences")
+    gptq_temperature: float = _f(0.8, "GPTQ_TEMPERATURE", "self calibration: temperature")
+    gptq_batch_size: int = _f(8, "GPTQ_BATCH_SIZE", "self calibration: sequences per batch")
+    lqer_enabled: bool = _f(False, "LQER_ENABLED", "LQER: low-rank error corrections")
+    lqer_rank: int = _f(4, "LQER_RANK", "LQER: rank")
+    lqer_top_k: int = _f(3, "LQER_TOP_K", "LQER: corrected tensors (largest error first)")
+    lqer_factor_bits: int = _f(4, "LQER_FACTOR_BITS", "LQER sym: factor bits")
+    lqer_asym_enabled: bool = _f(True, "LQER_ASYM_ENABLED", "LQER asym: A int2, B int4 per group")
+    lqer_asym_group: int = _f(64, "LQER_ASYM_GROUP", "LQER asym: B group size")
 
 
 @dataclass
@@ -351,6 +365,14 @@ def _validate_quant(q: QuantConfig) -> None:
         raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
     if not 0.0 <= q.late_qat_threshold <= 1.0:
         raise PgolfError(f"LATE_QAT_THRESHOLD={q.late_qat_threshold}: expected a value in [0, 1]")
+    positive = ("gptq_calibration_batches", "gptq_calib_samples", "gptq_batch_size", "gptq_temperature", "lqer_rank",
+                "lqer_top_k", "lqer_asym_group")
+    checks = [(n, getattr(q, n) > 0) for n in positive]
+    checks += [("gptq_reserve_seconds", q.gptq_reserve_seconds >= 0), ("lqer_factor_bits", 2 <= q.lqer_factor_bits <= 8)]
+    for name, ok in checks:
+        if not ok:
+            env = next(f.metadata["env"] for f in fields(q) if f.name == name)
+            raise PgolfError(f"{env}={getattr(q, name)}: out of range (see `pgolf config show`)")
 
 
 def validate(cfg: Config) -> None:

@@ -28,7 +28,7 @@ def model_and_hessians():
 
 def test_hooks_collect_one_hessian_per_linear(model_and_hessians):
     model, hessians = model_and_hessians
-    assert len(hessians) == 12
+    assert len(hessians) == 13  # 12 linears + the tied embedding (head input)
     h = hessians["blocks.0.mlp.proj.weight"]
     assert h.shape == (128, 128) and torch.allclose(h, h.T)
     assert torch.linalg.eigvalsh(h).min() > -1e-3 * h.diagonal().mean()

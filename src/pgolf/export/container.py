@@ -12,7 +12,8 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
 
 The payload is a safetensors file (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
 key ``"pgolf"`` holds JSON: the entries in state-dict order (name, kind, restore dtype) and the
-caller's ``meta``. Reading checks everything (magic, version, codec, length, CRC, the safetensors
+caller's ``meta``. A v2 entry with an LQER correction (pgolf.quant.lqer) adds an ``lqer`` record
+(mode, bits, group size and the keys of its four tensors ``<role>.lqer.<part>.<dtype>/<name>``). Reading checks everything (magic, version, codec, length, CRC, the safetensors
 header, that tensors and metadata agree) and answers any defect with a one-line PgolfError; the
 decompressed size is capped so a lying header or a zlib bomb cannot force a huge allocation.
 """
@@ -59,6 +60,8 @@ MAX_PAYLOAD_BYTES = 256 * 1024 * 1024
 SCHEMA_V2 = "pgolf.quant.v2"
 # Entries may not claim more dimensions or elements than any real state dict holds.
 MAX_NDIM = 8
+# The tensors of an LQER correction, stored under ``<role>.lqer.<part>.<dtype>/<name>``.
+LQER_PARTS = ("a_codes", "a_scale", "b_codes", "b_scale")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -157,6 +160,16 @@ def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool)
     return f"{role}.{part}.{dtype_name(t.dtype)}/{e.name}", t.clone(), {"layout": "raw"}
 
 
+def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
+    """Store an entry's LQER factors (codes one per byte, fp16 scales) and describe them."""
+    lr, keys = e.lqer, {}
+    for p in LQER_PARTS:
+        t = getattr(lr, p).detach().cpu().contiguous().clone()
+        keys[p] = f"{tensor_role(e.name)}.lqer.{p}.{dtype_name(t.dtype)}/{e.name}"
+        tensors[keys[p]] = t
+    return {"mode": lr.mode, "bits": lr.bits, "group_size": lr.group_size, "tensors": keys}
+
+
 def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False) -> bytes:
     """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
 
@@ -191,6 +204,8 @@ def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bo
             key, stored, layout = _stored_part(e, part, t, shuffle, pack)
             tensors[key] = stored
             spec["tensors"][part] = {"key": key, **layout}
+        if e.lqer is not None:
+            spec["lqer"] = _lqer_spec(e, tensors)
         specs.append(spec)
     return _save(tensors, _dump_doc({"schema": SCHEMA_V2, "entries": specs, "meta": extra_meta}))
 
@@ -296,7 +311,23 @@ def _entry_from_v2(spec: object, tensors: dict[str, Tensor], used: set[str], sou
         used.add(key)
         restored[part] = t
     extra = {"bits": bits, "group_size": group} if kind == KIND_INTN else {}
+    if "lqer" in spec:
+        extra["lqer"] = _lqer_from(spec["lqer"], tensors, used, name, source)
     return _make_entry(name, kind, restored["values"], restored.get("scale"), dtype, source, **extra)
+
+
+def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: str, source: str):
+    """The LowRank an entry's ``lqer`` record describes (QuantEntry validates it with the entry)."""
+    from pgolf.quant.lqer import LowRank
+
+    keys = spec.get("tensors") if isinstance(spec, dict) else None
+    if not isinstance(keys, dict) or not all(isinstance(keys.get(p), str) and keys[p] in tensors for p in LQER_PARTS):
+        raise PgolfError(f"{source}: tensor {name!r} has a malformed LQER record")
+    for p in LQER_PARTS:
+        if keys[p] in used:
+            raise PgolfError(f"{source}: payload tensor {keys[p][:80]!r} is used twice")
+        used.add(keys[p])
+    return LowRank(spec.get("mode"), *(tensors[keys[p]] for p in LQER_PARTS), spec.get("bits"), spec.get("group_size"))
 
 
 def decode_payload(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:

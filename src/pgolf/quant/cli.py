@@ -38,14 +38,12 @@ def _sweep(args: argparse.Namespace) -> int:
     from pgolf.errors import PgolfError
     from pgolf.eval.evaluate import evaluate, trim_to_windows
     from pgolf.model.gpt import build_model
-    from pgolf.quant.policy import parse_policy
-    from pgolf.quant.sweep import check_compressors, format_table, run_sweep, write_outputs
+    from pgolf.quant.sweep import check_compressors, format_table, parse_sweep_spec, run_sweep, write_outputs
     from pgolf.runtime import pick_device
     from pgolf.tokenizer.luts import build_byte_table
     from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
-    for policy in args.schemes:  # refuse bad input before the slow loading
-        parse_policy(policy)
+    specs = [parse_sweep_spec(p) for p in args.schemes]  # refuse bad input before the slow loading
     check_compressors(args.compressors.split(","))
     args.artifact, args.preset_given = None, args.preset is not None
     args.preset = args.preset or "baseline"
@@ -66,11 +64,37 @@ def _sweep(args: argparse.Namespace) -> int:
         _load_into(model, weights, args)
         return evaluate(model, tokens, seq_len, table, args.batch_tokens, device).score.val_bpb
 
-    float_bpb, rows = run_sweep(state, args.schemes, args.compressors.split(","), score, out)
+    def hessians() -> dict:
+        _load_into(model, state, args)
+        return _calibration_hessians(model, cfg, args, device)
+
+    float_bpb, rows = run_sweep(
+        state, args.schemes, args.compressors.split(","), score, out, hessians if any(sp.gptq for sp in specs) else None, cfg.quant
+    )
     print(format_table(float_bpb, rows))
     for path in write_outputs(float_bpb, rows, out):
         print(f"wrote {path}")
     return 0
+
+
+def _calibration_hessians(model, cfg, args: argparse.Namespace, device) -> dict:
+    """GPTQ Hessians of the float model: from training shards or from its own samples."""
+    import time
+
+    from pgolf.data.loader import build_loader
+    from pgolf.quant.calibration import calibration_hessians
+
+    q, t = cfg.quant, cfg.train
+    q.gptq_ar_selfgen = args.calibration == "self"
+    loader = None
+    if not q.gptq_ar_selfgen:
+        loader = build_loader(t.loader, args.train or cfg.data.train_glob(), t.train_seq_len, t.seed, 0, 1, device,
+                              cfg.model.vocab_size)
+    t0 = time.perf_counter()
+    hessians = calibration_hessians(model, q, t.train_seq_len, cfg.model.vocab_size, device, t.seed, loader=loader,
+                                    batch_tokens=t.train_batch_tokens, grad_accum=t.grad_accum_steps or 8)
+    print(f"gptq: {len(hessians)} Hessians from {args.calibration} calibration in {time.perf_counter() - t0:.1f}s")
+    return hessians
 
 
 def register(subparsers) -> None:
@@ -82,7 +106,11 @@ def register(subparsers) -> None:
     ins.set_defaults(handler=_inspect)
     sw = sub.add_parser("sweep", help="evaluate quantization policies x compressors by round trip")
     sw.add_argument("checkpoint", help="checkpoint.safetensors (carries its config) or a torch .pt (give --preset)")
-    sw.add_argument("--schemes", nargs="+", required=True, metavar="POLICY", help="policies, e.g. int8 int6:mse 'attn=int6,mlp=int5'")
+    sw.add_argument("--schemes", nargs="+", required=True, metavar="POLICY",
+                    help="policies, e.g. int8 int6:mse 'attn=int6,mlp=int5'; prefix gptq: and/or lqer: for GPTQ / LQER")
+    sw.add_argument("--calibration", choices=("train", "self"), default="train",
+                    help="GPTQ Hessians from training shards (GPTQ_CALIBRATION_BATCHES batches) or self-generated samples")
+    sw.add_argument("--train", help="train shard glob for --calibration train (default: the config's)")
     sw.add_argument("--compressors", default="zlib", help="comma-separated: zlib,lzma,zstd,brotli,lrzip,auto (default: zlib)")
     add_config_arguments(sw, default_preset=None)
     sw.add_argument("--val", help="val shard file, directory or glob (default: the config's)")

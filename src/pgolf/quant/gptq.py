@@ -2,6 +2,9 @@
 
 * :func:`collect_hessians` runs calibration batches through the model with a forward pre-hook on
   every CastedLinear and accumulates ``H = sum x^T x`` over its inputs (fp32, per weight name).
+  The output head is ``F.linear(final_norm(h), W)``, so a forward hook on ``final_norm`` collects
+  the head-input Hessian under ``tok_emb.weight`` when tied (the embedding then gets GPTQ like any
+  linear, R30) or under ``lm_head.weight`` when untied.
 * :func:`gptq_quantize` quantizes one weight column by column in blocks of 128, in descending
   ``diag(H)`` order (activation order), with dead columns zeroed, damping ``0.01 * mean(diag H)``,
   and the error of each column fed back to the not-yet-quantized ones through the Cholesky factor
@@ -22,6 +25,14 @@ from pgolf.quant.lowbit import FAMILY_INT, Scheme, _scale_for, clip_per_unit, fi
 
 BLOCK = 128
 DAMP = 0.01
+TIED_EMBED_NAME = "tok_emb.weight"
+
+
+def output_head_weight(model: nn.Module) -> str | None:
+    """State-dict name of the output head's weight (``tok_emb.weight`` when tied), None if unknown."""
+    if not isinstance(getattr(model, "final_norm", None), nn.Module) or not hasattr(model, "lm_head"):
+        return None
+    return TIED_EMBED_NAME if model.lm_head is None else "lm_head.weight"
 
 
 @torch.no_grad()
@@ -30,17 +41,28 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, T
     hessians: dict[str, Tensor] = {}
     handles = []
 
+    def accumulate(name: str, x: Tensor) -> None:
+        x = x.detach().float().reshape(-1, x.shape[-1])
+        # Calibration may run under bf16 autocast; the Hessian itself must be an fp32 product.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xtx = x.T @ x
+        h = hessians.get(name)
+        hessians[name] = xtx if h is None else h.add_(xtx)
+
     def hook_for(name: str):
         def hook(_module, inputs):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            h = hessians.get(name)
-            hessians[name] = x.T @ x if h is None else h.add_(x.T @ x)
+            accumulate(name, inputs[0])
 
         return hook
 
     for name, module in model.named_modules():
         if isinstance(module, CastedLinear):
             handles.append(module.register_forward_pre_hook(hook_for(f"{name}.weight")))
+    # The head applies its weight with F.linear (it is not called as a module), so its input
+    # Hessian comes from the output of final_norm, which feeds it.
+    head = output_head_weight(model)
+    if head is not None:
+        handles.append(model.final_norm.register_forward_hook(lambda _m, _i, out: accumulate(head, out)))
     try:
         for ids in batches:
             model.logits(ids)

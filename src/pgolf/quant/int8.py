@@ -21,12 +21,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.model.params import DEFAULT_CONTROL_PATTERNS, control_tensor_patterns
+
+if TYPE_CHECKING:  # imported lazily: artifacts without LQER never load pgolf.quant.lqer
+    from pgolf.quant.lqer import LowRank
 
 QUANT_FORMAT = "int8_clean_per_row_v1"
 
@@ -78,7 +82,8 @@ class QuantEntry:
     (``int8_per_tensor``) or None (``passthrough``). ``restore_dtype`` is the dtype
     :func:`dequantize` returns: the original dtype, except that control tensors kept in fp32 come
     back as fp32 and fp16/other float passthroughs come back as stored, as in the reference.
-    ``bits`` and ``group_size`` only matter for ``intn`` (see KIND_INTN). Construction checks the shapes and dtypes fit together and raises ValueError when not.
+    ``bits`` and ``group_size`` only matter for ``intn`` (see KIND_INTN), as does ``lqer``
+    (pgolf.quant.lqer). Construction checks the shapes and dtypes fit together and raises ValueError when not.
     """
 
     name: str
@@ -88,6 +93,7 @@ class QuantEntry:
     restore_dtype: torch.dtype
     bits: int = 8
     group_size: int = 0
+    lqer: LowRank | None = None  # intn only: a low-rank correction added on dequantization
 
     def __post_init__(self) -> None:
         problem = _entry_problem(self)
@@ -104,8 +110,12 @@ def _entry_problem(e: QuantEntry) -> str | None:
         return "values must be a tensor and restore_dtype a torch dtype"
     if e.kind == KIND_PASSTHROUGH:
         return _passthrough_problem(e)
+    if e.lqer is not None and e.kind != KIND_INTN:
+        return "only an intn tensor can carry an LQER correction"
     if e.kind == KIND_INTN:
-        return _intn_problem(e)
+        from pgolf.quant.lqer import lowrank_problem
+
+        return _intn_problem(e) or (lowrank_problem(e.lqer, tuple(e.values.shape)) if e.lqer is not None else None)
     return _int8_problem(e)
 
 
@@ -285,6 +295,8 @@ def payload_bytes(q: QuantizedState) -> int:
         total += e.values.numel() * e.values.element_size()
         if e.scale is not None:
             total += e.scale.numel() * e.scale.element_size()
+        if e.lqer is not None:
+            total += sum(t.numel() * t.element_size() for t in (e.lqer.a_codes, e.lqer.a_scale, e.lqer.b_codes, e.lqer.b_scale))
     return total
 
 
@@ -304,7 +316,12 @@ def dequantize_entry(e: QuantEntry) -> Tensor:
         return (e.values.float() * float(e.scale.item())).to(dtype=e.restore_dtype).contiguous()
     if e.kind == KIND_INTN:
         assert e.scale is not None
-        return intn_dequantize(e.values, e.scale, e.group_size).to(dtype=e.restore_dtype).contiguous()
+        w = intn_dequantize(e.values, e.scale, e.group_size)
+        if e.lqer is not None:
+            from pgolf.quant.lqer import lowrank_dequantize
+
+            w = w + lowrank_dequantize(e.lqer)
+        return w.to(dtype=e.restore_dtype).contiguous()
     # A copy, so the caller may train on the result without touching this state.
     return e.values.to(dtype=e.restore_dtype, copy=True).contiguous()
 

@@ -163,3 +163,22 @@ def quantize_state_dict_policy(
             entry = _gptq_entry(entry, tensor, h, policy.scheme_for(name))
         entries.append(entry)
     return QuantizedState(tuple(entries))
+
+
+def quantize_for_export(
+    state_dict: Mapping[str, Tensor], q, hessians: Mapping[str, Tensor] | None = None,
+    *, policy: str | None = None, gptq: bool | None = None, lqer: bool | None = None,
+) -> QuantizedState:
+    """The export a QuantConfig ``q`` asks for (what ``pgolf train`` writes): its policy, GPTQ-rounded
+    with ``hessians`` under ``USE_GPTQ``, then LQER corrections under ``LQER_ENABLED``
+    (``policy``/``gptq``/``lqer`` override those fields)."""
+    gptq = q.gptq_enabled if gptq is None else gptq
+    if gptq and not hessians:
+        raise PgolfError("GPTQ is on but no calibration Hessians were collected")
+    quantized = quantize_state_dict_policy(state_dict, q.scheme if policy is None else policy, hessians, gptq=gptq)
+    if q.lqer_enabled if lqer is None else lqer:
+        from pgolf.quant.lqer import add_lqer
+
+        quantized = add_lqer(quantized, state_dict, q.lqer_rank, q.lqer_top_k, q.lqer_factor_bits, q.lqer_asym_enabled,
+                             q.lqer_asym_group)
+    return quantized

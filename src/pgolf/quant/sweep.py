@@ -7,6 +7,11 @@ in-memory quantized weights bit for bit (checked for every pair), so val_bpb is 
 policy with eval/evaluate.py; the quantization gap is that minus the float checkpoint's val_bpb.
 Results go to a table on stdout plus ``sweep.csv``, ``sweep.json`` and ``sweep.png`` (val_bpb
 against bytes_total) in ``--out``.
+
+A sweep entry is a policy with optional method prefixes, in any order: ``gptq:`` rounds with GPTQ
+on calibration Hessians (collected once, from the float checkpoint, on training shards or on the
+model's own samples) and ``lqer:`` adds LQER corrections (``LQER_*`` settings of the config), e.g.
+``gptq:int6``, ``gptq:lqer:embed=int8:sd20,*=int6:sd12.85``.
 """
 
 from __future__ import annotations
@@ -24,8 +29,33 @@ from pgolf.errors import PgolfError
 from pgolf.export.artifact import SIZE_CAP_BYTES, size_report
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS
 from pgolf.export.container import atomic_write_bytes, read_artifact, write_artifact
+from pgolf.config import QuantConfig
 from pgolf.quant.int8 import dequantize
-from pgolf.quant.policy import parse_policy, quantize_state_dict_policy
+from pgolf.quant.policy import parse_policy, quantize_for_export
+
+METHOD_PREFIXES = ("gptq", "lqer")
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """One sweep entry: a policy and whether GPTQ and LQER apply on top of it."""
+
+    policy: str
+    gptq: bool = False
+    lqer: bool = False
+
+
+def parse_sweep_spec(text: str) -> SweepSpec:
+    """``[gptq:][lqer:]POLICY`` (prefixes in any order); PgolfError naming a bad policy."""
+    rest, methods = text.strip(), set()
+    while True:
+        head, sep, tail = rest.partition(":")
+        if not sep or head.strip().lower() not in METHOD_PREFIXES:
+            break
+        methods.add(head.strip().lower())
+        rest = tail
+    parse_policy(rest)
+    return SweepSpec(rest, "gptq" in methods, "lqer" in methods)
 
 
 @dataclass(frozen=True)
@@ -54,15 +84,29 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], where:
             raise PgolfError(f"{where}: tensor {name!r} does not round-trip bit for bit")
 
 
-def run_sweep(state: dict, policies: list[str], compressors: list[str], score, out_dir: Path) -> tuple[float, list[SweepRow]]:
-    """``score(state_dict) -> val_bpb``; artifacts are written to ``out_dir``."""
-    for p in policies:
-        parse_policy(p)
+def run_sweep(
+    state: dict, policies: list[str], compressors: list[str], score, out_dir: Path, hessians=None,
+    quant: QuantConfig | None = None,
+) -> tuple[float, list[SweepRow]]:
+    """``score(state_dict) -> val_bpb``; artifacts are written to ``out_dir``.
+
+    ``hessians() -> {name: H}`` provides the calibration Hessians of ``gptq:`` entries (called at
+    most once); ``quant`` gives the LQER settings of ``lqer:`` entries (default: QuantConfig()).
+    """
+    specs = [parse_sweep_spec(p) for p in policies]
     check_compressors(compressors)
+    if any(sp.gptq for sp in specs) and hessians is None:
+        raise PgolfError("a gptq: sweep entry needs calibration Hessians")
+    quant = quant or QuantConfig()
     float_bpb = score(state)
     rows = []
-    for i, policy in enumerate(policies):
-        quantized = quantize_state_dict_policy(state, policy)
+    cached: dict = {}
+    for i, (policy, spec) in enumerate(zip(policies, specs)):
+        if spec.gptq and "h" not in cached:
+            cached["h"] = hessians()
+        quantized = quantize_for_export(
+            state, quant, cached.get("h") if spec.gptq else None, policy=spec.policy, gptq=spec.gptq, lqer=spec.lqer
+        )
         expected = dequantize(quantized)
         bpb = None
         for codec in compressors:

@@ -10,6 +10,9 @@
   from the step and the training fraction: the one hook for schedule-driven switches.
 * A configured weight average (EMA or SWA) replaces the trained weights before the final
   validation, so the checkpoint, the artifact and the score all hold the averaged weights.
+* With ``USE_GPTQ`` and a cap, training stops ``GPTQ_RESERVE_SECONDS`` early
+  (:func:`training_cap_ms`) and the calibration Hessians are collected right after the loop,
+  inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them.
 * After training: checkpoint, export the artifact, reload it from disk and score it; that
   round-trip score is the run's score.
 """
@@ -243,6 +246,35 @@ class TrainStats:
     train_time_ms: float
     stopped_early: bool
     final_score: Score
+    hessians: dict | None = None  # GPTQ calibration Hessians (USE_GPTQ), collected inside the budget
+    hessian_time_ms: float = 0.0
+
+
+def training_cap_ms(cfg: Config) -> float | None:
+    """The training loop's wallclock cap: MAX_WALLCLOCK_SECONDS, less the GPTQ reserve with USE_GPTQ."""
+    t, q = cfg.train, cfg.quant
+    if t.max_wallclock_seconds <= 0:
+        return None
+    reserve = q.gptq_reserve_seconds if q.gptq_enabled else 0.0
+    return 1000.0 * max(t.max_wallclock_seconds - reserve, 0.0)
+
+
+def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float]:
+    """Calibration Hessians for the export (None without USE_GPTQ) and the milliseconds they took."""
+    q, t = s.cfg.quant, s.cfg.train
+    if not q.gptq_enabled:
+        return None, 0.0
+    from pgolf.quant.calibration import calibration_hessians  # only then: counted code
+
+    _sync(s.rt)
+    t0 = time.perf_counter()
+    hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, s.loader,
+                                    t.train_batch_tokens, s.grad_accum_steps)
+    _sync(s.rt)
+    ms = 1000.0 * (time.perf_counter() - t0)
+    s.run.log(f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms "
+              f"train_time+hessians:{train_ms + ms:.0f}ms")
+    return hessians, ms
 
 
 def _progress(s: Session):
@@ -254,7 +286,9 @@ def _progress(s: Session):
 
 def run_training(s: Session) -> TrainStats:
     t = s.cfg.train
-    cap_ms = 1000.0 * t.max_wallclock_seconds if t.max_wallclock_seconds > 0 else None
+    cap_ms = training_cap_ms(s.cfg)
+    if s.cfg.quant.gptq_enabled and cap_ms is not None:
+        s.run.log(f"gptq:reserving {s.cfg.quant.gptq_reserve_seconds:g}s, effective cap {cap_ms:.0f}ms")
     tokens_per_step = t.train_batch_tokens
     train_ms, stop_after, step, score = 0.0, None, 0, None
     bar = _progress(s)
@@ -296,7 +330,8 @@ def run_training(s: Session) -> TrainStats:
     bar.close()
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
-    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score)
+    hessians, hessian_ms = collect_gptq_hessians(s, train_ms)
+    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms)
 
 
 def swap_in_average(s: Session) -> None:
@@ -340,8 +375,11 @@ def save_checkpoint(s: Session) -> Path:
     return path
 
 
-def export_and_score(s: Session) -> tuple[dict, Score, float]:
-    """Write the artifact (rank 0), reload it from disk on every rank and score the round trip."""
+def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Score, float]:
+    """Write the artifact (rank 0), reload it from disk on every rank and score the round trip.
+
+    ``hessians`` (from :func:`collect_gptq_hessians`) feed GPTQ; LQER_ENABLED adds corrections.
+    """
     from pgolf.export.artifact import export_model
     from pgolf.export.loading import load_weights
 
@@ -349,9 +387,14 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
     size: dict = {}
     if s.rt.is_master:
         q = s.cfg.quant
+        quantized = None
+        if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
+            from pgolf.quant.policy import quantize_for_export
+
+            quantized = quantize_for_export(s.model.state_dict(), q, hessians)
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
-            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle,
+            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized,
         )
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
@@ -387,7 +430,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
         compile_warmup(s)
         stats = run_training(s)
         save_checkpoint(s)
-        size, post, eval_s = export_and_score(s)
+        size, post, eval_s = export_and_score(s, stats.hessians)
         pre = stats.final_score
         results = {
             "run_id": s.run.path.name,
@@ -402,6 +445,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
             "steps": stats.steps,
             "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
+            "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
