@@ -1,7 +1,9 @@
 """``build_bundle``: the package, for one resolved configuration, as one ``train_gpt.py``.
 
 Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write the resolved config
-into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`), minify and wrap
+into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) while specialising
+the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the entry's
+``FOLDED``, the config schema's defaults set to the resolved values), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 """
 

@@ -98,12 +98,15 @@ def _name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]],
     """Per global-looking name: the calls made through it, and the names used any other way."""
     calls: dict[str, list[ast.Call]] = {}
     escaped: set[str] = set()
-    called_funcs: set[int] = set()
+    called_funcs: set[int] = set()  # and names inside annotations: those only name a type
     for body in bodies:
         for node in ast.walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 calls.setdefault(node.func.id, []).append(node)
                 called_funcs.add(id(node.func))
+            for ann in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+                if isinstance(ann, ast.AST):
+                    called_funcs.update(id(n) for n in ast.walk(ann))
     for body in bodies:
         for node in ast.walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called_funcs:
@@ -161,9 +164,7 @@ def propagate_arguments(bodies: list[list[ast.stmt]], types: Types) -> int:
     total = 0
     for body in bodies:
         for stmt in body:
-            if stmt.name in escaped if isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) else True:
-                continue
-            if stmt.name not in calls:
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls:
                 continue
             if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
                 total += _substitute_in_body(stmt, _agreed(stmt, calls[stmt.name], skip_first=False))

@@ -82,7 +82,8 @@ def _as_test(node: ast.expr) -> ast.expr:
         decides = (lambda v: not v) if isinstance(node.op, ast.And) else bool
         if all(is_pure(v) for v in values) and any(is_const(v) and decides(v.value) for v in values):
             return const(not isinstance(node.op, ast.And), node)
-        values = [v for v in values if not is_const(v)] or values[-1:]
+        # in a test, a constant that does not decide changes nothing; one that decides must stay
+        values = [v for v in values if not (is_const(v) and not decides(v.value))] or values[-1:]
         if len(values) == 1:
             return values[0]
         node.values = values
@@ -123,6 +124,14 @@ class Simplify(ast.NodeTransformer):
         operands = [node.left, *node.comparators]
         known = [literal_value(o) for o in operands]
         if not all(ok for ok, _ in known):
+            # a chain `a < 0 <= b` is False when one link between two literals is, if nothing has effects
+            for op, (ok_a, a), (ok_b, b) in zip(node.ops, known, known[1:]):
+                try:
+                    false_link = ok_a and ok_b and not _COMPARE[type(op)](a, b)
+                except Exception:
+                    false_link = False
+                if false_link and all(is_pure(o) for o in operands):
+                    return self._done(const(False, node), node)
             return node
         values = [v for _, v in known]
         try:

@@ -132,10 +132,29 @@ class Types:
                         self.attr[(cls.name, s.target.id)] = t
         for _ in range(3):  # attribute types feed local types and back
             self._infer()
+        self._typed_stores, self._untyped_stores = self._stores_by_receiver()
 
     def stored(self, cls: str, attr: str) -> bool:
-        """Whether ``attr`` of an instance of ``cls`` may be stored anywhere in the bundle."""
-        return attr in self.outside_stores or attr in self.self_stores.get(cls, ())
+        """Whether ``attr`` of an instance of ``cls`` may be stored anywhere in the bundle: a store
+        through a receiver of another known type does not count, one of unknown type does."""
+        return attr in self._untyped_stores or attr in self._typed_stores.get(cls, ())
+
+    def _stores_by_receiver(self) -> tuple[dict[str, set[str]], set[str]]:
+        typed: dict[str, set[str]] = {}
+        untyped: set[str] = set(self._call_stores)  # setattr(x, "a", ...) / replace(x, a=...): receiver unknown
+        seen: set[int] = set()
+        for fn, _ in function_scopes(self.bodies):
+            env = self.envs.get(id(fn), {})
+            for node in walk_scope(fn.body):
+                if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
+                    seen.add(id(node))
+                    owner = self.type_of(node.value, env)
+                    (typed.setdefault(owner, set()) if owner else untyped).add(node.attr)
+        for body in self.bodies:
+            for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+                if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load) and id(node) not in seen:
+                    untyped.add(node.attr)  # module level, class bodies, lambdas, comprehensions
+        return typed, untyped
 
     def subclassed(self, name: str) -> bool:
         return name in self._bases
@@ -153,9 +172,9 @@ class Types:
             return node.id
         return None
 
-    def _stores(self) -> tuple[set[str], set[str]]:
-        """Attribute names stored other than as ``self.a`` in the class's own methods; all stored names
-        (``setattr(x, "a", ...)`` and ``replace(x, a=...)`` count)."""
+    def _stores(self) -> set[str]:
+        """Attribute names stored other than as ``self.a`` in the class's own methods (these go to
+        ``self_stores``); ``setattr(x, "a", ...)`` and ``replace(x, a=...)`` count as outside stores."""
         inside: set[int] = set()
         for cls in self.classes.values():
             for m in methods(cls):
@@ -163,29 +182,26 @@ class Types:
                 for node in ast.walk(m):
                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == me:
                         inside.add(id(node))
-        outside, every = set(), set()
+                        if not isinstance(node.ctx, ast.Load):
+                            self.self_stores.setdefault(cls.name, set()).add(node.attr)
+        outside: set[str] = set()
+        calls: set[str] = set()
         for body in self.bodies:
             for node in ast.walk(ast.Module(body=body, type_ignores=[])):
-                if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
-                    every.add(node.attr)
-                    if id(node) not in inside:
-                        outside.add(node.attr)
+                if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load) and id(node) not in inside:
+                    outside.add(node.attr)
                 elif isinstance(node, ast.Call):
                     func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
                     if func in ("setattr", "delattr") and len(node.args) >= 2:
                         arg = node.args[1]
-                        name = arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "*"
-                        outside.add(name)
-                        every.add(name)
+                        calls.add(arg.value if isinstance(arg, ast.Constant) and isinstance(arg.value, str) else "*")
                     elif func == "replace":
-                        names = {k.arg or "*" for k in node.keywords}
-                        outside |= names
-                        every |= names
+                        calls |= {k.arg or "*" for k in node.keywords}
         # setattr with a computed name is the config machinery (set_value); the bundle entry checks
         # its result against the folded values at run time, so it does not block folding.
-        outside.discard("*")
-        every.discard("*")
-        return outside, every
+        calls.discard("*")
+        self._call_stores = calls
+        return outside | calls
 
     def _infer(self) -> None:
         candidates: dict[tuple[str, str], set[str | None]] = {}
@@ -201,10 +217,7 @@ class Types:
         for stmt in stmts:
             for node in walk_scope([stmt]) if not isinstance(stmt, ast.ClassDef) else [stmt]:
                 if isinstance(node, ast.ClassDef):
-                    if node is stmt:
-                        self._scope_list(node.body, env, node, candidates)
-                    else:
-                        self._scope_list(node.body, env, node, candidates)
+                    self._scope_list(node.body, env, node, candidates)
                 elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     self._function(node, env, cls if node is stmt else None, candidates)
 

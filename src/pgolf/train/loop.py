@@ -320,7 +320,8 @@ def save_checkpoint(s: Session) -> Path:
 def export_and_score(s: Session) -> tuple[dict, Score, float]:
     """Write the artifact (rank 0), reload it from disk on every rank and score the round trip."""
     from pgolf.export.artifact import export_model
-    from pgolf.export.loading import load_weights
+    from pgolf.export.container import read_artifact
+    from pgolf.quant.int8 import dequantize
 
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
@@ -338,7 +339,8 @@ def export_and_score(s: Session) -> tuple[dict, Score, float]:
         size = shared[0]
     _sync(s.rt)
     t0 = time.perf_counter()
-    state, _ = load_weights(path)
+    quantized, _ = read_artifact(path)  # what load_weights does for an artifact, without the other formats
+    state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
     score = validate(s)
