@@ -94,24 +94,23 @@ def propagate_locals(bodies: list[list[ast.stmt]]) -> int:
     return total
 
 
-def _name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], set[str]]:
-    """Per global-looking name: the calls made through it, and the names used any other way."""
+def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], set[str]]:
+    """Per global-looking name: the calls made through it, and the names used any other way
+    (names inside annotations only name a type: they are neither)."""
     calls: dict[str, list[ast.Call]] = {}
-    escaped: set[str] = set()
-    called_funcs: set[int] = set()  # and names inside annotations: those only name a type
+    skip: set[int] = set()
+    names: list[ast.Name] = []
     for body in bodies:
         for node in ast.walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 calls.setdefault(node.func.id, []).append(node)
-                called_funcs.add(id(node.func))
+                skip.add(id(node.func))
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                names.append(node)
             for ann in (getattr(node, "annotation", None), getattr(node, "returns", None)):
                 if isinstance(ann, ast.AST):
-                    called_funcs.update(id(n) for n in ast.walk(ann))
-    for body in bodies:
-        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in called_funcs:
-                escaped.add(node.id)
-    return calls, escaped
+                    skip.update(id(n) for n in ast.walk(ann))
+    return calls, {n.id for n in names if id(n) not in skip}
 
 
 def _call_bindings(fn: ast.FunctionDef, call: ast.Call, skip_first: bool) -> dict[str, Any] | None:
@@ -158,9 +157,10 @@ def _agreed(fn: ast.FunctionDef, calls: list[ast.Call], skip_first: bool) -> dic
     return {k: v for k, v in (agreed or {}).items() if v is not _MISSING and counts.get(k) == 1}
 
 
-def propagate_arguments(bodies: list[list[ast.stmt]], types: Types) -> int:
-    """Parameters of top-level functions and of class constructors that every call fixes."""
-    calls, escaped = _name_uses(bodies)
+def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int:
+    """Parameters of top-level functions and of class constructors that every call fixes
+    (``uses``: :func:`name_uses` of ``bodies``)."""
+    calls, escaped = uses
     total = 0
     for body in bodies:
         for stmt in body:
@@ -237,9 +237,10 @@ def propagate_self_attributes(bodies: list[list[ast.stmt]], types: Types) -> int
     return total
 
 
-def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types) -> dict[str, dict[str, Any]]:
-    """Dataclass -> field -> the literal every construction gives it (constructions by keyword or position)."""
-    calls, escaped = _name_uses(bodies)
+def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) -> dict[str, dict[str, Any]]:
+    """Dataclass -> field -> the literal every construction gives it (constructions by keyword or
+    position; ``uses``: :func:`name_uses` of ``bodies``)."""
+    calls, escaped = uses
     out: dict[str, dict[str, Any]] = {}
     for body in bodies:
         for cls in body:

@@ -25,7 +25,7 @@ import ast
 from typing import Any
 
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, propagate_arguments, propagate_locals, propagate_self_attributes,
+    dataclass_field_constants, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
 )
 from pgolf.bundle.simplify import is_const, simplify
 from pgolf.bundle.types import Types
@@ -129,11 +129,12 @@ def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]]) 
     total = 0
     for _ in range(MAX_ROUNDS):
         types = Types(bodies)
+        uses = name_uses(bodies)
         constants = {cls: dict(values) for cls, values in fields.items()}
-        for cls, values in dataclass_field_constants(bodies, types).items():
+        for cls, values in dataclass_field_constants(bodies, types, uses).items():
             constants.setdefault(cls, {}).update(values)
         changed = _fold_reads(bodies, types, constants)
-        changed += propagate_arguments(bodies, types)
+        changed += propagate_arguments(bodies, types, uses)
         changed += propagate_self_attributes(bodies, types)
         changed += propagate_locals(bodies)
         changed += int(simplify(bodies))

@@ -131,7 +131,10 @@ class Types:
                     if t:
                         self.attr[(cls.name, s.target.id)] = t
         for _ in range(3):  # attribute types feed local types and back
+            before = dict(self.attr)
             self._infer()
+            if self.attr == before:
+                break
         self._typed_stores, self._untyped_stores = self._stores_by_receiver()
 
     def stored(self, cls: str, attr: str) -> bool:
@@ -215,11 +218,13 @@ class Types:
 
     def _scope_list(self, stmts, env, cls, candidates) -> None:
         for stmt in stmts:
-            for node in walk_scope([stmt]) if not isinstance(stmt, ast.ClassDef) else [stmt]:
-                if isinstance(node, ast.ClassDef):
-                    self._scope_list(node.body, env, node, candidates)
-                elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                    self._function(node, env, cls if node is stmt else None, candidates)
+            if isinstance(stmt, ast.ClassDef):
+                self._scope_list(stmt.body, env, stmt, candidates)
+            elif isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                self._function(stmt, env, cls, candidates)
+            else:  # definitions under a module-level if/try/with
+                self._scope_list([n for n in walk_scope([stmt]) if n is not stmt and isinstance(
+                    n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))], env, None, candidates)
 
     def _function(self, fn, parent: dict[str, str], cls: ast.ClassDef | None, candidates) -> None:
         bindings = _binding_values(fn)
