@@ -1,7 +1,9 @@
 """``build_bundle``: the package, for one resolved configuration, as one ``train_gpt.py``.
 
 Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write the resolved config
-into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`), minify and wrap
+into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) while specialising
+the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the entry's
+``FOLDED``, the config schema's defaults set to the resolved values), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 """
 
@@ -15,12 +17,17 @@ from pathlib import Path
 
 from pgolf.bundle.graph import Module, collect
 from pgolf.bundle.inline import inline
+from pgolf.bundle.specialise import SECTION_CLASSES, compact_schema, folded_env, section_fields
+from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, wrap
 from pgolf.config import Config
 from pgolf.errors import PgolfError
 
 ENTRY = "pgolf.bundle.entry"
 FROZEN_NAME = "FROZEN_CONFIG"
+FOLDED_NAME = "FOLDED"
+CONFIG_MODULE = "pgolf.config"
+FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
 
 
 @dataclass(frozen=True)
@@ -41,25 +48,47 @@ class BundleReport:
         )
 
 
+def _set_literal(body: list[ast.stmt], name: str, value: object) -> bool:
+    for node in body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            node.value = ast.parse(repr(value), mode="eval").body
+            return True
+    return False
+
+
 def freeze_config(entry: Module, cfg: Config) -> None:
     """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal."""
-    literal = ast.parse(repr(cfg.to_dict()), mode="eval").body
-    for node in entry.tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == FROZEN_NAME for t in targets):
-            node.value = literal
-            return
-    raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
+    if not _set_literal(entry.tree.body, FROZEN_NAME, cfg.to_dict()):
+        raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
 
 
-def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True) -> tuple[str, tuple[str, ...]]:
-    """The readable single-file source for ``cfg`` and the modules it contains."""
+def _specialiser(cfg: Config, entry: str):
+    """The inliner transform that folds ``cfg``'s switches and compacts the config schema."""
+
+    def transform(bodies: list[list[ast.stmt]], bundle_name) -> None:
+        classes = {section: bundle_name(CONFIG_MODULE, cls) for section, cls in SECTION_CLASSES.items()}
+        specialise_bodies(bodies, section_fields(cfg, classes))
+        entry_body = bodies[-1]
+        if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_env(cfg)):
+            raise PgolfError(f"entry {entry} has no top-level {FOLDED_NAME} assignment")
+        if compact_schema(bodies, cfg, classes, bundle_name(CONFIG_MODULE, FIELD_FN)):
+            # the schema's defaults are now the resolved values: the frozen literal needs only the preset
+            _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {"preset": cfg.preset})
+
+    return transform
+
+
+def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, specialise: bool = True) -> tuple[str, tuple[str, ...]]:
+    """The readable single-file source for ``cfg`` and the modules it contains. ``specialise``
+    folds the configuration's switches into the code (see :mod:`pgolf.bundle.specialise`)."""
     from pgolf import __version__
 
     modules = collect(entry)
     freeze_config(modules[-1], cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
-    return inline(modules, header, tree_shake), tuple(m.name for m in modules)
+    transform = _specialiser(cfg, entry) if specialise else None
+    return inline(modules, header, tree_shake, transform), tuple(m.name for m in modules)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -77,11 +106,12 @@ def readable_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}_readable{path.suffix}")
 
 
-def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, tree_shake: bool = True) -> BundleReport:
+def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, tree_shake: bool = True,
+                 specialise: bool = True) -> BundleReport:
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
-    source, modules = bundle_source(cfg, entry, tree_shake)
+    source, modules = bundle_source(cfg, entry, tree_shake, specialise)
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
     small = minify(source)
     wrapped = wrap(small)

@@ -13,7 +13,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     from pgolf.bundle.build import build_bundle
 
-    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake)
+    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), sort_keys=True))
         return 0
@@ -37,5 +37,7 @@ def register(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("-o", "--output", default="train_gpt.py", help="output script (default: train_gpt.py)")
     parser.add_argument("--no-shake", action="store_true", help="keep top-level definitions nothing reaches")
+    parser.add_argument("--no-specialise", action="store_true",
+                        help="keep the code of switches the config leaves off (and let their env vars change them)")
     parser.add_argument("--json", action="store_true", help="print the size report as JSON")
     parser.set_defaults(handler=_bundle)

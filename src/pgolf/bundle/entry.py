@@ -3,6 +3,8 @@
 The bundler replaces ``FROZEN_CONFIG`` with the resolved configuration as a literal, so the shipped
 script trains exactly the configuration it was built for, while the reference environment variable
 names (``SEED``, ``ITERATIONS``, ``DATA_PATH``, ...) still override it, as in a record's script.
+``FOLDED`` names the switches the bundler folded into the code (:mod:`pgolf.bundle.specialise`):
+their env vars can only repeat the built-in value, anything else is refused with one line.
 The size accounting counts the shipped script itself (:data:`pgolf.export.artifact.CODE_FILES_ENV`).
 """
 
@@ -10,12 +12,26 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
-from pgolf.config import apply_env, from_dict, validate
+from pgolf.config import Config, apply_env, from_dict, iter_fields, validate
+from pgolf.errors import EXIT_USAGE, PgolfError
 from pgolf.export.artifact import CODE_FILES_ENV
 from pgolf.train.loop import train
 
 FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here
+FOLDED: dict = {}  # the bundler writes {env var: value} of the switches folded into the code here
+
+
+def check_folded(cfg: Config, folded: dict) -> None:
+    """Refuse a config whose folded switch differs from the value the code was specialised to."""
+    for section, f in iter_fields(cfg):
+        env = f.metadata.get("env")
+        if env in folded and getattr(getattr(cfg, section), f.name) != folded[env]:
+            raise PgolfError(
+                f"{env}={os.environ.get(env, getattr(getattr(cfg, section), f.name))!r}: this train_gpt.py was bundled "
+                f"with {env}={folded[env]!r} folded into its code; rebuild it with `pgolf bundle ... --set {env}=...`"
+            )
 
 
 def main() -> dict:
@@ -23,6 +39,7 @@ def main() -> dict:
         os.environ.setdefault(CODE_FILES_ENV, os.path.abspath(__file__))
     cfg = from_dict(FROZEN_CONFIG)
     apply_env(cfg)
+    check_folded(cfg, FOLDED)
     validate(cfg)
     results = train(cfg, runs_dir=os.environ.get("PGOLF_RUNS_DIR", "runs"))
     if os.environ.get("RANK", "0") == "0":
@@ -31,4 +48,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PgolfError as exc:  # bad input: one line, as the pgolf CLI does
+        print(f"train_gpt.py: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pgolf.bundle.graph import Module, absolute_module, is_package_module
@@ -206,14 +207,24 @@ def check_unique(preps: list[_Prepared], hoisted: dict[str, str]) -> None:
                 raise PgolfError(f"bundle global {name!r} is bound by both {owner[name]} and {prep.module.name}")
 
 
-def inline(modules: list[Module], header: str = "", tree_shake: bool = True) -> str:
+Transform = Callable[[list[list[ast.stmt]], Callable[[str, str], str]], None]
+
+
+def inline(modules: list[Module], header: str = "", tree_shake: bool = True, transform: Transform | None = None) -> str:
     """One source file from ``modules`` (dependencies first, entry last), unreachable definitions
-    dropped unless ``tree_shake`` is false."""
+    dropped unless ``tree_shake`` is false. ``transform(bodies, bundle_name)`` may rewrite the
+    inlined module bodies in place before shaking; ``bundle_name(module, name)`` is the name a
+    module's top-level definition has in the bundle."""
     preps = [prepare(m, is_entry=(i == len(modules) - 1)) for i, m in enumerate(modules)]
     lines, hoisted = hoist(preps)
     names = assign_names(preps, set(hoisted))
     rename_all(preps, names, hoisted)
     check_unique(preps, hoisted)
+    if transform is not None:
+        bodies = [p.tree.body for p in preps]
+        transform(bodies, lambda module, name: names[(module, name)])
+        for prep, body in zip(preps, bodies):
+            prep.tree.body = body
     if tree_shake:
         for prep, body in zip(preps, shake([p.tree.body for p in preps])):
             prep.tree.body = body

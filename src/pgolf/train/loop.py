@@ -381,7 +381,8 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     ``hessians`` (from :func:`collect_gptq_hessians`) feed GPTQ; LQER_ENABLED adds corrections.
     """
     from pgolf.export.artifact import export_model
-    from pgolf.export.loading import load_weights
+    from pgolf.export.container import read_artifact
+    from pgolf.quant.int8 import dequantize
 
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
@@ -404,7 +405,8 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
         size = shared[0]
     _sync(s.rt)
     t0 = time.perf_counter()
-    state, _ = load_weights(path)
+    quantized, _ = read_artifact(path)  # what load_weights does for an artifact, without the other formats
+    state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
     score = validate(s)

@@ -1,0 +1,269 @@
+"""Constant propagation on the bundle's AST, so that folded config values reach the code they switch.
+
+After the specialiser folds ``cfg.model.use_smeargate`` to ``False``, the value often travels
+further before it is tested: into a local (``gate = "none"``), a function argument
+(``build_loader("sequential", ...)``), a constructor argument stored on the instance
+(``self.gptj_parallel = False``) or a dataclass field (``AttentionOptions(gate="none")``). Each rule
+here substitutes a literal only where the binding is provably unique:
+
+* a local assigned exactly once, directly in its function's body, to a literal, and never rebound
+  anywhere in that function (nested scopes included);
+* a parameter of a top-level function (or of a class's ``__init__``) whose every call passes the same
+  literal (or leaves the same literal default), when the function's name is used only to call it;
+* an attribute ``self.a`` of a class that is only ever stored in that class's own methods, always
+  with the same literal, and no ``x.a = ...`` appears anywhere else;
+* a field of a ``@dataclass`` that every construction gives the same literal, read through a
+  receiver whose type is known (see :class:`pgolf.bundle.types.Types`).
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any, Iterator
+
+from pgolf.bundle.simplify import literal_value
+from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
+
+_MISSING = object()
+_FRAMEWORK_SET = {"training"}  # attributes torch itself stores on modules (nn.Module.train)
+
+
+def _literal_node(value: Any, like: ast.AST) -> ast.expr:
+    node = ast.Tuple([ast.Constant(v) for v in value], ast.Load()) if isinstance(value, tuple) else ast.Constant(value)
+    return ast.copy_location(node, like)
+
+
+def _bound_anywhere(fn: ast.AST) -> dict[str, int]:
+    """How often each name is bound inside ``fn`` (nested scopes included; parameters count too)."""
+    counts: dict[str, int] = {}
+    for node in ast.walk(fn):
+        names: list[str] = []
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names = [node.id]
+        elif isinstance(node, ast.arg):
+            names = [node.arg]
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            names = list(node.names) * 2  # never propagate through these
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node is not fn:
+            names = [node.name]
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names = [node.name]
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [(a.asname or a.name).split(".")[0] for a in node.names]
+        elif isinstance(node, ast.MatchAs) and node.name:
+            names = [node.name]
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+class _Substitute(ast.NodeTransformer):
+    def __init__(self, values: dict[str, Any]):
+        self.values = values
+        self.count = 0
+
+    def visit_Name(self, node: ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id in self.values:
+            self.count += 1
+            return _literal_node(self.values[node.id], node)
+        return node
+
+
+def _substitute_in_body(fn: ast.FunctionDef | ast.AsyncFunctionDef, values: dict[str, Any]) -> int:
+    if not values:
+        return 0
+    sub = _Substitute(values)
+    for stmt in fn.body:
+        sub.visit(stmt)
+    return sub.count
+
+
+def propagate_locals(bodies: list[list[ast.stmt]]) -> int:
+    """Locals assigned once, at the top of their function's body, to a literal."""
+    total = 0
+    for fn, _ in function_scopes(bodies):
+        counts = _bound_anywhere(fn)
+        values: dict[str, Any] = {}
+        for stmt in fn.body:
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+                name = stmt.targets[0].id
+                ok, value = literal_value(stmt.value)
+                if ok and counts.get(name) == 1:
+                    values[name] = value
+        total += _substitute_in_body(fn, values)
+    return total
+
+
+def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], set[str]]:
+    """Per global-looking name: the calls made through it, and the names used any other way
+    (names inside annotations only name a type: they are neither)."""
+    calls: dict[str, list[ast.Call]] = {}
+    skip: set[int] = set()
+    names: list[ast.Name] = []
+    for body in bodies:
+        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                calls.setdefault(node.func.id, []).append(node)
+                skip.add(id(node.func))
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+                names.append(node)
+            for ann in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+                if isinstance(ann, ast.AST):
+                    skip.update(id(n) for n in ast.walk(ann))
+    return calls, {n.id for n in names if id(n) not in skip}
+
+
+def _call_bindings(fn: ast.FunctionDef, call: ast.Call, skip_first: bool) -> dict[str, Any] | None:
+    """Parameter -> literal (or _MISSING when not a literal) for one call; None if it cannot be mapped."""
+    a = fn.args
+    if a.vararg or a.kwarg or any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
+        return None
+    positional = [*a.posonlyargs, *a.args][1 if skip_first else 0:]
+    if len(call.args) > len(positional):
+        return None
+    bound: dict[str, ast.expr] = dict(zip((p.arg for p in positional), call.args))
+    kwonly = {p.arg for p in a.kwonlyargs}
+    for kw in call.keywords:
+        if kw.arg in bound or (kw.arg not in kwonly and kw.arg not in {p.arg for p in a.args}):
+            return None
+        bound[kw.arg] = kw.value
+    defaults = dict(zip((p.arg for p in positional[len(positional) - len(a.defaults):]), a.defaults)) if a.defaults else {}
+    defaults.update({p.arg: d for p, d in zip(a.kwonlyargs, a.kw_defaults) if d is not None})
+    out: dict[str, Any] = {}
+    for p in [*positional, *a.kwonlyargs]:
+        expr = bound.get(p.arg, defaults.get(p.arg))
+        if expr is None:
+            return None  # a required argument is missing: the call fails at run time; leave it alone
+        ok, value = literal_value(expr)
+        out[p.arg] = value if ok else _MISSING
+    return out
+
+
+def _agreed(fn: ast.FunctionDef, calls: list[ast.Call], skip_first: bool) -> dict[str, Any]:
+    """Parameters that every call binds to the same literal."""
+    agreed: dict[str, Any] | None = None
+    for call in calls:
+        bound = _call_bindings(fn, call, skip_first)
+        if bound is None:
+            return {}
+        if agreed is None:
+            agreed = dict(bound)
+            continue
+        for name, value in bound.items():
+            old = agreed.get(name, _MISSING)
+            if old is _MISSING or value is _MISSING or type(old) is not type(value) or old != value:
+                agreed[name] = _MISSING
+    counts = _bound_anywhere(fn)
+    return {k: v for k, v in (agreed or {}).items() if v is not _MISSING and counts.get(k) == 1}
+
+
+def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int:
+    """Parameters of top-level functions and of class constructors that every call fixes
+    (``uses``: :func:`name_uses` of ``bodies``)."""
+    calls, escaped = uses
+    total = 0
+    for body in bodies:
+        for stmt in body:
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls:
+                continue
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                total += _substitute_in_body(stmt, _agreed(stmt, calls[stmt.name], skip_first=False))
+            elif isinstance(stmt, ast.ClassDef) and not types.subclassed(stmt.name) and not is_dataclass(stmt):
+                init = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
+                if init is not None:
+                    total += _substitute_in_body(init, _agreed(init, calls[stmt.name], skip_first=True))
+    return total
+
+
+def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | None]]:
+    """(attribute, assigned value or None when not a plain assignment) for every ``self.a`` store."""
+    for m in methods(cls):
+        me = self_name(m)
+        for node in ast.walk(m):
+            targets: list[tuple[ast.expr, ast.expr | None]] = []
+            if isinstance(node, ast.Assign):
+                simple = len(node.targets) == 1
+                targets = [(t, node.value if simple else None) for t in node.targets]
+            elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+                targets = [(node.target, None)]
+            for target, value in targets:
+                for sub in ast.walk(target):
+                    if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == me:
+                        yield sub.attr, value if sub is target else None
+
+
+class _SelfAttributes(ast.NodeTransformer):
+    def __init__(self, me: str, values: dict[str, Any]):
+        self.me, self.values, self.count = me, values, 0
+
+    def visit_Attribute(self, node: ast.Attribute):
+        self.generic_visit(node)
+        if (isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and node.value.id == self.me
+                and node.attr in self.values):
+            self.count += 1
+            return _literal_node(self.values[node.attr], node)
+        return node
+
+
+def propagate_self_attributes(bodies: list[list[ast.stmt]], types: Types) -> int:
+    """``self.a`` reads in a class whose every store of ``a`` is the same literal."""
+    total = 0
+    for body in bodies:
+        for cls in body:
+            if not isinstance(cls, ast.ClassDef) or types.subclassed(cls.name):
+                continue
+            class_level = set(types.class_body_names(cls))
+            values: dict[str, Any] = {}
+            spoiled: set[str] = set()
+            for attr, value in _self_attribute_stores(cls):
+                ok, lit = literal_value(value) if value is not None else (False, None)
+                if not ok or attr in types.outside_stores or attr in class_level or attr in _FRAMEWORK_SET:
+                    spoiled.add(attr)
+                elif attr in values and (type(values[attr]) is not type(lit) or values[attr] != lit):
+                    spoiled.add(attr)
+                else:
+                    values[attr] = lit
+            values = {k: v for k, v in values.items() if k not in spoiled}
+            if not values:
+                continue
+            for m in methods(cls):
+                me = self_name(m)
+                if me is None:
+                    continue
+                sub = _SelfAttributes(me, values)
+                for stmt in m.body:
+                    sub.visit(stmt)
+                total += sub.count
+    return total
+
+
+def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) -> dict[str, dict[str, Any]]:
+    """Dataclass -> field -> the literal every construction gives it (constructions by keyword or
+    position; ``uses``: :func:`name_uses` of ``bodies``)."""
+    calls, escaped = uses
+    out: dict[str, dict[str, Any]] = {}
+    for body in bodies:
+        for cls in body:
+            if not isinstance(cls, ast.ClassDef) or not is_dataclass(cls) or cls.name in escaped:
+                continue
+            if types.subclassed(cls.name) or cls.name not in calls:
+                continue
+            fields = [(s.target.id, s.value) for s in cls.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)]
+            agreed: dict[str, Any] = {}
+            for i, (name, default) in enumerate(fields):
+                value: Any = _MISSING
+                for call in calls[cls.name]:
+                    if any(isinstance(a, ast.Starred) for a in call.args) or any(k.arg is None for k in call.keywords):
+                        value = _MISSING
+                        break
+                    expr = call.args[i] if i < len(call.args) else next((k.value for k in call.keywords if k.arg == name), default)
+                    ok, lit = literal_value(expr) if expr is not None else (False, None)
+                    if not ok or (value is not _MISSING and (type(value) is not type(lit) or value != lit)):
+                        value = _MISSING
+                        break
+                    value = lit
+                if value is not _MISSING and not types.stored(cls.name, name):
+                    agreed[name] = value
+            if agreed:
+                out[cls.name] = agreed
+    return out

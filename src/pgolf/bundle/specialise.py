@@ -1,0 +1,182 @@
+"""Specialise the inlined bundle to its configuration: folded switches, pruned code, a lean schema.
+
+The configuration is known when the bundle is built, so the features it leaves off need not ship.
+**Which fields are folded** (:func:`folded_fields`): the feature switches, meaning every boolean
+field, the technique-choice strings in :data:`CHOICE_FIELDS`, and the numeric switches in
+:data:`OFF_SWITCHES` while they are at their "off" value 0. Everything else stays dynamic, so the
+reference env vars still change it at run time: numeric hyperparameters (``ITERATIONS``, ``SEED``,
+learning rates, ``MAX_WALLCLOCK_SECONDS``, sizes), paths, and the run-environment choices
+(``PGOLF_DEVICE``, ``PGOLF_COMPILE``, ``PGOLF_ATTN_BACKEND``). A folded field's env var can no
+longer change the code; the bundle entry refuses, with one line, a run whose env sets it to another
+value (:func:`pgolf.bundle.entry.check_folded`).
+
+**How** (:func:`specialise`): reads of a folded field through a receiver whose type is known to be
+that config section (:mod:`pgolf.bundle.types`) become literals; constant propagation
+(:mod:`pgolf.bundle.propagate`) carries them into locals, arguments, instance attributes and
+dataclass fields; :mod:`pgolf.bundle.simplify` prunes the branches they decide; repeated to a fixed
+point. A field stored anywhere in the bundle (``x.field = ...``) is never folded. The tree shaker
+then drops what became unreachable. :func:`compact_schema` rewrites the config dataclasses with
+the frozen values as defaults and without help strings (the bundle has no CLI to show them).
+"""
+
+from __future__ import annotations
+
+import ast
+from typing import Any
+
+from pgolf.bundle.propagate import (
+    dataclass_field_constants, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
+)
+from pgolf.bundle.simplify import is_const, simplify
+from pgolf.bundle.types import Types
+from pgolf.config import SECTIONS, Config, iter_fields
+
+# str fields that pick an implementation (validated against a fixed set of choices).
+CHOICE_FIELDS = {
+    ("model", "mlp_activation"), ("model", "bigram_hash"), ("model", "parallel_final_lane"),
+    ("model", "logit_softcap_kind"), ("optim", "muon_ns_schedule"), ("train", "loader"), ("eval", "ttt"),
+}
+# Numeric fields whose 0 switches a technique off; folded only while 0, so a technique that is on
+# keeps its hyperparameter tunable.
+OFF_SWITCHES = {
+    ("model", "mlp_hidden"), ("model", "xsa_last_n"), ("model", "rope_dims"), ("model", "bigram_vocab_size"),
+    ("model", "num_loops"), ("model", "parallel_start_layer"), ("model", "z_loss"),
+    ("optim", "grad_clip_norm"), ("optim", "muon_wd"), ("optim", "embed_wd"), ("optim", "adam_wd"),
+    ("train", "ema_decay"), ("train", "warmdown_frac"), ("train", "min_lr"), ("train", "enable_looping_at"),
+    ("eval", "eval_stride"), ("quant", "late_qat_threshold"),
+}
+MAX_ROUNDS = 12
+
+SECTION_CLASSES = {"data": "DataConfig", "model": "ModelConfig", "optim": "OptimConfig", "train": "TrainConfig",
+                   "eval": "EvalConfig", "quant": "QuantConfig"}
+
+
+def folded_fields(cfg: Config) -> dict[tuple[str, str], Any]:
+    """(section, field) -> value for every field the bundle for ``cfg`` folds into its code."""
+    out = {}
+    for section, f in iter_fields(cfg):
+        value = getattr(getattr(cfg, section), f.name)
+        key = (section, f.name)
+        if isinstance(value, bool) or key in CHOICE_FIELDS or (key in OFF_SWITCHES and value == 0):
+            out[key] = value
+    return out
+
+
+def folded_env(cfg: Config) -> dict[str, Any]:
+    """Env var name -> value of every folded field (what the bundle entry checks at run time)."""
+    folded = folded_fields(cfg)
+    return {f.metadata["env"]: folded[(s, f.name)] for s, f in iter_fields(cfg) if (s, f.name) in folded}
+
+
+class _FoldReads(ast.NodeTransformer):
+    """Replace reads of known-constant fields through receivers of known type, within one scope."""
+
+    def __init__(self, types: Types, constants: dict[str, dict[str, Any]], env: dict[str, str]):
+        self.types, self.constants, self.env = types, constants, env
+        self.count = 0
+
+    def visit_Attribute(self, node: ast.Attribute):
+        self.generic_visit(node)
+        if not isinstance(node.ctx, ast.Load):
+            return node
+        owner = self.types.type_of(node.value, self.env)
+        table = self.constants.get(owner or "")
+        if table is None or node.attr not in table or self.types.stored(owner, node.attr):
+            return node
+        self.count += 1
+        return ast.copy_location(ast.Constant(table[node.attr]), node)
+
+    def _shadowed(self, node, names):
+        saved = self.env
+        self.env = {k: v for k, v in saved.items() if k not in names}
+        self.generic_visit(node)
+        self.env = saved
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda):
+        a = node.args
+        return self._shadowed(node, {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p})
+
+    def _comprehension(self, node):
+        names = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        return self._shadowed(node, names)
+
+    visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
+
+    def visit_FunctionDef(self, node):
+        return node  # a nested function has its own environment: folded on its own
+
+    visit_AsyncFunctionDef = visit_ClassDef = visit_FunctionDef
+
+
+def _fold_reads(bodies: list[list[ast.stmt]], types: Types, constants: dict[str, dict[str, Any]]) -> int:
+    total = 0
+    seen: set[int] = set()
+    for body in bodies:
+        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in types.envs and id(node) not in seen:
+                seen.add(id(node))
+                folder = _FoldReads(types, constants, types.envs[id(node)])
+                for stmt in node.body:
+                    folder.visit(stmt)
+                total += folder.count
+    return total
+
+
+def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]]) -> int:
+    """Fold ``fields`` (bundle class name -> field -> value) and everything they decide; returns the
+    number of rewrites. ``bodies`` are the inlined module bodies, changed in place."""
+    total = 0
+    for _ in range(MAX_ROUNDS):
+        types = Types(bodies)
+        uses = name_uses(bodies)
+        constants = {cls: dict(values) for cls, values in fields.items()}
+        for cls, values in dataclass_field_constants(bodies, types, uses).items():
+            constants.setdefault(cls, {}).update(values)
+        changed = _fold_reads(bodies, types, constants)
+        changed += propagate_arguments(bodies, types, uses)
+        changed += propagate_self_attributes(bodies, types)
+        changed += propagate_locals(bodies)
+        changed += int(simplify(bodies))
+        total += changed
+        if not changed:
+            break
+    return total
+
+
+def section_fields(cfg: Config, class_names: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Folded fields keyed by the bundle's name of each section class (``class_names``: section -> name)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (section, name), value in folded_fields(cfg).items():
+        out.setdefault(class_names[section], {})[name] = value
+    return out
+
+
+def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[str, str], field_fn: str) -> bool:
+    """Rewrite ``field_fn(default, env, help)`` in the section dataclasses as ``field_fn(value, env)``
+    with the resolved value; drop the ``help`` parameter from ``field_fn``. False (nothing changed)
+    when the schema does not have that shape."""
+    fn = next((s for body in bodies for s in body if isinstance(s, ast.FunctionDef) and s.name == field_fn), None)
+    if fn is None or [a.arg for a in fn.args.args] != ["default", "env", "help"]:
+        return False
+    calls: list[tuple[ast.Call, Any]] = []
+    for section in SECTIONS:
+        cls = next((s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name == class_names[section]), None)
+        if cls is None:
+            return False
+        for stmt in cls.body:
+            if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
+                continue
+            call = stmt.value
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == field_fn
+                    and len(call.args) == 3 and not call.keywords):
+                return False
+            calls.append((call, getattr(getattr(cfg, section), stmt.target.id)))
+    for call, value in calls:
+        call.args = [ast.copy_location(ast.Constant(value), call.args[0]), call.args[1]]
+    fn.args.args = fn.args.args[:2]
+    for node in ast.walk(fn):
+        if isinstance(node, ast.Dict):
+            pairs = [(k, v) for k, v in zip(node.keys, node.values) if not (is_const(k) and k.value == "help")]
+            node.keys, node.values = [k for k, _ in pairs], [v for _, v in pairs]
+    return True

@@ -1,0 +1,192 @@
+"""Configuration specialisation on small sources: each construct folds where the value is provably
+the frozen one, and stays where it is not; plus which fields a configuration folds."""
+
+from __future__ import annotations
+
+import ast
+import textwrap
+
+import pytest
+
+from pgolf.bundle.shake import shake
+from pgolf.bundle.simplify import simplify
+from pgolf.bundle.specialise import folded_env, folded_fields, specialise
+from pgolf.presets import build_config
+
+CONFIG = """
+from dataclasses import dataclass, field
+@dataclass
+class MC:
+    flag: bool = False
+    kind: str = "a"
+    width: int = 4
+@dataclass
+class Root:
+    model: MC = field(default_factory=MC)
+"""
+FOLD = {"MC": {"flag": False, "kind": "a"}}
+
+
+def run(source: str, fields=FOLD, shaken: bool = True) -> str:
+    bodies = [ast.parse(textwrap.dedent(CONFIG)).body, ast.parse(textwrap.dedent(source)).body]
+    specialise(bodies, fields)
+    if shaken:
+        bodies = shake(bodies)
+    return ast.unparse(ast.Module(body=bodies[1], type_ignores=[]))
+
+
+def simplified(source: str) -> str:
+    body = ast.parse(textwrap.dedent(source)).body
+    simplify([body])
+    return ast.unparse(ast.Module(body=body, type_ignores=[]))
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("if False:\n    a()\nelse:\n    b()", "b()"),
+    ("if True:\n    a()\nelif c:\n    b()", "a()"),
+    ("x = a() if not True else b()", "x = b()"),
+    ("x = 'a' == 'a' and 2 > 1", "x = True"),
+    ("x = y and True", "x = y and True"),  # the value of y, not a bool: kept
+    ("if y and True:\n    a()", "if y:\n    a()"),
+    ("if y.z and False:\n    a()", ""),  # pure operand, only the truth value is used
+    ("if f() and False:\n    a()", "if f() and False:\n    a()"),  # f() may have effects: kept
+    ("x = False or y", "x = y"),
+    ("def f():\n    return 1\n    g()", "def f():\n    return 1"),
+    ("x = 3 * 4 + 1", "x = 13"),
+    ("x = 0 < 0 <= i", "x = False"),
+    ("x = 0 < 0 <= f()", "x = 0 < 0 <= f()"),
+])
+def test_simplify(source, expected):
+    assert simplified(source) == expected
+
+
+def test_annotated_parameter_reads_fold_and_dead_definitions_go():
+    out = run("""
+        def extra(): return 1
+        def build(cfg: MC):
+            return extra() if cfg.flag else cfg.width
+        def main(r: Root):
+            return build(r.model)
+        main(Root())
+    """)
+    assert "extra" not in out and "return cfg.width" in out
+
+
+def test_self_attribute_and_local_receivers_fold():
+    out = run("""
+        class Net:
+            def __init__(self, cfg: MC):
+                self.cfg = cfg
+                m = cfg
+                self.mode = 'x' if m.kind == 'a' else 'y'
+            def forward(self):
+                if self.cfg.flag:
+                    return 'flag'
+                return self.mode
+        Net(MC()).forward()
+    """)
+    assert "'flag'" not in out and "return 'x'" in out
+
+
+def test_a_field_stored_anywhere_is_not_folded():
+    out = run("""
+        def f(cfg: MC):
+            cfg.flag = True
+            return cfg.flag
+        f(MC())
+    """)
+    assert "return cfg.flag" in out
+
+
+def test_comprehension_and_lambda_targets_shadow_the_receiver():
+    out = run("""
+        def f(cfg: MC, items):
+            a = [cfg.flag for cfg in items]
+            b = lambda cfg: cfg.flag
+            return a, b, cfg.flag
+        f(MC(), [])
+    """)
+    assert "[cfg.flag for cfg in items]" in out and "lambda cfg: cfg.flag" in out and "return (a, b, False)" in out
+
+
+def test_arguments_every_call_agrees_on_propagate_and_disagreeing_ones_do_not():
+    out = run("""
+        def pick(kind, n):
+            if kind == 'a':
+                return n
+            return heavy(n)
+        def heavy(n): return n * 2
+        def vary(k):
+            return 1 if k else 2
+        def main(cfg: MC):
+            return pick(cfg.kind, 1), pick('a', 2), vary(True), vary(False)
+        main(MC())
+    """)
+    assert "heavy" not in out and "return 1 if k else 2" in out
+
+
+def test_a_function_used_as_a_value_keeps_its_parameters():
+    out = run("""
+        def pick(kind):
+            return 1 if kind == 'a' else 2
+        def main():
+            table = {'p': pick}
+            return pick('a'), table
+        main()
+    """)
+    assert "return 1 if kind == 'a' else 2" in out
+
+
+def test_instance_attributes_and_dataclass_fields_that_are_always_one_literal_fold():
+    out = run("""
+        from dataclasses import dataclass
+        @dataclass
+        class Opts:
+            gate: str = 'none'
+            size: int = 1
+        def gate_impl(x): return x
+        class Layer:
+            def __init__(self, opts: Opts, parallel):
+                self.opts = opts
+                self.parallel = parallel
+            def forward(self, x):
+                if self.opts.gate != 'none':
+                    x = gate_impl(x)
+                return x if not self.parallel else x * self.opts.size
+        def build(cfg: MC, n):
+            return [Layer(Opts(gate='out' if cfg.flag else 'none', size=n), cfg.flag) for _ in range(n)]
+        build(MC(), 2)
+    """)
+    assert "gate_impl" not in out and "return x" in out and "self.opts.size" not in out
+
+
+def test_folded_fields_are_the_switches_of_the_configuration():
+    cfg = build_config("baseline", environ={})
+    folded = folded_fields(cfg)
+    assert folded[("model", "use_smeargate")] is False and folded[("model", "tie_embeddings")] is True
+    assert folded[("model", "mlp_activation")] == "relu2" and folded[("model", "xsa_last_n")] == 0
+    for dynamic in ("iterations", "seed", "max_wallclock_seconds", "device", "compile", "attn_backend", "data_path"):
+        assert ("train", dynamic) not in folded and ("data", dynamic) not in folded
+    assert ("optim", "matrix_lr") not in folded
+    assert folded_env(cfg)["USE_SMEARGATE"] is False
+    on = build_config("baseline", ["XSA_LAST_N=4", "MUON_WD=0.04"], environ={})
+    assert ("model", "xsa_last_n") not in folded_fields(on) and ("optim", "muon_wd") not in folded_fields(on)
+
+
+def test_a_store_through_a_receiver_of_another_known_type_does_not_block_folding():
+    out = run("""
+        class Session:
+            def __init__(self, cfg: MC):
+                self.cfg = cfg
+                self.kind = None
+        def restart(s: Session):
+            s.kind = 'b'  # Session.kind, not MC.kind
+            return 'window' if s.cfg.kind == 'b' else 'sequential'
+        def unknown(x):
+            x.flag = True  # receiver of unknown type: MC.flag may be stored, so it stays dynamic
+        def main(s: Session):
+            unknown(s)
+            return restart(s), s.cfg.flag
+        main(Session(MC()))
+    """)
+    assert "return 'sequential'" in out and "s.cfg.flag" in out
