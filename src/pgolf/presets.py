@@ -213,9 +213,10 @@ def sp8192_recur_parres_ttt() -> Config:
     (``MATCHED_FINEWEB_REPO_ID=kevclark/parameter-golf python3 data/cached_challenge_fineweb.py
     --variant sp8192`` in the challenge repo), at the paths set below.
 
-    Not here yet: full-Hessian GPTQ rounding (the clip rule is here, GPTQ's error feedback is not)
-    with its 12 s in-budget calibration reserve, and R35's byte-shuffle of the whole serialized
-    stream before brotli.
+    GPTQ: full-Hessian rounding of the int6/int8 tensors (tied embedding included) from training
+    batches collected inside the time budget, with its 12 s reserve.
+
+    Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
     cfg = baseline()
     cfg.preset = "sp8192_recur_parres_ttt"
@@ -234,6 +235,7 @@ def sp8192_recur_parres_ttt() -> Config:
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.005, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
     q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85", "brotli"
+    q.gptq_enabled, q.gptq_reserve_seconds = True, 12.0
     return cfg
 
 
@@ -257,8 +259,10 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     (``fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model``, shipped in the record folder;
     shards built with its ``prepare_caseops_data.py``), at the paths set below.
 
-    Not here yet: full-Hessian GPTQ and LQER (asymmetric rank-4 correction of the top-3 tensors),
-    int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here), the
+    Quantization: full-Hessian GPTQ (16 training batches inside the budget, 0.5 s reserve) and
+    LQER, the asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
+
+    Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here), the
     per-token byte sidecar CaseOps scores against (pgolf scores with the tokenizer's byte LUT,
     which is not the original-byte count for CaseOps text), TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
@@ -288,6 +292,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
     q.scheme, q.compressor = "embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85", "brotli"
+    q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 0.5, 16
+    q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg
 
 
