@@ -5,7 +5,9 @@ run for effect: any statement that binds no global name (the entry's ``__main__`
 registry update such as ``TABLE[key] = fn``), and any statement that calls a bundle function while
 the module executes (a registering decorator, ``X = register(...)``, a call in a class body).
 From the roots, every global name a kept statement mentions (anywhere inside it: bodies,
-annotations, defaults) keeps every statement that binds that name. Imports are always kept.
+defaults) keeps every statement that binds that name. Annotations do not count: the bundle is
+compiled with ``from __future__ import annotations``, so they stay unevaluated strings (the config
+schema's, which are read, name only builtins). Imports are always kept.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 """
 
@@ -20,6 +22,24 @@ _DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
 
 def _names_loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    """Names loaded by ``node``, not counting annotations (never evaluated in the bundle)."""
+    out: set[str] = set()
+    pending = [node]
+    while pending:
+        n = pending.pop()
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            out.add(n.id)
+        for name, value in ast.iter_fields(n):
+            if name in ("annotation", "returns"):
+                continue
+            if isinstance(value, ast.AST):
+                pending.append(value)
+            elif isinstance(value, list):
+                pending.extend(v for v in value if isinstance(v, ast.AST))
+    return out
 
 
 def _module_time_nodes(stmt: ast.stmt):
@@ -79,7 +99,7 @@ def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
         if k in keep:
             continue
         keep.add(k)
-        for name in _names_loaded(stmts[k][1]) & bundle_names:
+        for name in _names_used(stmts[k][1]) & bundle_names:
             pending.extend(binders[name])
     out: list[list[ast.stmt]] = [[] for _ in bodies]
     for k, (i, s) in enumerate(stmts):

@@ -1,8 +1,9 @@
 """Minify a bundle and wrap it as a self-extracting script: base85 of lzma or brotli, the smaller.
 
-Minification (python-minifier) keeps asserts, debug branches, global names and class attribute
-annotations (dataclasses need them) and renames only locals, which it does without changing
-meaning; docstrings go. The wrapper ``exec``s the decompressed source in its own globals, so
+Minification (python-minifier) keeps asserts, debug branches and class attribute annotations
+(dataclasses need them); docstrings go, and locals and module-level names are shortened (nothing
+imports from the bundle; :data:`PRESERVED_GLOBALS` keeps the entry point's name). The readable
+copy written beside the shipped script keeps every name. The wrapper ``exec``s the decompressed source in its own globals, so
 ``__name__ == "__main__"`` and ``__file__`` are the shipped script's own.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 from pgolf.errors import PgolfError
 
+PRESERVED_GLOBALS = ["main"]
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
@@ -23,7 +25,7 @@ def minify(source: str) -> str:
 
     try:
         return python_minifier.minify(
-            source, remove_literal_statements=True, rename_locals=True, rename_globals=False,
+            source, remove_literal_statements=True, rename_locals=True, rename_globals=True, preserve_globals=PRESERVED_GLOBALS,
             remove_asserts=False, remove_debug=False, hoist_literals=False,
         )
     except Exception as exc:  # the minifier reports unsupported syntax with assorted exception types

@@ -96,7 +96,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     model = build_model(cfg.model, rt.device)
     use_compile = _use_compile(cfg, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
-    banks_outside_ddp = rt.distributed and cfg.optim.muon_parallel
+    banks_outside_ddp = cfg.optim.muon_parallel and rt.distributed
     opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings, per_rank_grads=banks_outside_ddp)
     grad_sync = None
     if banks_outside_ddp:  # R22: no DDP; Parallel Muon reduce-scatters its banks, the rest is all-reduced
