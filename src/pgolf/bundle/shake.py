@@ -3,7 +3,8 @@
 Works on the inlined modules, where every global name is unique. Roots are the statements that
 run for effect: any statement that binds no global name (the entry's ``__main__`` block, a
 registry update such as ``TABLE[key] = fn``), and any statement that calls a bundle function while
-the module executes (a registering decorator, ``X = register(...)``, a call in a class body).
+the module executes (a registering decorator, ``X = register(...)``, a call in a class body;
+constructing a plain ``@dataclass`` does not count).
 From the roots, every global name a kept statement mentions (anywhere inside it: bodies,
 defaults) keeps every statement that binds that name. Annotations do not count: the bundle is
 compiled with ``from __future__ import annotations``, so they stay unevaluated strings (the config
@@ -18,6 +19,7 @@ import ast
 from pgolf.bundle.names import top_level_definitions
 
 _DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
+_READING_METHODS = {"values", "keys", "items", "get"}  # of dicts: no effects, no bundle code runs
 
 
 def _names_loaded(node: ast.AST) -> set[str]:
@@ -59,10 +61,30 @@ def _module_time_nodes(stmt: ast.stmt):
     yield stmt
 
 
+def _plain_dataclasses(stmts: list[ast.stmt]) -> set[str]:
+    """Names of ``@dataclass`` classes with no base, no ``__init__``/``__post_init__`` and no
+    decorator besides: constructing one runs no bundle code beyond storing its fields."""
+    out = set()
+    for s in stmts:
+        if not isinstance(s, ast.ClassDef) or s.bases or s.keywords or len(s.decorator_list) != 1:
+            continue
+        deco = s.decorator_list[0]
+        deco = deco.func if isinstance(deco, ast.Call) else deco
+        methods = {m.name for m in s.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if isinstance(deco, ast.Name) and deco.id == "dataclass" and not methods & {"__init__", "__post_init__"}:
+            out.add(s.name)
+    return out
+
+
 def _calls_bundle_function(stmt: ast.stmt, bundle_names: set[str]) -> bool:
     for part in _module_time_nodes(stmt):
         for node in ast.walk(part):
-            if isinstance(node, ast.Call) and _names_loaded(node.func) & bundle_names:
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in _READING_METHODS and isinstance(func.value, ast.Name):
+                continue  # TABLE.values(): reads a bundle mapping, runs no bundle code
+            if _names_loaded(func) & bundle_names:
                 return True
     return False
 
@@ -89,10 +111,11 @@ def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
     for k, names in enumerate(binds):
         for name in names:
             binders.setdefault(name, []).append(k)
+    effectful = bundle_names - _plain_dataclasses([s for _, s in stmts])
     keep = set()
     pending = [
         k for k, (_, s) in enumerate(stmts)
-        if not binds[k] or isinstance(s, (ast.Import, ast.ImportFrom)) or _calls_bundle_function(s, bundle_names)
+        if not binds[k] or isinstance(s, (ast.Import, ast.ImportFrom)) or _calls_bundle_function(s, effectful)
     ]
     while pending:
         k = pending.pop()
