@@ -2,7 +2,8 @@
 
 Minification (python-minifier) keeps asserts, debug branches and class attribute annotations
 (dataclasses need them); docstrings go, and locals and module-level names are shortened (nothing
-imports from the bundle; :data:`PRESERVED_GLOBALS` keeps the entry point's name). The readable
+imports from the bundle; :data:`PRESERVED_GLOBALS` keeps the entry point's name and the builtin
+type names the config schema's annotations are parsed by). The readable
 copy written beside the shipped script keeps every name. The wrapper ``exec``s the decompressed source in its own globals, so
 ``__name__ == "__main__"`` and ``__file__`` are the shipped script's own.
 """
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 
 from pgolf.errors import PgolfError
 
-PRESERVED_GLOBALS = ["main"]
+# the entry point, and the builtin types the config schema names in its annotations: config.py parses
+# env values by the annotation's text, so ``int`` must stay ``int`` rather than become a short alias
+PRESERVED_GLOBALS = ["main", "int", "float", "bool", "str"]
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
