@@ -412,8 +412,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     expect_codec = None if q.compressor == "auto" else q.compressor
     quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only)
     state = dequantize(quantized)
-    if q.qat_enabled:  # (only QAT_ENABLED ever switches it on)
-        disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
+    disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
     score = validate(s)
     _sync(s.rt)

@@ -59,11 +59,11 @@ def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[G
 
 def set_variant(model: GPT, variant: GraphVariant, quant: QuantConfig) -> None:
     model.set_recurrence(variant.loops)
-    if not quant.qat_enabled:
-        return  # QAT is never on: nothing to switch
-    if variant.qat and not qat_is_on(model):
+    if quant.qat_enabled and variant.qat and not qat_is_on(model):  # QAT_ENABLED first: a bundle folds it
         enable_qat(model, quant.scheme)
     elif not variant.qat:
+        # also with QAT off: it sets the instance attribute that restore() sets later, so the graph
+        # compiled here keeps its guards in the timed run (no recompile)
         disable_qat(model)
 
 
