@@ -360,8 +360,9 @@ def _validate_quant(q: QuantConfig) -> None:
     from pgolf.export.codecs import AUTO, CODEC_IDS
     from pgolf.quant.policy import parse_policy
 
-    parse_policy(q.scheme)
-    if q.compressor != AUTO and q.compressor not in CODEC_IDS:
+    if q.scheme != "int8":  # the reference policy needs no parsing (and a bundle for it ships no parser)
+        parse_policy(q.scheme)
+    if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS:  # literals fold in a bundle
         raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
     if not 0.0 <= q.late_qat_threshold <= 1.0:
         raise PgolfError(f"LATE_QAT_THRESHOLD={q.late_qat_threshold}: expected a value in [0, 1]")

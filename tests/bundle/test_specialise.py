@@ -27,9 +27,9 @@ class Root:
 FOLD = {"MC": {"flag": False, "kind": "a"}}
 
 
-def run(source: str, fields=FOLD, shaken: bool = True) -> str:
+def run(source: str, fields=FOLD, shaken: bool = True, shake_between: bool = False) -> str:
     bodies = [ast.parse(textwrap.dedent(CONFIG)).body, ast.parse(textwrap.dedent(source)).body]
-    specialise(bodies, fields)
+    specialise(bodies, fields, tree_shake=shake_between)
     if shaken:
         bodies = shake(bodies)
     return ast.unparse(ast.Module(body=bodies[1], type_ignores=[]))
@@ -190,3 +190,41 @@ def test_a_store_through_a_receiver_of_another_known_type_does_not_block_folding
         main(Session(MC()))
     """)
     assert "return 'sequential'" in out and "s.cfg.flag" in out
+
+
+def test_dead_literal_stores_go_and_calls_from_dead_code_do_not_block_propagation():
+    out = run("""
+        def codec(name):
+            if name == "zlib":
+                return 1
+            return heavy()
+        def heavy(): return 2
+        def unused_caller(): return codec("lzma")
+        def main(r: Root):
+            off = r.model.flag
+            return codec("zlib")
+        main(Root())
+    """, shake_between=True)
+    assert "heavy" not in out and "unused_caller" not in out and "off" not in out
+
+
+def test_shaking_ignores_annotations_dataclass_constructors_and_mapping_reads():
+    source = textwrap.dedent("""
+        from __future__ import annotations
+        from dataclasses import dataclass
+        @dataclass(frozen=True)
+        class Codec:
+            name: str
+        class OnlyAnnotated: pass
+        TABLE = {1: Codec("zlib")}
+        NAMES = [c.name for c in TABLE.values()]
+        REGISTERED = register(Codec("x"))
+        def register(c): return c
+        def main(x: OnlyAnnotated) -> OnlyAnnotated:
+            y: OnlyAnnotated = x
+            return y
+        main(None)
+    """)
+    out = ast.unparse(ast.Module(body=shake([ast.parse(source).body])[0], type_ignores=[]))
+    assert "class OnlyAnnotated" not in out and "TABLE" not in out and "NAMES" not in out
+    assert "REGISTERED = register" in out and "def register" in out  # a call into bundle code at import time stays

@@ -29,3 +29,16 @@ def test_wrap_picks_the_smaller_codec():
 def test_minify_keeps_asserts_and_drops_docstrings():
     small = minify('def f(value):\n    """Doc."""\n    assert value > 0, "positive"\n    return value\n')
     assert "assert" in small and "Doc." not in small
+
+
+def test_minify_renames_globals_but_keeps_the_type_names_the_config_schema_is_parsed_by():
+    source = (
+        "from __future__ import annotations\nfrom dataclasses import dataclass, fields\n"
+        "@dataclass\nclass Section:\n    iterations: int = 1\n    lr: float = 0.5\n    on: bool = False\n    path: str = ''\n"
+        "def helper_with_a_long_name():\n    return [f.type for f in fields(Section())], int('3') + len(str(2.0))\n"
+        "if __name__ == '__main__':\n    print(helper_with_a_long_name())\n"
+    )
+    small = minify(source)
+    assert "helper_with_a_long_name" not in small  # globals are renamed
+    out = subprocess.run([sys.executable, "-c", small], capture_output=True, text=True, check=True).stdout
+    assert out == "(['int', 'float', 'bool', 'str'], 6)\n"

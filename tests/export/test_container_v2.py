@@ -86,3 +86,45 @@ def test_bit_packing_round_trips_and_uses_n_bits(bits):
     assert torch.equal(unpack_codes(packed, bits, (37, 11), "t"), codes)
     with pytest.raises(PgolfError):
         unpack_codes(packed[:-1], bits, (37, 11), "t")
+
+
+# --- a reader/writer that knows its own layout (the training loop, and the bundle built from it) ----
+
+
+def _intn_state():
+    g = torch.Generator().manual_seed(3)
+    return quantize_state_dict_policy({"blocks.0.mlp.fc.weight": torch.randn(16, 32, generator=g)}, "int5g16,small=0")
+
+
+def test_v1_only_refuses_to_write_or_read_a_v2_state():
+    with pytest.raises(PgolfError, match="needs the v2 artifact layout"):
+        encode_artifact(_intn_state(), {}, v1_only=True)
+    blob = encode_artifact(_intn_state(), {})
+    with pytest.raises(PgolfError, match="^art: a v2 artifact where a v1 one was expected$"):
+        decode_artifact(blob, "art", v1_only=True)
+    assert len(decode_artifact(blob, "art")[0]) == 1  # without v1_only it reads as before
+
+
+def test_expected_codec_must_match_the_header():
+    q = quantize_state_dict_policy({"w": torch.randn(8, 8)}, "int8")
+    blob = encode_artifact(q, {"k": 1}, "lzma")
+    assert decode_artifact(blob, "art", expect_codec="lzma", v1_only=True)[1] == {"k": 1}
+    with pytest.raises(PgolfError, match="^art: compressor id 2, expected 1 \\(zlib\\)$"):
+        decode_artifact(blob, "art", expect_codec="zlib")
+
+
+def test_the_int8_policy_is_the_reference_quantizer_exactly():
+    from pgolf.quant.int8 import quantize_state_dict
+
+    g = torch.Generator().manual_seed(4)
+    sd = {"a.weight": torch.randn(70, 1000, generator=g), "b": torch.randn(5, generator=g), "n": torch.arange(3)}
+    by_policy, reference = quantize_state_dict_policy(sd, "int8"), quantize_state_dict(sd)
+    assert by_policy.names() == reference.names()
+    for x, y in zip(by_policy, reference):
+        assert (x.kind, x.restore_dtype) == (y.kind, y.restore_dtype) and torch.equal(x.values, y.values)
+        assert (x.scale is None and y.scale is None) or torch.equal(x.scale, y.scale)
+    # a Policy object spelling the same rule goes the general way and agrees too
+    from pgolf.quant.policy import parse_policy
+
+    general = quantize_state_dict_policy(sd, parse_policy("int8"))
+    assert all(torch.equal(x.values, y.values) for x, y in zip(general, reference))

@@ -63,12 +63,12 @@ def freeze_config(entry: Module, cfg: Config) -> None:
         raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
 
 
-def _specialiser(cfg: Config, entry: str):
+def _specialiser(cfg: Config, entry: str, tree_shake: bool):
     """The inliner transform that folds ``cfg``'s switches and compacts the config schema."""
 
     def transform(bodies: list[list[ast.stmt]], bundle_name) -> None:
         classes = {section: bundle_name(CONFIG_MODULE, cls) for section, cls in SECTION_CLASSES.items()}
-        specialise_bodies(bodies, section_fields(cfg, classes))
+        specialise_bodies(bodies, section_fields(cfg, classes), tree_shake)
         entry_body = bodies[-1]
         if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_env(cfg)):
             raise PgolfError(f"entry {entry} has no top-level {FOLDED_NAME} assignment")
@@ -87,7 +87,7 @@ def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, spec
     modules = collect(entry)
     freeze_config(modules[-1], cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
-    transform = _specialiser(cfg, entry) if specialise else None
+    transform = _specialiser(cfg, entry, tree_shake) if specialise else None
     return inline(modules, header, tree_shake, transform), tuple(m.name for m in modules)
 
 

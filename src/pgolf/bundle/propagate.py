@@ -79,7 +79,8 @@ def _substitute_in_body(fn: ast.FunctionDef | ast.AsyncFunctionDef, values: dict
 
 
 def propagate_locals(bodies: list[list[ast.stmt]]) -> int:
-    """Locals assigned once, at the top of their function's body, to a literal."""
+    """Locals assigned once, at the top of their function's body, to a literal (the assignment
+    goes once nothing reads the name)."""
     total = 0
     for fn, _ in function_scopes(bodies):
         counts = _bound_anywhere(fn)
@@ -91,7 +92,22 @@ def propagate_locals(bodies: list[list[ast.stmt]]) -> int:
                 if ok and counts.get(name) == 1:
                     values[name] = value
         total += _substitute_in_body(fn, values)
+        total += _drop_dead_literal_stores(fn, set(values))
     return total
+
+
+def _drop_dead_literal_stores(fn: ast.FunctionDef, names: set[str]) -> int:
+    """Remove ``name = literal`` statements of ``names`` that nothing in ``fn`` reads any more."""
+    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+    dead = names - read
+    if not dead:
+        return 0
+    before = len(fn.body)
+    fn.body = [
+        s for s in fn.body
+        if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) and s.targets[0].id in dead)
+    ] or [ast.Pass()]
+    return int(len(fn.body) != before)
 
 
 def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], set[str]]:

@@ -3,9 +3,12 @@
 Works on the inlined modules, where every global name is unique. Roots are the statements that
 run for effect: any statement that binds no global name (the entry's ``__main__`` block, a
 registry update such as ``TABLE[key] = fn``), and any statement that calls a bundle function while
-the module executes (a registering decorator, ``X = register(...)``, a call in a class body).
+the module executes (a registering decorator, ``X = register(...)``, a call in a class body;
+constructing a plain ``@dataclass`` does not count).
 From the roots, every global name a kept statement mentions (anywhere inside it: bodies,
-annotations, defaults) keeps every statement that binds that name. Imports are always kept.
+defaults) keeps every statement that binds that name. Annotations do not count: the bundle is
+compiled with ``from __future__ import annotations``, so they stay unevaluated strings (the config
+schema's, which are read, name only builtins). Imports are always kept.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 """
 
@@ -16,10 +19,29 @@ import ast
 from pgolf.bundle.names import top_level_definitions
 
 _DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
+_READING_METHODS = {"values", "keys", "items", "get"}  # of dicts: no effects, no bundle code runs
 
 
 def _names_loaded(node: ast.AST) -> set[str]:
     return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    """Names loaded by ``node``, not counting annotations (never evaluated in the bundle)."""
+    out: set[str] = set()
+    pending = [node]
+    while pending:
+        n = pending.pop()
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            out.add(n.id)
+        for name, value in ast.iter_fields(n):
+            if name in ("annotation", "returns"):
+                continue
+            if isinstance(value, ast.AST):
+                pending.append(value)
+            elif isinstance(value, list):
+                pending.extend(v for v in value if isinstance(v, ast.AST))
+    return out
 
 
 def _module_time_nodes(stmt: ast.stmt):
@@ -39,10 +61,30 @@ def _module_time_nodes(stmt: ast.stmt):
     yield stmt
 
 
+def _plain_dataclasses(stmts: list[ast.stmt]) -> set[str]:
+    """Names of ``@dataclass`` classes with no base, no ``__init__``/``__post_init__`` and no
+    decorator besides: constructing one runs no bundle code beyond storing its fields."""
+    out = set()
+    for s in stmts:
+        if not isinstance(s, ast.ClassDef) or s.bases or s.keywords or len(s.decorator_list) != 1:
+            continue
+        deco = s.decorator_list[0]
+        deco = deco.func if isinstance(deco, ast.Call) else deco
+        methods = {m.name for m in s.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        if isinstance(deco, ast.Name) and deco.id == "dataclass" and not methods & {"__init__", "__post_init__"}:
+            out.add(s.name)
+    return out
+
+
 def _calls_bundle_function(stmt: ast.stmt, bundle_names: set[str]) -> bool:
     for part in _module_time_nodes(stmt):
         for node in ast.walk(part):
-            if isinstance(node, ast.Call) and _names_loaded(node.func) & bundle_names:
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            if isinstance(func, ast.Attribute) and func.attr in _READING_METHODS and isinstance(func.value, ast.Name):
+                continue  # TABLE.values(): reads a bundle mapping, runs no bundle code
+            if _names_loaded(func) & bundle_names:
                 return True
     return False
 
@@ -69,17 +111,18 @@ def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
     for k, names in enumerate(binds):
         for name in names:
             binders.setdefault(name, []).append(k)
+    effectful = bundle_names - _plain_dataclasses([s for _, s in stmts])
     keep = set()
     pending = [
         k for k, (_, s) in enumerate(stmts)
-        if not binds[k] or isinstance(s, (ast.Import, ast.ImportFrom)) or _calls_bundle_function(s, bundle_names)
+        if not binds[k] or isinstance(s, (ast.Import, ast.ImportFrom)) or _calls_bundle_function(s, effectful)
     ]
     while pending:
         k = pending.pop()
         if k in keep:
             continue
         keep.add(k)
-        for name in _names_loaded(stmts[k][1]) & bundle_names:
+        for name in _names_used(stmts[k][1]) & bundle_names:
             pending.extend(binders[name])
     out: list[list[ast.stmt]] = [[] for _ in bodies]
     for k, (i, s) in enumerate(stmts):

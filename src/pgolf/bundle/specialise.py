@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from pgolf.bundle.shake import shake
 from pgolf.bundle.propagate import (
     dataclass_field_constants, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
 )
@@ -35,12 +36,13 @@ from pgolf.config import SECTIONS, Config, iter_fields
 CHOICE_FIELDS = {
     ("model", "mlp_activation"), ("model", "bigram_hash"), ("model", "parallel_final_lane"),
     ("model", "logit_softcap_kind"), ("optim", "muon_ns_schedule"), ("train", "loader"), ("eval", "ttt"),
+    ("quant", "scheme"), ("quant", "compressor"),
 }
 # Numeric fields whose 0 switches a technique off; folded only while 0, so a technique that is on
 # keeps its hyperparameter tunable.
 OFF_SWITCHES = {
     ("model", "mlp_hidden"), ("model", "xsa_last_n"), ("model", "rope_dims"), ("model", "bigram_vocab_size"),
-    ("model", "num_loops"), ("model", "parallel_start_layer"), ("model", "z_loss"),
+    ("model", "num_loops"), ("model", "parallel_start_layer"), ("model", "z_loss"), ("model", "embed_dim"),
     ("optim", "grad_clip_norm"), ("optim", "muon_wd"), ("optim", "embed_wd"), ("optim", "adam_wd"),
     ("train", "ema_decay"), ("train", "warmdown_frac"), ("train", "min_lr"), ("train", "enable_looping_at"),
     ("eval", "eval_stride"), ("quant", "late_qat_threshold"),
@@ -123,11 +125,20 @@ def _fold_reads(bodies: list[list[ast.stmt]], types: Types, constants: dict[str,
     return total
 
 
-def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]]) -> int:
+def _drop_unreachable(bodies: list[list[ast.stmt]]) -> None:
+    for body, kept in zip(bodies, shake(bodies)):
+        body[:] = kept
+
+
+def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False) -> int:
     """Fold ``fields`` (bundle class name -> field -> value) and everything they decide; returns the
-    number of rewrites. ``bodies`` are the inlined module bodies, changed in place."""
+    number of rewrites. ``bodies`` are the inlined module bodies, changed in place. ``tree_shake``:
+    drop unreachable definitions before each round, so that calls from dead code do not keep a
+    parameter from being propagated."""
     total = 0
     for _ in range(MAX_ROUNDS):
+        if tree_shake:
+            _drop_unreachable(bodies)
         types = Types(bodies)
         uses = name_uses(bodies)
         constants = {cls: dict(values) for cls, values in fields.items()}
@@ -154,14 +165,16 @@ def section_fields(cfg: Config, class_names: dict[str, str]) -> dict[str, dict[s
 
 def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[str, str], field_fn: str) -> bool:
     """Rewrite ``field_fn(default, env, help)`` in the section dataclasses as ``field_fn(value, env)``
-    with the resolved value; drop the ``help`` parameter from ``field_fn``. False (nothing changed)
+    with the resolved value, or ``field_fn(value)`` where ``env`` is the field's name upper-cased (a
+    statement after the classes fills those in); drop the ``help`` parameter from ``field_fn``. False (nothing changed)
     when the schema does not have that shape."""
     fn = next((s for body in bodies for s in body if isinstance(s, ast.FunctionDef) and s.name == field_fn), None)
     if fn is None or [a.arg for a in fn.args.args] != ["default", "env", "help"]:
         return False
     calls: list[tuple[ast.Call, Any]] = []
+    last_cls = None
     for section in SECTIONS:
-        cls = next((s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name == class_names[section]), None)
+        cls = last_cls = next((s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name == class_names[section]), None)
         if cls is None:
             return False
         for stmt in cls.body:
@@ -171,10 +184,25 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
             if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == field_fn
                     and len(call.args) == 3 and not call.keywords):
                 return False
+            call.parent_name = stmt.target.id  # type: ignore[attr-defined]
             calls.append((call, getattr(getattr(cfg, section), stmt.target.id)))
     for call, value in calls:
-        call.args = [ast.copy_location(ast.Constant(value), call.args[0]), call.args[1]]
+        env = call.args[1]
+        name = call.parent_name  # type: ignore[attr-defined]
+        derived = isinstance(env, ast.Constant) and env.value == name.upper()
+        call.args = [ast.copy_location(ast.Constant(value), call.args[0]), *([] if derived else [env])]
     fn.args.args = fn.args.args[:2]
+    fn.args.defaults = [ast.Constant(None)]  # env None: the field's name upper-cased (set below)
+    classes = ", ".join(class_names[s] for s in SECTIONS)
+    fixup = ast.parse(
+        f"for _schema_cls in ({classes}):\n"
+        "    for _schema_field in _schema_cls.__dataclass_fields__.values():\n"
+        "        _schema_field.metadata = {'env': _schema_field.metadata['env'] or _schema_field.name.upper()}\n"
+    ).body
+    for body in bodies:
+        if last_cls in body:
+            body[body.index(last_cls) + 1:body.index(last_cls) + 1] = fixup
+            break
     for node in ast.walk(fn):
         if isinstance(node, ast.Dict):
             pairs = [(k, v) for k, v in zip(node.keys, node.values) if not (is_const(k) and k.value == "help")]

@@ -1,8 +1,10 @@
 """Minify a bundle and wrap it as a self-extracting script: base85 of lzma or brotli, the smaller.
 
-Minification (python-minifier) keeps asserts, debug branches, global names and class attribute
-annotations (dataclasses need them) and renames only locals, which it does without changing
-meaning; docstrings go. The wrapper ``exec``s the decompressed source in its own globals, so
+Minification (python-minifier) keeps asserts, debug branches and class attribute annotations
+(dataclasses need them); docstrings go, and locals and module-level names are shortened (nothing
+imports from the bundle; :data:`PRESERVED_GLOBALS` keeps the entry point's name and the builtin
+type names the config schema's annotations are parsed by). The readable
+copy written beside the shipped script keeps every name. The wrapper ``exec``s the decompressed source in its own globals, so
 ``__name__ == "__main__"`` and ``__file__`` are the shipped script's own.
 """
 
@@ -15,6 +17,9 @@ from dataclasses import dataclass
 
 from pgolf.errors import PgolfError
 
+# the entry point, and the builtin types the config schema names in its annotations: config.py parses
+# env values by the annotation's text, so ``int`` must stay ``int`` rather than become a short alias
+PRESERVED_GLOBALS = ["main", "int", "float", "bool", "str"]
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
@@ -23,7 +28,7 @@ def minify(source: str) -> str:
 
     try:
         return python_minifier.minify(
-            source, remove_literal_statements=True, rename_locals=True, rename_globals=False,
+            source, remove_literal_statements=True, rename_locals=True, rename_globals=True, preserve_globals=PRESERVED_GLOBALS,
             remove_asserts=False, remove_debug=False, hoist_literals=False,
         )
     except Exception as exc:  # the minifier reports unsupported syntax with assorted exception types

@@ -146,6 +146,7 @@ def export_model(
     policy: str = "int8",
     shuffle: bool = False,
     quantized: QuantizedState | None = None,
+    v1_only: bool = False,
 ) -> SizeReport:
     """Quantize by ``policy`` (or take an already ``quantized`` state), write the artifact to
     ``path`` with ``codec`` (``"auto"``: smallest) and return its size report.
@@ -161,7 +162,7 @@ def export_model(
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        write_artifact(tmp, quantized, meta, codec, shuffle=shuffle)
+        write_artifact(tmp, quantized, meta, codec, shuffle=shuffle, v1_only=v1_only)
         report = size_report(tmp, files)
         check_under_cap(report)
         os.replace(tmp, path)

@@ -150,14 +150,31 @@ class Codec:
     available: Callable[[], bool] = lambda: True
 
 
+ZLIB_CODEC = Codec(1, "zlib", lambda data: zlib.compress(data, ZLIB_LEVEL), zlib_decompress_capped)
 CODECS: dict[int, Codec] = {
-    1: Codec(1, "zlib", lambda data: zlib.compress(data, ZLIB_LEVEL), zlib_decompress_capped),
+    1: ZLIB_CODEC,
     2: Codec(2, "lzma", _lzma_compress, lzma_decompress_capped),
     3: Codec(3, "zstd", _zstd_compress, zstd_decompress_capped),
     4: Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped),
     5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
 }
 CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
+
+
+def codec_named(name: str) -> Codec:
+    """The compressor called ``name`` (not ``"auto"``); PgolfError when unknown or not installed.
+
+    zlib, the reference's, is spelled out first: where ``name`` is a literal (a bundle built for
+    PGOLF_COMPRESSOR=zlib), the other compressors are then unreachable and are not shipped.
+    """
+    if name == "zlib":
+        return ZLIB_CODEC
+    if name not in CODEC_IDS:
+        raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted(CODEC_IDS))}, {AUTO})")
+    c = CODECS[CODEC_IDS[name]]
+    if not c.available():
+        raise PgolfError(f"compressor {name!r} is not available on this machine")
+    return c
 
 
 def available_codecs() -> list[str]:

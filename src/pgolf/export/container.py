@@ -35,7 +35,7 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
-from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, compress_best, zlib_decompress_capped  # noqa: F401
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
     KIND_INTN,
@@ -79,21 +79,22 @@ def pack_container(payload: bytes, codec: str = "zlib") -> bytes:
 
     ``codec`` is a compressor name or ``"auto"``: every available compressor, smallest output wins.
     """
-    if codec == AUTO:
+    if codec == "auto":  # AUTO, spelled as a literal so that a bundle can fold it
         c, body = compress_best(payload)
     else:
-        if codec not in CODEC_IDS:
-            raise PgolfError(f"unknown compressor {codec!r} (known: {', '.join(sorted(CODEC_IDS))}, {AUTO})")
-        c = CODECS[CODEC_IDS[codec]]
-        if not c.available():
-            raise PgolfError(f"compressor {codec!r} is not available on this machine")
+        c = codec_named(codec)
         body = c.compress(payload)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, c.codec_id, len(payload), zlib.crc32(payload))
     return header + body
 
 
-def unpack_container(blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES) -> bytes:
-    """Check the framing of ``blob`` and return its payload; PgolfError naming ``source`` if bad."""
+def unpack_container(
+    blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None
+) -> bytes:
+    """Check the framing of ``blob`` and return its payload; PgolfError naming ``source`` if bad.
+
+    ``expect_codec`` (a compressor name): the header must name that compressor (a run reading the
+    artifact it just wrote knows which; a bundle then ships that decompressor only)."""
     if len(blob) < HEADER_BYTES:
         if MAGIC.startswith(blob[: len(MAGIC)]):
             raise PgolfError(f"{source}: truncated artifact header ({len(blob)} of {HEADER_BYTES} bytes)")
@@ -103,9 +104,14 @@ def unpack_container(blob: bytes, source: str, max_payload_bytes: int = MAX_PAYL
         raise PgolfError(f"{source}: not a pgolf artifact (bad magic)")
     if version != FORMAT_VERSION:
         raise PgolfError(f"{source}: unsupported artifact format version {version} (this pgolf reads {FORMAT_VERSION})")
-    codec = CODECS.get(codec_id)
-    if codec is None:
-        raise PgolfError(f"{source}: unknown compressor id {codec_id}")
+    if expect_codec is not None:
+        codec = codec_named(expect_codec)
+        if codec.codec_id != codec_id:
+            raise PgolfError(f"{source}: compressor id {codec_id}, expected {codec.codec_id} ({expect_codec})")
+    else:
+        codec = CODECS.get(codec_id)
+        if codec is None:
+            raise PgolfError(f"{source}: unknown compressor id {codec_id}")
     if length > max_payload_bytes:
         raise PgolfError(f"{source}: header claims a {length}-byte payload, over the {max_payload_bytes}-byte cap")
     payload = codec.decompress(blob[HEADER_BYTES:], length, source)
@@ -170,7 +176,9 @@ def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
     return {"mode": lr.mode, "bits": lr.bits, "group_size": lr.group_size, "tensors": keys}
 
 
-def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False) -> bytes:
+def encode_payload(
+    q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False, v1_only: bool = False
+) -> bytes:
     """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
 
     States of only reference kinds (and no shuffle) use the v1 layout, byte for byte as before.
@@ -178,6 +186,7 @@ def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bo
     keys are prefixed by role, part and layout so that similar bytes sit together in the payload.
     intN codes are stored one per byte unless ``pack`` (then bit-packed: smallest raw, but it
     hides the byte structure from compressors, so packed files usually compress worse).
+    ``v1_only``: a state that needs v2 is an error (the caller knows from its config that it cannot).
     """
     if not isinstance(extra_meta, dict):
         raise PgolfError(f"artifact metadata must be a dict, got {type(extra_meta).__name__}")
@@ -193,6 +202,8 @@ def encode_payload(q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bo
             if e.scale is not None:
                 tensors[f"scale/{e.name}"] = e.scale.detach().to("cpu").contiguous().clone()
         return _save(tensors, _dump_doc(doc))
+    if v1_only:
+        raise PgolfError("this quantized state needs the v2 artifact layout, but v1 was asked for")
     specs, tensors = [], {}
     for e in q:
         spec: dict[str, Any] = {"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype), "tensors": {}}
@@ -330,13 +341,16 @@ def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: s
     return LowRank(spec.get("mode"), *(tensors[keys[p]] for p in LQER_PARTS), spec.get("bits"), spec.get("group_size"))
 
 
-def decode_payload(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:
-    """Inverse of :func:`encode_payload`, validating that tensors and metadata agree."""
+def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[QuantizedState, dict[str, Any]]:
+    """Inverse of :func:`encode_payload`, validating that tensors and metadata agree (``v1_only``:
+    a v2 payload is refused)."""
     doc = _read_metadata(payload, source)
     tensors = _load_tensors(payload, source)
     if doc["schema"] == SCHEMA:
         entries = [_entry_from(spec, tensors, source) for spec in doc["entries"]]
         expected = {k for e in entries for k in _tensor_keys(e)}
+    elif v1_only:
+        raise PgolfError(f"{source}: a v2 artifact where a v1 one was expected")
     else:
         expected = set()
         entries = [_entry_from_v2(spec, tensors, expected, source) for spec in doc["entries"]]
@@ -371,17 +385,20 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 
 def encode_artifact(
-    q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False
+    q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False,
+    v1_only: bool = False,
 ) -> bytes:
     """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins)."""
-    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack), codec)
+    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only), codec)
 
 
 def decode_artifact(
-    blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
+    v1_only: bool = False,
 ) -> tuple[QuantizedState, dict[str, Any]]:
-    """Parse artifact bytes; every defect is a PgolfError naming ``source``."""
-    return decode_payload(unpack_container(blob, source, max_payload_bytes), source)
+    """Parse artifact bytes; every defect is a PgolfError naming ``source`` (``expect_codec``,
+    ``v1_only``: see :func:`unpack_container`, :func:`decode_payload`)."""
+    return decode_payload(unpack_container(blob, source, max_payload_bytes, expect_codec), source, v1_only)
 
 
 def write_artifact(
@@ -391,19 +408,22 @@ def write_artifact(
     codec: str = "zlib",
     *,
     shuffle: bool = False,
+    v1_only: bool = False,
 ) -> int:
     """Write the artifact atomically; return its exact size on disk in bytes."""
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    atomic_write_bytes(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle))
+    atomic_write_bytes(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only))
     return os.path.getsize(path)
 
 
 def read_artifact(
-    path: str | os.PathLike[str], max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    path: str | os.PathLike[str], max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
+    v1_only: bool = False,
 ) -> tuple[QuantizedState, dict[str, Any]]:
-    """Read and validate an artifact file: ``(quantized_state, meta)``."""
+    """Read and validate an artifact file: ``(quantized_state, meta)`` (``expect_codec``,
+    ``v1_only``: see :func:`decode_artifact`)."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
@@ -412,7 +432,7 @@ def read_artifact(
     # even uncompressed, so a file bigger than that cap is refused before it is read.
     if size > max_payload_bytes + HEADER_BYTES:
         raise PgolfError(f"{path}: {size} bytes is far too large for an artifact")
-    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes)
+    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only)
 
 
 def is_artifact_header(head: bytes) -> bool:

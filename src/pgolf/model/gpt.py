@@ -71,7 +71,7 @@ class GPT(nn.Module):
         bos = cfg.bos_id
         self.tok_emb = nn.Embedding(cfg.vocab_size, embed_width(cfg))
         # Factored embedding (EMBED_DIM): the table's width k is lifted to d; the tied head maps back.
-        factored = is_factored(cfg)
+        factored = cfg.embed_dim != 0 and is_factored(cfg)  # EMBED_DIM=0: unfactored (spelled out so a bundle folds it)
         self.embed_proj = CastedLinear(embed_width(cfg), cfg.model_dim, bias=False) if factored else None
         own_head_proj = factored and cfg.tie_embeddings and not cfg.embed_proj_shared
         self.embed_proj_rev = CastedLinear(cfg.model_dim, embed_width(cfg), bias=False) if own_head_proj else None

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
-from pgolf.quant.int8 import (
+from pgolf.quant.int8 import (  # noqa: I001
+    quantize_state_dict,
     KEEP_FLOAT_MAX_NUMEL,
     KIND_INTN,
     KIND_PASSTHROUGH,
@@ -147,8 +148,9 @@ def quantize_state_dict_policy(
 ) -> QuantizedState:
     """Quantize a state dict by ``policy``; ``hessians`` (name -> input Hessian) feed ``hsd`` clips
     and, with ``gptq``, GPTQ rounding of every intN tensor that has one (pgolf.quant.gptq)."""
-    if isinstance(policy, str):
-        policy = parse_policy(policy)
+    if policy == "int8":  # the reference rule for every tensor, spelled as a literal so a bundle can fold it
+        return quantize_state_dict(state_dict)
+    rules = parse_policy(policy) if isinstance(policy, str) else policy
     fp32_patterns = keep_float_fp32_patterns()
     entries = []
     for name, tensor in state_dict.items():
@@ -158,9 +160,9 @@ def quantize_state_dict_policy(
             raise PgolfError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
         h = hessians.get(name) if hessians else None
         diag = torch.diagonal(h).float() if h is not None else None
-        entry = quantize_with_scheme(name, tensor, policy.scheme_for(name), policy.small_numel, fp32_patterns, diag)
+        entry = quantize_with_scheme(name, tensor, rules.scheme_for(name), rules.small_numel, fp32_patterns, diag)
         if gptq and h is not None and entry.kind == KIND_INTN:
-            entry = _gptq_entry(entry, tensor, h, policy.scheme_for(name))
+            entry = _gptq_entry(entry, tensor, h, rules.scheme_for(name))
         entries.append(entry)
     return QuantizedState(tuple(entries))
 

@@ -96,7 +96,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     model = build_model(cfg.model, rt.device)
     use_compile = _use_compile(cfg, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
-    banks_outside_ddp = rt.distributed and cfg.optim.muon_parallel
+    banks_outside_ddp = cfg.optim.muon_parallel and rt.distributed
     opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings, per_rank_grads=banks_outside_ddp)
     grad_sync = None
     if banks_outside_ddp:  # R22: no DDP; Parallel Muon reduce-scatters its banks, the rest is all-reduced
@@ -216,7 +216,7 @@ def compile_warmup(s: Session) -> None:
     for variant in variants:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
         for i in range(steps):
-            set_variant(s.model, variant, s.cfg.quant.scheme)  # train_step's schedules must not move it
+            set_variant(s.model, variant, s.cfg.quant)  # train_step's schedules must not move it
             train_step(s, 1.0, 0, variant.training_frac)
             if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
                 s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
@@ -315,7 +315,7 @@ def run_training(s: Session) -> TrainStats:
             break
         elapsed = train_ms + 1000.0 * (time.perf_counter() - t0)
         scale = lr_scale(step, elapsed, t.iterations, t.warmdown_iters, cap_ms, t.warmdown_frac, t.min_lr)
-        if update_qat(s.model, s.cfg.quant, scale):
+        if s.cfg.quant.qat_enabled and update_qat(s.model, s.cfg.quant, scale):
             s.run.log(f"qat:on step:{step} lr_scale:{scale:.4f} policy:{s.cfg.quant.scheme}")
         loss = train_step(s, scale, step, training_frac(step, elapsed, t.iterations, cap_ms))
         if not math.isfinite(loss):
@@ -386,8 +386,11 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
 
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
+    q = s.cfg.quant
+    # the reference layout (v1) by configuration: int8 policy, no byte shuffle, no GPTQ or LQER
+    # (literals, so that a bundle for such a config ships no v2 code)
+    v1_only = q.scheme == "int8" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
     if s.rt.is_master:
-        q = s.cfg.quant
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
             from pgolf.quant.policy import quantize_for_export
@@ -395,7 +398,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             quantized = quantize_for_export(s.model.state_dict(), q, hessians)
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
-            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized,
+            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
         )
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
@@ -405,7 +408,9 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
         size = shared[0]
     _sync(s.rt)
     t0 = time.perf_counter()
-    quantized, _ = read_artifact(path)  # what load_weights does for an artifact, without the other formats
+    # what load_weights does for an artifact, without the other formats; this run knows how it wrote it
+    expect_codec = None if q.compressor == "auto" else q.compressor
+    quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only)
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)

@@ -46,7 +46,7 @@ class GraphVariant:
 
 def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[GraphVariant]:
     """The model's current variant, then every other one the recurrence and QAT schedules can switch to."""
-    start = GraphVariant(model.active_loops, qat_is_on(model))
+    start = GraphVariant(model.active_loops, quant.qat_enabled and qat_is_on(model))  # QAT is off unless enabled
     loops = {start.loops}
     if model.cfg.num_loops > 0:
         loops.add(model.cfg.num_loops)  # on from ENABLE_LOOPING_AT, and always for the final evaluation
@@ -57,11 +57,13 @@ def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[G
     return [start, *others]
 
 
-def set_variant(model: GPT, variant: GraphVariant, scheme: str) -> None:
+def set_variant(model: GPT, variant: GraphVariant, quant: QuantConfig) -> None:
     model.set_recurrence(variant.loops)
-    if variant.qat and not qat_is_on(model):
-        enable_qat(model, scheme)
+    if quant.qat_enabled and variant.qat and not qat_is_on(model):  # QAT_ENABLED first: a bundle folds it
+        enable_qat(model, quant.scheme)
     elif not variant.qat:
+        # also with QAT off: it sets the instance attribute that restore() sets later, so the graph
+        # compiled here keeps its guards in the timed run (no recompile)
         disable_qat(model)
 
 
