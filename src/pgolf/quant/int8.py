@@ -275,17 +275,20 @@ def quantize_tensor(name: str, tensor: Tensor, fp32_patterns: tuple[str, ...] | 
     return QuantEntry(name, KIND_PER_TENSOR, q, s, t.dtype)
 
 
-def quantize_state_dict(state_dict: Mapping[str, Tensor]) -> QuantizedState:
-    """Quantize a whole state dict; keep-float patterns are read from the environment now."""
-    fp32_patterns = keep_float_fp32_patterns()
-    entries = []
+def checked_state_items(state_dict: Mapping[str, Tensor]):
+    """The (name, tensor) pairs of a state dict, refusing a key or value a quantizer cannot name or read."""
     for name, tensor in state_dict.items():
         if not isinstance(name, str) or not name:
             raise PgolfError(f"state dict key {name!r} is not a non-empty string")
         if not isinstance(tensor, Tensor):
             raise PgolfError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
-        entries.append(quantize_tensor(name, tensor, fp32_patterns))
-    return QuantizedState(tuple(entries))
+        yield name, tensor
+
+
+def quantize_state_dict(state_dict: Mapping[str, Tensor]) -> QuantizedState:
+    """Quantize a whole state dict; keep-float patterns are read from the environment now."""
+    fp32_patterns = keep_float_fp32_patterns()
+    return QuantizedState(tuple(quantize_tensor(name, tensor, fp32_patterns) for name, tensor in checked_state_items(state_dict)))
 
 
 def payload_bytes(q: QuantizedState) -> int:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.quant.int8 import (  # noqa: I001
+    checked_state_items,
     quantize_state_dict,
     KEEP_FLOAT_MAX_NUMEL,
     KIND_INTN,
@@ -153,11 +154,7 @@ def quantize_state_dict_policy(
     rules = parse_policy(policy) if isinstance(policy, str) else policy
     fp32_patterns = keep_float_fp32_patterns()
     entries = []
-    for name, tensor in state_dict.items():
-        if not isinstance(name, str) or not name:
-            raise PgolfError(f"state dict key {name!r} is not a non-empty string")
-        if not isinstance(tensor, Tensor):
-            raise PgolfError(f"state dict entry {name!r} is a {type(tensor).__name__}, not a tensor")
+    for name, tensor in checked_state_items(state_dict):
         h = hessians.get(name) if hessians else None
         diag = torch.diagonal(h).float() if h is not None else None
         entry = quantize_with_scheme(name, tensor, rules.scheme_for(name), rules.small_numel, fp32_patterns, diag)
