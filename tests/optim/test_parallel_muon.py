@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 
 from pgolf.optim.grad_sync import BankedGradSync
 from pgolf.optim.muon import Muon, newton_schulz
-from pgolf.optim.parallel_muon import ParallelMuon, newton_schulz_batched
+from pgolf.optim.muon import newton_schulz as newton_schulz_batched  # the same function takes a stack
+from pgolf.optim.parallel_muon import ParallelMuon
 
 SHAPES = [(32, 16), (16, 48), (32, 16), (24, 24), (32, 16), (16, 48)]  # banks of 3, 2 and 1 (odd: padding)
 OPTIONS = dict(lr=0.05, momentum=0.9, backend_steps=5, weight_decay=0.1, row_normalize=True)

@@ -49,17 +49,18 @@ def ns_coefficients(schedule: str, steps: int) -> list[tuple[float, float, float
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
                   schedule: str = "quintic") -> Tensor:
-    """Approximately orthogonalise a 2-D matrix (its singular values pushed towards 1)."""
+    """Approximately orthogonalise a matrix, or each matrix of a stack ``[..., rows, cols]`` on its own
+    (its singular values pushed towards 1). On one 2-D matrix this is the reference's function bit for bit."""
     X = G.to(dtype)
-    X = X / (X.norm() + eps)
-    transposed = G.size(0) > G.size(1)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
+    transposed = G.size(-2) > G.size(-1)
     if transposed:
-        X = X.T
+        X = X.mT
     for a, b, c in ns_coefficients(schedule, steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = b * A + c * A @ A
         X = a * X + B @ X
-    return X.T if transposed else X
+    return X.mT if transposed else X
 
 
 def normalize_rows(update: Tensor, eps: float = 1e-7) -> Tensor:

@@ -28,22 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from pgolf.optim.muon import Muon, ns_coefficients, normalize_rows
-
-
-def newton_schulz_batched(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
-                          schedule: str = "quintic") -> Tensor:
-    """:func:`pgolf.optim.muon.newton_schulz` on a stack ``[n, rows, cols]``, each matrix normalised alone."""
-    X = G.to(dtype)
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
-    transposed = G.size(-2) > G.size(-1)
-    if transposed:
-        X = X.mT
-    for a, b, c in ns_coefficients(schedule, steps):
-        A = X @ X.mT
-        B = b * A + c * A @ A
-        X = a * X + B @ X
-    return X.mT if transposed else X
+from pgolf.optim.muon import Muon, newton_schulz, normalize_rows
 
 
 class _BankShard:
@@ -148,7 +133,7 @@ class ParallelMuon(Muon):
             stacked = torch.stack([u for _, u in nesterov_updates])
             if group["row_normalize"]:
                 stacked = normalize_rows(stacked)
-            ortho = newton_schulz_batched(stacked, group["backend_steps"], dtype=self.ns_dtype,
+            ortho = newton_schulz(stacked, group["backend_steps"], dtype=self.ns_dtype,
                                           schedule=group["ns_schedule"])
             rows, cols = bank[0].shape
             updates[idx] = ortho * max(1, rows / cols) ** 0.5
