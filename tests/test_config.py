@@ -90,3 +90,40 @@ def test_toml_preset_with_base(tmp_path):
         build_config(str(bad), environ={})
     with pytest.raises(PgolfError, match="not found"):
         build_config(str(tmp_path / "missing.toml"), environ={})
+
+
+@pytest.mark.parametrize("override, message", [
+    ("MLP_ACTIVATION=gelu", "MLP_ACTIVATION='gelu': expected one of relu2, leaky_relu2, swiglu"),
+    ("PGOLF_TTT=adam", "PGOLF_TTT='adam': expected one of '', sgd, lora, phased"),
+    ("NUM_HEADS=0", r"NUM_HEADS=0: must be > 0"),
+    ("Z_LOSS=-0.5", r"Z_LOSS=-0.5: must be >= 0"),
+    ("EMA_DECAY=1", r"EMA_DECAY=1.0: must be in \[0, 1\)"),
+    ("WARMDOWN_FRAC=1.5", r"WARMDOWN_FRAC=1.5: must be in \[0, 1\]"),
+    ("VOCAB_SIZE=70000", "VOCAB_SIZE=70000: must be in 1..65536"),
+    ("LQER_FACTOR_BITS=9", "LQER_FACTOR_BITS=9: must be in 2..8"),
+])
+def test_each_field_check_names_the_variable_and_the_rule(override, message):
+    with pytest.raises(PgolfError, match=message):
+        build_config("baseline", [override], environ={})
+
+
+def test_field_checks_accept_their_boundaries():
+    build_config("baseline", ["EMA_DECAY=0", "WARMDOWN_FRAC=1", "VOCAB_SIZE=65536", "LQER_FACTOR_BITS=2", "Z_LOSS=0"],
+                 environ={})
+
+
+def test_a_cross_check_only_runs_with_its_switch_on():
+    build_config("baseline", ["GATE_WINDOW=0"], environ={})  # no gate uses the window: nothing to refuse
+    with pytest.raises(PgolfError, match="GATE_WINDOW=0"):
+        build_config("baseline", ["GATE_WINDOW=0", "SMEAR_GATE_ENABLED=1"], environ={})
+
+
+def test_schema_choices_equal_the_implementations_own():
+    from pgolf.model.attn_backend import BACKENDS
+    from pgolf.model.mlp import ACTIVATIONS
+    from pgolf.model.residual import LANE_ENDINGS
+    from pgolf.optim.muon import NS_SCHEDULES
+
+    checks = {f.name: f.metadata["check"] for _, f in iter_fields(Config())}
+    assert checks["mlp_activation"] == ACTIVATIONS and checks["attn_backend"] == BACKENDS
+    assert checks["parallel_final_lane"] == LANE_ENDINGS and checks["muon_ns_schedule"] == NS_SCHEDULES

@@ -19,8 +19,22 @@ from typing import Any, Mapping
 from pgolf.errors import PgolfError
 
 
-def _f(default: Any, env: str | None, help: str) -> Any:
-    return field(default=default, metadata={"env": env, "help": help})
+def _f(default: Any, env: str | None, help: str, check: tuple[str, ...] | str | None = None) -> Any:
+    """A field: its default, reference env name, help, and ``check`` (the values it may take on its
+    own: a tuple of choices or a rule of :data:`RULES`; checks across fields live in :func:`validate`)."""
+    return field(default=default, metadata={"env": env, "help": help, "check": check})
+
+
+# The rules a numeric field's ``check`` may name; the key is also the error message's wording.
+RULES = {
+    "> 0": lambda v: v > 0,
+    ">= 0": lambda v: v >= 0,
+    "in [0, 1]": lambda v: 0 <= v <= 1,
+    "in [0, 1)": lambda v: 0 <= v < 1,
+    "in 1..65536": lambda v: 1 <= v <= 65536,
+    "in 2..8": lambda v: 2 <= v <= 8,
+}
+POS, NONNEG, UNIT = "> 0", ">= 0", "in [0, 1]"
 
 
 @dataclass
@@ -39,22 +53,22 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = _f(1024, "VOCAB_SIZE", "vocabulary size; must equal the tokenizer's")
-    num_layers: int = _f(9, "NUM_LAYERS", "transformer blocks (first half encoder, second half decoder with U-Net skips)")
-    model_dim: int = _f(512, "MODEL_DIM", "residual width")
-    num_heads: int = _f(8, "NUM_HEADS", "query heads")
-    num_kv_heads: int = _f(4, "NUM_KV_HEADS", "key/value heads (GQA)")
+    vocab_size: int = _f(1024, "VOCAB_SIZE", "vocabulary size; must equal the tokenizer's", "in 1..65536")
+    num_layers: int = _f(9, "NUM_LAYERS", "transformer blocks (first half encoder, second half decoder with U-Net skips)", POS)
+    model_dim: int = _f(512, "MODEL_DIM", "residual width", POS)
+    num_heads: int = _f(8, "NUM_HEADS", "query heads", POS)
+    num_kv_heads: int = _f(4, "NUM_KV_HEADS", "key/value heads (GQA)", POS)
     mlp_mult: int = _f(2, "MLP_MULT", "MLP hidden size as a multiple of model_dim")
     tie_embeddings: bool = _f(True, "TIE_EMBEDDINGS", "share the token embedding with the output head")
     tied_embed_init_std: float = _f(0.005, "TIED_EMBED_INIT_STD", "init std of the tied embedding")
-    logit_softcap: float = _f(30.0, "LOGIT_SOFTCAP", "logits = c * tanh(logits / c)")
+    logit_softcap: float = _f(30.0, "LOGIT_SOFTCAP", "logits = c * tanh(logits / c)", POS)
     rope_base: float = _f(10000.0, "ROPE_BASE", "RoPE base frequency")
     qk_gain_init: float = _f(1.5, "QK_GAIN_INIT", "initial per-head gain on normalized queries")
     # Record techniques (architecture). Every default is off: the reference model, bit for bit.
     # The sources (record ids and PRs of /work/shared/docs/challenge.md sec. 2.1) are in the
     # docstrings of the modules that implement them, under pgolf/model/.
-    mlp_hidden: int = _f(0, "MLP_HIDDEN", "explicit MLP hidden size; 0 means mlp_mult * model_dim")
-    mlp_activation: str = _f("relu2", "MLP_ACTIVATION", "relu2 (reference), leaky_relu2 (R22) or swiglu")
+    mlp_hidden: int = _f(0, "MLP_HIDDEN", "explicit MLP hidden size; 0 means mlp_mult * model_dim", NONNEG)
+    mlp_activation: str = _f("relu2", "MLP_ACTIVATION", "relu2 (reference), leaky_relu2 (R22) or swiglu", ("relu2", "leaky_relu2", "swiglu"))
     negative_slope: float = _f(0.5, "NEGATIVE_SLOPE", "LeakyReLU slope of the leaky_relu2 activation")
     xsa_last_n: int = _f(0, "XSA_LAST_N", "exclusive self-attention on the last N layers (R17); >= NUM_LAYERS means all")
     rope_dims: int = _f(0, "ROPE_DIMS", "rotate only the first k dims of each head (partial RoPE, R20); 0 means all")
@@ -66,9 +80,9 @@ class ModelConfig:
     smear_bos_fix: bool = _f(False, "SMEAR_BOS_FIX", "no smearing into a BOS token (R45): documents stay separate")
     gate_window: int = _f(12, "GATE_WINDOW", "input width of the x[:w] gates (SmearGate v2, attention gates)")
     bos_id: int = _f(1, "BOS_ID", "token id that starts a document (BOS fixes, document-isolated attention)")
-    bigram_vocab_size: int = _f(0, "BIGRAM_VOCAB_SIZE", "BigramHash buckets (R15/R19); 0 disables")
+    bigram_vocab_size: int = _f(0, "BIGRAM_VOCAB_SIZE", "BigramHash buckets (R15/R19); 0 disables", NONNEG)
     bigram_dim: int = _f(128, "BIGRAM_DIM", "BigramHash table width, projected to model_dim")
-    bigram_hash: str = _f("xor", "BIGRAM_HASH", "xor: (36313 cur ^ 27191 prev) mod (B-1) (R19+); mul: (92821 prev + cur) mod B (R15)")
+    bigram_hash: str = _f("xor", "BIGRAM_HASH", "xor: (36313 cur ^ 27191 prev) mod (B-1) (R19+); mul: (92821 prev + cur) mod B (R15)", ("xor", "mul"))
     bigram_scale: float = _f(0.05, "BIGRAM_SCALE", "initial value of the learned BigramHash output scale")
     bigram_init_std: float = _f(0.0, "BIGRAM_INIT_STD", "BigramHash table init std; 0 means zeros")
     bigram_bos_fix: bool = _f(False, "BIGRAM_BOS_FIX", "hash a BOS token as a first position (no pair across documents)")
@@ -77,11 +91,11 @@ class ModelConfig:
     ve_layers: str = _f("", "VE_LAYERS", "comma-separated layer indices for value embeddings; empty means the last two")
     value_residual: bool = _f(False, "VALUE_RESIDUAL", "v = l0*v_first_layer + l1*v, lambdas init 0.5 (R22)")
     doc_isolated_attention: bool = _f(False, "DOC_ISOLATED_ATTENTION", "no attention across BOS boundaries (block-diagonal causal mask)")
-    num_loops: int = _f(0, "NUM_LOOPS", "depth recurrence: extra passes over layers LOOP_START..LOOP_END (R26/R35)")
+    num_loops: int = _f(0, "NUM_LOOPS", "depth recurrence: extra passes over layers LOOP_START..LOOP_END (R26/R35)", NONNEG)
     loop_start: int = _f(3, "LOOP_START", "first layer of the looped range")
     loop_end: int = _f(5, "LOOP_END", "last layer of the looped range (inclusive)")
-    parallel_start_layer: int = _f(0, "PARALLEL_START_LAYER", "two-lane parallel residuals from this layer (R26/R44); 0 disables")
-    parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)")
+    parallel_start_layer: int = _f(0, "PARALLEL_START_LAYER", "two-lane parallel residuals from this layer (R26/R44); 0 disables", NONNEG)
+    parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)", ("mean", "attn", "mlp"))
     gptj_parallel: bool = _f(False, "GPTJ_PARALLEL", "GPT-J block: x + attn(n(x)) + mlp(n(x)) (R31)")
     parallel_residual_start: int = _f(-1, "PARALLEL_RESIDUAL_START", "GPT-J blocks from this layer on (R35: 7); -1 disables (GPTJ_PARALLEL=1: every layer)")
     smear_gate_init: float = _f(3.0, "PGOLF_SMEAR_GATE_INIT", "SmearGate v1 initial gate logit g: 3.0 (R15) or 0.0 (R22, an even blend at start)")
@@ -92,11 +106,11 @@ class ModelConfig:
     sparse_attn_gate_enabled: bool = _f(False, "SPARSE_ATTN_GATE_ENABLED", "per-head y *= sig(s W x[:w]), W zero-init (R43)")
     sparse_attn_gate_scale: float = _f(1.0, "SPARSE_ATTN_GATE_SCALE", "the scale s of the sparse attention gate")
     skip_gates_enabled: bool = _f(False, "SKIP_GATES_ENABLED", "sigmoid-gated U-Net skips x = lerp(w*skip, x, sig(g)) (R27)")
-    logit_softcap_kind: str = _f("tanh", "SOFTCAP_TYPE", "tanh (reference) or poly (odd degree-5 polynomial cap, R23)")
-    z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)")
+    logit_softcap_kind: str = _f("tanh", "SOFTCAP_TYPE", "tanh (reference) or poly (odd degree-5 polynomial cap, R23)", ("tanh", "poly"))
+    z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)", NONNEG)
     ortho_init: bool = _f(False, "ORTHO_INIT", "orthogonal init of matrices, output projections scaled 1/sqrt(2L) (R15/R19)")
     overtone_init: bool = _f(False, "OVERTONE_INIT", "token embedding with a k^-0.5 singular-value spectrum (R11)")
-    embed_dim: int = _f(0, "EMBED_DIM", "factored tied embedding (R23: 254): vocab x k table and a k -> MODEL_DIM projection; 0 or MODEL_DIM: unfactored")
+    embed_dim: int = _f(0, "EMBED_DIM", "factored tied embedding (R23: 254): vocab x k table and a k -> MODEL_DIM projection; 0 or MODEL_DIM: unfactored", NONNEG)
     embed_proj_shared: bool = _f(
         False, "PGOLF_EMBED_PROJ_SHARED",
         "with EMBED_DIM: the tied head reads through the input projection transposed (V*k + k*d) instead of R23's own d -> k projection",
@@ -126,15 +140,15 @@ class OptimConfig:
     beta1: float = _f(0.9, "BETA1", "Adam beta1")
     beta2: float = _f(0.95, "BETA2", "Adam beta2")
     adam_eps: float = _f(1e-8, "ADAM_EPS", "Adam epsilon")
-    grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables (records: 0.3, R09)")
-    muon_wd: float = _f(0.0, "MUON_WD", "Muon decoupled weight decay, p *= 1 - lr*wd before the update (R11/R15; 0.095 in R35+)")
-    wd_taper_start_frac: float = _f(1.0, "WD_TAPER_START_FRAC", "full MUON_WD until this training fraction, then linear taper (R40: 0.70); 1 disables")
-    wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)")
+    grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables (records: 0.3, R09)", NONNEG)
+    muon_wd: float = _f(0.0, "MUON_WD", "Muon decoupled weight decay, p *= 1 - lr*wd before the update (R11/R15; 0.095 in R35+)", NONNEG)
+    wd_taper_start_frac: float = _f(1.0, "WD_TAPER_START_FRAC", "full MUON_WD until this training fraction, then linear taper (R40: 0.70); 1 disables", UNIT)
+    wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)", NONNEG)
     muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
-    muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)")
+    muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)", ("quintic", "polar_express"))
     muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer; multi-rank: no DDP, bank grads reduce-scattered, sharded Newton-Schulz, all-gather; same update")
-    embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam")
-    adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam")
+    embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam", NONNEG)
+    adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam", NONNEG)
 
 
 @dataclass
@@ -143,24 +157,24 @@ class TrainConfig:
     run_id: str = _f("", "RUN_ID", "run directory name; empty means a timestamp plus a short random id")
     iterations: int = _f(20000, "ITERATIONS", "maximum optimizer steps")
     warmdown_iters: int = _f(1200, "WARMDOWN_ITERS", "linear LR warm-down length (in steps, converted to time under a cap)")
-    warmdown_frac: float = _f(0.0, "WARMDOWN_FRAC", "warm-down over this last fraction of training (time under a cap), replacing WARMDOWN_ITERS; 0 disables (R24+: 0.72-0.85)")
-    enable_looping_at: float = _f(0.0, "ENABLE_LOOPING_AT", "training fraction at which depth recurrence (NUM_LOOPS) switches on; 0 = from the start (R35+: 0.35)")
-    min_lr: float = _f(0.0, "MIN_LR", "floor of the LR scale during the warm-down (R43: 0.10)")
-    ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables")
+    warmdown_frac: float = _f(0.0, "WARMDOWN_FRAC", "warm-down over this last fraction of training (time under a cap), replacing WARMDOWN_ITERS; 0 disables (R24+: 0.72-0.85)", UNIT)
+    enable_looping_at: float = _f(0.0, "ENABLE_LOOPING_AT", "training fraction at which depth recurrence (NUM_LOOPS) switches on; 0 = from the start (R35+: 0.35)", UNIT)
+    min_lr: float = _f(0.0, "MIN_LR", "floor of the LR scale during the warm-down (R43: 0.10)", UNIT)
+    ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables", "in [0, 1)")
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
-    swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots")
+    swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots", POS)
     swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)")
-    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)")
+    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)", ("sequential", "coprime", "shuffled"))
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)")
-    train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks")
-    train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length")
+    train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks", POS)
+    train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length", POS)
     max_wallclock_seconds: float = _f(600.0, "MAX_WALLCLOCK_SECONDS", "training time cap; 0 disables")
     grad_accum_steps: int = _f(0, "GRAD_ACCUM_STEPS", "micro-steps per step; 0 means 8 // WORLD_SIZE as the reference")
     val_loss_every: int = _f(1000, "VAL_LOSS_EVERY", "validate every N steps; 0 only at the end")
     train_log_every: int = _f(200, "TRAIN_LOG_EVERY", "log train loss every N steps")
-    compile: str = _f("auto", "PGOLF_COMPILE", "torch.compile the model: auto (on CUDA only), 1 or 0")
-    attn_backend: str = _f("auto", "PGOLF_ATTN_BACKEND", "attention kernel: auto, fa3 or sdpa")
-    device: str = _f("auto", "PGOLF_DEVICE", "auto, cpu or cuda")
+    compile: str = _f("auto", "PGOLF_COMPILE", "torch.compile the model: auto (on CUDA only), 1 or 0", ("auto", "0", "1"))
+    attn_backend: str = _f("auto", "PGOLF_ATTN_BACKEND", "attention kernel: auto, fa3 or sdpa", ("auto", "fa3", "sdpa"))
+    device: str = _f("auto", "PGOLF_DEVICE", "auto, cpu or cuda", ("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -168,29 +182,29 @@ class EvalConfig:
     val_batch_size: int = _f(524_288, "VAL_BATCH_SIZE", "validation tokens per batch, summed over ranks")
     eval_seq_len: int = _f(0, "EVAL_SEQ_LEN", "evaluation window length; 0 means TRAIN_SEQ_LEN")
     val_max_tokens: int = _f(0, "VAL_MAX_TOKENS", "score only the first N val tokens (quick checks); 0 means all")
-    eval_stride: int = _f(0, "EVAL_STRIDE", "sliding-window stride for `pgolf eval`; 0 means standard windows only")
+    eval_stride: int = _f(0, "EVAL_STRIDE", "sliding-window stride for `pgolf eval`; 0 means standard windows only", NONNEG)
     doc_isolated: bool = _f(False, "PGOLF_EVAL_DOC_ISOLATED", "sliding/TTT context restarts at every BOS")
-    ttt: str = _f("", "PGOLF_TTT", "score-first test-time training: '' (off), sgd, lora or phased")
+    ttt: str = _f("", "PGOLF_TTT", "score-first test-time training: '' (off), sgd, lora or phased", ("", "sgd", "lora", "phased"))
     ttt_lr: float = _f(0.002, "TTT_LR", "sgd TTT: SGD learning rate (cosine-decayed over chunks)")
-    ttt_epochs: int = _f(3, "TTT_EPOCHS", "sgd TTT: epochs over each already-scored chunk")
-    ttt_chunk_tokens: int = _f(32_768, "TTT_CHUNK_TOKENS", "sgd TTT: targets per chunk (score chunk, then train on it)")
-    ttt_freeze_blocks: int = _f(2, "TTT_FREEZE_BLOCKS", "sgd TTT: the first k blocks stay frozen")
+    ttt_epochs: int = _f(3, "TTT_EPOCHS", "sgd TTT: epochs over each already-scored chunk", POS)
+    ttt_chunk_tokens: int = _f(32_768, "TTT_CHUNK_TOKENS", "sgd TTT: targets per chunk (score chunk, then train on it)", POS)
+    ttt_freeze_blocks: int = _f(2, "TTT_FREEZE_BLOCKS", "sgd TTT: the first k blocks stay frozen", NONNEG)
     ttt_momentum: float = _f(0.9, "TTT_MOMENTUM", "sgd TTT: SGD momentum")
-    ttt_batch_seqs: int = _f(32, "TTT_BATCH_SEQS", "sgd TTT: sequences per training batch")
+    ttt_batch_seqs: int = _f(32, "TTT_BATCH_SEQS", "sgd TTT: sequences per training batch", POS)
     ttt_grad_clip: float = _f(1.0, "TTT_GRAD_CLIP", "sgd TTT: grad-norm clip; 0 disables")
-    ttt_lora_rank: int = _f(8, "TTT_LORA_RANK", "lora/phased TTT: LoRA rank")
+    ttt_lora_rank: int = _f(8, "TTT_LORA_RANK", "lora/phased TTT: LoRA rank", POS)
     ttt_lora_lr: float = _f(0.01, "TTT_LORA_LR", "lora/phased TTT: Adam learning rate")
     ttt_lora_targets: str = _f("q,v,head", "PGOLF_TTT_LORA_TARGETS", "lora/phased TTT: adapted modules among q, v, head")
-    ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)")
-    ttt_eval_seq_len: int = _f(1024, "TTT_EVAL_SEQ_LEN", "lora/phased TTT: context window inside a document")
-    ttt_batch_size: int = _f(64, "TTT_BATCH_SIZE", "lora/phased TTT: documents adapted side by side")
-    phased_ttt_prefix_docs: int = _f(2000, "PHASED_TTT_PREFIX_DOCS", "phased TTT: documents scored before the last global SGD pause")
-    phased_ttt_num_phases: int = _f(1, "PHASED_TTT_NUM_PHASES", "phased TTT: global SGD pauses spread over the prefix")
+    ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)", POS)
+    ttt_eval_seq_len: int = _f(1024, "TTT_EVAL_SEQ_LEN", "lora/phased TTT: context window inside a document", POS)
+    ttt_batch_size: int = _f(64, "TTT_BATCH_SIZE", "lora/phased TTT: documents adapted side by side", POS)
+    phased_ttt_prefix_docs: int = _f(2000, "PHASED_TTT_PREFIX_DOCS", "phased TTT: documents scored before the last global SGD pause", NONNEG)
+    phased_ttt_num_phases: int = _f(1, "PHASED_TTT_NUM_PHASES", "phased TTT: global SGD pauses spread over the prefix", POS)
     global_ttt_lr: float = _f(0.001, "GLOBAL_TTT_LR", "phased TTT: global SGD learning rate")
     global_ttt_momentum: float = _f(0.9, "GLOBAL_TTT_MOMENTUM", "phased TTT: global SGD momentum")
-    global_ttt_epochs: int = _f(1, "GLOBAL_TTT_EPOCHS", "phased TTT: epochs over all documents scored so far")
-    global_ttt_chunk_tokens: int = _f(32_768, "GLOBAL_TTT_CHUNK_TOKENS", "phased TTT: tokens per global SGD chunk (cosine LR over chunks)")
-    global_ttt_batch_seqs: int = _f(32, "GLOBAL_TTT_BATCH_SEQS", "phased TTT: sequences per global SGD batch")
+    global_ttt_epochs: int = _f(1, "GLOBAL_TTT_EPOCHS", "phased TTT: epochs over all documents scored so far", NONNEG)
+    global_ttt_chunk_tokens: int = _f(32_768, "GLOBAL_TTT_CHUNK_TOKENS", "phased TTT: tokens per global SGD chunk (cosine LR over chunks)", POS)
+    global_ttt_batch_seqs: int = _f(32, "GLOBAL_TTT_BATCH_SEQS", "phased TTT: sequences per global SGD batch", POS)
     global_ttt_grad_clip: float = _f(1.0, "GLOBAL_TTT_GRAD_CLIP", "phased TTT: grad-norm clip; 0 disables")
 
 
@@ -204,22 +218,21 @@ class QuantConfig:
     byte_shuffle: bool = _f(False, "PGOLF_BYTE_SHUFFLE", "store fp16/fp32 tensors byte-plane by byte-plane in the artifact")
     qat_enabled: bool = _f(False, "QAT_ENABLED", "straight-through fake quantization of linear weights by the export policy")
     late_qat_threshold: float = _f(
-        0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)"
-    )
+        0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)", UNIT)
     # GPTQ and LQER (pgolf.quant.gptq, calibration, lqer; README "GPTQ, calibration and LQER").
     gptq_enabled: bool = _f(False, "USE_GPTQ", "GPTQ-round intN tensors (tied embedding too)")
-    gptq_reserve_seconds: float = _f(4.0, "GPTQ_RESERVE_SECONDS", "with USE_GPTQ and a cap: stop training this early for calibration")
-    gptq_calibration_batches: int = _f(16, "GPTQ_CALIBRATION_BATCHES", "GPTQ calibration: training batches")
+    gptq_reserve_seconds: float = _f(4.0, "GPTQ_RESERVE_SECONDS", "with USE_GPTQ and a cap: stop training this early for calibration", NONNEG)
+    gptq_calibration_batches: int = _f(16, "GPTQ_CALIBRATION_BATCHES", "GPTQ calibration: training batches", POS)
     gptq_ar_selfgen: bool = _f(False, "GPTQ_AR_SELFGEN", "GPTQ calibration: the model's own samples")
-    gptq_calib_samples: int = _f(64, "GPTQ_CALIB_SAMPLES", "self calibration: sequences")
-    gptq_temperature: float = _f(0.8, "GPTQ_TEMPERATURE", "self calibration: temperature")
-    gptq_batch_size: int = _f(8, "GPTQ_BATCH_SIZE", "self calibration: sequences per batch")
+    gptq_calib_samples: int = _f(64, "GPTQ_CALIB_SAMPLES", "self calibration: sequences", POS)
+    gptq_temperature: float = _f(0.8, "GPTQ_TEMPERATURE", "self calibration: temperature", POS)
+    gptq_batch_size: int = _f(8, "GPTQ_BATCH_SIZE", "self calibration: sequences per batch", POS)
     lqer_enabled: bool = _f(False, "LQER_ENABLED", "LQER: low-rank error corrections")
-    lqer_rank: int = _f(4, "LQER_RANK", "LQER: rank")
-    lqer_top_k: int = _f(3, "LQER_TOP_K", "LQER: corrected tensors (largest error first)")
-    lqer_factor_bits: int = _f(4, "LQER_FACTOR_BITS", "LQER sym: factor bits")
+    lqer_rank: int = _f(4, "LQER_RANK", "LQER: rank", POS)
+    lqer_top_k: int = _f(3, "LQER_TOP_K", "LQER: corrected tensors (largest error first)", POS)
+    lqer_factor_bits: int = _f(4, "LQER_FACTOR_BITS", "LQER sym: factor bits", "in 2..8")
     lqer_asym_enabled: bool = _f(True, "LQER_ASYM_ENABLED", "LQER asym: A int2, B int4 per group")
-    lqer_asym_group: int = _f(64, "LQER_ASYM_GROUP", "LQER asym: B group size")
+    lqer_asym_group: int = _f(64, "LQER_ASYM_GROUP", "LQER asym: B group size", POS)
 
 
 @dataclass
@@ -237,9 +250,6 @@ class Config:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def copy(self) -> "Config":
-        return from_dict(self.to_dict())
 
     @property
     def eval_seq_len(self) -> int:
@@ -327,9 +337,10 @@ def apply_env(cfg: Config, environ: Mapping[str, str] | None = None) -> list[str
     """Apply every reference env var present in ``environ``; return the names applied."""
     environ = os.environ if environ is None else environ
     applied = []
-    for name in _env_index(cfg):
+    for section, f in iter_fields(cfg):
+        name = f.metadata["env"]
         if name in environ:
-            set_value(cfg, name, environ[name])
+            setattr(getattr(cfg, section), f.name, parse_value(environ[name], f.type, name))
             applied.append(name)
     return applied
 
@@ -356,6 +367,41 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return cfg
 
 
+def field_problem(value: Any, check: tuple[str, ...] | str) -> str | None:
+    """Why ``value`` fails a field's own ``check`` (choices or a :data:`RULES` key), or None."""
+    if isinstance(check, tuple):
+        return None if value in check else f"expected one of {', '.join(c or repr(c) for c in check)}"
+    return None if RULES[check](value) else f"must be {check}"
+
+
+def check_fields(cfg: Config) -> None:
+    """Every field's own check, named by its env variable."""
+    for section, f in iter_fields(cfg):
+        if f.metadata.get("check") is not None:
+            value = getattr(getattr(cfg, section), f.name)
+            problem = field_problem(value, f.metadata["check"])
+            if problem:
+                raise PgolfError(f"{f.metadata['env']}={value!r}: {problem}")
+
+
+def validate(cfg: Config) -> None:
+    """The schema's per-field checks, then the checks across fields that would otherwise fail deep
+    inside training. Each cross check is guarded by the switch it belongs to, so that a bundle with
+    that switch folded off ships no code for it."""
+    check_fields(cfg)
+    m = cfg.model
+    if m.model_dim % m.num_heads or m.num_heads % m.num_kv_heads or m.head_dim % 2:
+        raise PgolfError(f"MODEL_DIM={m.model_dim}, NUM_HEADS={m.num_heads}, NUM_KV_HEADS={m.num_kv_heads}: heads must be "
+                         "divisible by kv heads and the model dim by heads into an even head dim (RoPE)")
+    validate_model_techniques(m)
+    _validate_quant(cfg.quant)
+    _validate_optim(cfg.optim)
+    if cfg.train.ema_decay > 0 and cfg.train.swa_enabled:
+        raise PgolfError("EMA_DECAY and SWA_ENABLED are both set: choose one weight average to export")
+    if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "v", "head"}:
+        raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, v, head")
+
+
 def _validate_quant(q: QuantConfig) -> None:
     from pgolf.export.codecs import AUTO, CODEC_IDS
     from pgolf.quant.policy import parse_policy
@@ -364,111 +410,20 @@ def _validate_quant(q: QuantConfig) -> None:
         parse_policy(q.scheme)
     if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS:  # literals fold in a bundle
         raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
-    if not 0.0 <= q.late_qat_threshold <= 1.0:
-        raise PgolfError(f"LATE_QAT_THRESHOLD={q.late_qat_threshold}: expected a value in [0, 1]")
-    positive = ("gptq_calibration_batches", "gptq_calib_samples", "gptq_batch_size", "gptq_temperature", "lqer_rank",
-                "lqer_top_k", "lqer_asym_group")
-    checks = [(n, getattr(q, n) > 0) for n in positive]
-    checks += [("gptq_reserve_seconds", q.gptq_reserve_seconds >= 0), ("lqer_factor_bits", 2 <= q.lqer_factor_bits <= 8)]
-    for name, ok in checks:
-        if not ok:
-            env = next(f.metadata["env"] for f in fields(q) if f.name == name)
-            raise PgolfError(f"{env}={getattr(q, name)}: out of range (see `pgolf config show`)")
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks that would otherwise fail deep inside training."""
-    m, t = cfg.model, cfg.train
-    if m.model_dim % m.num_heads:
-        raise PgolfError(f"MODEL_DIM={m.model_dim} must be divisible by NUM_HEADS={m.num_heads}")
-    if m.num_heads % m.num_kv_heads:
-        raise PgolfError(f"NUM_HEADS={m.num_heads} must be divisible by NUM_KV_HEADS={m.num_kv_heads}")
-    if m.head_dim % 2:
-        raise PgolfError(f"head dim {m.head_dim} must be even for RoPE")
-    if m.logit_softcap <= 0:
-        raise PgolfError(f"LOGIT_SOFTCAP={m.logit_softcap} must be positive")
-    if m.vocab_size <= 0 or m.vocab_size > 1 << 16:
-        raise PgolfError(f"VOCAB_SIZE={m.vocab_size} must lie in 1..65536 (shards store uint16)")
-    validate_model_techniques(m)
-    if t.train_seq_len <= 0 or t.train_batch_tokens <= 0:
-        raise PgolfError("TRAIN_SEQ_LEN and TRAIN_BATCH_TOKENS must be positive")
-    if t.compile not in ("auto", "0", "1"):
-        raise PgolfError(f"PGOLF_COMPILE={t.compile!r}: expected auto, 0 or 1")
-    if t.attn_backend not in ("auto", "fa3", "sdpa"):
-        raise PgolfError(f"PGOLF_ATTN_BACKEND={t.attn_backend!r}: expected auto, fa3 or sdpa")
-    _validate_quant(cfg.quant)
-    if t.device not in ("auto", "cpu", "cuda"):
-        raise PgolfError(f"PGOLF_DEVICE={t.device!r}: expected auto, cpu or cuda")
-    _validate_optim(cfg.optim)
-    _validate_train_techniques(t)
-    _validate_eval(cfg.eval)
 
 
 def _validate_optim(o: "OptimConfig") -> None:
-    from pgolf.optim.muon import NS_SCHEDULES, ns_coefficients
+    from pgolf.optim.muon import ns_coefficients
 
-    if o.muon_ns_schedule not in NS_SCHEDULES:
-        raise PgolfError(f"PGOLF_MUON_NS_SCHEDULE={o.muon_ns_schedule!r}: expected one of {', '.join(NS_SCHEDULES)}")
     try:
         ns_coefficients(o.muon_ns_schedule, o.muon_backend_steps)
     except ValueError as exc:
         raise PgolfError(f"MUON_BACKEND_STEPS={o.muon_backend_steps}: {exc}") from None
-    for name, value in (("MUON_WD", o.muon_wd), ("EMBED_WD", o.embed_wd), ("ADAM_WD", o.adam_wd),
-                        ("WD_TAPER_FINAL_MULT", o.wd_taper_final_mult), ("GRAD_CLIP_NORM", o.grad_clip_norm)):
-        if value < 0:
-            raise PgolfError(f"{name}={value} must be >= 0")
-    if not 0.0 <= o.wd_taper_start_frac <= 1.0:
-        raise PgolfError(f"WD_TAPER_START_FRAC={o.wd_taper_start_frac} must lie in [0, 1]")
-
-
-def _validate_train_techniques(t: "TrainConfig") -> None:
-    if not 0.0 <= t.warmdown_frac <= 1.0:
-        raise PgolfError(f"WARMDOWN_FRAC={t.warmdown_frac} must lie in [0, 1]")
-    if not 0.0 <= t.enable_looping_at <= 1.0:
-        raise PgolfError(f"ENABLE_LOOPING_AT={t.enable_looping_at} must lie in [0, 1]")
-    if not 0.0 <= t.min_lr <= 1.0:
-        raise PgolfError(f"MIN_LR={t.min_lr} must lie in [0, 1]")
-    if not 0.0 <= t.ema_decay < 1.0:
-        raise PgolfError(f"EMA_DECAY={t.ema_decay} must lie in [0, 1)")
-    if t.ema_decay > 0 and t.swa_enabled:
-        raise PgolfError("EMA_DECAY and SWA_ENABLED are both set: choose one weight average to export")
-    if t.swa_every <= 0:
-        raise PgolfError(f"SWA_EVERY={t.swa_every} must be positive")
-    if t.loader not in ("sequential", "coprime", "shuffled"):
-        raise PgolfError(f"PGOLF_LOADER={t.loader!r}: expected sequential, coprime or shuffled")
-
-
-def _validate_eval(e: "EvalConfig") -> None:
-    if e.eval_stride < 0:
-        raise PgolfError(f"EVAL_STRIDE={e.eval_stride} must be >= 0")
-    if e.ttt not in ("", "sgd", "lora", "phased"):
-        raise PgolfError(f"PGOLF_TTT={e.ttt!r}: expected '', sgd, lora or phased")
-    bad = set(filter(None, e.ttt_lora_targets.split(","))) - {"q", "v", "head"}
-    if bad or not e.ttt_lora_targets.strip(","):
-        raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={e.ttt_lora_targets!r}: expected a comma list of q, v, head")
-    positive = {"TTT_EPOCHS": e.ttt_epochs, "TTT_CHUNK_TOKENS": e.ttt_chunk_tokens, "TTT_BATCH_SEQS": e.ttt_batch_seqs,
-                "TTT_LORA_RANK": e.ttt_lora_rank, "TTT_CHUNK_SIZE": e.ttt_chunk_size, "TTT_EVAL_SEQ_LEN": e.ttt_eval_seq_len,
-                "TTT_BATCH_SIZE": e.ttt_batch_size, "PHASED_TTT_NUM_PHASES": e.phased_ttt_num_phases,
-                "GLOBAL_TTT_CHUNK_TOKENS": e.global_ttt_chunk_tokens, "GLOBAL_TTT_BATCH_SEQS": e.global_ttt_batch_seqs}
-    for name, value in positive.items():
-        if value <= 0:
-            raise PgolfError(f"{name}={value} must be positive")
-    if e.ttt_freeze_blocks < 0 or e.global_ttt_epochs < 0 or e.phased_ttt_prefix_docs < 0:
-        raise PgolfError("TTT_FREEZE_BLOCKS, GLOBAL_TTT_EPOCHS and PHASED_TTT_PREFIX_DOCS must be >= 0")
-
-
-def _choice(value: str, choices: tuple[str, ...], env: str) -> None:
-    if value not in choices:
-        raise PgolfError(f"{env}={value!r}: expected one of {', '.join(choices)}")
 
 
 def validate_model_techniques(m: ModelConfig) -> None:
     """Cross-checks of the record-technique fields of ModelConfig."""
-    _choice(m.mlp_activation, ("relu2", "leaky_relu2", "swiglu"), "MLP_ACTIVATION")
-    _choice(m.bigram_hash, ("xor", "mul"), "BIGRAM_HASH")
-    _choice(m.logit_softcap_kind, ("tanh", "poly"), "SOFTCAP_TYPE")
-    _choice(m.parallel_final_lane, ("mean", "attn", "mlp"), "PARALLEL_FINAL_LANE")
-    if m.mlp_hidden < 0 or m.mlp_mult <= 0 and not m.mlp_hidden:
+    if m.hidden_size <= 0:
         raise PgolfError(f"MLP_HIDDEN={m.mlp_hidden} / MLP_MULT={m.mlp_mult}: the MLP width must be positive")
     if m.rope_dims and (m.rope_dims % 2 or not 2 < m.rope_dims <= m.head_dim):
         raise PgolfError(f"ROPE_DIMS={m.rope_dims} must be even, above 2 and at most the head dim {m.head_dim}")
@@ -476,30 +431,23 @@ def validate_model_techniques(m: ModelConfig) -> None:
         raise PgolfError(f"ROPE_TRAIN_SEQ_LEN={m.rope_train_seq_len} must be positive with ROPE_YARN=1")
     if m.use_smeargate and m.smear_gate_enabled:
         raise PgolfError("USE_SMEARGATE (v1) and SMEAR_GATE_ENABLED (v2) are exclusive: pick one SmearGate")
-    gates = [m.attn_out_gate_enabled, m.gated_attn_enabled, m.sparse_attn_gate_enabled]
-    if sum(gates) > 1:
+    if m.attn_out_gate_enabled + m.gated_attn_enabled + m.sparse_attn_gate_enabled > 1:
         raise PgolfError("ATTN_OUT_GATE_ENABLED, GATED_ATTN_ENABLED and SPARSE_ATTN_GATE_ENABLED are exclusive")
-    if not 0 < m.gate_window <= m.model_dim:
+    if (m.smear_gate_enabled or m.attn_out_gate_enabled or m.sparse_attn_gate_enabled) and not 0 < m.gate_window <= m.model_dim:
         raise PgolfError(f"GATE_WINDOW={m.gate_window} must lie in 1..MODEL_DIM")
-    if m.bigram_vocab_size and m.bigram_vocab_size < 2:
+    if m.bigram_vocab_size == 1:
         raise PgolfError(f"BIGRAM_VOCAB_SIZE={m.bigram_vocab_size} must be 0 (off) or at least 2")
-    if m.num_loops < 0 or m.num_loops and not 0 <= m.loop_start <= m.loop_end < m.num_layers:
+    if m.num_loops and not 0 <= m.loop_start <= m.loop_end < m.num_layers:
         raise PgolfError(f"NUM_LOOPS={m.num_loops} over LOOP_START={m.loop_start}..LOOP_END={m.loop_end}: "
                          f"need 0 <= start <= end < NUM_LAYERS={m.num_layers}")
-    if m.parallel_start_layer < 0 or m.parallel_start_layer >= max(m.num_layers, 1) and m.parallel_start_layer:
+    if m.parallel_start_layer >= m.num_layers and m.parallel_start_layer:
         raise PgolfError(f"PARALLEL_START_LAYER={m.parallel_start_layer} must lie in 1..NUM_LAYERS-1 (0 disables)")
-    if m.parallel_start_layer and m.gptj_parallel:
-        raise PgolfError("PARALLEL_START_LAYER (two lanes) and GPTJ_PARALLEL are exclusive")
-    if not -1 <= m.parallel_residual_start < max(m.num_layers, 1):
+    if m.parallel_start_layer and (m.gptj_parallel or m.parallel_residual_start >= 0):
+        raise PgolfError("PARALLEL_START_LAYER (two lanes) is exclusive with GPTJ_PARALLEL and PARALLEL_RESIDUAL_START (GPT-J)")
+    if not -1 <= m.parallel_residual_start < m.num_layers:
         raise PgolfError(f"PARALLEL_RESIDUAL_START={m.parallel_residual_start} must lie in -1..NUM_LAYERS-1 (-1 disables)")
-    if m.parallel_start_layer and m.parallel_residual_start >= 0:
-        raise PgolfError("PARALLEL_START_LAYER (two lanes) and PARALLEL_RESIDUAL_START (GPT-J) are exclusive")
-    if m.embed_dim < 0:
-        raise PgolfError(f"EMBED_DIM={m.embed_dim} must be >= 0 (0: unfactored)")
     if m.embed_proj_shared and not (m.tie_embeddings and m.embed_dim not in (0, m.model_dim)):
         raise PgolfError("PGOLF_EMBED_PROJ_SHARED needs TIE_EMBEDDINGS=1 and an EMBED_DIM other than 0 and MODEL_DIM")
-    if m.z_loss < 0:
-        raise PgolfError(f"Z_LOSS={m.z_loss} must be >= 0")
     if m.ve_enabled:
         try:
             layers = [int(i) for i in m.ve_layers.split(",") if i.strip()]

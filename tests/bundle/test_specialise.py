@@ -10,7 +10,7 @@ import pytest
 
 from pgolf.bundle.shake import shake
 from pgolf.bundle.simplify import simplify
-from pgolf.bundle.specialise import folded_env, folded_fields, specialise
+from pgolf.bundle.specialise import folded_by_name, folded_fields, specialise
 from pgolf.presets import build_config
 
 CONFIG = """
@@ -55,6 +55,12 @@ def simplified(source: str) -> str:
     ("x = 3 * 4 + 1", "x = 13"),
     ("x = 0 < 0 <= i", "x = False"),
     ("x = 0 < 0 <= f()", "x = 0 < 0 <= f()"),
+    ("x = 'a' in ('a', y.z)", "x = True"),
+    ("x = 'a' not in ['b', y, 'a']", "x = False"),
+    ("x = 'a' in ('b', f())", "x = 'a' in ('b', f())"),  # f() may have effects
+    ("x = 'a' in ('b', y)", "x = 'a' in ('b', y)"),  # y may equal 'a'
+    ("if ():\n    a()", ""),
+    ("x = False + False + True > 1", "x = False"),
 ])
 def test_simplify(source, expected):
     assert simplified(source) == expected
@@ -69,7 +75,7 @@ def test_annotated_parameter_reads_fold_and_dead_definitions_go():
             return build(r.model)
         main(Root())
     """)
-    assert "extra" not in out and "return cfg.width" in out
+    assert "extra" not in out and "return r.model.width" in out  # build() became trivial and was inlined
 
 
 def test_self_attribute_and_local_receivers_fold():
@@ -168,7 +174,7 @@ def test_folded_fields_are_the_switches_of_the_configuration():
     for dynamic in ("iterations", "seed", "max_wallclock_seconds", "device", "compile", "attn_backend", "data_path"):
         assert ("train", dynamic) not in folded and ("data", dynamic) not in folded
     assert ("optim", "matrix_lr") not in folded
-    assert folded_env(cfg)["USE_SMEARGATE"] is False
+    assert folded_by_name(cfg)["use_smeargate"] is False
     on = build_config("baseline", ["XSA_LAST_N=4", "MUON_WD=0.04"], environ={})
     assert ("model", "xsa_last_n") not in folded_fields(on) and ("optim", "muon_wd") not in folded_fields(on)
 
@@ -228,3 +234,87 @@ def test_shaking_ignores_annotations_dataclass_constructors_and_mapping_reads():
     out = ast.unparse(ast.Module(body=shake([ast.parse(source).body])[0], type_ignores=[]))
     assert "class OnlyAnnotated" not in out and "TABLE" not in out and "NAMES" not in out
     assert "REGISTERED = register" in out and "def register" in out  # a call into bundle code at import time stays
+
+
+def test_trivial_functions_are_inlined_where_their_arguments_have_no_effects():
+    out = run("""
+        def nothing(a, b=1):
+            \"\"\"Folded to nothing.\"\"\"
+        def answer(a):
+            return 42
+        def same(a, b):
+            return a
+        def width(cfg):
+            return cfg.width
+        def fresh():
+            return []
+        def main(r: Root, x):
+            nothing(x.y, g())
+            nothing(x)
+            return answer(x), answer(g()), same(h(), x), same(x, g()), width(r.model), fresh()
+        main(Root(), 1)
+        main(Root(), 2)
+    """)
+    assert "def nothing" not in out and "g()\n" in out  # the call went, its effectful argument stayed
+    assert "return (42, answer(g()), h(), same(x, g()), r.model.width, [])" in out
+
+
+def test_module_constants_decide_the_tests_that_read_them():
+    out = run("""
+        KINDS = ('a', 'b')
+        PRESET = 'base'
+        FLAG = ''
+        def main(x):
+            if 'c' not in KINDS:
+                x = 1
+            y = 2 if FLAG else 3
+            return x, y, x or PRESET, PRESET == 'base'
+        main(0)
+    """)
+    assert "x = 1" in out and "return (x, 3, x or 'base', True)" in out
+
+
+def test_unread_pure_stores_go_and_effectful_ones_stay():
+    out = run("""
+        def main(s):
+            q, t = (s.a, s.b)
+            u = f()
+            return 1
+        main(0)
+    """)
+    assert "q, t" not in out and "u = f()" in out
+
+
+def test_methods_nothing_names_go_and_framework_hooks_stay():
+    out = run("""
+        import torch.nn as nn
+        class Plain:
+            def used(self): return 1
+            def unused(self): return 2
+            def _private_unused(self): return 3
+            def by_name(self): return 4
+            def __len__(self): return 0
+        class Net(nn.Module):
+            def forward(self, x): return x
+            def _apply(self, fn): return super()._apply(fn)
+            def helper_unused(self): return 5
+        def main():
+            p = Plain()
+            return p.used(), getattr(p, 'by_name'), Net()
+        main()
+    """, shake_between=True)
+    assert "def used" in out and "def by_name" in out and "def __len__" in out
+    assert "unused" not in out and "_private_unused" not in out and "helper_unused" not in out
+    assert "def forward" in out and "def _apply" in out
+
+
+def test_optional_parameters_or_a_constructor_give_a_known_receiver():
+    out = run("""
+        class Layer:
+            def __init__(self, opts: MC | None = None):
+                self.opts = o = opts or MC()
+            def forward(self, x):
+                return 'flag' if self.opts.flag else x
+        Layer().forward(1)
+    """)
+    assert "'flag'" not in out and "return x" in out

@@ -84,7 +84,7 @@ def test_document_isolated_attention_never_leaks_into_the_next_document():
 
 def test_value_embeddings_only_on_chosen_layers():
     model = tiny_model(num_layers=4, ve_enabled=True, ve_layers="1,3")
-    assert model.ve_layers == [1, 3] and model.ve_layer_scales.shape == (2,)
+    assert model.ve_layers == (1, 3) and model.ve_layer_scales.shape == (2,)
     assert model.ve_shared.proj.weight.shape == (2 * 16, 128)
     x = tokens()
     base = model.logits(x)
@@ -92,7 +92,7 @@ def test_value_embeddings_only_on_chosen_layers():
         model.ve_layer_scales[1].add_(1.0)  # only layer 3's values move
     moved = model.logits(x)
     assert not torch.equal(base, moved)
-    assert tiny_model(num_layers=4, ve_enabled=True).ve_layers == [2, 3]  # default: the last two
+    assert tiny_model(num_layers=4, ve_enabled=True).ve_layers == (2, 3)  # default: the last two
 
 
 def test_value_residual_with_lambdas_0_1_is_the_plain_model():

@@ -19,6 +19,7 @@ Both timed runs sit inside :meth:`RecompileWatch.forbid`: a recompilation fails 
 from __future__ import annotations
 
 import contextlib
+import copy
 import tempfile
 import time
 from collections import defaultdict
@@ -180,7 +181,7 @@ def bench_train(cfg: Config, steps: int, warmup_steps: int) -> Measurement:
 
     if steps <= 0:
         raise PgolfError(f"--steps {steps}: must be positive")
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     cfg.train.warmup_steps = max(warmup_steps, MIN_WARMUP_STEPS)
     with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
         s, backend = _setup(cfg, Path(runs_dir))

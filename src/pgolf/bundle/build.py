@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pgolf.bundle.graph import Module, collect
 from pgolf.bundle.inline import inline
-from pgolf.bundle.specialise import SECTION_CLASSES, compact_schema, folded_env, section_fields
+from pgolf.bundle.specialise import SECTION_CLASSES, compact_schema, folded_by_name, schema_compactable, section_fields
 from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, wrap
 from pgolf.config import Config
@@ -25,6 +25,7 @@ from pgolf.errors import PgolfError
 
 ENTRY = "pgolf.bundle.entry"
 FROZEN_NAME = "FROZEN_CONFIG"
+PRESET_NAME = "PRESET"
 FOLDED_NAME = "FOLDED"
 CONFIG_MODULE = "pgolf.config"
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
@@ -68,13 +69,19 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool):
 
     def transform(bodies: list[list[ast.stmt]], bundle_name) -> None:
         classes = {section: bundle_name(CONFIG_MODULE, cls) for section, cls in SECTION_CLASSES.items()}
-        specialise_bodies(bodies, section_fields(cfg, classes), tree_shake)
         entry_body = bodies[-1]
-        if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_env(cfg)):
+        field_fn = bundle_name(CONFIG_MODULE, FIELD_FN)
+        compact = schema_compactable(bodies, classes, field_fn)
+        if compact:
+            # the schema's defaults will be the resolved values: the entry needs only the preset's name
+            # (set before folding, so that the frozen-config reader folds away)
+            _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {})
+            _set_literal(entry_body, bundle_name(entry, PRESET_NAME), cfg.preset)
+        specialise_bodies(bodies, section_fields(cfg, classes), tree_shake)
+        if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_by_name(cfg)):
             raise PgolfError(f"entry {entry} has no top-level {FOLDED_NAME} assignment")
-        if compact_schema(bodies, cfg, classes, bundle_name(CONFIG_MODULE, FIELD_FN)):
-            # the schema's defaults are now the resolved values: the frozen literal needs only the preset
-            _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {"preset": cfg.preset})
+        if compact:
+            compact_schema(bodies, cfg, classes, field_fn, bundle_name(CONFIG_MODULE, "RULES"))
 
     return transform
 

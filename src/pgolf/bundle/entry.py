@@ -1,9 +1,10 @@
 """Entry module of a bundled ``train_gpt.py``: frozen config, reference env vars on top, one run.
 
-The bundler replaces ``FROZEN_CONFIG`` with the resolved configuration as a literal, so the shipped
+The bundler replaces ``FROZEN_CONFIG`` with the resolved configuration as a literal (or, having made
+the resolved values the schema's defaults, sets ``PRESET`` to its name), so the shipped
 script trains exactly the configuration it was built for, while the reference environment variable
 names (``SEED``, ``ITERATIONS``, ``DATA_PATH``, ...) still override it, as in a record's script.
-``FOLDED`` names the switches the bundler folded into the code (:mod:`pgolf.bundle.specialise`):
+``FOLDED`` names (by field) the switches the bundler folded into the code (:mod:`pgolf.bundle.specialise`):
 their env vars can only repeat the built-in value, anything else is refused with one line.
 The size accounting counts the shipped script itself (:data:`pgolf.export.artifact.CODE_FILES_ENV`).
 """
@@ -19,25 +20,27 @@ from pgolf.errors import EXIT_USAGE, PgolfError
 from pgolf.export.artifact import CODE_FILES_ENV
 from pgolf.train.loop import train
 
-FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here
-FOLDED: dict = {}  # the bundler writes {env var: value} of the switches folded into the code here
+FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here, or
+PRESET = ""  # where it folded the whole config into the schema's defaults, only the preset's name here
+FOLDED: dict = {}  # the bundler writes {field name: value} of the switches folded into the code here
 
 
 def check_folded(cfg: Config, folded: dict) -> None:
-    """Refuse a config whose folded switch differs from the value the code was specialised to."""
+    """Refuse a config whose folded switch (``folded``: field name -> value) differs from the value the
+    code was specialised to."""
     for section, f in iter_fields(cfg):
-        env = f.metadata.get("env")
-        if env in folded and getattr(getattr(cfg, section), f.name) != folded[env]:
+        value, env = getattr(getattr(cfg, section), f.name), f.metadata["env"]
+        if f.name in folded and value != folded[f.name]:
             raise PgolfError(
-                f"{env}={os.environ.get(env, getattr(getattr(cfg, section), f.name))!r}: this train_gpt.py was bundled "
-                f"with {env}={folded[env]!r} folded into its code; rebuild it with `pgolf bundle ... --set {env}=...`"
+                f"{env}={os.environ.get(env, value)!r}: this train_gpt.py was bundled "
+                f"with {env}={folded[f.name]!r} folded into its code; rebuild it with `pgolf bundle ... --set {env}=...`"
             )
 
 
 def main() -> dict:
-    if FROZEN_CONFIG:  # bundled: the shipped script is the code, and in a bundle __file__ is train_gpt.py
+    if FROZEN_CONFIG or PRESET:  # bundled: the shipped script is the code, and in a bundle __file__ is train_gpt.py
         os.environ.setdefault(CODE_FILES_ENV, os.path.abspath(__file__))
-    cfg = from_dict(FROZEN_CONFIG)
+    cfg = Config(preset=PRESET) if PRESET else from_dict(FROZEN_CONFIG)
     apply_env(cfg)
     check_folded(cfg, FOLDED)
     validate(cfg)

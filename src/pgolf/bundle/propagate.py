@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Iterator
 
-from pgolf.bundle.simplify import literal_value
+from pgolf.bundle.simplify import is_pure, literal_value
 from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
 
 _MISSING = object()
@@ -86,13 +86,42 @@ def propagate_locals(bodies: list[list[ast.stmt]]) -> int:
         counts = _bound_anywhere(fn)
         values: dict[str, Any] = {}
         for stmt in fn.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                name = stmt.targets[0].id
+            target = (stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                      else stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
+            if isinstance(target, ast.Name):
                 ok, value = literal_value(stmt.value)
-                if ok and counts.get(name) == 1:
-                    values[name] = value
+                if ok and counts.get(target.id) == 1:
+                    values[target.id] = value
         total += _substitute_in_body(fn, values)
         total += _drop_dead_literal_stores(fn, set(values))
+    return total
+
+
+def _store_names(target: ast.expr) -> list[str] | None:
+    if isinstance(target, ast.Name):
+        return [target.id]
+    if isinstance(target, ast.Tuple) and all(isinstance(e, ast.Name) for e in target.elts):
+        return [e.id for e in target.elts]
+    return None
+
+
+def drop_dead_pure_stores(bodies: list[list[ast.stmt]]) -> int:
+    """Remove ``x = <no side effects>`` (or ``a, b = ...``) in a function body when nothing in the
+    function reads those names (what folding leaves behind, e.g. ``q = s.cfg.quant`` with its uses gone)."""
+    total = 0
+    for fn, _ in function_scopes(bodies):
+        loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+        if loaded & {"locals", "vars", "eval", "exec"}:
+            continue  # names may be read by string
+        declared = {name for n in ast.walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+        kept = []
+        for stmt in fn.body:
+            names = _store_names(stmt.targets[0]) if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+            if names and not (set(names) & (loaded | declared)) and is_pure(stmt.value):
+                total += 1
+                continue
+            kept.append(stmt)
+        fn.body = kept or [ast.Pass()]
     return total
 
 
@@ -106,6 +135,7 @@ def _drop_dead_literal_stores(fn: ast.FunctionDef, names: set[str]) -> int:
     fn.body = [
         s for s in fn.body
         if not (isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name) and s.targets[0].id in dead)
+        and not (isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name) and s.target.id in dead)
     ] or [ast.Pass()]
     return int(len(fn.body) != before)
 
@@ -188,6 +218,34 @@ def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int
                 init = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
                 if init is not None:
                     total += _substitute_in_body(init, _agreed(init, calls[stmt.name], skip_first=True))
+    return total
+
+
+def drop_empty_kwargs(bodies: list[list[ast.stmt]], uses) -> int:
+    """A top-level function's ``**kw`` that no call can fill (every call names only declared
+    parameters, none passes ``**``) is always ``{}``: ``f(..., **kw)`` inside it loses the
+    ``**kw``, and the parameter goes once nothing else reads it."""
+    calls, escaped = uses
+    total = 0
+    for body in bodies:
+        for fn in body:
+            if (not isinstance(fn, ast.FunctionDef) or fn.args.kwarg is None or fn.decorator_list
+                    or fn.name in escaped or fn.name not in calls):
+                continue
+            declared = {a.arg for a in [*fn.args.posonlyargs, *fn.args.args, *fn.args.kwonlyargs]}
+            if any(k.arg is None or k.arg not in declared for c in calls[fn.name] for k in c.keywords):
+                continue
+            kw = fn.args.kwarg.arg
+            if _bound_anywhere(fn).get(kw) != 1:
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Call):
+                    spread = [k for k in node.keywords if k.arg is None and isinstance(k.value, ast.Name) and k.value.id == kw]
+                    node.keywords = [k for k in node.keywords if k not in spread]
+                    total += len(spread)
+            if not any(isinstance(n, ast.Name) and n.id == kw for n in ast.walk(fn)):
+                fn.args.kwarg = None
+                total += 1
     return total
 
 
@@ -278,7 +336,7 @@ def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) 
                         value = _MISSING
                         break
                     value = lit
-                if value is not _MISSING and not types.stored(cls.name, name):
+                if value is not _MISSING and not types.stored(cls.name, name, unless=value):
                     agreed[name] = value
             if agreed:
                 out[cls.name] = agreed

@@ -129,3 +129,54 @@ def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
         if k in keep:
             out[i].append(s)
     return out
+
+
+# Methods a library or the language calls on an object without naming them in the bundle's code.
+_IMPLICIT_METHODS = {"keys", "write", "flush", "read", "readline", "close", "fileno", "isatty", "seek", "tell"}
+# External bases whose subclasses the method shaker understands: every attribute such a base has
+# (``forward``, ``_apply``, ``step``, ...) may be called by it and is kept.
+_KNOWN_BASES = {"object": "builtins.object", "Exception": "builtins.Exception", "nn.Module": "torch.nn.Module",
+                "torch.nn.Module": "torch.nn.Module", "nn.Linear": "torch.nn.Linear", "nn.Embedding": "torch.nn.Embedding",
+                "torch.optim.Optimizer": "torch.optim.Optimizer"}
+
+
+def _base_attributes(spelling: str) -> set[str]:
+    import importlib
+
+    module, _, name = _KNOWN_BASES[spelling].rpartition(".")
+    return set(dir(getattr(importlib.import_module(module), name)))
+
+
+def _strings(bodies: list[list[ast.stmt]]) -> set[str]:
+    return {n.value for body in bodies for s in body for n in ast.walk(s)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def shake_methods(bodies: list[list[ast.stmt]]) -> int:
+    """Drop methods that nothing names: no ``.name`` attribute anywhere in the bundle, no string equal
+    to the name (``getattr(obj, "name")``), not a dunder, not an attribute of a known external base (a
+    hook it may call). Classes with another base outside the bundle keep every method. Returns the
+    number dropped."""
+    if uses_dynamic_lookup(bodies):
+        return 0
+    classes = {s.name for body in bodies for s in body if isinstance(s, ast.ClassDef)}
+    named = {n.attr for body in bodies for s in body for n in ast.walk(s) if isinstance(n, ast.Attribute)}
+    named |= _strings(bodies) | _IMPLICIT_METHODS
+    dropped = 0
+    for body in bodies:
+        for cls in body:
+            if not isinstance(cls, ast.ClassDef) or cls.keywords:
+                continue
+            bases = [ast.unparse(b) for b in cls.bases]
+            if any(b not in _KNOWN_BASES and b not in classes for b in bases):
+                continue
+            protected = named.union(*(_base_attributes(b) for b in bases if b in _KNOWN_BASES))
+            kept = []
+            for stmt in cls.body:
+                if (isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name not in protected
+                        and not (stmt.name.startswith("__") and stmt.name.endswith("__"))):
+                    dropped += 1
+                    continue
+                kept.append(stmt)
+            cls.body = kept or [ast.Pass()]
+    return dropped

@@ -51,6 +51,8 @@ def is_pure(node: ast.AST) -> bool:
         return is_pure(node.operand)
     if isinstance(node, ast.BoolOp):
         return all(is_pure(v) for v in node.values)
+    if isinstance(node, ast.Tuple):
+        return all(is_pure(v) for v in node.elts)
     if isinstance(node, ast.Compare):
         return is_pure(node.left) and all(is_pure(c) for c in node.comparators)
     return False
@@ -75,8 +77,22 @@ def _fold_boolop(node: ast.BoolOp) -> ast.expr:
     return node
 
 
+def _membership(node: ast.Compare) -> bool | None:
+    """``"a" in ("a", x)`` is True (and ``not in`` False) when every element is free of effects."""
+    if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.In, ast.NotIn)) or not is_const(node.left):
+        return None
+    seq = node.comparators[0]
+    if not isinstance(seq, (ast.Tuple, ast.List, ast.Set)) or not all(is_pure(e) for e in seq.elts):
+        return None
+    if any(is_const(e) and type(e.value) is type(node.left.value) and e.value == node.left.value for e in seq.elts):
+        return isinstance(node.ops[0], ast.In)
+    return None
+
+
 def _as_test(node: ast.expr) -> ast.expr:
     """Simplify an expression whose truth value alone is used (if/while/assert tests, `not`)."""
+    if isinstance(node, (ast.Tuple, ast.List)) and not node.elts:
+        return const(False, node)  # an empty display is falsy
     if isinstance(node, ast.BoolOp):
         values = [_as_test(v) for v in node.values]
         decides = (lambda v: not v) if isinstance(node.op, ast.And) else bool
@@ -124,6 +140,9 @@ class Simplify(ast.NodeTransformer):
         operands = [node.left, *node.comparators]
         known = [literal_value(o) for o in operands]
         if not all(ok for ok, _ in known):
+            decided = _membership(node)
+            if decided is not None:
+                return self._done(const(decided, node), node)
             # a chain `a < 0 <= b` is False when one link between two literals is, if nothing has effects
             for op, (ok_a, a), (ok_b, b) in zip(node.ops, known, known[1:]):
                 try:
@@ -146,7 +165,7 @@ class Simplify(ast.NodeTransformer):
         if op is None or not (is_const(node.left) and is_const(node.right)):
             return node
         a, b = node.left.value, node.right.value
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
+        if not all(isinstance(v, (int, float)) for v in (a, b)):  # bools too: `False + True` is 1
             return node
         try:
             return self._done(const(op(a, b), node), node)

@@ -24,11 +24,12 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from pgolf.bundle.shake import shake
+from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
+    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
 )
 from pgolf.bundle.simplify import is_const, simplify
+from pgolf.bundle.trivial import inline_trivial_calls, substitute_constants_in_tests
 from pgolf.bundle.types import Types
 from pgolf.config import SECTIONS, Config, iter_fields
 
@@ -64,10 +65,10 @@ def folded_fields(cfg: Config) -> dict[tuple[str, str], Any]:
     return out
 
 
-def folded_env(cfg: Config) -> dict[str, Any]:
-    """Env var name -> value of every folded field (what the bundle entry checks at run time)."""
-    folded = folded_fields(cfg)
-    return {f.metadata["env"]: folded[(s, f.name)] for s, f in iter_fields(cfg) if (s, f.name) in folded}
+def folded_by_name(cfg: Config) -> dict[str, Any]:
+    """Field name (unique across sections) -> value of every folded field: what the bundle entry
+    checks at run time, keyed by the names its schema already spells (they compress to little)."""
+    return {name: value for (_, name), value in folded_fields(cfg).items()}
 
 
 class _FoldReads(ast.NodeTransformer):
@@ -83,7 +84,7 @@ class _FoldReads(ast.NodeTransformer):
             return node
         owner = self.types.type_of(node.value, self.env)
         table = self.constants.get(owner or "")
-        if table is None or node.attr not in table or self.types.stored(owner, node.attr):
+        if table is None or node.attr not in table or self.types.stored(owner, node.attr, unless=table[node.attr]):
             return node
         self.count += 1
         return ast.copy_location(ast.Constant(table[node.attr]), node)
@@ -128,6 +129,7 @@ def _fold_reads(bodies: list[list[ast.stmt]], types: Types, constants: dict[str,
 def _drop_unreachable(bodies: list[list[ast.stmt]]) -> None:
     for body, kept in zip(bodies, shake(bodies)):
         body[:] = kept
+    shake_methods(bodies)
 
 
 def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False) -> int:
@@ -146,8 +148,12 @@ def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], 
             constants.setdefault(cls, {}).update(values)
         changed = _fold_reads(bodies, types, constants)
         changed += propagate_arguments(bodies, types, uses)
+        changed += drop_empty_kwargs(bodies, uses)
         changed += propagate_self_attributes(bodies, types)
         changed += propagate_locals(bodies)
+        changed += inline_trivial_calls(bodies, name_uses(bodies))
+        changed += substitute_constants_in_tests(bodies)
+        changed += drop_dead_pure_stores(bodies)
         changed += int(simplify(bodies))
         total += changed
         if not changed:
@@ -163,41 +169,77 @@ def section_fields(cfg: Config, class_names: dict[str, str]) -> dict[str, dict[s
     return out
 
 
-def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[str, str], field_fn: str) -> bool:
-    """Rewrite ``field_fn(default, env, help)`` in the section dataclasses as ``field_fn(value, env)``
-    with the resolved value, or ``field_fn(value)`` where ``env`` is the field's name upper-cased (a
-    statement after the classes fills those in); drop the ``help`` parameter from ``field_fn``. False (nothing changed)
-    when the schema does not have that shape."""
+def _attributes_read(bodies: list[list[ast.stmt]]) -> set[str]:
+    return {n.attr for body in bodies for stmt in body for n in ast.walk(stmt)
+            if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}
+
+
+def _schema_calls(bodies: list[list[ast.stmt]], class_names: dict[str, str], field_fn: str):
+    """(the field function, [(section, field name, its ``field_fn(...)`` call)], last section class),
+    or None when the schema does not have the shape :func:`compact_schema` rewrites."""
     fn = next((s for body in bodies for s in body if isinstance(s, ast.FunctionDef) and s.name == field_fn), None)
-    if fn is None or [a.arg for a in fn.args.args] != ["default", "env", "help"]:
-        return False
-    calls: list[tuple[ast.Call, Any]] = []
-    last_cls = None
+    if fn is None or [a.arg for a in fn.args.args] != ["default", "env", "help", "check"]:
+        return None
+    calls: list[tuple[str, str, ast.Call]] = []
+    cls = None
     for section in SECTIONS:
-        cls = last_cls = next((s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name == class_names[section]), None)
+        cls = next((s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name == class_names[section]), None)
         if cls is None:
-            return False
+            return None
         for stmt in cls.body:
             if not isinstance(stmt, ast.AnnAssign) or not isinstance(stmt.target, ast.Name):
                 continue
             call = stmt.value
             if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == field_fn
-                    and len(call.args) == 3 and not call.keywords):
-                return False
-            call.parent_name = stmt.target.id  # type: ignore[attr-defined]
-            calls.append((call, getattr(getattr(cfg, section), stmt.target.id)))
+                    and len(call.args) in (3, 4) and not call.keywords):
+                return None
+            calls.append((section, stmt.target.id, call))
+    return fn, calls, cls
+
+
+def schema_compactable(bodies: list[list[ast.stmt]], class_names: dict[str, str], field_fn: str) -> bool:
+    return _schema_calls(bodies, class_names, field_fn) is not None
+
+
+def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[str, str], field_fn: str,
+                   rules_name: str = "RULES") -> bool:
+    """Rewrite ``field_fn(default, env, help[, check])`` in the section dataclasses as
+    ``field_fn(value, env, check)`` with the resolved value; ``env`` becomes None where it is the
+    field's name upper-cased (a statement after the classes fills those in), and ``check`` is kept
+    only for a field the bundle's code still reads (a folded or unused field's value changes nothing,
+    so checking it is dead code); trailing Nones go. The ``help`` parameter leaves ``field_fn``, and
+    the rules no kept check names leave the ``rules_name`` dict. Run it after folding.
+    False (nothing changed) when the schema does not have that shape (:func:`schema_compactable`)."""
+    found = _schema_calls(bodies, class_names, field_fn)
+    if found is None:
+        return False
+    fn, section_calls, last_cls = found
+    calls = []
+    for section, name, call in section_calls:
+        call.parent_name = name  # type: ignore[attr-defined]
+        calls.append((call, getattr(getattr(cfg, section), name)))
+    read = _attributes_read(bodies)
+    checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)}
+    kept_rules: set[str] = set()
     for call, value in calls:
         env = call.args[1]
         name = call.parent_name  # type: ignore[attr-defined]
-        derived = isinstance(env, ast.Constant) and env.value == name.upper()
-        call.args = [ast.copy_location(ast.Constant(value), call.args[0]), *([] if derived else [env])]
-    fn.args.args = fn.args.args[:2]
-    fn.args.defaults = [ast.Constant(None)]  # env None: the field's name upper-cased (set below)
+        if isinstance(env, ast.Constant) and env.value == name.upper():
+            env = ast.Constant(None)
+        check = checks.get(name) if name in read else None
+        if isinstance(check, str):
+            kept_rules.add(check)
+        args = [ast.Constant(value), env, _literal(check)]
+        while len(args) > 1 and isinstance(args[-1], ast.Constant) and args[-1].value is None:
+            args.pop()
+        call.args = [ast.copy_location(a, call.args[0]) for a in args]
+    fn.args.args = [a for a in fn.args.args if a.arg != "help"]
+    fn.args.defaults = [ast.Constant(None), ast.Constant(None)]  # env None: the field's name upper-cased (set below)
     classes = ", ".join(class_names[s] for s in SECTIONS)
     fixup = ast.parse(
         f"for _schema_cls in ({classes}):\n"
         "    for _schema_field in _schema_cls.__dataclass_fields__.values():\n"
-        "        _schema_field.metadata = {'env': _schema_field.metadata['env'] or _schema_field.name.upper()}\n"
+        "        _schema_field.metadata = {**_schema_field.metadata, 'env': _schema_field.metadata['env'] or _schema_field.name.upper()}\n"
     ).body
     for body in bodies:
         if last_cls in body:
@@ -205,6 +247,18 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
             break
     for node in ast.walk(fn):
         if isinstance(node, ast.Dict):
-            pairs = [(k, v) for k, v in zip(node.keys, node.values) if not (is_const(k) and k.value == "help")]
-            node.keys, node.values = [k for k, _ in pairs], [v for _, v in pairs]
+            _drop_keys(node, lambda key: key == "help")
+    rules = next((s for body in bodies for s in body if isinstance(s, ast.Assign) and len(s.targets) == 1
+                  and isinstance(s.targets[0], ast.Name) and s.targets[0].id == rules_name and isinstance(s.value, ast.Dict)), None)
+    if rules is not None:
+        _drop_keys(rules.value, lambda key: key not in kept_rules)
     return True
+
+
+def _literal(value: Any) -> ast.expr:
+    return ast.Tuple([ast.Constant(v) for v in value], ast.Load()) if isinstance(value, tuple) else ast.Constant(value)
+
+
+def _drop_keys(node: ast.Dict, drop) -> None:
+    pairs = [(k, v) for k, v in zip(node.keys, node.values) if not (is_const(k) and drop(k.value))]
+    node.keys, node.values = [k for k, _ in pairs], [v for _, v in pairs]

@@ -14,7 +14,10 @@ import ast
 from typing import Iterator
 
 from pgolf.bundle.names import top_level_definitions
+from pgolf.bundle.simplify import literal_value
 
+_NO_VALUE = object()
+_MAYBE = "?"  # env key prefix: a parameter annotated ``X | None``
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef,
            ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -137,22 +140,34 @@ class Types:
                 break
         self._typed_stores, self._untyped_stores = self._stores_by_receiver()
 
-    def stored(self, cls: str, attr: str) -> bool:
+    def stored(self, cls: str, attr: str, unless: object = _NO_VALUE) -> bool:
         """Whether ``attr`` of an instance of ``cls`` may be stored anywhere in the bundle: a store
-        through a receiver of another known type does not count, one of unknown type does."""
-        return attr in self._untyped_stores or attr in self._typed_stores.get(cls, ())
+        through a receiver of another known type does not count, one of unknown type does; with
+        ``unless``, neither does a plain ``x.attr = <that literal>`` through a ``cls`` receiver."""
+        if attr in self._untyped_stores:
+            return True
+        if unless is _NO_VALUE or attr not in self._typed_stores.get(cls, ()):
+            return attr in self._typed_stores.get(cls, ())
+        values = self._typed_store_values.get((cls, attr), [None])
+        return not all(v is not None and literal_value(v) == (True, unless) and type(literal_value(v)[1]) is type(unless)
+                       for v in values)
 
     def _stores_by_receiver(self) -> tuple[dict[str, set[str]], set[str]]:
         typed: dict[str, set[str]] = {}
         untyped: set[str] = set(self._call_stores)  # setattr(x, "a", ...) / replace(x, a=...): receiver unknown
         seen: set[int] = set()
+        self._typed_store_values: dict[tuple[str, str], list[ast.expr | None]] = {}
         for fn, _ in function_scopes(self.bodies):
             env = self.envs.get(id(fn), {})
+            plain = {id(n.targets[0]): n.value for n in walk_scope(fn.body)
+                     if isinstance(n, ast.Assign) and len(n.targets) == 1}
             for node in walk_scope(fn.body):
                 if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load):
                     seen.add(id(node))
                     owner = self.type_of(node.value, env)
                     (typed.setdefault(owner, set()) if owner else untyped).add(node.attr)
+                    if owner:
+                        self._typed_store_values.setdefault((owner, node.attr), []).append(plain.get(id(node)))
         for body in self.bodies:
             for node in ast.walk(ast.Module(body=body, type_ignores=[])):
                 if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load) and id(node) not in seen:
@@ -165,12 +180,16 @@ class Types:
     def class_body_names(self, cls: ast.ClassDef) -> list[str]:
         return top_level_definitions(cls.body)
 
-    def annotation_type(self, node: ast.expr | None) -> str | None:
+    def annotation_type(self, node: ast.expr | None, optional: bool = False) -> str | None:
+        """The bundle class an annotation names; with ``optional``, also the X of ``X | None``."""
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
             try:
                 node = ast.parse(node.value, mode="eval").body
             except SyntaxError:
                 return None
+        if (optional and isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr)
+                and isinstance(node.right, ast.Constant) and node.right.value is None):
+            node = node.left
         if isinstance(node, ast.Name) and node.id in self.classes:
             return node.id
         return None
@@ -235,6 +254,9 @@ class Types:
             t = cls.name if p.arg == me else self.annotation_type(p.annotation)
             if t and p.arg not in bindings:
                 env[p.arg] = t
+            maybe = self.annotation_type(p.annotation, optional=True)
+            if maybe and not t and p.arg not in bindings:
+                env[_MAYBE + p.arg] = maybe  # ``p or X()`` is an X
         for name, values in bindings.items():
             found = {self.type_of(v, env) if v is not None else None for v in values}
             if len(found) == 1 and None not in found and name not in {p.arg for p in _all_params(fn)}:
@@ -245,7 +267,7 @@ class Types:
                 if isinstance(node, ast.Assign):
                     for t in node.targets:
                         if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == me:
-                            value_type = self.type_of(node.value, env) if len(node.targets) == 1 else None
+                            value_type = self.type_of(node.value, env)  # `self.a = b = v`: both hold v
                             candidates.setdefault((cls.name, t.attr), set()).add(value_type)
         nested = [n for n in walk_scope(fn.body) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         for node in nested:
@@ -260,4 +282,15 @@ class Types:
         if isinstance(node, ast.Attribute):
             owner = self.type_of(node.value, env)
             return self.attr.get((owner, node.attr)) if owner else None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.classes:
+            cls = self.classes[node.func.id]
+            plain = all(d in ("dataclass", "dataclasses.dataclass") for d in map(ast.unparse, (
+                d.func if isinstance(d, ast.Call) else d for d in cls.decorator_list)))
+            if plain and "__new__" not in {m.name for m in methods(cls)} and node.func.id not in env:
+                return node.func.id  # a constructor call
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or):
+            last = self.type_of(node.values[-1], env)
+            others = [self.type_of(v, env) or (env.get(_MAYBE + v.id) if isinstance(v, ast.Name) else None)
+                      for v in node.values[:-1]]
+            return last if last and all(t == last for t in others) else None
         return None

@@ -31,20 +31,21 @@ from pgolf.model.recurrence import encoder_decoder, looped_layer_order
 from pgolf.model.residual import final_lane, merge_skip, parallel_lambdas
 
 
-def value_embedding_layers(cfg: ModelConfig) -> list[int]:
-    """Layers that receive value embeddings: VE_LAYERS, or the last two."""
+def value_embedding_layers(cfg: ModelConfig) -> tuple[int, ...]:
+    """Layers that receive value embeddings: VE_LAYERS, or the last two (a tuple: off, it is the
+    literal ``()`` that a bundle folds)."""
     if not cfg.ve_enabled:
-        return []
+        return ()
     if cfg.ve_layers.strip():
-        return [int(i) for i in cfg.ve_layers.split(",") if i.strip()]
-    return list(range(max(0, cfg.num_layers - 2), cfg.num_layers))
+        return tuple(int(i) for i in cfg.ve_layers.split(",") if i.strip())
+    return tuple(range(max(0, cfg.num_layers - 2), cfg.num_layers))
 
 
 def attention_options(cfg: ModelConfig, layer: int) -> AttentionOptions:
     gate = ("out_gate" if cfg.attn_out_gate_enabled else "gated" if cfg.gated_attn_enabled
             else "sparse" if cfg.sparse_attn_gate_enabled else "none")
     return AttentionOptions(
-        xsa=layer >= cfg.num_layers - cfg.xsa_last_n,
+        xsa=cfg.xsa_last_n > 0 and layer >= cfg.num_layers - cfg.xsa_last_n,
         rope_dims=cfg.rope_dims,
         ntk_train_seq_len=cfg.rope_train_seq_len if cfg.rope_yarn else 0,
         gate=gate,
@@ -186,17 +187,17 @@ class GPT(nn.Module):
         """The decoder half: pop U-Net skips; from the first layer >= PARALLEL_START_LAYER on, two lanes."""
         lanes: tuple[Tensor, Tensor] | None = None
         for j, i in enumerate(decoder):
-            if lanes is None and 0 < self.cfg.parallel_start_layer <= i:
-                lanes = (x, x)
             skip = skips.pop() if j < self.skip_weights.size(0) and skips else None
-            if lanes is None:
-                if skip is not None:
-                    x = self._merge_skip(x, skip, j)
-                x = self.blocks[i](x, x0, inputs_for(i))
-            else:
+            # the switch is tested first so that, off, the two-lane code folds away in a bundle
+            if self.cfg.parallel_start_layer and (lanes is not None or self.cfg.parallel_start_layer <= i):
+                lanes = lanes or (x, x)
                 lane0 = lanes[0] if skip is None else self._merge_skip(lanes[0], skip, j)
                 lanes = self.blocks[i].forward_lanes(
                     lane0, lanes[1], x0, self.parallel_post_lambdas[i], self.parallel_resid_lambdas[i], inputs_for(i))
+                continue
+            if skip is not None:
+                x = self._merge_skip(x, skip, j)
+            x = self.blocks[i](x, x0, inputs_for(i))
         return x if lanes is None else final_lane(*lanes, self.cfg.parallel_final_lane)
 
     def logits(self, input_ids: Tensor) -> Tensor:
