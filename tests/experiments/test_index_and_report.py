@@ -58,6 +58,17 @@ def test_report_writes_plots_and_a_page(two_runs, run_pgolf, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "alpha" in page and "beta" in page and 'src="val_bpb.png"' in page and "optim.matrix_lr" in page
+    assert "Artifact bytes by tensor group" in page and "<th>attn</th>" in page and "<th>code</th>" in page
+
+
+def test_artifact_groups_sum_to_the_runs_total(two_runs):
+    from pgolf.experiments.read import load_run
+    from pgolf.experiments.report import artifact_groups
+
+    run = load_run(two_runs / "alpha")
+    groups = artifact_groups(run)
+    assert sum(groups.values()) == run.results["bytes_total"] and groups["code"] == run.results["bytes_code"]
+    assert {"embed", "attn", "mlp", "container"} <= set(groups)
 
 
 def test_sweep_parsing_and_sampling():

@@ -9,7 +9,7 @@ import torch
 
 from pgolf.export.codecs import available_codecs
 from pgolf.export.container import write_artifact
-from pgolf.export.inspect import attribute_bytes, group_totals
+from pgolf.export.inspect import attribute_bytes, group_totals, role_totals
 from pgolf.quant.policy import quantize_state_dict_policy
 
 
@@ -39,3 +39,11 @@ def test_cli_prints_the_exact_total(tmp_path, run_pgolf):
     assert int(total_line.split()[0].replace(",", "")) == os.path.getsize(path)
     code, _, err = run_pgolf(["quant", "inspect", str(tmp_path / "missing")])
     assert code == 2 and "not found" in err
+
+
+@pytest.mark.parametrize("codec, policy", [("zlib", "int8"), ("zstd", "embed=int8,attn=int6,mlp=int5g32,small=0")])
+def test_role_totals_split_the_file_by_tensor_role(tmp_path, codec, policy):
+    path = artifact(tmp_path, codec, policy)
+    roles = role_totals(attribute_bytes(path))
+    assert sum(roles.values()) == os.path.getsize(path)
+    assert {"embed", "attn", "mlp", "container"} <= set(roles) and all(b > 0 for k, b in roles.items() if k != "other")

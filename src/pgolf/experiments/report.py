@@ -2,7 +2,8 @@
 
 Plots: train loss and val_bpb against step and against training wallclock (from metrics.jsonl),
 val_bpb by phase (last validation before quantization vs the artifact's round trip), and artifact
-bytes (model + code against the cap). Written atomically into one folder with ``index.html``.
+bytes by tensor group (embed/head/attn/mlp/other/container, exact per
+:mod:`pgolf.export.inspect`, plus code). Written into one folder with ``index.html``.
 """
 
 from __future__ import annotations
@@ -69,26 +70,59 @@ def _phases(plt, runs: list[Run], path: Path) -> None:
     plt.close(fig)
 
 
-def _sizes(plt, runs: list[Run], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(runs) + 2), 4))
-    for i, run in enumerate(runs):
-        model, code = run.results["bytes_model"], run.results["bytes_code"]
-        ax.bar(i, model / 1e6, color="tab:green", label="model" if i == 0 else None)
-        ax.bar(i, code / 1e6, bottom=model / 1e6, color="tab:red", label="code" if i == 0 else None)
-        ax.text(i, (model + code) / 1e6, f"{model + code:,}", ha="center", va="bottom", fontsize=8)
-    ax.axhline(SIZE_CAP_BYTES / 1e6, color="black", linestyle="--", label="16,000,000-byte cap")
-    ax.set_xticks(range(len(runs)), [r.run_id for r in runs], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("artifact (MB, decimal)")
-    ax.set_title("artifact bytes")
-    ax.legend(fontsize=8)
+GROUP_COLORS = {"embed": "tab:blue", "head": "tab:cyan", "attn": "tab:orange", "mlp": "tab:green", "other": "tab:purple",
+                "container": "tab:gray", "model": "tab:olive", "code": "tab:red"}
+
+
+def artifact_groups(run: Run) -> dict[str, int]:
+    """The run's artifact bytes by tensor role (exact, :func:`pgolf.export.inspect.role_totals`) plus
+    ``code``; one ``model`` total when the artifact file is not in the run folder."""
+    from pgolf.export.inspect import attribute_bytes, role_totals
+    from pgolf.train.loop import ARTIFACT_NAME
+
+    artifact = run.path / ARTIFACT_NAME
+    groups = role_totals(attribute_bytes(artifact)) if artifact.is_file() else {"model": run.results["bytes_model"]}
+    return {**groups, "code": run.results["bytes_code"]}
+
+
+def _sizes(plt, runs: list[Run], path: Path) -> dict[str, dict[str, int]]:
+    table = {run.run_id: artifact_groups(run) for run in runs}
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(runs) + 3), 4))
+    labelled: set[str] = set()
+    for i, (run_id, groups) in enumerate(table.items()):
+        bottom = 0.0
+        for group in GROUP_COLORS:
+            if groups.get(group):
+                ax.bar(i, groups[group] / 1e6, bottom=bottom, color=GROUP_COLORS[group],
+                       label=None if group in labelled else group)
+                labelled.add(group)
+                bottom += groups[group] / 1e6
+        ax.text(i, bottom, f"{sum(groups.values()):,}", ha="center", va="bottom", fontsize=8)
+    top = max(sum(g.values()) for g in table.values())
+    if top > SIZE_CAP_BYTES / 2:  # the cap line would flatten a small model's bars to nothing
+        ax.axhline(SIZE_CAP_BYTES / 1e6, color="black", linestyle="--", label="16,000,000-byte cap")
+    ax.set_xticks(range(len(runs)), list(table), rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("bytes (MB, decimal)")
+    ax.set_title(f"artifact bytes by tensor group (cap {SIZE_CAP_BYTES:,})")
+    ax.legend(fontsize=8, bbox_to_anchor=(1.02, 1), loc="upper left")
     _save(fig, path)
     plt.close(fig)
+    return table
 
 
 PLOTS = ("train_loss.png", "val_bpb.png", "bpb_by_phase.png", "artifact_bytes.png")
 
 
-def _html(runs: list[Run]) -> str:
+def _groups_table(groups: dict[str, dict[str, int]]) -> str:
+    names = [g for g in GROUP_COLORS if any(g in row for row in groups.values())]
+    head = "".join(f"<th>{g}</th>" for g in ("run", *names, "total"))
+    rows = "".join(
+        f"<tr><td>{html.escape(run_id)}</td>" + "".join(f"<td>{_fmt(row.get(g, 0))}</td>" for g in names)
+        + f"<td>{_fmt(sum(row.values()))}</td></tr>" for run_id, row in groups.items())
+    return f"<h2>Artifact bytes by tensor group</h2><table><tr>{head}</tr>{rows}</table>"
+
+
+def _html(runs: list[Run], groups: dict[str, dict[str, int]]) -> str:
     cols = ("val_bpb", "val_loss", "quant_gap_bpb", "bytes_total", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
     head = "".join(f"<th>{c}</th>" for c in ("run",) + cols)
     body = []
@@ -104,6 +138,7 @@ def _html(runs: list[Run]) -> str:
         "img{max-width:100%}</style></head><body><h1>pgolf report</h1>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>"
         + (f"<h2>Config: {html.escape(runs[0].run_id)} vs {html.escape(runs[-1].run_id)}</h2><table>{diff_rows}</table>" if diffs else "")
+        + _groups_table(groups)
         + f"{images}</body></html>\n"
     )
 
@@ -127,10 +162,10 @@ def write_report(runs: list[Run], out_dir: str | Path) -> list[Path]:
     _curves(plt, runs, "train", "train_loss", "train loss (nats)", out / PLOTS[0])
     _curves(plt, runs, "val", "val_bpb", "val_bpb", out / PLOTS[1])
     _phases(plt, runs, out / PLOTS[2])
-    _sizes(plt, runs, out / PLOTS[3])
+    groups = _sizes(plt, runs, out / PLOTS[3])
     page = out / "index.html"
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".index.html.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(_html(runs))
+        fh.write(_html(runs, groups))
     os.replace(tmp, page)
     return [out / p for p in PLOTS] + [page]

@@ -96,3 +96,21 @@ def group_totals(rows: list[ByteRow]) -> dict[str, int]:
     for r in rows:
         out[r.group] = out.get(r.group, 0) + r.file_bytes
     return out
+
+
+CONTAINER_GROUP = "container"  # the header and the safetensors metadata
+
+
+def role_totals(rows: list[ByteRow]) -> dict[str, int]:
+    """File bytes per tensor role (:data:`pgolf.quant.policy.ROLES`) and :data:`CONTAINER_GROUP`; they sum to
+    the file size. A v2 key starts with its role (``mlp.codes.int5/...``); a v1 key is ``values/<name>``
+    or ``scale/<name>``, and the name decides."""
+    from pgolf.quant.policy import ROLES, tensor_role
+
+    out: dict[str, int] = {}
+    for r in rows:
+        prefix, _, name = r.key.partition("/")
+        first = prefix.split(".", 1)[0]
+        role = CONTAINER_GROUP if not name else first if first in ROLES else tensor_role(name)
+        out[role] = out.get(role, 0) + r.file_bytes
+    return out
