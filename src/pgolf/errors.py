@@ -12,3 +12,9 @@ EXIT_USAGE = 2
 
 class PgolfError(Exception):
     """A user-facing error: the message is one line naming what and where."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (at most 200 characters), for embedding in a PgolfError."""
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__

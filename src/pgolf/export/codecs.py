@@ -20,18 +20,13 @@ from pathlib import Path
 import brotli
 import zstandard
 
-from pgolf.errors import PgolfError
+from pgolf.errors import PgolfError, one_line
 
 ZLIB_LEVEL = 9
 ZSTD_LEVEL = 22
 BROTLI_QUALITY = 11
 LZMA_PRESET = 9 | lzma.PRESET_EXTREME
 AUTO = "auto"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
 
 
 def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
@@ -41,7 +36,7 @@ def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
         # max_length bounds the output buffer, so a bomb stops at max_bytes + 1 bytes.
         out = inflater.decompress(data, max_bytes + 1)
     except zlib.error as exc:
-        raise PgolfError(f"{source}: corrupt zlib data ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt zlib data ({one_line(exc)})") from None
     if len(out) > max_bytes:
         raise PgolfError(f"{source}: zlib data inflates to more than {max_bytes} bytes")
     if not inflater.eof:
@@ -61,7 +56,7 @@ def lzma_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
     try:
         out = d.decompress(data, max_bytes + 1)
     except lzma.LZMAError as exc:
-        raise PgolfError(f"{source}: corrupt lzma data ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt lzma data ({one_line(exc)})") from None
     if len(out) > max_bytes:
         raise PgolfError(f"{source}: lzma data inflates to more than {max_bytes} bytes")
     if not d.eof:
@@ -79,7 +74,7 @@ def zstd_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
     try:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
-        raise PgolfError(f"{source}: corrupt zstd frame header ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt zstd frame header ({one_line(exc)})") from None
     # The frame must declare its size, and that size must fit the cap, before any output exists.
     if declared < 0 or declared > max_bytes:
         raise PgolfError(f"{source}: zstd frame declares {declared} bytes (cap {max_bytes})")
@@ -87,7 +82,7 @@ def zstd_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
     try:
         out = d.decompress(data)
     except zstandard.ZstdError as exc:
-        raise PgolfError(f"{source}: corrupt zstd data ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt zstd data ({one_line(exc)})") from None
     if len(out) != declared or not d.eof:
         raise PgolfError(f"{source}: truncated zstd data")
     if d.unused_data:
@@ -104,7 +99,7 @@ def brotli_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
         if not d.is_finished():
             raise PgolfError(f"{source}: truncated brotli data")
     except brotli.error as exc:
-        raise PgolfError(f"{source}: corrupt brotli data ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt brotli data ({one_line(exc)})") from None
     return out
 
 

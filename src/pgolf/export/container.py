@@ -33,7 +33,7 @@ from typing import Any
 import safetensors.torch
 from torch import Tensor
 
-from pgolf.errors import PgolfError
+from pgolf.errors import PgolfError, one_line
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
@@ -62,11 +62,6 @@ SCHEMA_V2 = "pgolf.quant.v2"
 MAX_NDIM = 8
 # The tensors of an LQER correction, stored under ``<role>.lqer.<part>.<dtype>/<name>``.
 LQER_PARTS = ("a_codes", "a_scale", "b_codes", "b_scale")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,14 +134,14 @@ def _dump_doc(doc: dict[str, Any]) -> str:
     try:
         return json.dumps(doc, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
-        raise PgolfError(f"artifact metadata is not plain JSON ({_one_line(exc)})") from None
+        raise PgolfError(f"artifact metadata is not plain JSON ({one_line(exc)})") from None
 
 
 def _save(tensors: dict[str, Tensor], text: str) -> bytes:
     try:
         return safetensors.torch.save(tensors, metadata={METADATA_KEY: text})
     except Exception as exc:  # safetensors raises its own error types for unsupported dtypes
-        raise PgolfError(f"cannot serialize the quantized state ({_one_line(exc)})") from None
+        raise PgolfError(f"cannot serialize the quantized state ({one_line(exc)})") from None
 
 
 def _stored_part(e: QuantEntry, part: str, t: Tensor, shuffle: bool, pack: bool) -> tuple[str, Tensor, dict[str, Any]]:
@@ -231,7 +226,7 @@ def _read_metadata(payload: bytes, source: str) -> dict[str, Any]:
         header = json.loads(payload[8 : 8 + n].decode("utf-8"))
         doc = json.loads(header["__metadata__"][METADATA_KEY])
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as exc:
-        raise PgolfError(f"{source}: unreadable safetensors/pgolf metadata ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: unreadable safetensors/pgolf metadata ({one_line(exc)})") from None
     if not isinstance(doc, dict) or doc.get("schema") not in (SCHEMA, SCHEMA_V2):
         raise PgolfError(f"{source}: metadata schema is not {SCHEMA!r} or {SCHEMA_V2!r}")
     if not isinstance(doc.get("entries"), list) or not isinstance(doc.get("meta"), dict):
@@ -243,7 +238,7 @@ def _load_tensors(payload: bytes, source: str) -> dict[str, Tensor]:
     try:
         return safetensors.torch.load(payload)
     except Exception as exc:  # the Rust parser's error types are not part of its public API
-        raise PgolfError(f"{source}: corrupt safetensors payload ({_one_line(exc)})") from None
+        raise PgolfError(f"{source}: corrupt safetensors payload ({one_line(exc)})") from None
 
 
 def _make_entry(name: str, kind: str, values: Tensor, scale: Tensor | None, dtype, source: str, **extra) -> QuantEntry:

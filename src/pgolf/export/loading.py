@@ -28,7 +28,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import Tensor
 
-from pgolf.errors import PgolfError
+from pgolf.errors import PgolfError, one_line
 from pgolf.export.container import MAX_PAYLOAD_BYTES, is_artifact_header, read_artifact, zlib_decompress_capped
 from pgolf.quant.int8 import QUANT_FORMAT, dequantize, dequantize_reference_object
 
@@ -74,7 +74,7 @@ def _check_zip(stream: BinaryIO, total_bytes: int, source: str) -> None:
         with zipfile.ZipFile(stream) as zf:
             declared = sum(info.file_size for info in zf.infolist())
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise PgolfError(f"{source}: corrupt torch zip file ({' '.join(str(exc).split())[:200]})") from None
+        raise PgolfError(f"{source}: corrupt torch zip file ({one_line(exc)})") from None
     if declared > total_bytes:
         raise PgolfError(f"{source}: zip members declare {declared} bytes but the file has {total_bytes}")
     stream.seek(0)
