@@ -3,6 +3,45 @@
 from __future__ import annotations
 
 import ast
+from collections import deque
+from typing import Iterator
+
+
+# Fields that never hold a node (names, flags, the Load/Store/Del markers): skipped by the walkers.
+_SCALAR_FIELDS = {"ctx", "id", "attr", "arg", "module", "level", "kind", "type_comment", "is_async", "simple",
+                  "conversion", "name", "kwd_attrs"}
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _child_fields(cls: type) -> tuple[str, ...]:
+    fields = _CHILD_FIELDS.get(cls)
+    if fields is None:
+        scalar = _SCALAR_FIELDS | ({"names"} if cls in (ast.Global, ast.Nonlocal) else set())
+        fields = _CHILD_FIELDS[cls] = () if cls is ast.Constant else tuple(f for f in cls._fields if f not in scalar)
+    return fields
+
+
+def children(node: ast.AST) -> list[ast.AST]:
+    """``ast.iter_child_nodes`` (same order) without the Load/Store/Del markers, which nothing here
+    asks for, and without looking into fields that never hold a node."""
+    out: list[ast.AST] = []
+    for name in _child_fields(type(node)):
+        value = getattr(node, name, None)
+        if isinstance(value, list):
+            out.extend([item for item in value if isinstance(item, ast.AST)])
+        elif isinstance(value, ast.AST):
+            out.append(value)
+    return out
+
+
+def walk(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk`` (the same breadth-first order) without the context markers: the bundler walks the
+    whole program many times per build, and this is most of its time."""
+    todo = deque([node])
+    while todo:
+        n = todo.popleft()
+        yield n
+        todo.extend(children(n))
 
 
 def import_bindings(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
@@ -22,7 +61,7 @@ def import_bindings(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
 def _bound_names(targets) -> list[str]:
     names = []
     for target in targets:
-        for node in ast.walk(target):
+        for node in walk(target):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 names.append(node.id)
     return names

@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Iterator
 
+from pgolf.bundle.names import walk
 from pgolf.bundle.simplify import is_pure, literal_value
 from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
 
@@ -36,7 +37,7 @@ def _literal_node(value: Any, like: ast.AST) -> ast.expr:
 def _bound_anywhere(fn: ast.AST) -> dict[str, int]:
     """How often each name is bound inside ``fn`` (nested scopes included; parameters count too)."""
     counts: dict[str, int] = {}
-    for node in ast.walk(fn):
+    for node in walk(fn):
         names: list[str] = []
         if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
             names = [node.id]
@@ -110,10 +111,10 @@ def drop_dead_pure_stores(bodies: list[list[ast.stmt]]) -> int:
     function reads those names (what folding leaves behind, e.g. ``q = s.cfg.quant`` with its uses gone)."""
     total = 0
     for fn, _ in function_scopes(bodies):
-        loaded = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+        loaded = {n.id for n in walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
         if loaded & {"locals", "vars", "eval", "exec"}:
             continue  # names may be read by string
-        declared = {name for n in ast.walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
+        declared = {name for n in walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
         kept = []
         for stmt in fn.body:
             names = _store_names(stmt.targets[0]) if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
@@ -127,7 +128,7 @@ def drop_dead_pure_stores(bodies: list[list[ast.stmt]]) -> int:
 
 def _drop_dead_literal_stores(fn: ast.FunctionDef, names: set[str]) -> int:
     """Remove ``name = literal`` statements of ``names`` that nothing in ``fn`` reads any more."""
-    read = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+    read = {n.id for n in walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
     dead = names - read
     if not dead:
         return 0
@@ -147,7 +148,7 @@ def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], 
     skip: set[int] = set()
     names: list[ast.Name] = []
     for body in bodies:
-        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        for node in walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                 calls.setdefault(node.func.id, []).append(node)
                 skip.add(id(node.func))
@@ -155,7 +156,7 @@ def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], 
                 names.append(node)
             for ann in (getattr(node, "annotation", None), getattr(node, "returns", None)):
                 if isinstance(ann, ast.AST):
-                    skip.update(id(n) for n in ast.walk(ann))
+                    skip.update(id(n) for n in walk(ann))
     return calls, {n.id for n in names if id(n) not in skip}
 
 
@@ -238,12 +239,12 @@ def drop_empty_kwargs(bodies: list[list[ast.stmt]], uses) -> int:
             kw = fn.args.kwarg.arg
             if _bound_anywhere(fn).get(kw) != 1:
                 continue
-            for node in ast.walk(fn):
+            for node in walk(fn):
                 if isinstance(node, ast.Call):
                     spread = [k for k in node.keywords if k.arg is None and isinstance(k.value, ast.Name) and k.value.id == kw]
                     node.keywords = [k for k in node.keywords if k not in spread]
                     total += len(spread)
-            if not any(isinstance(n, ast.Name) and n.id == kw for n in ast.walk(fn)):
+            if not any(isinstance(n, ast.Name) and n.id == kw for n in walk(fn)):
                 fn.args.kwarg = None
                 total += 1
     return total
@@ -253,7 +254,7 @@ def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | 
     """(attribute, assigned value or None when not a plain assignment) for every ``self.a`` store."""
     for m in methods(cls):
         me = self_name(m)
-        for node in ast.walk(m):
+        for node in walk(m):
             targets: list[tuple[ast.expr, ast.expr | None]] = []
             if isinstance(node, ast.Assign):
                 simple = len(node.targets) == 1
@@ -261,7 +262,7 @@ def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | 
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
                 targets = [(node.target, None)]
             for target, value in targets:
-                for sub in ast.walk(target):
+                for sub in walk(target):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == me:
                         yield sub.attr, value if sub is target else None
 

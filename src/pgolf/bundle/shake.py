@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import ast
 
-from pgolf.bundle.names import top_level_definitions
+from pgolf.bundle.names import top_level_definitions, walk
 
 _DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
 _READING_METHODS = {"values", "keys", "items", "get"}  # of dicts: no effects, no bundle code runs
 
 
 def _names_loaded(node: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
 def _names_used(node: ast.AST) -> set[str]:
@@ -78,7 +78,7 @@ def _plain_dataclasses(stmts: list[ast.stmt]) -> set[str]:
 
 def _calls_bundle_function(stmt: ast.stmt, bundle_names: set[str]) -> bool:
     for part in _module_time_nodes(stmt):
-        for node in ast.walk(part):
+        for node in walk(part):
             if not isinstance(node, ast.Call):
                 continue
             func = node.func
@@ -92,10 +92,10 @@ def _calls_bundle_function(stmt: ast.stmt, bundle_names: set[str]) -> bool:
 def uses_dynamic_lookup(bodies: list[list[ast.stmt]]) -> bool:
     for body in bodies:
         for stmt in body:
-            for node in ast.walk(stmt):
+            for node in walk(stmt):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _DYNAMIC_LOOKUPS:
                     return True
-                if isinstance(node, ast.Subscript) and any(isinstance(n, ast.Name) and n.id == "__name__" for n in ast.walk(node.slice)):
+                if isinstance(node, ast.Subscript) and any(isinstance(n, ast.Name) and n.id == "__name__" for n in walk(node.slice)):
                     return True  # sys.modules[__name__]: the module looks itself up
     return False
 
@@ -148,7 +148,7 @@ def _base_attributes(spelling: str) -> set[str]:
 
 
 def _strings(bodies: list[list[ast.stmt]]) -> set[str]:
-    return {n.value for body in bodies for s in body for n in ast.walk(s)
+    return {n.value for body in bodies for s in body for n in walk(s)
             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
@@ -160,7 +160,7 @@ def shake_methods(bodies: list[list[ast.stmt]]) -> int:
     if uses_dynamic_lookup(bodies):
         return 0
     classes = {s.name for body in bodies for s in body if isinstance(s, ast.ClassDef)}
-    named = {n.attr for body in bodies for s in body for n in ast.walk(s) if isinstance(n, ast.Attribute)}
+    named = {n.attr for body in bodies for s in body for n in walk(s) if isinstance(n, ast.Attribute)}
     named |= _strings(bodies) | _IMPLICIT_METHODS
     dropped = 0
     for body in bodies:

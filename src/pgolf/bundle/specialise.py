@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from pgolf.bundle.names import walk
 from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
     dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
@@ -101,7 +102,7 @@ class _FoldReads(ast.NodeTransformer):
         return self._shadowed(node, {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p})
 
     def _comprehension(self, node):
-        names = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        names = {n.id for g in node.generators for n in walk(g.target) if isinstance(n, ast.Name)}
         return self._shadowed(node, names)
 
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _comprehension
@@ -116,7 +117,7 @@ def _fold_reads(bodies: list[list[ast.stmt]], types: Types, constants: dict[str,
     total = 0
     seen: set[int] = set()
     for body in bodies:
-        for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+        for node in walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and id(node) in types.envs and id(node) not in seen:
                 seen.add(id(node))
                 folder = _FoldReads(types, constants, types.envs[id(node)])
@@ -151,7 +152,7 @@ def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], 
         changed += drop_empty_kwargs(bodies, uses)
         changed += propagate_self_attributes(bodies, types)
         changed += propagate_locals(bodies)
-        changed += inline_trivial_calls(bodies, name_uses(bodies))
+        changed += inline_trivial_calls(bodies, uses)  # the round's uses: stale only towards caution
         changed += substitute_constants_in_tests(bodies)
         changed += drop_dead_pure_stores(bodies)
         changed += int(simplify(bodies))
@@ -170,7 +171,7 @@ def section_fields(cfg: Config, class_names: dict[str, str]) -> dict[str, dict[s
 
 
 def _attributes_read(bodies: list[list[ast.stmt]]) -> set[str]:
-    return {n.attr for body in bodies for stmt in body for n in ast.walk(stmt)
+    return {n.attr for body in bodies for stmt in body for n in walk(stmt)
             if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Load)}
 
 
@@ -245,7 +246,7 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
         if last_cls in body:
             body[body.index(last_cls) + 1:body.index(last_cls) + 1] = fixup
             break
-    for node in ast.walk(fn):
+    for node in walk(fn):
         if isinstance(node, ast.Dict):
             _drop_keys(node, lambda key: key == "help")
     rules = next((s for body in bodies for s in body if isinstance(s, ast.Assign) and len(s.targets) == 1

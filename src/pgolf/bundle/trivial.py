@@ -21,6 +21,7 @@ import ast
 import copy
 from typing import Any
 
+from pgolf.bundle.names import children, walk
 from pgolf.bundle.propagate import _call_bindings, _literal_node
 from pgolf.bundle.simplify import is_pure, literal_value
 
@@ -39,9 +40,9 @@ def _walk_outside_class_bodies(body: list[ast.stmt]):
             pending.extend(node.decorator_list)
             pending.extend(s for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef)) for s in m.body)
             pending.extend(a for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))
-                           for a in ast.walk(m.args) if isinstance(a, ast.arg))
+                           for a in walk(m.args) if isinstance(a, ast.arg))
             continue
-        pending.extend(ast.iter_child_nodes(node))
+        pending.extend(children(node))
 
 
 def _global_bindings(bodies: list[list[ast.stmt]]) -> dict[str, int]:
@@ -94,7 +95,7 @@ def _outcome(fn: ast.FunctionDef, module_constants: set[str]) -> tuple[str, Any]
         return "param", value.id
     if isinstance(value, ast.Name) and value.id in module_constants:
         return "expr", value
-    names = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)}
+    names = {n.id for n in walk(value) if isinstance(n, ast.Name)}
     if is_pure(value) and names <= params:
         return "expr", value  # e.g. ``return cfg.model_dim``: arguments substituted at the call
     return None

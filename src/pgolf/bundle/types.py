@@ -13,7 +13,7 @@ from __future__ import annotations
 import ast
 from typing import Iterator
 
-from pgolf.bundle.names import top_level_definitions
+from pgolf.bundle.names import children, top_level_definitions, walk
 from pgolf.bundle.simplify import literal_value
 
 _NO_VALUE = object()
@@ -50,7 +50,7 @@ def function_scopes(bodies: list[list[ast.stmt]]) -> Iterator[tuple[ast.Function
     """Every function of the bundle (nested ones too) with the class it is a method of."""
     def visit(stmts, cls):
         for stmt in stmts:
-            for node in ast.walk(stmt) if not isinstance(stmt, ast.ClassDef) else [stmt]:
+            for node in walk(stmt) if not isinstance(stmt, ast.ClassDef) else [stmt]:
                 if isinstance(node, ast.ClassDef) and node is stmt:
                     yield from visit(node.body, node)
                 elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
@@ -65,7 +65,7 @@ def walk_scope(nodes) -> Iterator[ast.AST]:
     while stack:
         node = stack.pop()
         yield node
-        for child in ast.iter_child_nodes(node):
+        for child in children(node):
             if isinstance(child, _SCOPES):
                 if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                     yield child  # its name is bound here; its decorators and defaults run here
@@ -169,7 +169,7 @@ class Types:
                     if owner:
                         self._typed_store_values.setdefault((owner, node.attr), []).append(plain.get(id(node)))
         for body in self.bodies:
-            for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+            for node in walk(ast.Module(body=body, type_ignores=[])):
                 if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load) and id(node) not in seen:
                     untyped.add(node.attr)  # module level, class bodies, lambdas, comprehensions
         return typed, untyped
@@ -201,7 +201,7 @@ class Types:
         for cls in self.classes.values():
             for m in methods(cls):
                 me = self_name(m)
-                for node in ast.walk(m):
+                for node in walk(m):
                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == me:
                         inside.add(id(node))
                         if not isinstance(node.ctx, ast.Load):
@@ -209,7 +209,7 @@ class Types:
         outside: set[str] = set()
         calls: set[str] = set()
         for body in self.bodies:
-            for node in ast.walk(ast.Module(body=body, type_ignores=[])):
+            for node in walk(ast.Module(body=body, type_ignores=[])):
                 if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Load) and id(node) not in inside:
                     outside.add(node.attr)
                 elif isinstance(node, ast.Call):
@@ -263,7 +263,7 @@ class Types:
                 env[name] = next(iter(found))
         self.envs[id(fn)] = env
         if me is not None:
-            for node in ast.walk(fn):
+            for node in walk(fn):
                 if isinstance(node, ast.Assign):
                     for t in node.targets:
                         if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == me:
