@@ -1,7 +1,8 @@
 """The shipped single-file bundle trains exactly like the package: same losses, step for step,
-for three presets; the reference env vars still override its frozen config, except a folded
-switch, which is refused in one line; its own size is the code bytes; the baseline bundle is under
-25,000 bytes (not yet: xfail)."""
+for three presets, and for two record presets (every technique they switch on, at toy width) the
+same losses and the same round-trip score; the reference env vars still override its frozen
+config, except a folded switch, which is refused in one line; its own size is the code bytes; the
+baseline bundle is under 25,000 bytes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ PRESETS = {
     "tiny_cpu": SMALL,
     "demo_cpu": ["VOCAB_SIZE=1024", *SMALL],
 }
+
+# Record presets at toy width on the sp1024 fixtures: small enough that both sides run in seconds, with
+# every folded switch of the preset still on (recurrence, parallel residuals, gates, GPTQ/LQER, TTT).
+RECORD_PRESETS = ("sp8192_lqer_sparsegate_bossmear", "leakyrelu_ttt_parallel_muon")
+TOY = ["VOCAB_SIZE=1024", "MODEL_DIM=64", "NUM_HEADS=2", "NUM_KV_HEADS=1", "TRAIN_BATCH_TOKENS=4096", "TRAIN_SEQ_LEN=256",
+       "EVAL_SEQ_LEN=256", "VAL_MAX_TOKENS=2048", "VAL_BATCH_SIZE=4096", "WARMUP_STEPS=1", "VAL_LOSS_EVERY=0",
+       "TTT_EVAL_SEQ_LEN=256", "TTT_CHUNK_TOKENS=512", "GLOBAL_TTT_CHUNK_TOKENS=512", "GPTQ_CALIBRATION_BATCHES=1",
+       "GPTQ_CALIB_SAMPLES=2", "BIGRAM_DIM=16", "VE_DIM=16", "GATE_WINDOW=8", "TRAIN_LOG_EVERY=0",
+       "MAX_WALLCLOCK_SECONDS=0", "PGOLF_DEVICE=cpu", "PGOLF_COMPILE=0"]
 
 
 def data_overrides(shared_data: Path) -> list[str]:
@@ -89,6 +99,19 @@ def test_bundle_trains_exactly_like_the_package(preset, shared_data, tmp_path):
     assert bundled["val_bpb"] == package["val_bpb"]
     assert bundled["bytes_code"] == report.bytes_wrapped == os.path.getsize(tmp_path / "train_gpt.py")
     assert bundled["code_source"] == "bundle train_gpt.py"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", RECORD_PRESETS)
+def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, shared_data, tmp_path):
+    overrides = data_overrides(shared_data) + TOY + ["ITERATIONS=4"]
+    build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
+    runs = tmp_path / "runs"
+    bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle")
+    package_proc = start_package(preset, overrides, runs, "package")
+    bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
+    assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 4
+    assert (bundled["val_loss"], bundled["val_bpb"]) == (package["val_loss"], package["val_bpb"])
 
 
 @pytest.mark.slow
