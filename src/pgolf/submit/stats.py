@@ -182,10 +182,11 @@ def format_report(s: Significance) -> str:
     lines = [
         f"new      {s.metric}: mean {s.mean_new:.8f}  std {s.std_new:.8f}  (n={s.n_new})",
         f"against  {s.metric}: mean {s.mean_against:.8f}  std {fmt(s.std_against, 8)}  (n={s.n_against})",
-        f"delta: {s.delta:+.8f} {unit} = {fmt(s.delta_nats, 8)} nats = {fmt(s.delta_bpb, 8)} bpb"
+        f"delta: {s.delta:+.8f} {unit} = "
+        + (f"{fmt(s.delta_nats, 8)} nats" if unit == "bpb" else f"{fmt(s.delta_bpb, 8)} bpb")
         + (f"  (bpb per nat = {s.bpb_per_nat:.6f}, val_bpb / val_loss of the runs)" if s.bpb_per_nat else ""),
         f"margin: {s.margin:.6f} {unit}" + (f" = {s.margin_nats:.6f} nats" if s.margin_nats is not None else ""),
-        test_line(f"one-sample vs mean(against) - margin", s.one_sample_vs_sota_minus_margin),
+        test_line("one-sample vs mean(against) - margin", s.one_sample_vs_sota_minus_margin),
         test_line("Welch (any improvement)", s.welch),
         test_line("Welch (improvement beyond margin)", s.welch_with_margin),
         f"record rule (better by >= margin at p < {s.alpha}): {'PASS' if s.passes else 'FAIL'}",
