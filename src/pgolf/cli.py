@@ -29,6 +29,7 @@ VERB_MODULES = (
     "pgolf.bundle.cli",
     "pgolf.submit.cli",
     "pgolf.experiments.cli",
+    "pgolf.doctor",
 )
 
 
