@@ -29,7 +29,7 @@ _MISSING = object()
 _FRAMEWORK_SET = {"training"}  # attributes torch itself stores on modules (nn.Module.train)
 
 
-def _literal_node(value: Any, like: ast.AST) -> ast.expr:
+def literal_node(value: Any, like: ast.AST) -> ast.expr:
     node = ast.Tuple([ast.Constant(v) for v in value], ast.Load()) if isinstance(value, tuple) else ast.Constant(value)
     return ast.copy_location(node, like)
 
@@ -66,7 +66,7 @@ class _Substitute(ast.NodeTransformer):
     def visit_Name(self, node: ast.Name):
         if isinstance(node.ctx, ast.Load) and node.id in self.values:
             self.count += 1
-            return _literal_node(self.values[node.id], node)
+            return literal_node(self.values[node.id], node)
         return node
 
 
@@ -160,7 +160,7 @@ def name_uses(bodies: list[list[ast.stmt]]) -> tuple[dict[str, list[ast.Call]], 
     return calls, {n.id for n in names if id(n) not in skip}
 
 
-def _call_bindings(fn: ast.FunctionDef, call: ast.Call, skip_first: bool) -> dict[str, Any] | None:
+def call_bindings(fn: ast.FunctionDef, call: ast.Call, skip_first: bool) -> dict[str, Any] | None:
     """Parameter -> literal (or _MISSING when not a literal) for one call; None if it cannot be mapped."""
     a = fn.args
     if a.vararg or a.kwarg or any(isinstance(x, ast.Starred) for x in call.args) or any(k.arg is None for k in call.keywords):
@@ -190,7 +190,7 @@ def _agreed(fn: ast.FunctionDef, calls: list[ast.Call], skip_first: bool) -> dic
     """Parameters that every call binds to the same literal."""
     agreed: dict[str, Any] | None = None
     for call in calls:
-        bound = _call_bindings(fn, call, skip_first)
+        bound = call_bindings(fn, call, skip_first)
         if bound is None:
             return {}
         if agreed is None:
@@ -276,7 +276,7 @@ class _SelfAttributes(ast.NodeTransformer):
         if (isinstance(node.ctx, ast.Load) and isinstance(node.value, ast.Name) and node.value.id == self.me
                 and node.attr in self.values):
             self.count += 1
-            return _literal_node(self.values[node.attr], node)
+            return literal_node(self.values[node.attr], node)
         return node
 
 

@@ -10,6 +10,7 @@ defaults) keeps every statement that binds that name. Annotations do not count: 
 compiled with ``from __future__ import annotations``, so they stay unevaluated strings (the config
 schema's, which are read, name only builtins). Imports are always kept.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
+:func:`shake_methods` then drops the methods that nothing names (see its docstring for what is kept).
 """
 
 from __future__ import annotations

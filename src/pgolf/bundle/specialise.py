@@ -13,10 +13,12 @@ value (:func:`pgolf.bundle.entry.check_folded`).
 **How** (:func:`specialise`): reads of a folded field through a receiver whose type is known to be
 that config section (:mod:`pgolf.bundle.types`) become literals; constant propagation
 (:mod:`pgolf.bundle.propagate`) carries them into locals, arguments, instance attributes and
-dataclass fields; :mod:`pgolf.bundle.simplify` prunes the branches they decide; repeated to a fixed
-point. A field stored anywhere in the bundle (``x.field = ...``) is never folded. The tree shaker
-then drops what became unreachable. :func:`compact_schema` rewrites the config dataclasses with
-the frozen values as defaults and without help strings (the bundle has no CLI to show them).
+dataclass fields; :mod:`pgolf.bundle.trivial` inlines the calls that became trivial and lets module
+constants decide tests; :mod:`pgolf.bundle.simplify` prunes the branches they decide; repeated to a
+fixed point. A field stored anywhere in the bundle (``x.field = ...``) is never folded, unless every
+store is the literal it folds to. The tree shaker then drops what became unreachable.
+:func:`compact_schema` rewrites the config dataclasses with the frozen values as defaults, without
+help strings (the bundle has no CLI to show them) and with checks only for the fields still read.
 """
 
 from __future__ import annotations

@@ -9,10 +9,14 @@ function whose name is bound once and used only to call it:
   its arguments (their effects), a call used as a value becomes ``None``;
 * ``return <literal>``: the call becomes the literal;
 * ``return <parameter>``: the call becomes the argument bound to that parameter;
+* ``return <expression of parameters without effects>`` (``cfg.model_dim``), a fresh literal list, or
+  a module constant: the call becomes that expression, the arguments substituted;
 
 each only where every other argument is free of side effects (so nothing is skipped by dropping it).
-Module-level names bound once to a literal are substituted where a comparison tests a literal
-against them (``"relu2" not in ACTIVATIONS``), which the simplifier then folds.
+Module-level names bound once to a literal are substituted where a test reads them: a scalar as an
+``if``/conditional test or an ``and``/``or`` operand, a scalar compared with literals, a tuple that a
+literal is looked up in (``"relu2" not in ACTIVATIONS``); the simplifier then folds the test.
+Class bodies are left alone: a class attribute there may shadow the module name.
 """
 
 from __future__ import annotations
@@ -22,11 +26,8 @@ import copy
 from typing import Any
 
 from pgolf.bundle.names import children, walk
-from pgolf.bundle.propagate import _call_bindings, _literal_node
+from pgolf.bundle.propagate import call_bindings, literal_node
 from pgolf.bundle.simplify import is_pure, literal_value
-
-_NOTHING = object()  # the function's body does nothing
-
 
 def _walk_outside_class_bodies(body: list[ast.stmt]):
     """Every node, except the statements directly in a class body (their names are class attributes,
@@ -103,7 +104,7 @@ def _outcome(fn: ast.FunctionDef, module_constants: set[str]) -> tuple[str, Any]
 
 def _argument_exprs(fn: ast.FunctionDef, call: ast.Call) -> dict[str, ast.expr] | None:
     """Parameter -> the expression a call binds to it (its default when the call leaves it)."""
-    if _call_bindings(fn, call, skip_first=False) is None:
+    if call_bindings(fn, call, skip_first=False) is None:
         return None
     a = fn.args
     positional = [*a.posonlyargs, *a.args]
@@ -157,7 +158,7 @@ class _Inline(_MethodsOnly):
             return None
         if kind == "expr":
             return ast.copy_location(_Rename(args).visit(copy.deepcopy(what)), call)
-        return _literal_node(what, call)
+        return literal_node(what, call)
 
     def visit_Expr(self, node: ast.Expr):
         call = node.value
@@ -216,7 +217,7 @@ class _ConstantsInTests(_MethodsOnly):
     def _scalar(self, node: ast.expr) -> ast.expr:
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in self.scalars:
             self.count += 1
-            return _literal_node(self.scalars[node.id], node)
+            return literal_node(self.scalars[node.id], node)
         return node
 
     def visit_Compare(self, node: ast.Compare):
@@ -228,7 +229,7 @@ class _ConstantsInTests(_MethodsOnly):
         if literal_value(node.left)[0]:
             for i, c in enumerate(node.comparators):
                 if isinstance(c, ast.Name) and c.id in self.values:
-                    node.comparators[i] = _literal_node(self.values[c.id], c)
+                    node.comparators[i] = literal_node(self.values[c.id], c)
                     self.count += 1
         return node
 
