@@ -90,3 +90,21 @@ def top_level_definitions(body: list[ast.stmt]) -> list[str]:
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names += list(import_bindings(node))
     return list(dict.fromkeys(names))
+
+
+def names_bound_by(node: ast.AST) -> list[str]:
+    """The names one node binds where it stands. ``global``/``nonlocal`` names come twice, so that a
+    count of bindings never takes them for names bound once."""
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        return [node.id]
+    if isinstance(node, ast.arg):
+        return [node.arg]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)):
+        return [node.name] if node.name else []
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [(a.asname or a.name).split(".")[0] for a in node.names]
+    if isinstance(node, (ast.Global, ast.Nonlocal)):
+        return list(node.names) * 2
+    return []

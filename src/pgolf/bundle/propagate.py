@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Iterator
 
-from pgolf.bundle.names import walk
+from pgolf.bundle.names import names_bound_by, walk
 from pgolf.bundle.simplify import is_pure, literal_value
 from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
 
@@ -38,22 +38,7 @@ def _bound_anywhere(fn: ast.AST) -> dict[str, int]:
     """How often each name is bound inside ``fn`` (nested scopes included; parameters count too)."""
     counts: dict[str, int] = {}
     for node in walk(fn):
-        names: list[str] = []
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            names = [node.id]
-        elif isinstance(node, ast.arg):
-            names = [node.arg]
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            names = list(node.names) * 2  # never propagate through these
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node is not fn:
-            names = [node.name]
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names = [node.name]
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [(a.asname or a.name).split(".")[0] for a in node.names]
-        elif isinstance(node, ast.MatchAs) and node.name:
-            names = [node.name]
-        for name in names:
+        for name in names_bound_by(node) if node is not fn else ():
             counts[name] = counts.get(name, 0) + 1
     return counts
 

@@ -25,7 +25,7 @@ import ast
 import copy
 from typing import Any
 
-from pgolf.bundle.names import children, walk
+from pgolf.bundle.names import children, names_bound_by, walk
 from pgolf.bundle.propagate import call_bindings, literal_node
 from pgolf.bundle.simplify import is_pure, literal_value
 
@@ -51,20 +51,7 @@ def _global_bindings(bodies: list[list[ast.stmt]]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for body in bodies:
         for node in _walk_outside_class_bodies(body):
-            names: list[str] = []
-            if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-                names = [node.id]
-            elif isinstance(node, ast.arg):
-                names = [node.arg]
-            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                names = [node.name]
-            elif isinstance(node, (ast.Import, ast.ImportFrom)):
-                names = [(a.asname or a.name).split(".")[0] for a in node.names]
-            elif isinstance(node, (ast.Global, ast.Nonlocal)):
-                names = list(node.names) * 2
-            elif isinstance(node, ast.ExceptHandler) and node.name:
-                names = [node.name]
-            for name in names:
+            for name in names_bound_by(node):
                 counts[name] = counts.get(name, 0) + 1
     return counts
 
