@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,8 @@ from pathlib import Path
 from pgolf.bundle import names, propagate, shake, specialise, trivial, types
 from pgolf.bundle.build import bundle_source
 from pgolf.presets import build_config
+from pgolf.runtime import git_commit
+from pgolf.train.rundir import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bundle_build.json"
 REPEATS = 3
@@ -64,7 +65,7 @@ def main() -> int:
     if sources["pgolf_walker"] != sources["ast_walk"]:
         raise SystemExit("the two walkers built different bundles")
     medians = {k: statistics.median(v) for k, v in times.items()}
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     result = {
         "what": "bundle_source(baseline): readable single-file source, specialised and shaken (no minify/wrap)",
         "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()},
@@ -75,9 +76,7 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    write_json_atomic(RESULTS, result)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,8 @@ from pgolf.export.container import encode_artifact
 from pgolf.model.gpt import build_model, count_parameters
 from pgolf.presets import baseline
 from pgolf.quant.policy import quantize_state_dict_policy
+from pgolf.runtime import git_commit
+from pgolf.train.rundir import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_speed.json"
 # (policy, compressor, bit-pack the codes): the reference, then low-bit policies with the records' compressors.
@@ -50,16 +51,14 @@ def main() -> int:
         rows.append({"policy": policy, "compressor": codec, "bitpack": pack, "quantize_s": round(t1 - t0, 2), "serialize_s": round(t2 - t1, 2),
                      "total_s": round(t2 - t0, 2), "bytes_model": len(blob)})
         print(json.dumps(rows[-1]), flush=True)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     result = {"params": count_parameters(model), "cases": rows, "commit": commit, "device": "cpu",
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "loadavg_1m": os.getloadavg()[0],
               "note": "weights: the baseline's init with zero-init matrices set to N(0, 0.02); at init scale the "
                       "reference int8's 1/127 minimum scale makes codes tiny, so int8 compresses better than int6 here",
               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": sys.version.split()[0]}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(RESULTS)
+    write_json_atomic(RESULTS, result)
     return 0
 
 
