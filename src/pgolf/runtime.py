@@ -44,6 +44,11 @@ def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def compile_enabled(setting: str, device: torch.device) -> bool:
+    """PGOLF_COMPILE: ``1`` always, ``0`` never, ``auto`` on CUDA only (inductor on a CPU mostly waits for the C compiler)."""
+    return setting == "1" or (setting == "auto" and device.type == "cuda")
+
+
 def init_runtime(requested_device: str = "auto") -> Runtime:
     """Create the process group when launched by torchrun; otherwise a single process."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pgolf.bench.flops import forward_flops_per_token, train_flops_per_token
+from pgolf.bench.flops import forward_flops_per_token, sliding_flops_per_token, train_flops_per_token
 from pgolf.presets import tiny_cpu
 
 MEASUREMENT_KEYS = {
@@ -78,6 +78,28 @@ def test_bench_eval_json(run_pgolf, shared_data, tmp_path):
     cfg = tiny_cpu()
     assert m["tokens"] == (5000 // 128) * 128  # every whole window of the first 5000 val tokens scored once
     assert m["flops_per_token"] == forward_flops_per_token(cfg.model, cfg.train.train_seq_len)
+
+
+def test_bench_sliding_eval_json(run_pgolf, shared_data, tmp_path):
+    report, path = run_bench(run_pgolf, shared_data, tmp_path, "eval", "--set", "EVAL_STRIDE=32", "--batch-tokens", "2048")
+    assert path.name.endswith("_cpu_tiny_cpu_eval-sliding32.json")
+    assert set(report) == REPORT_KEYS
+    m = report["pgolf"]
+    assert set(m) == MEASUREMENT_KEYS | {"eval_kind", "stride", "doc_isolated", "window_rows", "val_loss", "val_bpb"}
+    assert (m["eval_kind"], m["stride"], m["doc_isolated"], m["window_rows"]) == ("sliding", 32, False, 16)
+    assert m["tokens"] == (5000 // 128) * 128  # every target of the trimmed stream scored once
+    assert m["recompiles_in_timed_run"] == 0 and m["compiled"] is False and m["total_ms"] > 0
+    assert m["phases_ms_per_step"] == {"sliding": m["total_ms"]}
+    cfg = tiny_cpu()
+    assert m["flops_per_token"] == sliding_flops_per_token(cfg.model, 128, 32)
+    assert m["val_bpb"] > 0 and m["val_loss"] > 0
+
+
+def test_sliding_flops_count_the_blocks_at_every_window_position_and_the_head_once():
+    cfg = tiny_cpu().model
+    head = 2 * cfg.model_dim * cfg.vocab_size
+    assert sliding_flops_per_token(cfg, 128, 128) == forward_flops_per_token(cfg, 128)  # stride = window: standard
+    assert sliding_flops_per_token(cfg, 128, 32) == 4 * (forward_flops_per_token(cfg, 128) - head) + head
 
 
 def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_path):

@@ -62,3 +62,80 @@ def test_ledger_refuses_unscored_and_double_scored_targets(trained_tiny):
         ledger.record(torch.tensor([3]), torch.ones(1))
     with pytest.raises(Exception, match="unscored"):
         ledger.result()
+
+
+# -- the fast path: one batch shape, head at scored positions only, device-side gathers --------------
+
+
+class _FullForwardOnly(torch.nn.Module):
+    """The same model without ``hidden``/``head``: evaluate_windows takes the plain path for it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner = model
+
+    def forward(self, x, y, reduction="mean"):
+        return self.inner(x, y, reduction=reduction)
+
+
+@pytest.mark.parametrize("bos", [False, True], ids=["stream", "doc_isolated"])
+def test_fast_path_equals_full_forward_then_pick(trained_tiny, bos):
+    from pgolf.eval.sliding import evaluate_windows
+    from pgolf.eval.windows import plan
+
+    t = trained_tiny
+    tokens, seq_len = t.val_tokens[: 3000 + 1], t.cfg.eval_seq_len
+    windows = plan(tokens, seq_len, 48, t.bos_id if bos else None)
+    results = []
+    for model in (t.model, _FullForwardOnly(t.model)):
+        ledger = ScoreLedger(tokens, t.table)
+        evaluate_windows(model, ledger, windows, seq_len, 7 * seq_len, torch.device("cpu"))  # ragged last batch
+        results.append((ledger.result(), ledger.losses, ledger.step_of))
+    (fast, fast_losses, fast_steps), (plain, plain_losses, plain_steps) = results
+    np.testing.assert_allclose(fast_losses, plain_losses, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(fast_steps, plain_steps)  # same batches, same scoring order
+    assert (fast.tokens, fast.bytes) == (plain.tokens, plain.bytes) == (3000, plain.bytes)
+    assert fast.val_bpb == pytest.approx(plain.val_bpb, rel=1e-6)
+
+
+def test_batch_layout_maps_every_scored_position_to_its_target():
+    from pgolf.eval.sliding import batch_layout, batches
+    from pgolf.eval.windows import plan
+
+    tokens = np.array([1, 5, 6, 7, 1, 8, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, 1, 4] * 7)
+    seq_len, rows = 8, 5
+    seen = []
+    for group in batches(plan(tokens, seq_len, 3, bos_id=1), rows):
+        layout = batch_layout(group, rows, seq_len)
+        assert layout.starts.shape == layout.lengths.shape == (rows,)  # every batch has one shape
+        row, col = np.divmod(layout.positions, seq_len)
+        assert (col < layout.lengths[row]).all()
+        np.testing.assert_array_equal(layout.starts[row] + col, layout.targets)
+        expected = np.concatenate([np.arange(w.score_from, w.end) for w in group])
+        np.testing.assert_array_equal(layout.targets, expected)
+        seen.append(layout.targets)
+    np.testing.assert_array_equal(np.concatenate(seen), np.arange(tokens.shape[0] - 1))
+
+
+def test_compiled_hidden_compiles_nothing_after_a_two_batch_warm_up(trained_tiny):
+    from pgolf.bench.recompile import RecompileWatch
+    from pgolf.eval.sliding import evaluate_windows
+    from pgolf.eval.windows import plan
+
+    t = trained_tiny
+    tokens, seq_len, stride = t.val_tokens[: 2000 + 1], t.cfg.eval_seq_len, 64
+    torch._dynamo.reset()
+    # graphs, not generated code, are what is counted: the eager backend keeps this to seconds
+    hidden = torch.compile(t.model.hidden, dynamic=False, fullgraph=True, backend="eager")
+    windows = plan(tokens, seq_len, stride)
+    rows = 4
+    assert len(windows) % rows  # the last batch is ragged, the first window scores seq_len targets
+    for _ in range(2):  # the second call compiles once more, guarding on the filled RoPE cache
+        evaluate_windows(t.model, ScoreLedger(tokens, t.table), windows[: 2 * rows], seq_len, rows * seq_len,
+                         torch.device("cpu"), hidden=hidden)
+    watch = RecompileWatch()
+    ledger = ScoreLedger(tokens, t.table)
+    with watch.forbid("the sliding evaluation"):
+        evaluate_windows(t.model, ledger, windows, seq_len, rows * seq_len, torch.device("cpu"), hidden=hidden)
+    plain = evaluate_sliding(t.model, tokens, seq_len, stride, t.table, batch_tokens=rows * seq_len)
+    assert ledger.result().val_bpb == pytest.approx(plain.score.val_bpb, rel=1e-6)

@@ -25,7 +25,7 @@ def _bench(args: argparse.Namespace) -> int:
         device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
         text = ref.check_reference_possible(script, device.type, int(os.environ.get("WORLD_SIZE", "1")))
         ref.check_reference_config(cfg, text, args.mode)
-    ours = bench_train(cfg, args.steps, warmup) if args.mode == "train" else bench_eval(cfg)
+    ours = bench_train(cfg, args.steps, warmup) if args.mode == "train" else bench_eval(cfg, args.batch_tokens)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
     reference = None
@@ -63,11 +63,14 @@ def register(subparsers) -> None:
         "bench", help="measure training or evaluation speed (optionally against the reference script)",
         description="Time pgolf's training step or evaluation on this device: step time, tokens/s, model FLOPs "
         "utilisation, peak CUDA memory and synchronised per-phase times; a recompilation during the timed run "
-        "is an error. Results go to OUT_DIR/<date>_<device>_<preset>_<mode>.json.",
+        "is an error. `eval` times the standard evaluation, or with EVAL_STRIDE > 0 the sliding one of `pgolf eval "
+        "--sliding`. Results go to OUT_DIR/<date>_<device>_<preset>_<mode>.json.",
     )
     parser.add_argument("mode", choices=("train", "eval"), help="what to time")
     add_config_arguments(parser)
     parser.add_argument("--steps", type=int, default=20, help="timed training steps (train mode; default 20)")
+    parser.add_argument("--batch-tokens", type=int, default=65_536,
+                        help="sliding evaluation (EVAL_STRIDE > 0): window tokens per forward batch (default 65536, as pgolf eval)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed, undone warm-up steps (default WARMUP_STEPS, at least 2)")
     parser.add_argument("--reference", metavar="PATH/train_gpt.py",

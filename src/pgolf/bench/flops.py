@@ -12,6 +12,9 @@ Counted analytically from the config, one multiply-add = 2 FLOPs, matrix multipl
   as FlashAttention skips them; PaLM's formula counts all ``T`` keys, i.e. about twice this term).
   With document isolation the real context is shorter; the nominal window is still counted.
 * training = forward + backward = 3 x forward; evaluation = forward.
+* sliding evaluation (stride ``s``, windows of ``T``), per scored token: the blocks run over every
+  window position, ``T / s`` of them per scored token, and the head only at scored positions
+  (pgolf's sliding path computes nothing else; the first window of a stream is left out).
 
 Elementwise work (norms, RoPE, relu², softcap, the optimizer) is left out, so MFU is a lower bound
 on the hardware's busy fraction. Peak FLOP/s: dense bf16 tensor-core rates from NVIDIA's datasheets
@@ -46,6 +49,13 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     return 2 * matmul_params(cfg) + attention_flops_per_token(cfg, seq_len)
+
+
+def sliding_flops_per_token(cfg: ModelConfig, seq_len: int, stride: int) -> int:
+    """Forward FLOPs per scored token of a sliding evaluation: blocks at all ``seq_len / stride`` positions, head once."""
+    head = 2 * cfg.model_dim * cfg.vocab_size
+    body = forward_flops_per_token(cfg, seq_len) - head
+    return round(body * seq_len / stride) + head
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> int:

@@ -1,7 +1,8 @@
 """The benchmark's JSON: both sides' numbers with the commit, device, versions and configuration.
 
-Written atomically to ``benchmarks/results/<date>_<device>_<preset>_<mode>.json`` (UTC date; one file
-per day, device, preset and train/eval, so the latest measurement of a day replaces the earlier one).
+Written atomically to ``benchmarks/results/<date>_<device>_<preset>_<mode>.json`` (UTC date; mode
+``train``, ``eval`` or ``eval-sliding<stride>``; one file per day, device, preset and mode, so the
+latest measurement of a day replaces the earlier one).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def device_slug(device: str, world_size: int) -> str:
 def result_path(out_dir: Path, preset: str, ours: Measurement, date: str | None = None) -> Path:
     date = date or time.strftime("%Y-%m-%d", time.gmtime())
     preset_slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(preset).stem if preset.endswith(".toml") else preset)
-    return Path(out_dir) / f"{date}_{device_slug(ours.device, ours.world_size)}_{preset_slug}_{ours.mode}.json"
+    mode = f"{ours.mode}-sliding{ours.details['stride']}" if "stride" in ours.details else ours.mode
+    return Path(out_dir) / f"{date}_{device_slug(ours.device, ours.world_size)}_{preset_slug}_{mode}.json"
 
 
 def reference_numbers(raw: dict, ours: Measurement, cfg: Config) -> dict:

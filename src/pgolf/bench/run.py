@@ -11,7 +11,11 @@ phase pass is slower than the timed pass by construction; its numbers are shares
 
 Evaluation: the warm-up runs :func:`~pgolf.eval.evaluate.evaluate` twice on a prefix of the val
 tokens that has the same batch shapes as the full run (the full batch and the ragged tail), then
-the whole evaluation is timed once.
+the whole evaluation is timed once. With ``EVAL_STRIDE`` > 0 it is the sliding evaluation of
+``pgolf eval --sliding`` instead (:func:`pgolf.eval.sliding.evaluate_windows`, its hidden states
+compiled when the run compiles): warm-up twice on the first two batches (every batch has one
+shape), then planning, scoring and the final score of the whole stream are timed together;
+tokens are the scored targets.
 
 Both timed runs sit inside :meth:`RecompileWatch.forbid`: a recompilation fails the benchmark.
 """
@@ -30,7 +34,7 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from pgolf.bench.flops import forward_flops_per_token, mfu, peak_flops, train_flops_per_token
+from pgolf.bench.flops import forward_flops_per_token, mfu, peak_flops, sliding_flops_per_token, train_flops_per_token
 from pgolf.bench.recompile import RecompileWatch
 from pgolf.config import Config
 from pgolf.errors import PgolfError
@@ -59,6 +63,7 @@ class Measurement:
     recompiles_in_timed_run: int
     peak_memory_mib: int | None
     phases_ms_per_step: dict[str, float] = field(default_factory=dict)
+    details: dict = field(default_factory=dict)  # mode-specific facts (sliding: stride, rows, the score)
 
     @property
     def step_ms(self) -> float:
@@ -89,6 +94,7 @@ class Measurement:
             "recompiles_in_timed_run": self.recompiles_in_timed_run,
             "peak_memory_mib": self.peak_memory_mib,
             "phases_ms_per_step": self.phases_ms_per_step,
+            **self.details,
         }
 
 
@@ -216,10 +222,15 @@ def warmup_windows(total_windows: int, batch_windows: int) -> int:
     return batch_windows + total_windows % batch_windows
 
 
-def bench_eval(cfg: Config) -> Measurement:
-    """Time one full evaluation of the val tokens after a warm-up on a shape-complete prefix."""
+def bench_eval(cfg: Config, sliding_batch_tokens: int = 65_536) -> Measurement:
+    """Time one full evaluation of the val tokens after a warm-up on a shape-complete prefix.
+
+    ``EVAL_STRIDE`` > 0: the sliding evaluation, ``sliding_batch_tokens // seq_len`` windows a batch.
+    """
     from pgolf.eval.evaluate import evaluate
 
+    if cfg.eval.eval_stride > 0:
+        return bench_sliding_eval(cfg, sliding_batch_tokens)
     with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
         s, backend = _setup(cfg, Path(runs_dir))
         try:
@@ -246,6 +257,49 @@ def bench_eval(cfg: Config) -> Measurement:
                 forward_flops_per_token(cfg.model, seq_len), device_name(s.rt.device), s.rt.world_size,
                 backend, s.compile, warm_graphs, watch.during_forbidden, _peak_memory_mib(s.rt.device),
                 {"forward_and_scoring": total_ms},
+            )
+        finally:
+            shutdown_runtime(s.rt)
+
+
+def bench_sliding_eval(cfg: Config, batch_tokens: int) -> Measurement:
+    """Time one sliding evaluation (EVAL_STRIDE, PGOLF_EVAL_DOC_ISOLATED) of the val tokens, as ``pgolf eval`` runs it."""
+    from pgolf.eval.ledger import ScoreLedger
+    from pgolf.eval.sliding import compiled_hidden, evaluate_windows
+    from pgolf.eval.windows import plan
+
+    seq_len, stride = cfg.eval_seq_len, cfg.eval.eval_stride
+    if batch_tokens <= 0:
+        raise PgolfError(f"--batch-tokens {batch_tokens}: must be positive")
+    if stride > seq_len:
+        raise PgolfError(f"EVAL_STRIDE={stride}: the stride must not exceed the window length {seq_len}")
+    with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
+        s, backend = _setup(cfg, Path(runs_dir))
+        try:
+            if s.rt.world_size > 1:
+                raise PgolfError("the sliding evaluation runs in one process: launch `pgolf bench eval` without torchrun")
+            device, tokens = s.rt.device, s.val_tokens
+            bos = cfg.model.bos_id if cfg.eval.doc_isolated else None
+            hidden = compiled_hidden(s.model) if s.compile else None
+            rows = max(batch_tokens // seq_len, 1)
+            warm = plan(tokens, seq_len, stride, bos)[: 2 * rows]
+            watch = RecompileWatch()
+            for _ in range(MIN_WARMUP_STEPS):
+                evaluate_windows(s.model, ScoreLedger(tokens, s.table, device), warm, seq_len, batch_tokens, device, hidden=hidden)
+            warm_graphs = watch.compiled
+            with watch.forbid("the timed sliding evaluation"):
+                synchronize(device)
+                t0 = time.perf_counter()
+                ledger = ScoreLedger(tokens, s.table, device)
+                evaluate_windows(s.model, ledger, plan(tokens, seq_len, stride, bos), seq_len, batch_tokens, device, hidden=hidden)
+                score = ledger.result()  # reads the sums back: the device is done
+                total_ms = 1000.0 * (time.perf_counter() - t0)
+            details = {"eval_kind": "sliding", "stride": stride, "doc_isolated": bos is not None, "window_rows": rows,
+                       "val_loss": score.val_loss, "val_bpb": score.val_bpb}
+            return Measurement(
+                "eval", 1, MIN_WARMUP_STEPS, score.tokens, total_ms, sliding_flops_per_token(cfg.model, seq_len, stride),
+                device_name(device), 1, backend, s.compile, warm_graphs, watch.during_forbidden,
+                _peak_memory_mib(device), {"sliding": total_ms}, details,
             )
         finally:
             shutdown_runtime(s.rt)

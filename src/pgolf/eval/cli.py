@@ -153,6 +153,7 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     from pgolf.eval.evaluate import evaluate
     from pgolf.eval.sliding import evaluate_sliding
     from pgolf.eval.ttt import run_ttt
+    from pgolf.runtime import compile_enabled
 
     e = cfg.eval
     bos = int(sp.bos_id())
@@ -164,9 +165,12 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     phases["standard"] = {"score": result.score.as_dict(), "losses": result.token_losses}
     if e.eval_stride or e.doc_isolated:
         stride = e.eval_stride or seq_len
+        compiled = compile_enabled(cfg.train.compile, device)  # its compile time counts: it is part of the evaluation
         with timer.phase("sliding"):
-            r = evaluate_sliding(model, tokens, seq_len, stride, table, args.batch_tokens, device, bos if e.doc_isolated else None)
-        phases["sliding"] = {"score": r.score.as_dict(), "losses": r.token_losses, "stride": stride, "doc_isolated": e.doc_isolated}
+            r = evaluate_sliding(model, tokens, seq_len, stride, table, args.batch_tokens, device,
+                                 bos if e.doc_isolated else None, compile_hidden=compiled)
+        phases["sliding"] = {"score": r.score.as_dict(), "losses": r.token_losses, "stride": stride,
+                             "doc_isolated": e.doc_isolated, "compiled": compiled}
     if e.ttt:
         with timer.phase("ttt"):
             r = run_ttt(e.ttt, model, tokens, table, e, seq_len, bos, device, cfg.train.seed)

@@ -30,10 +30,22 @@ class ScoreLedger:
         self.device = torch.device(device)
         self.n_targets = int(tokens.shape[0]) - 1
         self.scored = np.zeros(self.n_targets, dtype=np.bool_)
-        self.losses = np.full(self.n_targets, np.nan, dtype=np.float32)
+        # losses stay on the device until read: recording a batch never waits for the device
+        self._losses = torch.full((self.n_targets,), float("nan"), dtype=torch.float32, device=self.device)
         self.step_of = np.full(self.n_targets, -1, dtype=np.int64)
         self.steps = 0
         self.acc = BpbAccumulator(table, device)
+        self._device_tokens: torch.Tensor | None = None
+
+    @property
+    def losses(self) -> np.ndarray:
+        """float32 nats per target (NaN where not scored yet), a host copy."""
+        return self._losses.cpu().numpy()
+
+    def _tokens_on_device(self) -> torch.Tensor:
+        if self._device_tokens is None:
+            self._device_tokens = self._tokens.to(self.device)
+        return self._device_tokens
 
     # -- scoring side ---------------------------------------------------------------------------
     def inputs(self, start: int, end: int) -> torch.Tensor:
@@ -44,22 +56,38 @@ class ScoreLedger:
         """Target tokens of targets ``[start, end)``; only the scorer may ask for them."""
         return self._tokens[start + 1 : end + 1]
 
-    def record(self, target_idx: torch.Tensor | np.ndarray, losses: torch.Tensor) -> None:
-        """Score targets ``target_idx`` (1-D, distinct) with per-target losses in nats."""
-        idx = torch.as_tensor(target_idx, dtype=torch.int64).reshape(-1).cpu()
+    def window_tensors(self, starts: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets [rows, seq_len] of windows ``[start, start + length)`` on the device, right-padded with 0.
+
+        ``starts`` and ``lengths`` are device tensors; the gather runs on the device (no host copy per batch).
+        """
+        tokens = self._tokens_on_device()
+        column = torch.arange(seq_len, device=tokens.device)
+        valid = column[None, :] < lengths[:, None]
+        pos = (starts[:, None] + column[None, :]).clamp_(max=self.n_targets - 1)
+        zero = torch.zeros((), dtype=tokens.dtype, device=tokens.device)
+        return torch.where(valid, tokens[pos], zero), torch.where(valid, tokens[pos + 1], zero)
+
+    def record(self, target_idx: torch.Tensor | np.ndarray, losses: torch.Tensor, device_idx: torch.Tensor | None = None) -> None:
+        """Score targets ``target_idx`` (1-D, distinct; host) with per-target losses in nats.
+
+        ``device_idx``: the same indices already on the ledger's device, which spares a copy.
+        """
+        idx_np = np.asarray(torch.as_tensor(target_idx, dtype=torch.int64).reshape(-1).cpu())
         losses = losses.detach().reshape(-1)
-        if idx.numel() != losses.numel():
-            raise ValueError(f"{idx.numel()} targets but {losses.numel()} losses")
-        idx_np = idx.numpy()
+        if idx_np.size != losses.numel():
+            raise ValueError(f"{idx_np.size} targets but {losses.numel()} losses")
         if self.scored[idx_np].any() or np.unique(idx_np).size != idx_np.size:
             first = int(idx_np[self.scored[idx_np]][0]) if self.scored[idx_np].any() else int(idx_np[0])
             raise ScoreFirstViolation(f"target {first} scored twice (one left-to-right pass only)")
         self.scored[idx_np] = True
-        self.losses[idx_np] = losses.float().cpu().numpy()
         self.step_of[idx_np] = self.steps
         self.steps += 1
-        dev = losses.device
-        self.acc.add(losses, self._tokens[idx].to(dev), self._tokens[idx + 1].to(dev))
+        idx = torch.from_numpy(idx_np).to(self.device) if device_idx is None else device_idx
+        losses = losses.to(self.device)
+        self._losses[idx] = losses.float()
+        tokens = self._tokens_on_device()
+        self.acc.add(losses, tokens[idx], tokens[idx + 1])
 
     # -- adapter side ---------------------------------------------------------------------------
     def check_scored(self, start: int, end: int) -> None:

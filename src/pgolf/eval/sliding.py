@@ -1,19 +1,32 @@
 """Sliding-window and document-isolated evaluation, batched, scored through the ledger.
 
 Windows come from :func:`pgolf.eval.windows.plan` (every target exactly once, the final partial
-window included). A batch stacks up to ``batch_tokens // seq_len`` windows, right-padded to the
-longest: the model is causal, so padding after a position never changes that position's output.
-Only each window's scored targets reach :meth:`ScoreLedger.record`, and through it
-:class:`pgolf.eval.bpb.BpbAccumulator`. Single process (``pgolf eval`` runs in one process).
+window included). Only each window's scored targets reach :meth:`ScoreLedger.record`, and through
+it :class:`pgolf.eval.bpb.BpbAccumulator`. Single process (``pgolf eval`` runs in one process).
+
+Why it is fast (:func:`evaluate_windows`, for any model with ``hidden`` and ``head``, i.e. GPT):
+
+* one shape: every batch is ``[rows, seq_len]``, windows right-padded with token 0 (the model is
+  causal, so padding after a position never changes that position's output) and the last batch
+  padded with empty rows, so a compiled ``hidden`` (``compile_hidden=True``) compiles once;
+* the output head, softcap and cross-entropy run only on the scored positions (``stride`` of
+  ``seq_len`` per window), not on every position as a full forward would;
+* inputs are gathered on the device from one copy of the stream and losses stay there until
+  the end: no host round trip per batch.
+
+:func:`score_windows` is the plain path (a full forward, then pick): the LoRA TTT, whose hooks
+need the full forward, uses it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
@@ -73,6 +86,56 @@ def batches(windows: list[Window], batch_windows: int):
         yield windows[i : i + batch_windows]
 
 
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where a batch's windows sit in the stream and which of their positions are scored (host arrays)."""
+
+    starts: np.ndarray  # [rows] first input of each window (0 for padding rows)
+    lengths: np.ndarray  # [rows] inputs of each window (0 for padding rows)
+    positions: np.ndarray  # scored positions, flattened: row * seq_len + column
+    targets: np.ndarray  # the stream target each scored position predicts
+
+
+def batch_layout(windows: list[Window], rows: int, seq_len: int) -> BatchLayout:
+    """``windows`` as ``rows`` rows of ``seq_len`` (padding rows empty), with every scored position."""
+    if len(windows) > rows:
+        raise ValueError(f"{len(windows)} windows do not fit in {rows} rows")
+    start = np.array([w.start for w in windows], dtype=np.int64)
+    end = np.array([w.end for w in windows], dtype=np.int64)
+    first = np.array([w.score_from for w in windows], dtype=np.int64)
+    if (end - start > seq_len).any():
+        raise ValueError(f"a window is longer than seq_len {seq_len}")
+    counts = end - first
+    row = np.repeat(np.arange(len(windows)), counts)
+    offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    targets = first[row] + offset
+    pad = np.zeros(rows - len(windows), dtype=np.int64)
+    return BatchLayout(np.concatenate([start, pad]), np.concatenate([end - start, pad]),
+                       row * seq_len + targets - start[row], targets)
+
+
+def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(array).to(device, non_blocking=True)
+
+
+def score_layout(model: torch.nn.Module, hidden: Callable[[torch.Tensor], torch.Tensor], ledger: ScoreLedger,
+                 layout: BatchLayout, seq_len: int, device: torch.device) -> torch.Tensor:
+    """One scoring step: ``hidden`` over the batch, the head and loss at scored positions only; returns those losses."""
+    x, y = ledger.window_tensors(_on(device, layout.starts), _on(device, layout.lengths), seq_len)
+    positions, targets = _on(device, layout.positions), _on(device, layout.targets)
+    with autocast_for(device):
+        h = hidden(x)
+        logits = model.head(h.reshape(-1, h.size(-1)).index_select(0, positions))
+        losses = F.cross_entropy(logits.float(), y.reshape(-1).index_select(0, positions), reduction="none")
+    ledger.record(layout.targets, losses, device_idx=targets)
+    return losses
+
+
+def compiled_hidden(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model.hidden`` compiled for one static shape (sliding batches all have one)."""
+    return torch.compile(model.hidden, dynamic=False, fullgraph=True)
+
+
 @torch.no_grad()  # not inference_mode: TTT trains the same model (and its caches) afterwards
 def evaluate_windows(
     model: torch.nn.Module,
@@ -82,13 +145,25 @@ def evaluate_windows(
     batch_tokens: int,
     device: torch.device,
     progress=None,
+    hidden: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
-    """Score ``windows`` into ``ledger`` in batches of ``batch_tokens // seq_len`` windows."""
+    """Score ``windows`` into ``ledger`` in batches of ``batch_tokens // seq_len`` windows.
+
+    ``hidden`` replaces ``model.hidden`` (e.g. :func:`compiled_hidden`). Models without
+    ``hidden``/``head`` take the plain path (:func:`score_windows`).
+    """
+    if not windows:
+        return
+    fast = hasattr(model, "hidden") and hasattr(model, "head")
+    rows = min(max(batch_tokens // seq_len, 1), len(windows))
     was_training = model.training
     model.eval()
     try:
-        for group in batches(windows, max(batch_tokens // seq_len, 1)):
-            score_windows(model, ledger, group, device)
+        for group in batches(windows, rows):
+            if fast:
+                score_layout(model, hidden or model.hidden, ledger, batch_layout(group, rows, seq_len), seq_len, device)
+            else:
+                score_windows(model, ledger, group, device)
             if progress is not None:
                 progress.update(sum(w.scored for w in group))
     finally:
@@ -105,15 +180,18 @@ def evaluate_sliding(
     device: torch.device | str = "cpu",
     bos_id: int | None = None,
     progress=None,
+    compile_hidden: bool = False,
 ) -> LedgerResult:
     """Score every target of ``tokens`` once with sliding windows (``bos_id``: document-isolated).
 
     ``stride == seq_len`` without ``bos_id`` reproduces the standard non-overlapping evaluation
-    (and, unlike it, also scores the final partial window).
+    (and, unlike it, also scores the final partial window). ``compile_hidden``: run the model's
+    hidden states through :func:`compiled_hidden` (one graph for the whole evaluation).
     """
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         raise PgolfError("sliding-window evaluation runs in a single process (use one rank)")
     device = torch.device(device)
     ledger = ScoreLedger(tokens, table, device)
-    evaluate_windows(model, ledger, plan(tokens, seq_len, stride, bos_id), seq_len, batch_tokens, device, progress)
+    hidden = compiled_hidden(model) if compile_hidden else None
+    evaluate_windows(model, ledger, plan(tokens, seq_len, stride, bos_id), seq_len, batch_tokens, device, progress, hidden)
     return ledger_result(ledger)

@@ -202,7 +202,10 @@ class GPT(nn.Module):
 
     def logits(self, input_ids: Tensor) -> Tensor:
         """Softcapped logits [batch, seq, vocab] in the activation dtype."""
-        x = self.hidden(input_ids)
+        return self.head(self.hidden(input_ids))
+
+    def head(self, x: Tensor) -> Tensor:
+        """Softcapped logits of final-normed hidden states [..., dim] (sliding evaluation calls it on scored positions only)."""
         if self.lm_head is None:
             proj = F.linear(tied_head_input(x, self.embed_proj, self.embed_proj_rev), self.tok_emb.weight.to(x.dtype))
         else:

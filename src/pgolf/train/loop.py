@@ -43,7 +43,8 @@ from pgolf.optim.grad_sync import BankedGradSync, broadcast_parameters, make_gra
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.quant.qat import disable_qat, update_qat
-from pgolf.runtime import Runtime, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime, source_hash, versions
+from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime,
+                           source_hash, versions)
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 from pgolf.train.warmup import capture, graph_variants, restore, set_variant
@@ -71,10 +72,6 @@ class Session:
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
 
 
-def _use_compile(cfg: Config, device: torch.device) -> bool:
-    return cfg.train.compile == "1" or (cfg.train.compile == "auto" and device.type == "cuda")
-
-
 def _sync(rt: Runtime) -> None:
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
@@ -94,7 +91,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
     select_backend(cfg.train.attn_backend, rt.device)
     model = build_model(cfg.model, rt.device)
-    use_compile = _use_compile(cfg, rt.device)
+    use_compile = compile_enabled(cfg.train.compile, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
     banks_outside_ddp = cfg.optim.muon_parallel and rt.distributed
     opts = build_optimizers(model, cfg.optim, cfg.model.tie_embeddings, per_rank_grads=banks_outside_ddp)
