@@ -107,3 +107,58 @@ def test_result_names():
     assert device_slug("NVIDIA H100 80GB HBM3", 8) == "8xh100-80gb-hbm3"
     m = Measurement("eval", 1, 2, 10, 1.0, 1, "NVIDIA H200", 1, "fa3", True, 3, 0, 100)
     assert result_path(Path("out"), "configs/my run.toml", m, date="2026-01-02") == Path("out/2026-01-02_h200_my-run_eval.json")
+
+
+# The last lines of R15's train.log (records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd).
+R15_LOG_TAIL = """\
+step:12047/20000 val_loss:2.0079 val_bpb:1.1892 train_time:599974ms step_avg:49.80ms
+peak memory allocated: 11340 MiB reserved: 11504 MiB
+final_int6_roundtrip val_loss:2.0077 val_bpb:1.1891 eval_time:1553ms
+final_int6_roundtrip_exact val_loss:2.00771951 val_bpb:1.18908459
+final_sliding_window_eval stride:64 val_loss:1.9511 val_bpb:1.1556 eval_time:75096ms
+final_sliding_window_eval_exact stride:64 val_loss:1.95110428 val_bpb:1.15555486
+"""
+# R15's Hyperparameters read these names (its train_gpt_v5.py); the rest of its setup is hard-coded.
+R15_ENV_NAMES = REFERENCE_ENV_NAMES + "EVAL_STRIDE MUON_WEIGHT_DECAY BIGRAM_HASH_BUCKETS BIGRAM_HASH_DIM USE_SMEARGATE".split()
+R15_TEXT = "\n".join(f'x = os.environ.get("{name}", "")' for name in R15_ENV_NAMES)
+
+
+def test_parse_a_record_log_with_its_sliding_evaluation():
+    got = parse_reference_log(R15_LOG_TAIL, "eval", sliding=True)
+    assert got["eval_time_ms"] == 1553.0  # final_int6_roundtrip: any export's round-trip line
+    assert (got["sliding_stride"], got["sliding_val_bpb"], got["sliding_eval_time_ms"]) == (64, 1.1556, 75096.0)
+    with pytest.raises(PgolfError, match="no 'final_sliding_window_eval"):
+        parse_reference_log(REFERENCE_LOG, "eval", sliding=True)
+
+
+def test_a_record_preset_compares_with_its_own_script():
+    from pgolf.presets import build_config
+
+    cfg = build_config("smeargate_orthoinit_muonwd", [], environ={})
+    check_reference_config(cfg, R15_TEXT, "eval")  # ORTHO_INIT, QAT, int6: not read, hard-coded at the preset's values
+    env = reference_env(cfg, Path("/data"), iterations=0, warmup_steps=2)
+    assert (env["BIGRAM_HASH_BUCKETS"], env["BIGRAM_HASH_DIM"], env["MUON_WEIGHT_DECAY"]) == ("4096", "128", "0.01")
+    assert "BIGRAM_VOCAB_SIZE" not in env and env["EVAL_STRIDE"] == "64"
+    cfg.model.ortho_init = False  # the script hard-codes orthogonal init
+    with pytest.raises(PgolfError, match="model.ortho_init=False: the reference does not read ORTHO_INIT"):
+        check_reference_config(cfg, R15_TEXT, "train")
+    cfg = build_config("smeargate_orthoinit_muonwd", [], environ={})
+    with pytest.raises(PgolfError, match="this script is not it"):
+        check_reference_config(cfg, SCRIPT_TEXT, "train")  # the baseline's script for R15's preset
+    cfg = build_config("baseline", ["EVAL_STRIDE=64"], environ={})
+    with pytest.raises(PgolfError, match="does not read EVAL_STRIDE"):
+        check_reference_config(cfg, SCRIPT_TEXT, "eval")
+
+
+def test_a_record_sliding_rate_counts_the_targets_it_scores():
+    from pgolf.bench.reference import sliding_targets
+    from pgolf.bench.report import reference_numbers
+    from pgolf.presets import build_config
+
+    assert sliding_targets(4096, 1024, 64) == 49 * 64  # windows at 0, 64, ..., 3072
+    assert sliding_targets(1000, 1024, 64) == 64  # one window, as its max(..., 1)
+    cfg = build_config("smeargate_orthoinit_muonwd", [], environ={})
+    ours = Measurement("eval", 1, 2, 4096, 500.0, 1, "cpu", 1, "sdpa", False, 0, 0, None, details={"stride": 64})
+    raw = parse_reference_log(R15_LOG_TAIL, "eval", sliding=True)
+    got = reference_numbers(raw, ours, cfg)
+    assert got["tokens"] == 49 * 64 and got["tokens_per_s"] == pytest.approx(49 * 64 / 75.096)

@@ -9,6 +9,13 @@ reference only reads ``DATA_PATH/fineweb_{train,val}_*.bin``.
 The reference needs CUDA (it raises ``CUDA is required`` otherwise), always compiles, always uses
 ``grad_accum_steps = 8 // WORLD_SIZE`` and always scores the full val split; configurations it
 cannot express are refused up front with one line, rather than compared unlike with unlike.
+
+A record's own script is a reference too: :data:`PROFILES` says, per preset, which script it is (a
+string its text must contain) and the environment variables the script reads under other names.
+A field the script does not read is accepted only at the preset's value, since the preset
+describes that record (the script hard-codes it); for any other preset the comparison is with the
+challenge's ``train_gpt.py`` and the baseline's values. With ``EVAL_STRIDE`` > 0 (scripts that
+read it), eval mode compares the script's own sliding evaluation (``final_sliding_window_eval``).
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgolf.config import Config, iter_fields
 from pgolf.data.shards import resolve_shards
 from pgolf.errors import PgolfError
-from pgolf.presets import baseline
+from pgolf.presets import resolve_preset
 
 # Fields that set up the run (paths, logging, step counts, which kernels pgolf uses) rather than what is
 # computed; the comparison overrides or links them, or checks them separately below.
@@ -35,7 +43,42 @@ NOT_COMPARED = {
 }
 STEP_LINE = re.compile(r"^step:(\d+)/(\d+) train_loss:\S+ train_time:(\d+)ms step_avg:([\d.]+)ms", re.M)
 PEAK_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB", re.M)
-EVAL_LINE = re.compile(r"^final_int8_zlib_roundtrip val_loss:\S+ val_bpb:\S+ eval_time:(\d+)ms", re.M)
+EVAL_LINE = re.compile(r"^final_\w+_roundtrip val_loss:\S+ val_bpb:\S+ eval_time:(\d+)ms", re.M)
+SLIDING_LINE = re.compile(r"^final_sliding_window_eval stride:(\d+) val_loss:(\S+) val_bpb:(\S+) eval_time:(\d+)ms", re.M)
+
+
+@dataclass(frozen=True)
+class ScriptProfile:
+    """How one script reads pgolf's configuration."""
+
+    script: str  # what the script is, for messages
+    signature: str = ""  # a string only that script's text contains
+    renamed: dict[str, str] = field(default_factory=dict)  # pgolf's env name -> the script's
+
+    def env_name(self, name: str) -> str:
+        return self.renamed.get(name, name)
+
+
+BASELINE_PROFILE = ScriptProfile("the challenge's train_gpt.py")
+PROFILES = {
+    "smeargate_orthoinit_muonwd": ScriptProfile(
+        "records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd/train_gpt_v5.py (R15)",
+        signature='"BIGRAM_HASH_BUCKETS"',
+        renamed={"BIGRAM_VOCAB_SIZE": "BIGRAM_HASH_BUCKETS", "BIGRAM_DIM": "BIGRAM_HASH_DIM", "MUON_WD": "MUON_WEIGHT_DECAY"},
+    ),
+}
+
+
+def profile_for(cfg: Config) -> tuple[ScriptProfile, Config]:
+    """The script profile of the run's preset and the configuration that script runs by default."""
+    if cfg.preset in PROFILES:
+        return PROFILES[cfg.preset], resolve_preset(cfg.preset)
+    return BASELINE_PROFILE, resolve_preset("baseline")
+
+
+def sliding_targets(n_targets: int, seq_len: int, stride: int) -> int:
+    """Targets the record scripts' sliding evaluation scores: the last ``stride`` of every full window."""
+    return max((n_targets - seq_len) // stride + 1, 1) * stride
 
 
 def check_reference_possible(script: Path, device_type: str, world_size: int) -> str:
@@ -50,14 +93,17 @@ def check_reference_possible(script: Path, device_type: str, world_size: int) ->
 
 
 def check_reference_config(cfg: Config, script_text: str, mode: str) -> None:
-    """Every non-default field must be one the reference reads; and the settings it hard-codes must match."""
-    default = baseline()
+    """Every field off the script's defaults must be one the script reads; and the settings it hard-codes must match."""
+    profile, default = profile_for(cfg)
+    if profile.signature and profile.signature not in script_text:
+        raise PgolfError(f"preset {cfg.preset} compares with {profile.script}, and this script is not it (it lacks {profile.signature})")
     for section, f in iter_fields(cfg):
         value, env = getattr(getattr(cfg, section), f.name), f.metadata.get("env")
         if f"{section}.{f.name}" in NOT_COMPARED:
             continue
-        if value != getattr(getattr(default, section), f.name) and (not env or f'"{env}"' not in script_text):
-            raise PgolfError(f"{section}.{f.name}={value!r}: the reference does not read {env or 'this field'}, so it cannot run the same configuration")
+        name = profile.env_name(env) if env else None
+        if value != getattr(getattr(default, section), f.name) and (not name or f'"{name}"' not in script_text):
+            raise PgolfError(f"{section}.{f.name}={value!r}: the reference does not read {name or 'this field'}, so it cannot run the same configuration")
     if cfg.train.grad_accum_steps not in (0, 8):
         raise PgolfError(f"GRAD_ACCUM_STEPS={cfg.train.grad_accum_steps}: the reference always uses 8 // WORLD_SIZE = 8 on one GPU")
     if cfg.train.compile == "0":
@@ -76,11 +122,12 @@ def link_data(cfg: Config, folder: Path) -> Path:
 
 
 def reference_env(cfg: Config, data_path: Path, iterations: int, warmup_steps: int) -> dict[str, str]:
+    profile, _ = profile_for(cfg)
     env = {}
     for section, f in iter_fields(cfg):
         name, value = f.metadata.get("env"), getattr(getattr(cfg, section), f.name)
         if name:
-            env[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+            env[profile.env_name(name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     env.update(
         DATA_PATH=str(data_path), TOKENIZER_PATH=str(Path(cfg.data.tokenizer_path).resolve()),
         ITERATIONS=str(iterations), WARMUP_STEPS=str(warmup_steps), VAL_LOSS_EVERY="0",
@@ -89,13 +136,19 @@ def reference_env(cfg: Config, data_path: Path, iterations: int, warmup_steps: i
     return env
 
 
-def parse_reference_log(text: str, mode: str) -> dict:
-    """The reference's own numbers from its stdout: last step line, peak memory, round-trip eval time."""
+def parse_reference_log(text: str, mode: str, sliding: bool = False) -> dict:
+    """The reference's own numbers from its stdout: last step line, peak memory, round-trip (and sliding) eval time."""
     peak, evaluation = PEAK_LINE.search(text), EVAL_LINE.search(text)
     if peak is None or evaluation is None:
-        raise PgolfError("reference output lacks its 'peak memory allocated' or 'final_int8_zlib_roundtrip' line: did it finish?")
+        raise PgolfError("reference output lacks its 'peak memory allocated' or 'final_..._roundtrip' line: did it finish?")
     result = {"peak_memory_mib": int(peak.group(1)), "peak_memory_reserved_mib": int(peak.group(2)),
               "eval_time_ms": float(evaluation.group(1))}
+    if sliding:
+        found = SLIDING_LINE.search(text)
+        if found is None:
+            raise PgolfError("reference output has no 'final_sliding_window_eval stride:...' line: does the script read EVAL_STRIDE?")
+        result.update(sliding_stride=int(found.group(1)), sliding_val_loss=float(found.group(2)),
+                      sliding_val_bpb=float(found.group(3)), sliding_eval_time_ms=float(found.group(4)))
     if mode == "train":
         steps = STEP_LINE.findall(text)
         if not steps:
@@ -116,4 +169,4 @@ def run_reference(script: Path, cfg: Config, mode: str, steps: int, warmup_steps
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise PgolfError(f"reference {script} exited with {proc.returncode}: {last}")
-    return parse_reference_log(proc.stdout, mode)
+    return parse_reference_log(proc.stdout, mode, sliding=mode == "eval" and cfg.eval.eval_stride > 0)

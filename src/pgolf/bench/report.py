@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from pgolf.bench.flops import mfu, peak_flops
+from pgolf.bench.reference import sliding_targets
 from pgolf.bench.run import Measurement
 from pgolf.config import Config
 from pgolf.runtime import git_commit, source_hash, versions
@@ -40,11 +41,13 @@ def reference_numbers(raw: dict, ours: Measurement, cfg: Config) -> dict:
     peak = peak_flops(ours.device)
     if ours.mode == "train":
         total_ms, tokens = raw["total_ms"], cfg.train.train_batch_tokens * raw["steps"]
+    elif "sliding_eval_time_ms" in raw:  # the script's sliding evaluation: its own count of scored targets
+        total_ms, tokens = raw["sliding_eval_time_ms"], sliding_targets(ours.tokens, cfg.eval_seq_len, cfg.eval.eval_stride)
     else:
         total_ms, tokens = raw["eval_time_ms"], ours.tokens
     rate = tokens / (total_ms / 1000.0)
     derived = {"tokens": tokens, "tokens_per_s": rate, "mfu": mfu(ours.flops_per_token, rate, 1, peak)}
-    if ours.mode == "eval":
+    if ours.mode == "eval" and "sliding_eval_time_ms" not in raw:
         derived["eval_batch_tokens"] = cfg.eval.val_batch_size // 8  # it divides by grad_accum_steps = 8
     return {**raw, **derived}
 
