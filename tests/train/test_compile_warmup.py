@@ -147,3 +147,33 @@ def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, 
     # every variant is a graph of its own: each one's first warm-up step compiled it
     assert all(warmup[i] >= 1 for i in (0, 2, 4, 6)), warmup
     assert timed == [0, 0, 0, 0], f"graphs compiled per timed step: {timed}"
+
+
+def test_round_trip_evaluation_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
+    """Its graphs (loops on, QAT off, eval mode) are primed in the warm-up, so eval_time holds no compilation."""
+    graphs_in_round_trip: list[int] = []
+    real_export = loop.export_and_score
+
+    def counting_export(*args, **kwargs):
+        before = graphs_compiled()
+        out = real_export(*args, **kwargs)
+        graphs_in_round_trip.append(graphs_compiled() - before)
+        return out
+
+    monkeypatch.setattr(loop, "export_and_score", counting_export)
+    # 256 val tokens of 128-token windows in batches of 1: one batch shape
+    cfg = switching_config(shared_data, "RUN_ID=rt", "WARMUP_STEPS=2", "PGOLF_COMPILE=1", "VAL_BATCH_SIZE=128")
+    loop.train(cfg, runs_dir=tmp_path, echo=False)
+    log = (tmp_path / "rt" / "train.log").read_text()
+    assert "warmup: evaluation graphs primed for batches of [1] windows (loops:1 qat:off)" in log
+    assert graphs_in_round_trip == [0]
+
+
+def test_eval_batch_rows_are_the_full_batch_and_the_ragged_tail():
+    from pgolf.eval.evaluate import batch_rows
+
+    assert batch_rows(39, 16 * 128, 128) == [7, 16]
+    assert batch_rows(32, 16 * 128, 128) == [16]
+    assert batch_rows(7, 16 * 128, 128) == [7]
+    # 8 ranks, 10 windows a batch each: rank 3 scores windows 37..49 (13 of them)
+    assert batch_rows(100, 8 * 10 * 128, 128, rank=3, world_size=8) == [3, 10]

@@ -47,6 +47,38 @@ def rank_window_range(total_windows: int, rank: int, world_size: int) -> tuple[i
     return (total_windows * rank) // world_size, (total_windows * (rank + 1)) // world_size
 
 
+def batch_rows(total_windows: int, batch_tokens: int, seq_len: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """The distinct batch sizes (windows) :func:`evaluate` runs on this rank: the full batch and the ragged tail."""
+    batch_windows = max(batch_tokens // (world_size * seq_len), 1)
+    first, last = rank_window_range(total_windows, rank, world_size)
+    mine = last - first
+    sizes = {batch_windows} if mine >= batch_windows else set()
+    if mine % batch_windows:
+        sizes.add(mine % batch_windows)
+    return sorted(sizes)
+
+
+@torch.no_grad()
+def prime_eval_graphs(model: torch.nn.Module, rows: list[int], seq_len: int, vocab_size: int, device: torch.device) -> None:
+    """Call ``model`` as :func:`evaluate` does, twice per batch size, on throwaway tokens.
+
+    A compiled model then has its evaluation graphs before any clock starts (the second call:
+    the graph is recompiled once after the first fills the RoPE cache). No validation token is read.
+    """
+    generator = torch.Generator().manual_seed(0)  # private: the global RNGs are not advanced
+    was_training = model.training
+    model.eval()
+    try:
+        for n in rows:
+            # two tensors: the graph guards on whether inputs and targets are the same object
+            x, y = torch.randint(0, vocab_size, (2, n, seq_len), generator=generator).to(device).unbind(0)
+            for _ in range(2):
+                with autocast_for(device):
+                    model(x, y, reduction="none")
+    finally:
+        model.train(was_training)
+
+
 # no_grad, not inference_mode: modules cache tensors (RoPE tables) that training reuses afterwards,
 # and inference tensors cannot be saved for backward.
 @torch.no_grad()
