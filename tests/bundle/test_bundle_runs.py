@@ -88,11 +88,12 @@ def test_bundle_trains_exactly_like_the_package(preset, shared_data, tmp_path):
     overrides = data_overrides(shared_data) + PRESETS[preset] + ["SEED=7"]
     # The bundle freezes ITERATIONS=50; the reference env var ITERATIONS=30 must still win over it.
     cfg = build_config(preset, overrides + ["ITERATIONS=50"], environ={})
-    report = build_bundle(cfg, tmp_path / "train_gpt.py")
     runs = tmp_path / "runs"
     # Both sides in fresh processes with one thread each: same kernels, so equality can be exact.
-    bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle", ITERATIONS=str(STEPS))
+    # The package side trains while this process builds the bundle (two cores, two jobs).
     package_proc = start_package(preset, overrides + [f"ITERATIONS={STEPS}"], runs, "package")
+    report = build_bundle(cfg, tmp_path / "train_gpt.py")
+    bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle", ITERATIONS=str(STEPS))
     bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
     assert bundled["steps"] == package["steps"] == STEPS
     assert losses(tmp_path / "runs" / "bundle") == losses(tmp_path / "runs" / "package")  # exactly
@@ -105,10 +106,10 @@ def test_bundle_trains_exactly_like_the_package(preset, shared_data, tmp_path):
 @pytest.mark.parametrize("preset", RECORD_PRESETS)
 def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, shared_data, tmp_path):
     overrides = data_overrides(shared_data) + TOY + ["ITERATIONS=4"]
-    build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
     runs = tmp_path / "runs"
+    package_proc = start_package(preset, overrides, runs, "package")  # trains while the bundle is built
+    build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
     bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle")
-    package_proc = start_package(preset, overrides, runs, "package")
     bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
     assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 4
     assert (bundled["val_loss"], bundled["val_bpb"]) == (package["val_loss"], package["val_bpb"])
@@ -183,7 +184,8 @@ def test_check_folded_accepts_the_built_in_value_and_refuses_another():
 
 
 def test_bundle_cli_reports_sizes(run_pgolf, tmp_path):
-    code, out, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(tmp_path / "t.py"), "--json"])
+    # --no-specialise: the sizes reported are what is tested, not folding (the slow part of a build)
+    code, out, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--no-specialise", "-o", str(tmp_path / "t.py"), "--json"])
     assert code == 0, err
     report = json.loads(out)
     assert report["bytes_wrapped"] == os.path.getsize(tmp_path / "t.py")

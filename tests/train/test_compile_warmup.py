@@ -165,7 +165,7 @@ def test_round_trip_evaluation_compiles_nothing_after_the_warm_up(shared_data, t
     cfg = switching_config(shared_data, "RUN_ID=rt", "WARMUP_STEPS=2", "PGOLF_COMPILE=1", "VAL_BATCH_SIZE=128")
     loop.train(cfg, runs_dir=tmp_path, echo=False)
     log = (tmp_path / "rt" / "train.log").read_text()
-    assert "warmup: evaluation graphs primed for batches of [1] windows (loops:1 qat:off)" in log
+    assert "warmup_eval_batches:[1]" in log
     assert graphs_in_round_trip == [0]
 
 

@@ -236,7 +236,7 @@ def prime_final_evaluation(s: Session) -> None:
     seq_len = s.cfg.eval_seq_len
     rows = batch_rows((s.val_tokens.shape[0] - 1) // seq_len, s.cfg.eval.val_batch_size, seq_len, s.rt.rank, s.rt.world_size)
     prime_eval_graphs(s.step_model, rows, seq_len, s.cfg.model.vocab_size, s.rt.device)
-    s.run.log(f"warmup: evaluation graphs primed for batches of {rows} windows (loops:{s.model.cfg.num_loops} qat:off)")
+    s.run.log(f"warmup_eval_batches:{rows}")
 
 
 def validate(s: Session) -> Score:
