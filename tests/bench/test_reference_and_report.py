@@ -127,8 +127,18 @@ def test_parse_a_record_log_with_its_sliding_evaluation():
     got = parse_reference_log(R15_LOG_TAIL, "eval", sliding=True)
     assert got["eval_time_ms"] == 1553.0  # final_int6_roundtrip: any export's round-trip line
     assert (got["sliding_stride"], got["sliding_val_bpb"], got["sliding_eval_time_ms"]) == (64, 1.1556, 75096.0)
-    with pytest.raises(PgolfError, match="no 'final_sliding_window_eval"):
+    with pytest.raises(PgolfError, match="no 'final_..._sliding_window"):
         parse_reference_log(REFERENCE_LOG, "eval", sliding=True)
+    # R22's order (train_seed1337.log): stride after the score, and an int8 "_exact" alias of the sliding score
+    r22 = """\
+peak memory allocated: 21471 MiB reserved: 22002 MiB
+final_int6_roundtrip val_loss:1.9336 val_bpb:1.1452 eval_time:6562ms
+final_int6_roundtrip_exact val_loss:1.93358885 val_bpb:1.14518023
+final_int6_sliding_window val_loss:1.8939 val_bpb:1.1217 stride:64 eval_time:74066ms
+final_int8_zlib_roundtrip_exact val_loss:1.89385556 val_bpb:1.12165091
+"""
+    got = parse_reference_log(r22, "eval", sliding=True)
+    assert (got["eval_time_ms"], got["sliding_stride"], got["sliding_val_bpb"], got["sliding_eval_time_ms"]) == (6562.0, 64, 1.1217, 74066.0)
 
 
 def test_a_record_preset_compares_with_its_own_script():

@@ -1,5 +1,5 @@
 """The shipped single-file bundle trains exactly like the package: same losses, step for step,
-for three presets, and for two record presets (every technique they switch on, at toy width) the
+for two presets (and demo_cpu folds exactly as tiny_cpu does), and for two record presets (every technique they switch on, at toy width) the
 same losses and the same round-trip score; the reference env vars still override its frozen
 config, except a folded switch, which is refused in one line; its own size is the code bytes; the
 baseline bundle is under 25,000 bytes."""
@@ -21,11 +21,11 @@ from pgolf.presets import build_config
 STEPS = 30
 SMALL = ["TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "VAL_BATCH_SIZE=2048", "VAL_MAX_TOKENS=4096",
          "TRAIN_LOG_EVERY=0", "MAX_WALLCLOCK_SECONDS=0", "PGOLF_DEVICE=cpu", "PGOLF_COMPILE=0"]
-# Each preset as small as a fast test needs; demo_cpu's sp512 tokenizer is not among the fixtures.
+# Each preset as small as a fast test needs. demo_cpu is tiny_cpu at another size: the same code is
+# bundled (test_demo_cpu_bundles_the_same_code_as_tiny_cpu), so its run would repeat tiny_cpu's.
 PRESETS = {
     "baseline": ["NUM_LAYERS=2", "MODEL_DIM=64", "WARMUP_STEPS=2", *SMALL],  # GRAD_ACCUM_STEPS=0: 8 micro-steps
     "tiny_cpu": SMALL,
-    "demo_cpu": ["VOCAB_SIZE=1024", *SMALL],
 }
 
 # Record presets at toy width on the sp1024 fixtures: small enough that both sides run in seconds, with
@@ -126,6 +126,12 @@ def test_bundle_runs_under_torchrun_on_two_ranks(shared_data, tmp_path):
     ddp = finish(ddp_proc, runs, "ddp")
     assert ddp["world_size"] == 2 and single["world_size"] == 1
     assert max(abs(a - b) for a, b in zip(losses(tmp_path / "runs" / "ddp"), losses(tmp_path / "runs" / "single"))) < 1e-4
+
+
+def test_demo_cpu_bundles_the_same_code_as_tiny_cpu():
+    from pgolf.bundle.specialise import folded_fields
+
+    assert folded_fields(build_config("demo_cpu", environ={})) == folded_fields(build_config("tiny_cpu", environ={}))
 
 
 REFERENCE_SCRIPT_BYTES = 47_642  # the reference's raw train_gpt.py

@@ -44,7 +44,12 @@ NOT_COMPARED = {
 STEP_LINE = re.compile(r"^step:(\d+)/(\d+) train_loss:\S+ train_time:(\d+)ms step_avg:([\d.]+)ms", re.M)
 PEAK_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB", re.M)
 EVAL_LINE = re.compile(r"^final_\w+_roundtrip val_loss:\S+ val_bpb:\S+ eval_time:(\d+)ms", re.M)
-SLIDING_LINE = re.compile(r"^final_sliding_window_eval stride:(\d+) val_loss:(\S+) val_bpb:(\S+) eval_time:(\d+)ms", re.M)
+# R15: "final_sliding_window_eval stride:64 val_loss:.. val_bpb:.. eval_time:..ms"; R22 and later:
+# "final_int6_sliding_window val_loss:.. val_bpb:.. stride:64 eval_time:..ms"
+SLIDING_LINES = (
+    re.compile(r"^final_sliding_window_eval stride:(?P<stride>\d+) val_loss:(?P<loss>\S+) val_bpb:(?P<bpb>\S+) eval_time:(?P<ms>\d+)ms", re.M),
+    re.compile(r"^final_\w+_sliding_window val_loss:(?P<loss>\S+) val_bpb:(?P<bpb>\S+) stride:(?P<stride>\d+) eval_time:(?P<ms>\d+)ms", re.M),
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,11 @@ PROFILES = {
         "records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd/train_gpt_v5.py (R15)",
         signature='"BIGRAM_HASH_BUCKETS"',
         renamed={"BIGRAM_VOCAB_SIZE": "BIGRAM_HASH_BUCKETS", "BIGRAM_DIM": "BIGRAM_HASH_DIM", "MUON_WD": "MUON_WEIGHT_DECAY"},
+    ),
+    # needs FlashAttention 3 (it imports flash_attn_interface); its TTT is off unless TTT_ENABLED=1
+    "leakyrelu_ttt_parallel_muon": ScriptProfile(
+        "records/track_10min_16mb/2026-03-23_LeakyReLU_LegalTTT_ParallelMuon/train_gpt.py (R22)",
+        signature='"TTT_BATCH_SEQS"',
     ),
 }
 
@@ -144,11 +154,11 @@ def parse_reference_log(text: str, mode: str, sliding: bool = False) -> dict:
     result = {"peak_memory_mib": int(peak.group(1)), "peak_memory_reserved_mib": int(peak.group(2)),
               "eval_time_ms": float(evaluation.group(1))}
     if sliding:
-        found = SLIDING_LINE.search(text)
+        found = next((m for m in (line.search(text) for line in SLIDING_LINES) if m), None)
         if found is None:
-            raise PgolfError("reference output has no 'final_sliding_window_eval stride:...' line: does the script read EVAL_STRIDE?")
-        result.update(sliding_stride=int(found.group(1)), sliding_val_loss=float(found.group(2)),
-                      sliding_val_bpb=float(found.group(3)), sliding_eval_time_ms=float(found.group(4)))
+            raise PgolfError("reference output has no 'final_..._sliding_window ... stride:...' line: does the script read EVAL_STRIDE?")
+        result.update(sliding_stride=int(found["stride"]), sliding_val_loss=float(found["loss"]),
+                      sliding_val_bpb=float(found["bpb"]), sliding_eval_time_ms=float(found["ms"]))
     if mode == "train":
         steps = STEP_LINE.findall(text)
         if not steps:
