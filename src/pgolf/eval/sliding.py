@@ -115,7 +115,7 @@ def batch_layout(windows: list[Window], rows: int, seq_len: int) -> BatchLayout:
 
 
 def _on(device: torch.device, array: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(array).to(device, non_blocking=True)
+    return torch.from_numpy(array).to(device)
 
 
 def score_layout(model: torch.nn.Module, hidden: Callable[[torch.Tensor], torch.Tensor], ledger: ScoreLedger,
