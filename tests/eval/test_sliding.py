@@ -139,3 +139,39 @@ def test_compiled_hidden_compiles_nothing_after_a_two_batch_warm_up(trained_tiny
         evaluate_windows(t.model, ledger, windows, seq_len, rows * seq_len, torch.device("cpu"), hidden=hidden)
     plain = evaluate_sliding(t.model, tokens, seq_len, stride, t.table, batch_tokens=rows * seq_len)
     assert ledger.result().val_bpb == pytest.approx(plain.score.val_bpb, rel=1e-6)
+
+
+def _sliding_on_a_rank(rank, world, init_file, state, cfg_model, tokens, table, out_file):
+    import torch.distributed as dist
+
+    from pgolf.model.gpt import build_model
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = build_model(cfg_model)
+        model.load_state_dict(state)
+        result = evaluate_sliding(model, tokens, 128, 48, table, batch_tokens=3 * 128)
+        torch.save({"score": result.score.as_dict(), "losses": torch.from_numpy(result.token_losses)}, f"{out_file}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sliding_on_two_gloo_ranks_scores_the_stream_once_with_the_single_process_score(trained_tiny, tmp_path):
+    import torch.multiprocessing as mp
+
+    t = trained_tiny
+    tokens = t.val_tokens[: 2500 + 1]
+    single = evaluate_sliding(t.model, tokens, 128, 48, t.table, batch_tokens=3 * 128)
+    out = tmp_path / "rank"
+    mp.spawn(_sliding_on_a_rank, args=(2, str(tmp_path / "init"), t.model.state_dict(), t.cfg.model, tokens, t.table, str(out)),
+             nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for r in ranks:  # every rank reports the whole stream's score
+        assert (r["score"]["tokens"], r["score"]["bytes"]) == (single.score.tokens, single.score.bytes)
+        assert r["score"]["val_bpb"] == pytest.approx(single.score.val_bpb, rel=1e-6)
+    own = [~np.isnan(r["losses"].numpy()) for r in ranks]
+    assert not (own[0] & own[1]).any() and (own[0] | own[1]).all()  # the shares split the targets
+    merged = np.where(own[0], ranks[0]["losses"].numpy(), ranks[1]["losses"].numpy())
+    np.testing.assert_allclose(merged, single.token_losses, rtol=0, atol=1e-5)

@@ -106,9 +106,12 @@ class ScoreLedger:
         return self._tokens[start : end + 1].clone()
 
     # -- result ---------------------------------------------------------------------------------
-    def result(self) -> Score:
-        missing = int((~self.scored).sum())
+    def result(self, span: tuple[int, int] | None = None) -> Score:
+        """The score; every target must be scored, or under torch.distributed every target of ``span``
+        (this rank's share: the sums are all-reduced, so the ranks' shares together are the stream)."""
+        a, b = span or (0, self.n_targets)
+        missing = int((~self.scored[a:b]).sum())
         if missing:
-            first = int(np.argmin(self.scored))
-            raise PgolfError(f"evaluation left {missing} of {self.n_targets} targets unscored (first: {first})")
+            first = a + int(np.argmin(self.scored[a:b]))
+            raise PgolfError(f"evaluation left {missing} of {b - a} targets unscored (first: {first})")
         return self.acc.result()

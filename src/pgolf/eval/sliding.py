@@ -2,7 +2,8 @@
 
 Windows come from :func:`pgolf.eval.windows.plan` (every target exactly once, the final partial
 window included). Only each window's scored targets reach :meth:`ScoreLedger.record`, and through
-it :class:`pgolf.eval.bpb.BpbAccumulator`. Single process (``pgolf eval`` runs in one process).
+it :class:`pgolf.eval.bpb.BpbAccumulator`. Under torch.distributed :func:`evaluate_sliding` splits
+the windows over the ranks (``pgolf eval`` itself runs in one process).
 
 Why it is fast (:func:`evaluate_windows`, for any model with ``hidden`` and ``head``, i.e. GPT):
 
@@ -28,9 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
-from pgolf.eval.evaluate import autocast_for
+from pgolf.eval.evaluate import autocast_for, rank_window_range
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.windows import Window, plan
 from pgolf.tokenizer.luts import TorchByteTable
@@ -43,8 +43,8 @@ class LedgerResult:
     score_step: np.ndarray  # int64: the scoring step that scored each target (evaluation order)
 
 
-def ledger_result(ledger: ScoreLedger) -> LedgerResult:
-    score = ledger.result()
+def ledger_result(ledger: ScoreLedger, span: tuple[int, int] | None = None) -> LedgerResult:
+    score = ledger.result(span)
     return LedgerResult(score, ledger.losses.copy(), ledger.step_of.copy())
 
 
@@ -187,11 +187,19 @@ def evaluate_sliding(
     ``stride == seq_len`` without ``bos_id`` reproduces the standard non-overlapping evaluation
     (and, unlike it, also scores the final partial window). ``compile_hidden``: run the model's
     hidden states through :func:`compiled_hidden` (one graph for the whole evaluation).
+
+    Under torch.distributed each rank scores a contiguous share of the windows and the sums are
+    all-reduced: every rank returns the whole stream's score, and token losses (and scoring
+    steps) for its own targets only (NaN and -1 elsewhere).
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise PgolfError("sliding-window evaluation runs in a single process (use one rank)")
     device = torch.device(device)
+    windows = plan(tokens, seq_len, stride, bos_id)
+    span = None
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        first, last = rank_window_range(len(windows), dist.get_rank(), dist.get_world_size())
+        windows = windows[first:last]
+        span = (windows[0].score_from, windows[-1].end) if windows else (0, 0)
     ledger = ScoreLedger(tokens, table, device)
     hidden = compiled_hidden(model) if compile_hidden else None
-    evaluate_windows(model, ledger, plan(tokens, seq_len, stride, bos_id), seq_len, batch_tokens, device, progress, hidden)
-    return ledger_result(ledger)
+    evaluate_windows(model, ledger, windows, seq_len, batch_tokens, device, progress, hidden)
+    return ledger_result(ledger, span)
