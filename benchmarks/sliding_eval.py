@@ -61,12 +61,8 @@ class RecordFacing(torch.nn.Module):
         return self.model.logits(input_ids)
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(device: torch.device, fn):
+    from pgolf.bench.run import synchronize
     synchronize(device)
     t0 = time.perf_counter()
     out = fn()

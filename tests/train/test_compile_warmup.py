@@ -125,17 +125,23 @@ def compile_with_eager_backend(monkeypatch):
     torch._dynamo.reset()
 
 
-def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
-    graphs_per_step: list[int] = []
-    real_step = loop.train_step
+def count_graphs(monkeypatch, name: str) -> list[int]:
+    """Replace ``loop.<name>`` by a wrapper that records the graphs compiled during each call."""
+    counts: list[int] = []
+    real = getattr(loop, name)
 
-    def counting_step(*args, **kwargs):
+    def counting(*args, **kwargs):
         before = graphs_compiled()
-        loss = real_step(*args, **kwargs)
-        graphs_per_step.append(graphs_compiled() - before)
-        return loss
+        out = real(*args, **kwargs)
+        counts.append(graphs_compiled() - before)
+        return out
 
-    monkeypatch.setattr(loop, "train_step", counting_step)
+    monkeypatch.setattr(loop, name, counting)
+    return counts
+
+
+def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
+    graphs_per_step = count_graphs(monkeypatch, "train_step")
     # validation is outside the clock and this test: score the plain module rather than trace its graph too
     monkeypatch.setattr(loop, "validate", lambda s: evaluate(s.model, s.val_tokens, s.cfg.eval_seq_len, s.table,
                                                              s.cfg.eval.val_batch_size, s.rt.device).score)
@@ -151,16 +157,7 @@ def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, 
 
 def test_round_trip_evaluation_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
     """Its graphs (loops on, QAT off, eval mode) are primed in the warm-up, so eval_time holds no compilation."""
-    graphs_in_round_trip: list[int] = []
-    real_export = loop.export_and_score
-
-    def counting_export(*args, **kwargs):
-        before = graphs_compiled()
-        out = real_export(*args, **kwargs)
-        graphs_in_round_trip.append(graphs_compiled() - before)
-        return out
-
-    monkeypatch.setattr(loop, "export_and_score", counting_export)
+    graphs_in_round_trip = count_graphs(monkeypatch, "export_and_score")
     # 256 val tokens of 128-token windows in batches of 1: one batch shape
     cfg = switching_config(shared_data, "RUN_ID=rt", "WARMUP_STEPS=2", "PGOLF_COMPILE=1", "VAL_BATCH_SIZE=128")
     loop.train(cfg, runs_dir=tmp_path, echo=False)

@@ -227,10 +227,10 @@ def bench_eval(cfg: Config, sliding_batch_tokens: int = 65_536) -> Measurement:
 
     ``EVAL_STRIDE`` > 0: the sliding evaluation, ``sliding_batch_tokens // seq_len`` windows a batch.
     """
-    from pgolf.eval.evaluate import evaluate
-
     if cfg.eval.eval_stride > 0:
         return bench_sliding_eval(cfg, sliding_batch_tokens)
+    from pgolf.eval.evaluate import evaluate
+
     with tempfile.TemporaryDirectory(prefix="pgolf-bench-") as runs_dir:
         s, backend = _setup(cfg, Path(runs_dir))
         try:
