@@ -87,7 +87,7 @@ def main() -> None:
     from pgolf.bench.report import device_slug
     from pgolf.data.shards import load_tokens
     from pgolf.eval.evaluate import trim_to_windows
-    from pgolf.eval.sliding import evaluate_sliding
+    from pgolf.eval.sliding import compiled_hidden, evaluate_sliding
     from pgolf.model.gpt import build_model
     from pgolf.presets import build_config
     from pgolf.runtime import compile_enabled, device_name, git_commit, pick_device, versions
@@ -107,14 +107,14 @@ def main() -> None:
     luts = record.build_sentencepiece_luts(sp, cfg.model.vocab_size, device)
     record_args = SimpleNamespace(train_seq_len=seq_len)
     record_tokens = torch.from_numpy(tokens.astype("int64"))
-    compiled = compile_enabled(cfg.train.compile, device)
+    hidden = compiled_hidden(model) if compile_enabled(cfg.train.compile, device) else None
     os.environ["SW_EVAL_BATCH"] = str(RECORD_BATCH_WINDOWS)
 
     def run_record():
         return record.eval_val_sliding_window(record_args, RecordFacing(model), 0, 1, device, record_tokens, *luts, stride=stride)
 
     def run_pgolf(batch_tokens: int):
-        return lambda: evaluate_sliding(model, tokens, seq_len, stride, table, batch_tokens, device, compile_hidden=compiled)
+        return lambda: evaluate_sliding(model, tokens, seq_len, stride, table, batch_tokens, device, hidden=hidden)
 
     sides = {"record": run_record, "pgolf_batch32": run_pgolf(RECORD_BATCH_WINDOWS * seq_len), "pgolf_default": run_pgolf(65_536)}
     first_call_s, seconds, results = {}, {name: [] for name in sides}, {}
@@ -134,7 +134,7 @@ def main() -> None:
         "commit": git_commit(), "device": device_name(device), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "loadavg_1m": os.getloadavg()[0], "versions": versions(),
         "record_script": args.record_script.name, "preset": args.preset, "seq_len": seq_len, "stride": stride,
-        "val_tokens": n_targets, "runs": args.runs, "pgolf_compiled": compiled, "weights": "seeded initialisation (untrained)",
+        "val_tokens": n_targets, "runs": args.runs, "pgolf_compiled": hidden is not None, "weights": "seeded initialisation (untrained)",
         "sides": {},
     }
     for name in sides:

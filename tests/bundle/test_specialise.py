@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from pgolf.bundle.shake import shake
+from pgolf.bundle.shake import shake, shake_imports
 from pgolf.bundle.simplify import simplify
 from pgolf.bundle.specialise import folded_by_name, folded_fields, specialise
 from pgolf.presets import build_config
@@ -234,6 +234,38 @@ def test_shaking_ignores_annotations_dataclass_constructors_and_mapping_reads():
     out = ast.unparse(ast.Module(body=shake([ast.parse(source).body])[0], type_ignores=[]))
     assert "class OnlyAnnotated" not in out and "TABLE" not in out and "NAMES" not in out
     assert "REGISTERED = register" in out and "def register" in out  # a call into bundle code at import time stays
+
+
+def test_a_name_local_to_a_function_does_not_keep_the_global_of_that_name():
+    source = textwrap.dedent("""
+        def segments(): return "gone"
+        def needed(): return "kept"
+        def by_parameter(segments): return segments
+        def by_assignment():
+            segments = 1
+            return segments
+        def by_closure():
+            segments = 2
+            def inner(): return segments
+            return inner
+        by_lambda = lambda segments: segments
+        def by_walrus():
+            [(segments := i) for i in range(2)]
+            return segments
+        def declared_global():
+            global needed
+            return needed()
+        by_parameter(0), by_assignment(), by_closure(), by_lambda(0), by_walrus(), declared_global()
+    """)
+    out = ast.unparse(ast.Module(body=shake([ast.parse(source).body])[0], type_ignores=[]))
+    assert "def segments" not in out and "def needed" in out
+
+
+def test_unused_standard_library_imports_are_dropped_and_third_party_ones_kept():
+    bodies = [ast.parse("def f(x: Any) -> Callable: return Callable, np, copy").body]
+    lines = ["from typing import Any, Callable", "import json", "import numpy as np", "import copy as copy", "import torch._dynamo"]
+    assert shake_imports(lines, bodies) == ["from typing import Callable", "import numpy as np", "import copy as copy",
+                                            "import torch._dynamo"]
 
 
 def test_trivial_functions_are_inlined_where_their_arguments_have_no_effects():

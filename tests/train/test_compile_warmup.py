@@ -155,15 +155,19 @@ def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, 
     assert timed == [0, 0, 0, 0], f"graphs compiled per timed step: {timed}"
 
 
-def test_round_trip_evaluation_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
-    """Its graphs (loops on, QAT off, eval mode) are primed in the warm-up, so eval_time holds no compilation."""
+def test_final_evaluation_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
+    """The round trip's graphs (loops on, QAT off, eval mode) and the sliding phase's are primed in the
+    warm-up, so eval_time holds no compilation."""
     graphs_in_round_trip = count_graphs(monkeypatch, "export_and_score")
-    # 256 val tokens of 128-token windows in batches of 1: one batch shape
-    cfg = switching_config(shared_data, "RUN_ID=rt", "WARMUP_STEPS=2", "PGOLF_COMPILE=1", "VAL_BATCH_SIZE=128")
-    loop.train(cfg, runs_dir=tmp_path, echo=False)
+    graphs_in_phases = count_graphs(monkeypatch, "score_configured_phases")
+    # 256 val tokens of 128-token windows in batches of 1: one batch shape; sliding batches of one window
+    cfg = switching_config(shared_data, "RUN_ID=rt", "WARMUP_STEPS=2", "PGOLF_COMPILE=1", "VAL_BATCH_SIZE=128",
+                           "EVAL_STRIDE=64")
+    results = loop.train(cfg, runs_dir=tmp_path, echo=False)
     log = (tmp_path / "rt" / "train.log").read_text()
-    assert "warmup_eval_batches:[1]" in log
-    assert graphs_in_round_trip == [0]
+    assert "warmup_eval_batches:[1]" in log and "warmup_sliding_batch:1x128" in log
+    assert results["phases"]["sliding"]["compiled"] is True
+    assert graphs_in_round_trip == [0] and graphs_in_phases == [0]
 
 
 def test_eval_batch_rows_are_the_full_batch_and_the_ragged_tail():

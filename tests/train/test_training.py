@@ -85,6 +85,28 @@ def test_golden_loss_curve(shared_data, tmp_path):
     assert worst < GOLDEN_TOLERANCE, f"loss curve moved by {worst:.2e} nats (PGOLF_UPDATE_GOLDEN=1 to accept)"
 
 
+def test_run_scores_the_configured_sliding_and_ttt_phases_as_pgolf_eval_does(shared_data, tmp_path, run_pgolf):
+    """The run's final number is its artifact's last configured phase, the same as `pgolf eval --artifact` gives."""
+    phases = ["EVAL_STRIDE=64", "PGOLF_TTT=sgd", "TTT_CHUNK_TOKENS=1024", "TTT_EPOCHS=1", "TTT_BATCH_SEQS=4"]
+    results = train(tiny_config(shared_data, 6, "RUN_ID=p", *phases), runs_dir=tmp_path, echo=False)
+    assert list(results["phases"]) == ["standard", "sliding", "ttt"] and results["final_phase"] == "ttt"
+    assert results["val_bpb"] == results["phases"]["ttt"]["val_bpb"]
+    assert results["phases"]["standard"]["val_bpb"] == results["post_quant"]["val_bpb"]
+    assert results["phases"]["sliding"]["stride"] == 64
+    assert results["eval_time_s"] == pytest.approx(sum(p["eval_time_s"] for p in results["phases"].values()))
+    log = (tmp_path / "p" / "train.log").read_text()
+    for line in ("final_roundtrip_exact", "final_sliding_window val_loss", "final_sliding_window_exact", "final_ttt_exact"):
+        assert line in log, line
+    cfg = tiny_config(shared_data, 6)
+    code, out, _ = run_pgolf(["eval", "--artifact", str(tmp_path / "p" / ARTIFACT_NAME), "--max-tokens", "4096",
+                              "--batch-tokens", str(cfg.eval.val_batch_size), "--json"])
+    assert code == 0
+    scored = json.loads(out.splitlines()[-1])["phases"]
+    for name in ("standard", "sliding", "ttt"):
+        assert scored[name]["val_bpb"] == pytest.approx(results["phases"][name]["val_bpb"], rel=1e-9, abs=0), name
+        assert scored[name]["tokens"] == results["phases"][name]["tokens"], name
+
+
 def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: list[str], single_only: tuple = (),
                                     ranks_only: tuple = ()) -> tuple[list[float], list[float]]:
     """4 steps in this process (run "single") and under torchrun on 2 gloo ranks (run "ddp"); their train losses.
@@ -103,12 +125,15 @@ def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: l
 
 
 def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
-    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128"]
+    # EVAL_STRIDE: the final sliding phase too splits its windows over the ranks
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "EVAL_STRIDE=64"]
     single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
     assert len(single) == len(ddp) == 4
     assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
     assert "world_size: 2" in (tmp_path / "ddp" / "train.log").read_text()
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]
+    assert results[0]["final_phase"] == results[1]["final_phase"] == "sliding"
+    assert results[0]["phases"]["sliding"]["tokens"] == results[1]["phases"]["sliding"]["tokens"]
     assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < 1e-4
 
 

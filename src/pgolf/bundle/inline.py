@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pgolf.bundle.graph import Module, absolute_module, is_package_module
 from pgolf.bundle.names import import_bindings, top_level_definitions
-from pgolf.bundle.shake import shake
+from pgolf.bundle.shake import shake, shake_imports
 from pgolf.errors import PgolfError
 
 
@@ -228,6 +228,7 @@ def inline(modules: list[Module], header: str = "", tree_shake: bool = True, tra
     if tree_shake:
         for prep, body in zip(preps, shake([p.tree.body for p in preps])):
             prep.tree.body = body
+        lines = shake_imports(lines, [p.tree.body for p in preps])
     parts = [header] if header else []
     parts += ["from __future__ import annotations", *lines]
     for prep in preps:

@@ -8,7 +8,10 @@ constructing a plain ``@dataclass`` does not count).
 From the roots, every global name a kept statement mentions (anywhere inside it: bodies,
 defaults) keeps every statement that binds that name. Annotations do not count: the bundle is
 compiled with ``from __future__ import annotations``, so they stay unevaluated strings (the config
-schema's, which are read, name only builtins). Imports are always kept.
+schema's, which are read, name only builtins). Imports are kept; of the hoisted import lines,
+:func:`shake_imports` then drops the standard-library names nothing kept uses (importing ``typing``
+or ``contextlib`` has no effect the bundle relies on; a third-party import may register something,
+so it always stays).
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 :func:`shake_methods` then drops the methods that nothing names (see its docstring for what is kept).
 """
@@ -16,8 +19,9 @@ Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) tu
 from __future__ import annotations
 
 import ast
+import sys
 
-from pgolf.bundle.names import top_level_definitions, walk
+from pgolf.bundle.names import children, import_bindings, top_level_definitions, walk
 
 _DYNAMIC_LOOKUPS = {"globals", "vars", "eval", "exec", "__import__"}
 _READING_METHODS = {"values", "keys", "items", "get"}  # of dicts: no effects, no bundle code runs
@@ -27,21 +31,74 @@ def _names_loaded(node: ast.AST) -> set[str]:
     return {n.id for n in walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
 
-def _names_used(node: ast.AST) -> set[str]:
-    """Names loaded by ``node``, not counting annotations (never evaluated in the bundle)."""
-    out: set[str] = set()
-    pending = [node]
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+_NEW_SCOPES = (*_FUNCTIONS, ast.ClassDef)
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def _parameters(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[str]:
+    a = fn.args
+    return {p.arg for p in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg] if p is not None}
+
+
+def _evaluated_outside(node: ast.AST) -> list[ast.AST]:
+    """The parts of a def, lambda or class evaluated in the enclosing scope (annotations never are)."""
+    if isinstance(node, ast.ClassDef):
+        return [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]
+    a = node.args
+    outside = [*a.defaults, *(d for d in a.kw_defaults if d is not None)]
+    return outside if isinstance(node, ast.Lambda) else [*node.decorator_list, *outside]
+
+
+def _local_names(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set[str]:
+    """Names certainly local to ``fn``: its parameters and what its own body binds (assignments,
+    imports, defs, ``except ... as``), less those it declares ``global`` or ``nonlocal``.
+    Comprehension targets are left out (their own scope); missing a binding only keeps more code."""
+    names, declared = _parameters(fn), set()
+    pending = list(fn.body) if isinstance(fn.body, list) else [fn.body]
     while pending:
         n = pending.pop()
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            names.add(n.id)
+        elif isinstance(n, (ast.Global, ast.Nonlocal)):
+            declared.update(n.names)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            names.update(import_bindings(n))
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            names.add(n.name)
+        if isinstance(n, _NEW_SCOPES):
+            if not isinstance(n, ast.Lambda):
+                names.add(n.name)
+            pending.extend(_evaluated_outside(n))
+        elif isinstance(n, ast.comprehension):
+            pending.extend([n.iter, *n.ifs])
+        else:
+            pending.extend(children(n))
+    return names - declared
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    """Global names ``node`` reads: loads, less those of a name local to the function they are in
+    (a parameter ``segments`` does not keep a global ``segments``), not counting annotations
+    (never evaluated in the bundle)."""
+    out: set[str] = set()
+    pending: list[tuple[ast.AST, frozenset[str]]] = [(node, frozenset())]
+    while pending:
+        n, shadowed = pending.pop()
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in shadowed:
             out.add(n.id)
+        if isinstance(n, _FUNCTIONS):
+            pending.extend((part, shadowed) for part in _evaluated_outside(n))
+            inner = shadowed | _local_names(n)
+            pending.extend((stmt, inner) for stmt in (n.body if isinstance(n.body, list) else [n.body]))
+            continue
         for name, value in ast.iter_fields(n):
             if name in ("annotation", "returns"):
                 continue
             if isinstance(value, ast.AST):
-                pending.append(value)
+                pending.append((value, shadowed))
             elif isinstance(value, list):
-                pending.extend(v for v in value if isinstance(v, ast.AST))
+                pending.extend((v, shadowed) for v in value if isinstance(v, ast.AST))
     return out
 
 
@@ -129,6 +186,35 @@ def shake(bodies: list[list[ast.stmt]]) -> list[list[ast.stmt]]:
     for k, (i, s) in enumerate(stmts):
         if k in keep:
             out[i].append(s)
+    return out
+
+
+def _standard_library_import(stmt: ast.stmt) -> bool:
+    """An import of standard-library modules only, ``__future__`` excepted."""
+    if isinstance(stmt, ast.Import):
+        modules = [alias.name for alias in stmt.names]
+    elif isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module:
+        modules = [stmt.module]
+    else:
+        return False
+    return all(m.split(".")[0] in sys.stdlib_module_names and m != "__future__" for m in modules)
+
+
+def shake_imports(lines: list[str], bodies: list[list[ast.stmt]]) -> list[str]:
+    """The hoisted import ``lines`` without the standard-library names that nothing in ``bodies`` uses."""
+    used: set[str] = set()
+    for body in bodies:
+        for stmt in body:
+            used |= _names_used(stmt)
+    out = []
+    for line in lines:
+        node = ast.parse(line).body[0]
+        if _standard_library_import(node):
+            node.names = [a for a in node.names if (a.asname or a.name).split(".")[0] in used]
+            if not node.names:
+                continue
+            line = ast.unparse(node)
+        out.append(line)
     return out
 
 

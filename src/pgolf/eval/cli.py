@@ -146,35 +146,26 @@ def _build(cfg, state, args, device):
 
 
 def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> dict:
-    """Standard evaluation, then sliding (EVAL_STRIDE) and TTT (PGOLF_TTT) when asked; all on one stream."""
+    """Standard evaluation, then the configured phases (pgolf.eval.phases); all on one stream."""
     import numpy as np
 
-    from pgolf.errors import PgolfError
     from pgolf.eval.evaluate import evaluate
-    from pgolf.eval.sliding import evaluate_sliding
-    from pgolf.eval.ttt import run_ttt
+    from pgolf.eval.phases import check_stride, configured_phases, run_phase
+    from pgolf.eval.sliding import compiled_hidden
     from pgolf.runtime import compile_enabled
 
-    e = cfg.eval
-    bos = int(sp.bos_id())
-    if e.eval_stride > seq_len:
-        raise PgolfError(f"--sliding {e.eval_stride}: the stride must not exceed the window length {seq_len}")
+    check_stride(cfg.eval, seq_len)
     phases: dict = {}
     with timer.phase("standard"):
         result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses))
     phases["standard"] = {"score": result.score.as_dict(), "losses": result.token_losses}
-    if e.eval_stride or e.doc_isolated:
-        stride = e.eval_stride or seq_len
-        compiled = compile_enabled(cfg.train.compile, device)  # its compile time counts: it is part of the evaluation
-        with timer.phase("sliding"):
-            r = evaluate_sliding(model, tokens, seq_len, stride, table, args.batch_tokens, device,
-                                 bos if e.doc_isolated else None, compile_hidden=compiled)
-        phases["sliding"] = {"score": r.score.as_dict(), "losses": r.token_losses, "stride": stride,
-                             "doc_isolated": e.doc_isolated, "compiled": compiled}
-    if e.ttt:
-        with timer.phase("ttt"):
-            r = run_ttt(e.ttt, model, tokens, table, e, seq_len, bos, device, cfg.train.seed)
-        phases["ttt"] = {"score": r.score.as_dict(), "losses": r.token_losses, "kind": e.ttt}
+    # compiled when the config compiles: its compile time counts, it is part of the evaluation
+    hidden = compiled_hidden(model) if compile_enabled(cfg.train.compile, device) else None
+    for name in configured_phases(cfg.eval):
+        with timer.phase(name):
+            p = run_phase(name, model, tokens, seq_len, table, cfg.eval, int(sp.bos_id()), device, cfg.train.seed,
+                          args.batch_tokens, hidden)
+        phases[name] = {"score": p.result.score.as_dict(), "losses": p.result.token_losses, **p.details}
     for p in phases.values():
         if p["losses"] is not None:
             p["losses"] = np.asarray(p["losses"], dtype=np.float32)

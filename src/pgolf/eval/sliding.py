@@ -136,6 +136,30 @@ def compiled_hidden(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Te
     return torch.compile(model.hidden, dynamic=False, fullgraph=True)
 
 
+def sliding_rows(batch_tokens: int, seq_len: int) -> int:
+    """Windows per sliding batch."""
+    return max(batch_tokens // seq_len, 1)
+
+
+@torch.no_grad()
+def prime_sliding_graph(hidden: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, batch_tokens: int,
+                        seq_len: int, vocab_size: int, device: torch.device) -> None:
+    """Compile ``hidden``'s one sliding-batch graph on throwaway tokens (no validation token is read).
+
+    Twice: the graph is recompiled once after the first call fills the RoPE cache.
+    """
+    generator = torch.Generator().manual_seed(0)  # private: the global RNGs are not advanced
+    x = torch.randint(0, vocab_size, (sliding_rows(batch_tokens, seq_len), seq_len), generator=generator).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(2):
+            with autocast_for(device):
+                hidden(x)
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()  # not inference_mode: TTT trains the same model (and its caches) afterwards
 def evaluate_windows(
     model: torch.nn.Module,
@@ -149,13 +173,17 @@ def evaluate_windows(
 ) -> None:
     """Score ``windows`` into ``ledger`` in batches of ``batch_tokens // seq_len`` windows.
 
-    ``hidden`` replaces ``model.hidden`` (e.g. :func:`compiled_hidden`). Models without
-    ``hidden``/``head`` take the plain path (:func:`score_windows`).
+    ``hidden`` replaces ``model.hidden`` (e.g. :func:`compiled_hidden`); every batch then has
+    ``batch_tokens // seq_len`` rows, however few the windows, so its one graph serves any stream
+    (:func:`prime_sliding_graph` compiles it beforehand). Models without ``hidden``/``head`` take
+    the plain path (:func:`score_windows`).
     """
     if not windows:
         return
     fast = hasattr(model, "hidden") and hasattr(model, "head")
-    rows = min(max(batch_tokens // seq_len, 1), len(windows))
+    rows = sliding_rows(batch_tokens, seq_len)
+    if hidden is None:
+        rows = min(rows, len(windows))
     was_training = model.training
     model.eval()
     try:
@@ -180,13 +208,13 @@ def evaluate_sliding(
     device: torch.device | str = "cpu",
     bos_id: int | None = None,
     progress=None,
-    compile_hidden: bool = False,
+    hidden: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LedgerResult:
     """Score every target of ``tokens`` once with sliding windows (``bos_id``: document-isolated).
 
     ``stride == seq_len`` without ``bos_id`` reproduces the standard non-overlapping evaluation
-    (and, unlike it, also scores the final partial window). ``compile_hidden``: run the model's
-    hidden states through :func:`compiled_hidden` (one graph for the whole evaluation).
+    (and, unlike it, also scores the final partial window). ``hidden``: the model's hidden states
+    through e.g. :func:`compiled_hidden` (one graph for the whole evaluation).
 
     Under torch.distributed each rank scores a contiguous share of the windows and the sums are
     all-reduced: every rank returns the whole stream's score, and token losses (and scoring
@@ -200,6 +228,5 @@ def evaluate_sliding(
         windows = windows[first:last]
         span = (windows[0].score_from, windows[-1].end) if windows else (0, 0)
     ledger = ScoreLedger(tokens, table, device)
-    hidden = compiled_hidden(model) if compile_hidden else None
     evaluate_windows(model, ledger, windows, seq_len, batch_tokens, device, progress, hidden)
     return ledger_result(ledger, span)

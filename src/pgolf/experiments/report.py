@@ -51,15 +51,29 @@ def _curves(plt, runs: list[Run], event: str, key: str, label: str, path: Path) 
     plt.close(fig)
 
 
+def phase_bars(results: dict) -> list[tuple[str, float, str]]:
+    """(label, val_bpb, colour) per phase of a run: before quantization, the round trip, and a final
+    sliding/TTT phase when the run had one."""
+    post = results.get("post_quant", {}).get("val_bpb", results["val_bpb"])
+    bars = [("before quantization", results["pre_quant"]["val_bpb"], "tab:blue"), ("artifact round trip", post, "tab:orange")]
+    final_phase = results.get("final_phase", "standard")
+    if final_phase != "standard":
+        bars.append((f"artifact, {final_phase}", results["val_bpb"], "tab:green"))
+    return bars
+
+
 def _phases(plt, runs: list[Run], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(runs) + 2), 4))
-    width = 0.38
+    width = 0.27
+    labelled: set[str] = set()
     for i, run in enumerate(runs):
-        pre, post = run.results["pre_quant"]["val_bpb"], run.results["val_bpb"]
-        ax.bar(i - width / 2, pre, width, color="tab:blue", label="before quantization" if i == 0 else None)
-        ax.bar(i + width / 2, post, width, color="tab:orange", label="artifact round trip" if i == 0 else None)
-        ax.text(i + width / 2, post, f"{post:.4f}", ha="center", va="bottom", fontsize=8)
-    values = [v for r in runs for v in (r.results["pre_quant"]["val_bpb"], r.results["val_bpb"])]
+        bars = phase_bars(run.results)
+        for j, (label, value, color) in enumerate(bars):
+            x = i + (j - (len(bars) - 1) / 2) * width
+            ax.bar(x, value, width, color=color, label=None if label in labelled else label)
+            labelled.add(label)
+        ax.text(i + (len(bars) - 1) / 2 * width, bars[-1][1], f"{bars[-1][1]:.4f}", ha="center", va="bottom", fontsize=8)
+    values = [v for r in runs for _, v, _ in phase_bars(r.results)]
     span = max(values) - min(values)
     ax.set_ylim(min(values) - max(span, 0.01), max(values) + max(span, 0.01) * 0.5)
     ax.set_xticks(range(len(runs)), [r.run_id for r in runs], rotation=20, ha="right", fontsize=8)

@@ -25,7 +25,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def print_summary(results: dict) -> None:
     pre, post = results["pre_quant"], results["post_quant"]
-    print(f"val_bpb {post['val_bpb']:.4f} (round trip of the artifact; {pre['val_bpb']:.4f} before quantization)")
+    final_phase = results.get("final_phase", "standard")
+    if final_phase == "standard":
+        print(f"val_bpb {post['val_bpb']:.4f} (round trip of the artifact; {pre['val_bpb']:.4f} before quantization)")
+    else:
+        print(f"val_bpb {results['val_bpb']:.4f} ({final_phase} evaluation of the artifact; standard windows "
+              f"{post['val_bpb']:.4f}, {pre['val_bpb']:.4f} before quantization)")
     print(
         f"artifact {results['bytes_total']:,} bytes = model {results['bytes_model']:,} + code {results['bytes_code']:,}"
         f" ({results['headroom']:,} bytes under the 16,000,000 cap)"

@@ -13,8 +13,10 @@
 * With ``USE_GPTQ`` and a cap, training stops ``GPTQ_RESERVE_SECONDS`` early
   (:func:`training_cap_ms`) and the calibration Hessians are collected right after the loop,
   inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them.
-* After training: checkpoint, export the artifact, reload it from disk and score it; that
-  round-trip score is the run's score.
+* After training: checkpoint, export the artifact, reload it from disk and score it on standard
+  windows, then run the evaluation phases the config names (sliding windows, score-first TTT:
+  pgolf.eval.phases) on the same reloaded weights, on every rank. The last phase's score is the
+  run's score, as in the records; eval_time covers all of it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pgolf.data.shards import load_tokens
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
+from pgolf.eval.phases import sliding_configured, ttt_configured
 from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
@@ -70,6 +73,8 @@ class Session:
     history: list[dict] = field(default_factory=list)
     averager: object | None = None  # EMA or SWA (pgolf.optim.averaging), built when training starts
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
+    bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
+    sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
 
 
 def _sync(rt: Runtime) -> None:
@@ -106,7 +111,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
         step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
-                      grad_sync=grad_sync)
+                      grad_sync=grad_sync, bos_id=int(sp.bos_id()))
     _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
     if grad_sync is not None:
         run.log(grad_sync.describe())
@@ -237,6 +242,17 @@ def prime_final_evaluation(s: Session) -> None:
     rows = batch_rows((s.val_tokens.shape[0] - 1) // seq_len, s.cfg.eval.val_batch_size, seq_len, s.rt.rank, s.rt.world_size)
     prime_eval_graphs(s.step_model, rows, seq_len, s.cfg.model.vocab_size, s.rt.device)
     s.run.log(f"warmup_eval_batches:{rows}")
+    if sliding_configured(s.cfg.eval):
+        from pgolf.eval.sliding import compiled_hidden, prime_sliding_graph
+
+        s.sliding_hidden = compiled_hidden(s.model)
+        prime_sliding_graph(s.sliding_hidden, s.model, sliding_batch_tokens(s), seq_len, s.cfg.model.vocab_size, s.rt.device)
+        s.run.log(f"warmup_sliding_batch:{sliding_batch_tokens(s) // seq_len}x{seq_len}")
+
+
+def sliding_batch_tokens(s: Session) -> int:
+    """This rank's sliding batch: its share of VAL_BATCH_SIZE, at least one window."""
+    return max(s.cfg.eval.val_batch_size // s.rt.world_size, s.cfg.eval_seq_len)
 
 
 def validate(s: Session) -> Score:
@@ -437,6 +453,30 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     return size, score, eval_s
 
 
+def score_configured_phases(s: Session) -> dict[str, dict]:
+    """The phases the config names after the standard windows (pgolf.eval.phases), on the weights now loaded.
+
+    Returns name -> score fields, phase details and ``eval_time_s``; logs each in the records' style.
+    """
+    from pgolf.eval.phases import LOG_NAMES, configured_phases, run_phase
+
+    e, seq_len, out = s.cfg.eval, s.cfg.eval_seq_len, {}
+    for name in configured_phases(e):
+        _sync(s.rt)
+        t0 = time.perf_counter()
+        phase = run_phase(name, s.model, s.val_tokens, seq_len, s.table, e, s.bos_id, s.rt.device, s.cfg.train.seed,
+                          sliding_batch_tokens(s), s.sliding_hidden)
+        _sync(s.rt)
+        seconds = time.perf_counter() - t0
+        score = phase.result.score
+        detail = " ".join(f"{k}:{v}" for k, v in phase.details.items())
+        s.run.log(f"{LOG_NAMES[name]} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} {detail} "
+                  f"eval_time:{1000 * seconds:.0f}ms")
+        s.run.log(f"{LOG_NAMES[name]}_exact val_loss:{score.val_loss:.8f} val_bpb:{score.val_bpb:.8f}")
+        out[name] = {**score.as_dict(), **phase.details, "eval_time_s": seconds}
+    return out
+
+
 def _peak_memory_mib(rt: Runtime) -> int | None:
     if rt.device.type != "cuda":
         return None
@@ -451,6 +491,11 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
         stats = run_training(s)
         save_checkpoint(s)
         size, post, eval_s = export_and_score(s, stats.hessians)
+        phases = {"standard": {**post.as_dict(), "eval_time_s": eval_s}}
+        if sliding_configured(cfg.eval) or ttt_configured(cfg.eval):  # a bundle without them ships none of their code
+            phases.update(score_configured_phases(s))
+        final_phase, final = list(phases.items())[-1]
+        eval_s = sum(p["eval_time_s"] for p in phases.values())
         pre = stats.final_score
         results = {
             "run_id": s.run.path.name,
@@ -458,8 +503,10 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
             "preset": cfg.preset,
             "pre_quant": pre.as_dict(),
             "post_quant": post.as_dict(),
-            "val_loss": post.val_loss,
-            "val_bpb": post.val_bpb,
+            "val_loss": final["val_loss"],
+            "val_bpb": final["val_bpb"],
+            "final_phase": final_phase,
+            "phases": phases,
             "quant_gap_bpb": post.val_bpb - pre.val_bpb,
             **size,
             "steps": stats.steps,

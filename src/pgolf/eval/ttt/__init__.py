@@ -41,14 +41,19 @@ def run_ttt(
     seed: int = 0,
 ) -> LedgerResult:
     """Evaluate ``tokens`` with score-first TTT of ``kind`` on a copy of ``model``."""
-    from pgolf.eval.ttt import lora, phased, sgd
-
     device = torch.device(device)
     adapted = copy.deepcopy(model)
+    # each kind imported only where it runs: a bundle ships the configured kind's code alone
     if kind == "sgd":
-        return sgd.evaluate_sgd_ttt(adapted, tokens, table, settings, seq_len, bos_id, device)
+        from pgolf.eval.ttt.sgd import evaluate_sgd_ttt
+
+        return evaluate_sgd_ttt(adapted, tokens, table, settings, seq_len, bos_id, device)
     if kind == "lora":
-        return lora.evaluate_lora_ttt(adapted, tokens, table, settings, bos_id, device, seed)
+        from pgolf.eval.ttt.lora import evaluate_lora_ttt
+
+        return evaluate_lora_ttt(adapted, tokens, table, settings, bos_id, device, seed)
     if kind == "phased":
-        return phased.evaluate_phased_ttt(adapted, tokens, table, settings, seq_len, bos_id, device, seed)
+        from pgolf.eval.ttt.phased import evaluate_phased_ttt
+
+        return evaluate_phased_ttt(adapted, tokens, table, settings, seq_len, bos_id, device, seed)
     raise PgolfError(f"unknown TTT kind {kind!r} (expected one of {', '.join(KINDS)})")
