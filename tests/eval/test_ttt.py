@@ -12,6 +12,7 @@ from pgolf.eval.sliding import evaluate_sliding, evaluate_windows, ledger_result
 from pgolf.eval.ttt import run_ttt
 from pgolf.eval.ttt.sgd import sgd_epochs, trainable_parameters, windows_by_chunk
 from pgolf.eval.windows import plan
+from tests.eval.conftest import make_ttt_settings
 
 TTT_TOKENS = 1024
 
@@ -68,3 +69,44 @@ def test_ledger_raises_on_a_planted_train_before_score(trained_tiny, stream, ttt
 
     with pytest.raises(ScoreFirstViolation, match="target 0 is not scored yet"):
         train_then_score_through_the_ledger(copy.deepcopy(trained_tiny.model), stream, trained_tiny.table, ttt_settings())
+
+
+def _ttt_on_a_rank(rank, world, init_file, state, cfg_model, tokens, table, bos_id, out_file):
+    import torch.distributed as dist
+
+    from pgolf.model.gpt import build_model
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        model = build_model(cfg_model)
+        model.load_state_dict(state)
+        out = {}
+        for kind in ("sgd", "lora", "phased"):
+            r = run_ttt(kind, model, tokens, table, make_ttt_settings("TTT_BATCH_SIZE=1"), 128, bos_id)
+            out[kind] = {"score": r.score.as_dict(), "losses": torch.from_numpy(r.token_losses)}
+        torch.save(out, f"{out_file}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ttt_on_two_gloo_ranks_scores_the_stream_once_like_one_process(trained_tiny, stream, tmp_path):
+    """Windows, documents and training batches split over the ranks: the same adaptation as one process."""
+    import torch.multiprocessing as mp
+
+    t = trained_tiny
+    out = tmp_path / "rank"
+    mp.spawn(_ttt_on_a_rank, args=(2, str(tmp_path / "init"), t.model.state_dict(), t.cfg.model, stream, t.table, t.bos_id,
+                                   str(out)), nprocs=2, join=True)
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    for kind in ("sgd", "lora", "phased"):
+        single = run_ttt(kind, t.model, stream, t.table, make_ttt_settings("TTT_BATCH_SIZE=1"), 128, t.bos_id)
+        own = [~np.isnan(r[kind]["losses"].numpy()) for r in ranks]
+        assert own[0].any() and own[1].any(), kind  # both ranks scored a share
+        assert not (own[0] & own[1]).any() and (own[0] | own[1]).all(), kind  # and together every target once
+        merged = np.where(own[0], ranks[0][kind]["losses"].numpy(), ranks[1][kind]["losses"].numpy())
+        np.testing.assert_allclose(merged, single.token_losses, rtol=0, atol=2e-4, err_msg=kind)
+        for r in ranks:
+            assert r[kind]["score"]["tokens"] == single.score.tokens == TTT_TOKENS, kind
+            assert r[kind]["score"]["val_bpb"] == pytest.approx(single.score.val_bpb, rel=1e-5), kind

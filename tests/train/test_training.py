@@ -125,15 +125,18 @@ def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: l
 
 
 def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):
-    # EVAL_STRIDE: the final sliding phase too splits its windows over the ranks
-    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "EVAL_STRIDE=64"]
+    # the final sliding and TTT phases too split their work over the ranks
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "EVAL_STRIDE=64", "PGOLF_TTT=sgd",
+              "TTT_CHUNK_TOKENS=1024", "TTT_EPOCHS=1", "TTT_BATCH_SEQS=4"]
     single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
     assert len(single) == len(ddp) == 4
     assert max(abs(a - b) for a, b in zip(single, ddp)) < 1e-4
     assert "world_size: 2" in (tmp_path / "ddp" / "train.log").read_text()
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]
-    assert results[0]["final_phase"] == results[1]["final_phase"] == "sliding"
-    assert results[0]["phases"]["sliding"]["tokens"] == results[1]["phases"]["sliding"]["tokens"]
+    assert results[0]["final_phase"] == results[1]["final_phase"] == "ttt"
+    for phase in ("sliding", "ttt"):
+        assert results[0]["phases"][phase]["tokens"] == results[1]["phases"][phase]["tokens"] == 4096
+        assert abs(results[0]["phases"][phase]["val_loss"] - results[1]["phases"][phase]["val_loss"]) < 1e-4
     assert abs(results[0]["val_loss"] - results[1]["val_loss"]) < 1e-4
 
 

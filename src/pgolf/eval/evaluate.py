@@ -43,6 +43,13 @@ class EvalResult:
     token_losses: np.ndarray | None  # float32 nats per target, in stream order (single process only)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the world size (0, 1 outside torch.distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def rank_window_range(total_windows: int, rank: int, world_size: int) -> tuple[int, int]:
     return (total_windows * rank) // world_size, (total_windows * (rank + 1)) // world_size
 

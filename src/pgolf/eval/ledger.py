@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import BpbAccumulator, Score
@@ -88,6 +89,16 @@ class ScoreLedger:
         self._losses[idx] = losses.float()
         tokens = self._tokens_on_device()
         self.acc.add(losses, tokens[idx], tokens[idx + 1])
+
+    def merge_scored(self, start: int = 0, end: int | None = None) -> None:
+        """Under torch.distributed, a collective: targets ``[start, end)`` scored on any rank count as
+        scored on every rank, so each rank may train on what the others scored. Scores stay where they were made."""
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        end = self.n_targets if end is None else end
+        flags = torch.from_numpy(self.scored[start:end].astype(np.uint8)).to(self.device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        self.scored[start:end] = flags.cpu().numpy().astype(np.bool_)
 
     # -- adapter side ---------------------------------------------------------------------------
     def check_scored(self, start: int, end: int) -> None:

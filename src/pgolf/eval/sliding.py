@@ -26,11 +26,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from pgolf.eval.bpb import Score
-from pgolf.eval.evaluate import autocast_for, rank_window_range
+from pgolf.eval.evaluate import autocast_for, rank_and_world, rank_window_range
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.windows import Window, plan
 from pgolf.tokenizer.luts import TorchByteTable
@@ -223,8 +222,9 @@ def evaluate_sliding(
     device = torch.device(device)
     windows = plan(tokens, seq_len, stride, bos_id)
     span = None
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        first, last = rank_window_range(len(windows), dist.get_rank(), dist.get_world_size())
+    rank, world = rank_and_world()
+    if world > 1:
+        first, last = rank_window_range(len(windows), rank, world)
         windows = windows[first:last]
         span = (windows[0].score_from, windows[-1].end) if windows else (0, 0)
     ledger = ScoreLedger(tokens, table, device)

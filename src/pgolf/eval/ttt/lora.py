@@ -13,7 +13,10 @@ Each document is cut into chunks of ``TTT_CHUNK_SIZE`` targets. Step k scores ch
 document still running (context: up to ``TTT_EVAL_SEQ_LEN`` inputs of the same document), then,
 for documents with a chunk k+1, takes one Adam step on the loss of chunk k, whose tokens the
 ledger hands out because they were just scored. Adapters are per document (the loss is a sum of
-per-document means and Adam is elementwise), so documents never influence each other.
+per-document means and Adam is elementwise), so documents never influence each other. Each batch's
+adapters start from a generator seeded with the seed and the batch's index, so under
+torch.distributed, where the batches are dealt to the ranks in turn, every document is adapted
+exactly as in one process.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import torch
 from torch import nn
 
 from pgolf.config import EvalConfig
-from pgolf.eval.evaluate import autocast_for
+from pgolf.eval.evaluate import autocast_for, rank_and_world
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult, ledger_result, score_windows, scored_positions
 from pgolf.eval.windows import Window, segments
@@ -149,11 +152,18 @@ def evaluate_lora_ttt(
 ) -> LedgerResult:
     """Per-document LoRA TTT over every document; batches hold documents of similar length."""
     ledger = ScoreLedger(tokens, table, device)
-    generator = torch.Generator().manual_seed(seed)
     docs = sorted(segments(tokens, bos_id), key=lambda d: (d[0] - d[1], d[0]))  # longest first, padding stays small
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    for batch in document_batches(docs, s.ttt_batch_size):
-        adapt_documents(model, ledger, batch, s, device, generator)
+    rank, world = rank_and_world()
+    for index, batch in enumerate(document_batches(docs, s.ttt_batch_size)):
+        if index % world == rank:  # dealt in turn: the long documents come first, so each rank gets some
+            adapt_documents(model, ledger, batch, s, device, batch_generator(seed, index))
+    ledger.merge_scored()
     return ledger_result(ledger)
+
+
+def batch_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of document batch ``index``'s adapter initialisation (the same on any rank)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)

@@ -7,6 +7,9 @@ of full-parameter SGD on every document scored so far (all of them: batches neve
 phase boundary), in chunks of ``GLOBAL_TTT_CHUNK_TOKENS`` with a cosine LR over chunks. Later
 documents are then adapted from the updated base model. The ledger hands the SGD those tokens
 only because they are scored.
+
+Under torch.distributed the document batches between two pauses are dealt to the ranks in turn;
+at a pause the ranks share what they scored and run the global SGD data-parallel (:mod:`.sgd`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from torch import nn
 from pgolf.config import EvalConfig
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult, ledger_result
-from pgolf.eval.ttt.lora import adapt_documents
+from pgolf.eval.evaluate import rank_and_world
+from pgolf.eval.ttt.lora import adapt_documents, batch_generator
 from pgolf.eval.ttt.sgd import cosine_lr, sgd_epochs
 from pgolf.eval.windows import segments
 from pgolf.tokenizer.luts import TorchByteTable
@@ -61,14 +65,17 @@ def evaluate_phased_ttt(
     model: nn.Module, tokens: np.ndarray, table: TorchByteTable, s: EvalConfig, seq_len: int, bos_id: int, device, seed: int
 ) -> LedgerResult:
     ledger = ScoreLedger(tokens, table, device)
-    generator = torch.Generator().manual_seed(seed)
     docs = segments(tokens, bos_id)
     ends = phase_ends(len(docs), s.phased_ttt_prefix_docs, s.phased_ttt_num_phases)
     for p in model.parameters():
         p.requires_grad_(False)
     model.eval()
-    for lo, hi in batches_within_phases(len(docs), s.ttt_batch_size, ends):
-        adapt_documents(model, ledger, docs[lo:hi], s, device, generator)
+    rank, world = rank_and_world()
+    for index, (lo, hi) in enumerate(batches_within_phases(len(docs), s.ttt_batch_size, ends)):
+        if index % world == rank:
+            adapt_documents(model, ledger, docs[lo:hi], s, device, batch_generator(seed, index))
         if hi in ends:
+            ledger.merge_scored(0, docs[hi - 1][1])
             global_sgd(model, ledger, docs[hi - 1][1], s, seq_len, device)
+    ledger.merge_scored()
     return ledger_result(ledger)

@@ -5,6 +5,11 @@ chunk its first scored target falls in. For each chunk: (1) score its windows un
 mode; (2) unless it is the last chunk, run ``TTT_EPOCHS`` epochs of SGD (momentum, grad clip, LR
 ``TTT_LR`` cosine-decayed over chunks) on the chunk's targets, which the ledger hands out only
 because they are scored. The first ``TTT_FREEZE_BLOCKS`` blocks stay frozen.
+
+Under torch.distributed each rank scores a contiguous share of every chunk's windows, the ranks
+then share which targets are scored (:meth:`ScoreLedger.merge_scored`), and each training batch is
+split over the ranks, its gradient the sum of theirs (each rank's loss weighted by its share of the
+batch's targets): the same steps on the same batches as one process, so the replicas stay equal.
 """
 
 from __future__ import annotations
@@ -13,9 +18,10 @@ import math
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from pgolf.config import EvalConfig
-from pgolf.eval.evaluate import autocast_for
+from pgolf.eval.evaluate import autocast_for, rank_and_world, rank_window_range
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult, evaluate_windows, ledger_result
 from pgolf.eval.windows import Window, plan
@@ -59,19 +65,39 @@ def sgd_epochs(
     for group in optimizer.param_groups:
         group["lr"] = lr
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    rank, world = rank_and_world()
     model.train()
     for _ in range(epochs):
         for batch in batches:
-            x = torch.stack([p[0] for p in batch]).to(device)
-            y = torch.stack([p[1] for p in batch]).to(device)
             optimizer.zero_grad(set_to_none=True)
-            with autocast_for(device):
-                loss = model(x, y)
-            loss.backward()
+            first, last = rank_window_range(len(batch), rank, world)
+            mine = batch[first:last]  # the whole batch in one process
+            if mine:
+                x = torch.stack([p[0] for p in mine]).to(device)
+                y = torch.stack([p[1] for p in mine]).to(device)
+                with autocast_for(device):
+                    loss = model(x, y)
+                if world > 1:  # the mean over the whole batch, once the ranks' gradients are summed
+                    loss = loss * (y.numel() / sum(p[1].numel() for p in batch))
+                loss.backward()
+            if world > 1:
+                sum_gradients(params)
             if grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             optimizer.step()
     model.eval()
+
+
+def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce (sum) the gradients of ``params`` in one collective; a rank without a share of the
+    batch contributes zeros."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(p)
+        offset += g.numel()
 
 
 def trainable_parameters(model: torch.nn.Module, freeze_blocks: int) -> list[torch.nn.Parameter]:
@@ -97,9 +123,13 @@ def evaluate_sgd_ttt(
     groups = windows_by_chunk(windows, s.ttt_chunk_tokens, ledger.n_targets)
     optimizer = torch.optim.SGD(trainable_parameters(model, s.ttt_freeze_blocks), lr=s.ttt_lr, momentum=s.ttt_momentum)
     batch_tokens = max(s.ttt_batch_seqs, 1) * seq_len
+    rank, world = rank_and_world()
     model.eval()
     for c, group in enumerate(groups):
-        evaluate_windows(model, ledger, group, seq_len, batch_tokens, device)
+        first, last = rank_window_range(len(group), rank, world)
+        evaluate_windows(model, ledger, group[first:last], seq_len, batch_tokens, device)
+        if group:  # every rank may now train on the whole chunk
+            ledger.merge_scored(group[0].score_from, group[-1].end)
         if c == len(groups) - 1:
             break  # nothing left to adapt for
         start, end = c * s.ttt_chunk_tokens, min((c + 1) * s.ttt_chunk_tokens, ledger.n_targets)
