@@ -107,8 +107,7 @@ def evaluate(
     """
     device = torch.device(device)
     distributed = dist.is_available() and dist.is_initialized()
-    world_size = dist.get_world_size() if distributed else 1
-    rank = dist.get_rank() if distributed else 0
+    rank, world_size = rank_and_world()
     if keep_token_losses and distributed:
         raise PgolfError("--token-losses is supported in single-process evaluation only")
     batch_windows = max(batch_tokens // (world_size * seq_len), 1)

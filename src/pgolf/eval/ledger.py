@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import BpbAccumulator, Score
+from pgolf.eval.evaluate import rank_and_world
 from pgolf.tokenizer.luts import TorchByteTable
 
 
@@ -93,7 +94,7 @@ class ScoreLedger:
     def merge_scored(self, start: int = 0, end: int | None = None) -> None:
         """Under torch.distributed, a collective: targets ``[start, end)`` scored on any rank count as
         scored on every rank, so each rank may train on what the others scored. Scores stay where they were made."""
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if rank_and_world()[1] == 1:
             return
         end = self.n_targets if end is None else end
         flags = torch.from_numpy(self.scored[start:end].astype(np.uint8)).to(self.device)

@@ -459,15 +459,14 @@ def score_configured_phases(s: Session) -> dict[str, dict]:
     Returns name -> score fields, phase details and ``eval_time_s``; logs each in the records' style.
     """
     from pgolf.eval.phases import LOG_NAMES, configured_phases, run_phase
+    from pgolf.eval.timing import PhaseTimer
 
-    e, seq_len, out = s.cfg.eval, s.cfg.eval_seq_len, {}
+    e, seq_len, out, timer = s.cfg.eval, s.cfg.eval_seq_len, {}, PhaseTimer(s.rt.device)
     for name in configured_phases(e):
-        _sync(s.rt)
-        t0 = time.perf_counter()
-        phase = run_phase(name, s.model, s.val_tokens, seq_len, s.table, e, s.bos_id, s.rt.device, s.cfg.train.seed,
-                          sliding_batch_tokens(s), s.sliding_hidden)
-        _sync(s.rt)
-        seconds = time.perf_counter() - t0
+        with timer.phase(name):
+            phase = run_phase(name, s.model, s.val_tokens, seq_len, s.table, e, s.bos_id, s.rt.device, s.cfg.train.seed,
+                              sliding_batch_tokens(s), s.sliding_hidden)
+        seconds = timer.phases[name]
         score = phase.result.score
         detail = " ".join(f"{k}:{v}" for k, v in phase.details.items())
         s.run.log(f"{LOG_NAMES[name]} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} {detail} "
