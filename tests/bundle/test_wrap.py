@@ -42,3 +42,13 @@ def test_minify_renames_globals_but_keeps_the_type_names_the_config_schema_is_pa
     assert "helper_with_a_long_name" not in small  # globals are renamed
     out = subprocess.run([sys.executable, "-c", small], capture_output=True, text=True, check=True).stdout
     assert out == "(['int', 'float', 'bool', 'str'], 6)\n"
+
+
+def test_minify_leaves_the_parsers_shared_nodes_as_it_found_them():
+    import ast
+
+    minify("x = 1\ny = -x + 2\ndel y\nz = x < 3 and not x\n")
+    tree = ast.parse("del a\nb = -c + d < e and not f")
+    markers = [n for n in ast.walk(tree) if not n._fields]
+    assert {type(n).__name__ for n in markers} >= {"Del", "Store", "Load", "USub", "Add", "Lt", "And", "Not"}
+    assert all(vars(n) == {} for n in markers)  # the minifier's _parent/namespace would make every deepcopy copy its tree
