@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgolf.config import Config, apply_env, from_dict, iter_fields
+from pgolf.config import Config, apply_env, apply_overrides, from_dict, iter_fields, override_env
 from pgolf.errors import PgolfError
 from pgolf.presets import PRESETS, build_config, resolve_preset
 
@@ -127,3 +127,20 @@ def test_schema_choices_equal_the_implementations_own():
     checks = {f.name: f.metadata["check"] for _, f in iter_fields(Config())}
     assert checks["mlp_activation"] == ACTIVATIONS and checks["attn_backend"] == BACKENDS
     assert checks["parallel_final_lane"] == LANE_ENDINGS and checks["muon_ns_schedule"] == NS_SCHEDULES
+
+
+def test_override_env_gives_each_set_item_as_the_env_var_that_means_the_same():
+    items = ["train.iterations=3", "NUM_LAYERS=2", "eval.ttt=sgd", "PGOLF_COMPILE=0"]
+    env = override_env(items)
+    assert env == {"ITERATIONS": "3", "NUM_LAYERS": "2", "PGOLF_TTT": "sgd", "PGOLF_COMPILE": "0"}
+    by_set, by_env = Config(), Config()
+    apply_overrides(by_set, items)
+    apply_env(by_env, env)
+    assert by_set == by_env
+
+
+def test_override_env_refuses_a_bad_item_in_one_line():
+    with pytest.raises(PgolfError, match="unknown config key 'NOPE'"):
+        override_env(["NOPE=1"])
+    with pytest.raises(PgolfError, match="ITERATIONS='x'"):
+        override_env(["ITERATIONS=x"])

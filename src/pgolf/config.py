@@ -353,6 +353,21 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> None:
         set_value(cfg, key.strip(), raw.strip())
 
 
+def override_env(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """``--set`` items as the reference env vars that mean the same (``train.iterations=3`` ->
+    ``ITERATIONS=3``): how overrides reach a bundled ``train_gpt.py``, which reads only its env.
+    Each item is checked as :func:`apply_overrides` checks it, so a bad one fails here, not in the run."""
+    cfg = Config()
+    apply_overrides(cfg, list(overrides))
+    env_of = {(section, f.name): f.metadata["env"] for section, f in iter_fields(cfg)}
+    index = _env_index(cfg)
+    out = {}
+    for item in overrides:
+        key, raw = (part.strip() for part in item.split("=", 1))
+        out[env_of[index[key] if key in index else tuple(key.split(".", 1))]] = raw
+    return out
+
+
 def from_dict(data: Mapping[str, Any]) -> Config:
     """Rebuild a Config from ``to_dict`` output (unknown keys are an error, missing keys keep defaults)."""
     cfg = Config()

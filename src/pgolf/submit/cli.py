@@ -113,7 +113,7 @@ def register(subparsers) -> None:
     seeds.add_argument("--runs-dir", default="runs", help="where runs/<run_id>/ are written (default: runs)")
     seeds.add_argument("--prefix", default="", help="run id prefix (default: a timestamp)")
     seeds.add_argument("--bundle", default=None, metavar="PATH", help="build train_gpt.py at PATH for this config and run it for each seed")
-    seeds.add_argument("--use-existing-bundle", action="store_true", help="with --bundle: run PATH as it is, do not rebuild it")
+    seeds.add_argument("--use-existing-bundle", action="store_true", help="with --bundle: do not rebuild PATH; the --set overrides still reach it, as env vars")
     seeds.set_defaults(handler=_seeds)
 
     submit = subparsers.add_parser(

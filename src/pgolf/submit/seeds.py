@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, stdev
 
+from pgolf.config import override_env
 from pgolf.errors import PgolfError
 from pgolf.experiments.read import Run, load_run
 from pgolf.train.rundir import new_run_id
@@ -39,10 +40,12 @@ def _launcher(nproc: int) -> list[str]:
 def seed_command(plan: SeedPlan, seed: int, run_id: str) -> tuple[list[str], dict[str, str]]:
     """The command line and environment of one seed's run."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(SEED=str(seed), RUN_ID=run_id)
     if plan.bundle is not None:
-        env["PGOLF_RUNS_DIR"] = str(plan.runs_dir)
+        # The overrides go in as env too: a bundle built from them already holds them, and an existing
+        # bundle (--use-existing-bundle) must still run the configuration asked for.
+        env.update(override_env(plan.overrides), SEED=str(seed), RUN_ID=run_id, PGOLF_RUNS_DIR=str(plan.runs_dir))
         return [*_launcher(plan.nproc), str(plan.bundle)], env
+    env.update(SEED=str(seed), RUN_ID=run_id)
     sets = [f"--set={item}" for item in plan.overrides] + [f"--set=SEED={seed}", f"--set=RUN_ID={run_id}"]
     cmd = [*_launcher(plan.nproc), "-m", "pgolf.cli", "train", "--preset", plan.preset, "--runs-dir", str(plan.runs_dir), *sets]
     return cmd, env
