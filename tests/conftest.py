@@ -54,3 +54,23 @@ def val_prefix_shard(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def train_sample_dir(shared_data: Path) -> Path:
     return shared_data / "datasets" / "fineweb10B_sp1024_trainsample"
+
+
+@pytest.fixture(scope="session")
+def stock_bundle(tmp_path_factory):
+    """``stock_bundle(preset)`` -> (folder, BundleReport): the preset's ``train_gpt.py`` as
+    ``pgolf bundle --preset P`` builds it, built once per session (a build takes 10-20 s here). Tests
+    run it with their overrides as env vars, as a user would; its folder is shared, so runs go to
+    their own ``PGOLF_RUNS_DIR`` and nothing else is written there."""
+    built: dict[str, tuple[Path, object]] = {}
+
+    def get(preset: str):
+        if preset not in built:
+            from pgolf.bundle.build import build_bundle
+            from pgolf.presets import build_config
+
+            folder = tmp_path_factory.mktemp(f"{preset}_bundle")
+            built[preset] = folder, build_bundle(build_config(preset, environ={}), folder / "train_gpt.py")
+        return built[preset]
+
+    return get

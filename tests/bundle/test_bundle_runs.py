@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgolf.bundle.build import build_bundle
-from pgolf.config import Config, iter_fields
+from pgolf.config import Config, iter_fields, override_env
 from pgolf.presets import build_config
 
 STEPS = 30
@@ -56,7 +56,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def start_bundle(script: Path, runs: Path, run_id: str, *launcher: str, **env: str) -> subprocess.Popen:
     cmd = [*(launcher or (sys.executable,)), str(script)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=script.parent,
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=runs.parent,
                             env=clean_env(RUN_ID=run_id, PGOLF_RUNS_DIR=str(runs), **env))
 
 
@@ -84,21 +84,21 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_bundle_trains_exactly_like_the_package(preset, shared_data, tmp_path):
-    overrides = data_overrides(shared_data) + PRESETS[preset] + ["SEED=7"]
-    # The bundle freezes ITERATIONS=50; the reference env var ITERATIONS=30 must still win over it.
-    cfg = build_config(preset, overrides + ["ITERATIONS=50"], environ={})
+def test_bundle_trains_exactly_like_the_package(preset, stock_bundle, shared_data, tmp_path):
+    # The stock bundle, as `pgolf bundle --preset P` builds it; every override reaches it as a reference
+    # env var, so it also shows the env winning over the frozen config (ITERATIONS, data paths, sizes).
+    folder, report = stock_bundle(preset)
+    overrides = data_overrides(shared_data) + PRESETS[preset] + ["SEED=7", f"ITERATIONS={STEPS}"]
     runs = tmp_path / "runs"
-    # Both sides in fresh processes with one thread each: same kernels, so equality can be exact.
-    # The package side trains while this process builds the bundle (two cores, two jobs).
-    package_proc = start_package(preset, overrides + [f"ITERATIONS={STEPS}"], runs, "package")
-    report = build_bundle(cfg, tmp_path / "train_gpt.py")
-    bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle", ITERATIONS=str(STEPS))
-    bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
+    # Both sides in fresh processes with one thread each (two cores, two jobs): same kernels, so
+    # equality can be exact.
+    package_proc = start_package(preset, overrides, runs, "package")
+    bundled = run_bundle(folder / "train_gpt.py", runs, "bundle", **override_env(overrides))
+    package = finish(package_proc, runs, "package")
     assert bundled["steps"] == package["steps"] == STEPS
-    assert losses(tmp_path / "runs" / "bundle") == losses(tmp_path / "runs" / "package")  # exactly
+    assert losses(runs / "bundle") == losses(runs / "package")  # exactly
     assert bundled["val_bpb"] == package["val_bpb"]
-    assert bundled["bytes_code"] == report.bytes_wrapped == os.path.getsize(tmp_path / "train_gpt.py")
+    assert bundled["bytes_code"] == report.bytes_wrapped == os.path.getsize(folder / "train_gpt.py")
     assert bundled["code_source"] == "bundle train_gpt.py"
 
 
@@ -116,16 +116,16 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
 
 
 @pytest.mark.slow
-def test_bundle_runs_under_torchrun_on_two_ranks(shared_data, tmp_path):
-    overrides = data_overrides(shared_data) + SMALL + ["ITERATIONS=4", "GRAD_ACCUM_STEPS=0"]
-    build_bundle(build_config("tiny_cpu", overrides, environ={}), tmp_path / "train_gpt.py")
+def test_bundle_runs_under_torchrun_on_two_ranks(stock_bundle, shared_data, tmp_path):
+    script = stock_bundle("tiny_cpu")[0] / "train_gpt.py"
+    env = override_env(data_overrides(shared_data) + SMALL + ["ITERATIONS=4", "GRAD_ACCUM_STEPS=0"])
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     runs = tmp_path / "runs"
-    ddp_proc = start_bundle(tmp_path / "train_gpt.py", runs, "ddp", *torchrun)
-    single = run_bundle(tmp_path / "train_gpt.py", runs, "single")
+    ddp_proc = start_bundle(script, runs, "ddp", *torchrun, **env)
+    single = run_bundle(script, runs, "single", **env)
     ddp = finish(ddp_proc, runs, "ddp")
     assert ddp["world_size"] == 2 and single["world_size"] == 1
-    assert max(abs(a - b) for a, b in zip(losses(tmp_path / "runs" / "ddp"), losses(tmp_path / "runs" / "single"))) < 1e-4
+    assert max(abs(a - b) for a, b in zip(losses(runs / "ddp"), losses(runs / "single"))) < 1e-4
 
 
 def test_demo_cpu_bundles_the_same_code_as_tiny_cpu():
@@ -138,10 +138,9 @@ REFERENCE_SCRIPT_BYTES = 47_642  # the reference's raw train_gpt.py
 
 
 @pytest.fixture(scope="module")
-def baseline_bundle(tmp_path_factory):
-    """One specialised baseline bundle shared by the tests that only read or start it."""
-    folder = tmp_path_factory.mktemp("baseline_bundle")
-    return folder, build_bundle(build_config("baseline", environ={}), folder / "train_gpt.py")
+def baseline_bundle(stock_bundle):
+    """The specialised baseline bundle, shared by the tests that only read or start it."""
+    return stock_bundle("baseline")
 
 
 def test_baseline_bundle_is_smaller_than_the_reference_script_and_readable_copy_is_the_same_program(baseline_bundle):

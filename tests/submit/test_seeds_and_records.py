@@ -24,20 +24,51 @@ def data_sets(shared_data: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def seeded(shared_data, tmp_path_factory):
-    """Three seeds of tiny_cpu, trained by the bundle `pgolf seeds` builds."""
+def seeded(stock_bundle, shared_data, tmp_path_factory):
+    """Three seeds of tiny_cpu, each trained by the stock tiny_cpu bundle, which gets the --set
+    overrides as env vars (--use-existing-bundle: the build is the stock_bundle fixture's)."""
     from pgolf.cli import main
 
     root = tmp_path_factory.mktemp("seeds")
+    shutil.copy(stock_bundle("tiny_cpu")[0] / "train_gpt.py", root / "train_gpt.py")
     saved = os.environ.pop("SEED", None)
     try:
-        code = main(["seeds", "--preset", "tiny_cpu", *data_sets(shared_data), "--seeds", *map(str, SEEDS),
-                     "--runs-dir", str(root / "runs"), "--prefix", "t", "--bundle", str(root / "train_gpt.py")])
+        code = main(["seeds", "--preset", "tiny_cpu", *data_sets(shared_data), "--seeds", *map(str, SEEDS), "--runs-dir",
+                     str(root / "runs"), "--prefix", "t", "--bundle", str(root / "train_gpt.py"), "--use-existing-bundle"])
     finally:
         if saved is not None:
             os.environ["SEED"] = saved
     assert code == 0
     return root
+
+
+def test_seeds_builds_the_bundle_for_its_configuration_unless_told_to_use_an_existing_one(monkeypatch, run_pgolf, tmp_path):
+    import pgolf.bundle.build
+    import pgolf.submit.seeds
+
+    built, planned = [], []
+    monkeypatch.setattr(pgolf.bundle.build, "build_bundle", lambda cfg, out: built.append((cfg, out)) or _Report())
+    monkeypatch.setattr(pgolf.submit.seeds, "run_seeds", lambda plan: planned.append(plan) or [])
+    argv = ["seeds", "--preset", "tiny_cpu", "--set", "NUM_LAYERS=3", "--seeds", "1", "--runs-dir", str(tmp_path),
+            "--bundle", str(tmp_path / "train_gpt.py")]
+    assert run_pgolf(argv)[0] == 0 and run_pgolf([*argv, "--use-existing-bundle"])[0] == 0
+    [(cfg, out)] = built
+    assert cfg.model.num_layers == 3 and cfg.preset == "tiny_cpu" and str(out) == str(tmp_path / "train_gpt.py")
+    assert [p.bundle for p in planned] == [tmp_path / "train_gpt.py"] * 2
+
+
+class _Report:
+    def summary(self) -> str:
+        return "bundle built"
+
+
+def test_a_bundle_seed_run_gets_the_overrides_and_its_seed_as_env():
+    from pgolf.submit.seeds import SeedPlan, seed_command
+
+    plan = SeedPlan("tiny_cpu", ("train.iterations=3", "SEED=5"), (11,), Path("runs"), bundle=Path("train_gpt.py"))
+    cmd, env = seed_command(plan, 11, "t_seed11")
+    assert cmd[-1] == "train_gpt.py" and env["ITERATIONS"] == "3"
+    assert (env["SEED"], env["RUN_ID"], env["PGOLF_RUNS_DIR"]) == ("11", "t_seed11", "runs")  # the seed wins over --set
 
 
 def test_seeds_runs_each_seed_with_the_bundle(seeded):
