@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 7's checks on one GPU, in parts. Their times are estimates, not yet measured: give one call
+# (10 minutes at most) one or two parts, and read each part's time from the summary line it prints.
+#
+# Prepare here (needs PyPI and ../shared/data): python benchmarks/gpu_kit.py
+# Then, through the device tool, carrying the kit and the reference scripts:
+#   run(command="bash benchmarks/gpu_session.sh tests train", carry=[".gpu", ".ref"])
+#   run(command="bash benchmarks/gpu_session.sh eval parity", carry=[".gpu", ".ref"])
+#   run(command="bash benchmarks/gpu_session.sh r15 final", carry=[".gpu", ".ref"])
+# Each part writes <part>.log and its JSON results into $OUT (which comes back); copy the JSON into
+# benchmarks/results/ and commit it. A part that fails is reported and the next one still runs.
+#
+# Parts:
+#   tests   tests/gpu (backend equivalence, compile without recompilation, bench on CUDA, doctor)
+#           and the reference-parity tests, with PGOLF_REFERENCE_SCRIPT set
+#   train   pgolf bench train --preset baseline against the reference train_gpt.py (target: >= 1.5x tokens/s)
+#   eval    benchmarks/sliding_eval.py and pgolf bench eval, R15 preset at stride 64, against the
+#           R15 record script's sliding evaluation (target: >= 3x tokens/s)
+#   parity  benchmarks/train_parity.py: 200 steps of pgolf and of the reference, seeds 1 and 2
+#           (target: pgolf's loss within the reference's run-to-run spread)
+#   r15     pgolf bench train --preset smeargate_orthoinit_muonwd against the R15 script
+#   final   a short compiled pgolf train of the R15 preset: the warm-up compiles the sliding
+#           graph (warmup_sliding_batch:) and the final sliding phase's time is logged
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/pgolf-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src" PGOLF_SHARED_DATA="$PWD/.gpu/data" PYTHONUNBUFFERED=1
+D=$PGOLF_SHARED_DATA
+PY=${PYTHON:-python3}
+DATA=(--set "DATA_PATH=$D/datasets/fineweb10B_sp1024_trainsample"
+      --set "VAL_FILES=$D/datasets/fineweb10B_sp1024_valprefix/fineweb_val_000000.bin"
+      --set "TOKENIZER_PATH=$D/tokenizers/fineweb_1024_bpe.model")
+R15=smeargate_orthoinit_muonwd
+
+setup() {
+    [ -d .gpu/wheels ] && [ -d .gpu/data ] || { echo "gpu_session: .gpu/ missing: run benchmarks/gpu_kit.py here and carry .gpu"; exit 2; }
+    "$PY" -m pip install --quiet --no-index --find-links .gpu/wheels zstandard brotli python-minifier
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+}
+
+part_tests() {
+    PGOLF_REFERENCE_SCRIPT="$PWD/.ref/train_gpt.py" "$PY" -m pytest -q -p no:cacheprovider -rs \
+        tests/gpu tests/export/test_reference_parity.py
+}
+part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out-dir "$OUT"; }
+part_eval() {
+    "$PY" benchmarks/sliding_eval.py --record-script .ref/r15_train_gpt_v5.py --data "$D" --out "$OUT/sliding_eval.json"
+    "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out-dir "$OUT"
+}
+part_parity() { "$PY" benchmarks/train_parity.py --reference .ref/train_gpt.py --data "$D" --out "$OUT/train_parity.json"; }
+part_r15() { "$PY" -m pgolf.cli bench train --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --out-dir "$OUT"; }
+part_final() {
+    "$PY" -m pgolf.cli train --preset "$R15" "${DATA[@]}" --set ITERATIONS=50 --set VAL_LOSS_EVERY=0 \
+        --set MAX_WALLCLOCK_SECONDS=0 --runs-dir /tmp/pgolf-gpu-runs
+}
+
+[ $# -gt 0 ] || { sed -n '2,25p' "$0"; exit 2; }
+for part in "$@"; do
+    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (tests train eval parity r15 final)"; exit 2; }
+done
+setup 2>&1 | tee "$OUT/setup.log"
+status=0
+for part in "$@"; do
+    start=$SECONDS
+    "part_$part" > "$OUT/$part.log" 2>&1
+    code=$?
+    echo "gpu_session: $part exited $code after $((SECONDS - start)) s (log: $part.log)"
+    tail -n 15 "$OUT/$part.log"
+    [ $code -eq 0 ] || status=1
+done
+exit $status
