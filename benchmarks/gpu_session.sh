@@ -11,6 +11,8 @@
 # benchmarks/results/ and commit it. A part that fails is reported and the next one still runs.
 #
 # Parts:
+#   check   no GPU needed (run it here first): the kit and reference scripts are there, and each
+#           comparison's configuration is one its reference script can run
 #   tests   tests/gpu (backend equivalence, compile without recompilation, bench on CUDA, doctor)
 #           and the reference-parity tests, with PGOLF_REFERENCE_SCRIPT set
 #   train   pgolf bench train --preset baseline against the reference train_gpt.py (target: >= 1.5x tokens/s)
@@ -34,12 +36,35 @@ DATA=(--set "DATA_PATH=$D/datasets/fineweb10B_sp1024_trainsample"
 R15=smeargate_orthoinit_muonwd
 
 setup() {
-    [ -d .gpu/wheels ] && [ -d .gpu/data ] || { echo "gpu_session: .gpu/ missing: run benchmarks/gpu_kit.py here and carry .gpu"; exit 2; }
-    "$PY" -m pip install --quiet --no-index --find-links .gpu/wheels zstandard brotli python-minifier
+    [ -d .gpu/wheels ] && [ -d .gpu/data ] || { echo "gpu_session: .gpu/ missing: run benchmarks/gpu_kit.py here and carry .gpu"; return 1; }
+    command -v nvidia-smi >/dev/null || { echo "gpu_session: no GPU here (only the check part runs)"; return; }
+    "$PY" -m pip install --quiet --no-index --find-links .gpu/wheels zstandard brotli python-minifier || return 1
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 }
 
+part_check() {
+    for f in .ref/train_gpt.py .ref/r15_train_gpt_v5.py "$D/tokenizers/fineweb_1024_bpe.model"; do
+        [ -f "$f" ] || { echo "missing $f"; return 1; }
+    done
+    "$PY" - "$D" <<'PYTHON'
+import sys
+from pathlib import Path
+
+from pgolf.bench.reference import check_reference_config
+from pgolf.presets import build_config
+
+d = Path(sys.argv[1])
+sets = [f"DATA_PATH={d}/datasets/fineweb10B_sp1024_trainsample", f"TOKENIZER_PATH={d}/tokenizers/fineweb_1024_bpe.model",
+        f"VAL_FILES={d}/datasets/fineweb10B_sp1024_valprefix/fineweb_val_000000.bin"]
+for preset, script, mode, extra in [("baseline", "train_gpt.py", "train", []),
+                                    ("smeargate_orthoinit_muonwd", "r15_train_gpt_v5.py", "train", []),
+                                    ("smeargate_orthoinit_muonwd", "r15_train_gpt_v5.py", "eval", ["EVAL_STRIDE=64"])]:
+    cfg = build_config(preset, sets + extra, environ={})
+    check_reference_config(cfg, Path(".ref", script).read_text(), mode)
+    print(f"ok: {preset} {mode} can be compared with .ref/{script}")
+PYTHON
+}
 part_tests() {
     PGOLF_REFERENCE_SCRIPT="$PWD/.ref/train_gpt.py" "$PY" -m pytest -q -p no:cacheprovider -rs \
         tests/gpu tests/export/test_reference_parity.py
@@ -56,11 +81,14 @@ part_final() {
         --set MAX_WALLCLOCK_SECONDS=0 --runs-dir /tmp/pgolf-gpu-runs
 }
 
-[ $# -gt 0 ] || { sed -n '2,25p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '/^set -uo/q;2,$p' "$0"; exit 2; }
 for part in "$@"; do
-    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (tests train eval parity r15 final)"; exit 2; }
+    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (check tests train eval parity r15 final)"; exit 2; }
 done
-setup 2>&1 | tee "$OUT/setup.log"
+setup > "$OUT/setup.log" 2>&1
+code=$?
+cat "$OUT/setup.log"
+[ $code -eq 0 ] || exit 2
 status=0
 for part in "$@"; do
     start=$SECONDS
