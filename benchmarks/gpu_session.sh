@@ -3,10 +3,11 @@
 # (10 minutes at most) one or two parts, and read each part's time from the summary line it prints.
 #
 # Prepare here (needs PyPI and ../shared/data): python benchmarks/gpu_kit.py
-# Then, through the device tool, carrying the kit and the reference scripts:
-#   run(command="bash benchmarks/gpu_session.sh tests train", carry=[".gpu", ".ref"])
-#   run(command="bash benchmarks/gpu_session.sh eval parity", carry=[".gpu", ".ref"])
-#   run(command="bash benchmarks/gpu_session.sh r15 final", carry=[".gpu", ".ref"])
+# Then, through the device tool, carrying the kit and the reference scripts. The device gets a copy
+# of the working tree without .git, so name the commit (git rev-parse HEAD) for the JSON results:
+#   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh tests train", carry=[".gpu", ".ref"])
+#   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh eval parity", carry=[".gpu", ".ref"])
+#   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh r15 final", carry=[".gpu", ".ref"])
 # Each part writes <part>.log and its JSON results into $OUT (which comes back); copy the JSON into
 # benchmarks/results/ and commit it. A part that fails is reported and the next one still runs.
 #

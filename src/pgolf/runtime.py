@@ -102,13 +102,17 @@ def source_hash() -> str:
 
 
 def git_commit() -> str | None:
+    """The checkout's HEAD; where there is no git repository (a copied working tree on a rented
+    GPU, a container image), ``PGOLF_GIT_COMMIT`` as the caller set it, else None."""
     parents = Path(__file__).resolve().parents
     root = parents[min(2, len(parents) - 1)]
     try:
         out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get("PGOLF_GIT_COMMIT") or None
 
 
 def device_name(device: torch.device) -> str:
