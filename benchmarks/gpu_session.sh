@@ -75,7 +75,12 @@ part_eval() {
     "$PY" benchmarks/sliding_eval.py --record-script .ref/r15_train_gpt_v5.py --data "$D" --out "$OUT/sliding_eval.json"
     "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out-dir "$OUT"
 }
-part_parity() { "$PY" benchmarks/train_parity.py --reference .ref/train_gpt.py --data "$D" --out "$OUT/train_parity.json"; }
+# Four runs of a few minutes each. If a call's time runs out, put the train_parity.json that came
+# back into .gpu/ and run the part again: it resumes, doing only the runs the file lacks.
+part_parity() {
+    if [ -f .gpu/train_parity.json ]; then cp .gpu/train_parity.json "$OUT/train_parity.json"; fi
+    "$PY" benchmarks/train_parity.py --reference .ref/train_gpt.py --data "$D" --out "$OUT/train_parity.json" --resume
+}
 part_r15() { "$PY" -m pgolf.cli bench train --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --out-dir "$OUT"; }
 part_final() {
     "$PY" -m pgolf.cli train --preset "$R15" "${DATA[@]}" --set ITERATIONS=50 --set VAL_LOSS_EVERY=0 \

@@ -11,12 +11,13 @@ The verdict compares seed means with the reference's spread (max - min over its 
 numbers: the training loss averaged over the last 10 steps (one step's loss is noisy) and the
 pre-quantization val_bpb. ``within_spread`` is true when each of pgolf's means is no further from the
 reference's mean than that spread. Results (both sides' runs, commit, device, versions) are
-rewritten after every run, so a run cut off by a time limit keeps what finished.
+rewritten after every run, so a run cut off by a time limit keeps what finished, and ``--resume``
+goes on from there.
 
 The reference is not part of pgolf: a local copy of openai/parameter-golf's ``train_gpt.py`` in an
 ignored folder. It needs CUDA.
 
-    python benchmarks/train_parity.py --reference .ref/train_gpt.py [--data ../shared/data] [--steps 200] [--seeds 1 2]
+    python benchmarks/train_parity.py --reference .ref/train_gpt.py [--data ../shared/data] [--steps 200] [--seeds 1 2] [--resume]
 """
 
 from __future__ import annotations
@@ -78,6 +79,17 @@ def verdict(pgolf_runs: list[dict], reference_runs: list[dict]) -> dict:
     return out
 
 
+def earlier_runs(out: Path, steps: int) -> dict:
+    """Both sides' runs from an earlier report at ``out`` of the same step count (JSON keys are strings)."""
+    if not out.is_file():
+        return {"pgolf": {}, "reference": {}}
+    earlier = json.loads(out.read_text())
+    if earlier.get("steps") != steps:
+        raise SystemExit(f"train_parity: {out} holds {earlier.get('steps')}-step runs, not {steps}: drop --resume or the file")
+    return {side: {seed: {**run, "losses": {int(k): v for k, v in run["losses"].items()}} for seed, run in earlier.get(side, {}).items()}
+            for side in ("pgolf", "reference")}
+
+
 def data_sets(data: Path) -> list[str]:
     d = data / "datasets"
     return [f"DATA_PATH={d / 'fineweb10B_sp1024_trainsample'}",
@@ -120,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/train_parity_<device>.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs an earlier call wrote to --out with the same steps, and do only the rest")
     args = parser.parse_args(argv)
 
     import torch
@@ -135,13 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     report = {"what": f"pgolf train --preset baseline vs the reference train_gpt.py: {args.steps} steps per seed, same data",
               "commit": git_commit(), "device": name, "versions": versions(), "date": time.strftime("%Y-%m-%d"),
               "steps": args.steps, "seeds": args.seeds, "pgolf": {}, "reference": {}}
+    if args.resume:
+        report.update(earlier_runs(out, args.steps))
     with tempfile.TemporaryDirectory(prefix="pgolf-parity-") as scratch:
         for seed in args.seeds:
             sets = data_sets(args.data) + run_settings(args.steps, seed)
-            report["pgolf"][str(seed)] = run_pgolf(sets, Path(scratch) / "runs", f"parity_seed{seed}")
-            write_json_atomic(out, report)
-            report["reference"][str(seed)] = run_reference(args.reference, sets, Path(scratch))
-            write_json_atomic(out, report)
+            if str(seed) not in report["pgolf"]:
+                report["pgolf"][str(seed)] = run_pgolf(sets, Path(scratch) / "runs", f"parity_seed{seed}")
+                write_json_atomic(out, report)
+            if str(seed) not in report["reference"]:
+                report["reference"][str(seed)] = run_reference(args.reference, sets, Path(scratch))
+                write_json_atomic(out, report)
+    report["pgolf"] = {str(s): report["pgolf"][str(s)] for s in args.seeds}
+    report["reference"] = {str(s): report["reference"][str(s)] for s in args.seeds}
     report["verdict"] = verdict(list(report["pgolf"].values()), list(report["reference"].values()))
     write_json_atomic(out, report)
     print(json.dumps(report["verdict"], indent=2))

@@ -59,3 +59,12 @@ def test_the_verdict_is_the_seed_mean_against_the_reference_spread(parity):
     outside = parity.verdict([run(4.20, 2.01), run(4.30, 2.01)], reference)
     assert not outside["within_spread"] and outside["pre_quant_val_bpb"]["within_spread"]
     assert outside["tail_train_loss"]["mean_difference"] == pytest.approx(0.20)
+
+
+def test_resume_keeps_the_earlier_runs_of_the_same_step_count(parity, tmp_path):
+    out = tmp_path / "parity.json"
+    assert parity.earlier_runs(out, 200) == {"pgolf": {}, "reference": {}}
+    out.write_text(json.dumps({"steps": 200, "pgolf": {"1": {"losses": {"1": 6.9}, "pre_quant_val_bpb": 3.0}}}))
+    assert parity.earlier_runs(out, 200) == {"pgolf": {"1": {"losses": {1: 6.9}, "pre_quant_val_bpb": 3.0}}, "reference": {}}
+    with pytest.raises(SystemExit, match="holds 200-step runs, not 100"):
+        parity.earlier_runs(out, 100)
