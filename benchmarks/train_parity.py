@@ -118,7 +118,7 @@ def run_reference(script: Path, sets: list[str], scratch: Path) -> dict:
     cfg = build_config("baseline", sets, environ={})
     folder = scratch / f"reference_{cfg.train.seed}"
     env = {**os.environ, **reference_env(cfg, link_data(cfg, folder / "data"), cfg.train.iterations, cfg.train.warmup_steps),
-           "TRAIN_LOG_EVERY": "1", "SEED": str(cfg.train.seed)}
+           "TRAIN_LOG_EVERY": "1"}  # every step's loss (reference_env logs only the last)
     proc = subprocess.run([sys.executable, str(script.resolve())], cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"train_parity: the reference exited with {proc.returncode}: {proc.stderr.strip()[-2000:]}")
