@@ -139,11 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from pgolf.bench.reference import check_reference_possible
+    from pgolf.errors import PgolfError
     from pgolf.runtime import device_name, git_commit, versions
     from pgolf.train.rundir import write_json_atomic
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    check_reference_possible(args.reference, device.type, 1)
+    try:
+        check_reference_possible(args.reference, device.type, 1)
+    except PgolfError as exc:
+        raise SystemExit(f"train_parity: {exc}") from None
     name = device_name(device)
     out = args.out or REPO / "benchmarks" / "results" / f"train_parity_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_')}.json"
     report = {"what": f"pgolf train --preset baseline vs the reference train_gpt.py: {args.steps} steps per seed, same data",
