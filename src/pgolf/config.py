@@ -308,15 +308,20 @@ def _field_type(section_obj: Any, name: str):
     raise KeyError(name)
 
 
-def set_value(cfg: Config, key: str, raw: str | Any) -> None:
-    """Set one field from ``section.name`` or a reference env name (e.g. ``NUM_LAYERS``)."""
+def _field_of_key(cfg: Config, key: str) -> tuple[str, str]:
+    """(section, field name) of ``section.name`` or a reference env name (e.g. ``NUM_LAYERS``)."""
     env = _env_index(cfg)
     if key in env:
-        section, name = env[key]
-    elif "." in key and key.split(".", 1)[0] in SECTIONS:
+        return env[key]
+    if "." in key and key.split(".", 1)[0] in SECTIONS:
         section, name = key.split(".", 1)
-    else:
-        raise PgolfError(f"unknown config key {key!r} (use section.field or a reference env name; see `pgolf config show`)")
+        return section, name
+    raise PgolfError(f"unknown config key {key!r} (use section.field or a reference env name; see `pgolf config show`)")
+
+
+def set_value(cfg: Config, key: str, raw: str | Any) -> None:
+    """Set one field from ``section.name`` or a reference env name (e.g. ``NUM_LAYERS``)."""
+    section, name = _field_of_key(cfg, key)
     obj = getattr(cfg, section)
     try:
         kind = _field_type(obj, name)
@@ -360,11 +365,10 @@ def override_env(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
     cfg = Config()
     apply_overrides(cfg, list(overrides))
     env_of = {(section, f.name): f.metadata["env"] for section, f in iter_fields(cfg)}
-    index = _env_index(cfg)
     out = {}
     for item in overrides:
         key, raw = (part.strip() for part in item.split("=", 1))
-        out[env_of[index[key] if key in index else tuple(key.split(".", 1))]] = raw
+        out[env_of[_field_of_key(cfg, key)]] = raw
     return out
 
 

@@ -10,6 +10,7 @@ copy written beside the shipped script keeps every name. The wrapper ``exec``s t
 
 from __future__ import annotations
 
+import ast
 import base64
 import importlib.util
 import lzma
@@ -48,8 +49,6 @@ def clean_shared_parser_nodes() -> None:
     minifier annotates them with ``_parent`` and ``namespace``, i.e. its whole module, so every later
     ``copy.deepcopy`` of any tree in this process also copied that module (a second bundle build in
     one process took 3.7 times as long: benchmarks/results/minifier_cleanup.json)."""
-    import ast
-
     for node in ast.walk(ast.parse(_EVERY_MARKER)):
         if not node._fields:  # markers and operators: the only nodes without fields
             vars(node).clear()
