@@ -24,6 +24,9 @@
 #   r15     pgolf bench train --preset smeargate_orthoinit_muonwd against the R15 script
 #   final   a short compiled pgolf train of the R15 preset: the warm-up compiles the sliding
 #           graph (warmup_sliding_batch:) and the final sliding phase's time is logged
+#   fused   the fused Triton kernels (FUSED_CE, FUSED_MLP): their CPU-interpreted tests run for real
+#           on the GPU, benchmarks/fused_kernels.py at the sp8192 records' shapes and at vocab 1024,
+#           and pgolf bench train of baseline + LeakyReLU^2 with the kernels off and on
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/pgolf-gpu-out}
@@ -87,9 +90,19 @@ part_final() {
         --set MAX_WALLCLOCK_SECONDS=0 --runs-dir /tmp/pgolf-gpu-runs
 }
 
+part_fused() {
+    "$PY" -m pytest -q -p no:cacheprovider -rs tests/kernels tests/model/test_fused_kernels.py tests/gpu/test_fused_kernels_gpu.py || return 1
+    "$PY" benchmarks/fused_kernels.py --out "$OUT/fused_kernels_vocab8192.json" || return 1
+    "$PY" benchmarks/fused_kernels.py --vocab 1024 --out "$OUT/fused_kernels_vocab1024.json" || return 1
+    local leaky=(--set MLP_ACTIVATION=leaky_relu2 --steps 30)
+    mkdir -p "$OUT/unfused" "$OUT/fused"
+    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --out-dir "$OUT/unfused" || return 1
+    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --set FUSED_CE=1 --set FUSED_MLP=1 --out-dir "$OUT/fused"
+}
+
 [ $# -gt 0 ] || { sed -n '/^set -uo/q;2,$p' "$0"; exit 2; }
 for part in "$@"; do
-    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (check tests train eval parity r15 final)"; exit 2; }
+    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (check tests train eval parity r15 final fused)"; exit 2; }
 done
 setup > "$OUT/setup.log" 2>&1
 code=$?

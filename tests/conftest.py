@@ -6,8 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Without CUDA the fused Triton kernels (pgolf.kernels) can only run in Triton's CPU interpreter,
+# which triton.jit picks when its module is imported: decide before any test imports one.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def shared_data_dir() -> Path:

@@ -174,6 +174,8 @@ class TrainConfig:
     train_log_every: int = _f(200, "TRAIN_LOG_EVERY", "log train loss every N steps")
     compile: str = _f("auto", "PGOLF_COMPILE", "torch.compile the model: auto (on CUDA only), 1 or 0", ("auto", "0", "1"))
     attn_backend: str = _f("auto", "PGOLF_ATTN_BACKEND", "attention kernel: auto, fa3 or sdpa", ("auto", "fa3", "sdpa"))
+    fused_ce: bool = _f(False, "FUSED_CE", "training loss through the fused Triton softcap + cross-entropy kernel (R43; tanh softcap, CUDA)")
+    fused_mlp: bool = _f(False, "FUSED_MLP", "training MLP through the fused Triton matmul + relu^2/LeakyReLU^2 kernel (R36; CUDA)")
     device: str = _f("auto", "PGOLF_DEVICE", "auto, cpu or cuda", ("auto", "cpu", "cuda"))
 
 

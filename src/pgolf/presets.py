@@ -266,7 +266,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     per-token byte sidecar CaseOps scores against (pgolf scores with the tokenizer's byte LUT,
     which is not the original-byte count for CaseOps text), TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
-    packing loader, and the fused Triton kernels (speed only).
+    packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
+    off here until a GPU has measured them.
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"

@@ -139,5 +139,6 @@ def versions() -> dict[str, str | None]:
         "cuda": torch.version.cuda,
         "numpy": np.__version__,
         "sentencepiece": pkg("sentencepiece"),
+        "triton": pkg("triton"),
         "platform": platform.platform(),
     }

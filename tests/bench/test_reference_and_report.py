@@ -59,6 +59,7 @@ def test_reference_config_checks():
     cfg = baseline()
     cfg.model.num_layers = 11  # the reference reads NUM_LAYERS: fine
     cfg.train.attn_backend = "fa3"  # which kernels pgolf uses is what a comparison is for
+    cfg.train.fused_ce = cfg.train.fused_mlp = True
     check_reference_config(cfg, SCRIPT_TEXT, "train")
     cfg.eval.eval_seq_len = 2048
     with pytest.raises(PgolfError, match="eval.eval_seq_len=2048: the reference does not read EVAL_SEQ_LEN"):

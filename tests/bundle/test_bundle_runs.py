@@ -200,3 +200,21 @@ def test_bundle_cli_reports_sizes(run_pgolf, tmp_path):
 def test_bundle_cli_names_a_missing_folder(run_pgolf, tmp_path):
     code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(tmp_path / "nope" / "t.py")])
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+
+
+@pytest.mark.parametrize("flag", ["FUSED_CE=1", "FUSED_MLP=1"])
+def test_fused_kernel_flags_are_refused_in_one_line_and_nothing_is_written(run_pgolf, tmp_path, flag):
+    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--set", flag, "-o", str(tmp_path / "t.py")])
+    assert code == 2 and err.count("\n") == 1 and "do not carry the fused Triton kernels" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_fused_kernels_refuse_to_start_inside_a_bundle(monkeypatch):
+    """A bundle built with --no-specialise keeps FUSED_* dynamic; its inlined model code runs as __main__."""
+    from pgolf.errors import PgolfError
+    from pgolf.model import fused
+
+    monkeypatch.setitem(fused.__dict__, "__name__", "__main__")
+    cfg = build_config("tiny_cpu", [], environ={})
+    with pytest.raises(PgolfError, match="this single-file script does not carry the fused Triton kernels"):
+        fused.check_fused_kernels(cfg.model, ce=True, mlp=False, device="cpu")

@@ -39,7 +39,7 @@ NOT_COMPARED = {
     "data.data_path", "data.tokenizer_path", "data.train_files", "data.val_files", "train.run_id",
     "train.iterations", "train.warmup_steps", "train.val_loss_every", "train.train_log_every",
     "train.max_wallclock_seconds", "train.grad_accum_steps", "train.compile", "train.attn_backend",
-    "train.device", "eval.val_max_tokens",
+    "train.device", "train.fused_ce", "train.fused_mlp", "eval.val_max_tokens",
 }
 STEP_LINE = re.compile(r"^step:(\d+)/(\d+) train_loss:\S+ train_time:(\d+)ms step_avg:([\d.]+)ms", re.M)
 PEAK_LINE = re.compile(r"^peak memory allocated: (\d+) MiB reserved: (\d+) MiB", re.M)

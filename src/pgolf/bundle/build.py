@@ -118,6 +118,10 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
+    if cfg.train.fused_ce or cfg.train.fused_mlp:
+        # Triton reads a kernel's source with inspect, which an exec'd, minified script does not offer as written
+        raise PgolfError("FUSED_CE / FUSED_MLP: single-file bundles do not carry the fused Triton kernels yet; "
+                         "bundle with them off (they change speed, not the math)")
     source, modules = bundle_source(cfg, entry, tree_shake, specialise)
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
     small = minify(source)

@@ -6,7 +6,8 @@ techniques switched on in :class:`~pgolf.config.ModelConfig` add their own keys;
 module of its concern: ``embed.py`` (factored embedding, BigramHash, SmearGate, value embeddings),
 ``attention.py`` (XSA, document masks, output gates, value residual), ``rope.py``, ``mlp.py``,
 ``block.py`` (LN scale, GPT-J form), ``residual.py`` (gated skips, parallel lanes), ``recurrence.py``,
-``init.py`` and ``logits.py``.
+``init.py`` and ``logits.py``. The fused Triton kernels (FUSED_CE, FUSED_MLP) live in
+:mod:`pgolf.kernels`; :mod:`pgolf.model.fused` switches a built model over to them.
 """
 
 from __future__ import annotations
@@ -206,11 +207,13 @@ class GPT(nn.Module):
 
     def head(self, x: Tensor) -> Tensor:
         """Softcapped logits of final-normed hidden states [..., dim] (sliding evaluation calls it on scored positions only)."""
+        return softcap(self.head_projection(x), self.cfg.logit_softcap, self.cfg.logit_softcap_kind)
+
+    def head_projection(self, x: Tensor) -> Tensor:
+        """The logits before the softcap."""
         if self.lm_head is None:
-            proj = F.linear(tied_head_input(x, self.embed_proj, self.embed_proj_rev), self.tok_emb.weight.to(x.dtype))
-        else:
-            proj = F.linear(x, self.lm_head.weight.to(x.dtype))
-        return softcap(proj, self.cfg.logit_softcap, self.cfg.logit_softcap_kind)
+            return F.linear(tied_head_input(x, self.embed_proj, self.embed_proj_rev), self.tok_emb.weight.to(x.dtype))
+        return F.linear(x, self.lm_head.weight.to(x.dtype))
 
     def forward(self, input_ids: Tensor, target_ids: Tensor, reduction: str = "mean") -> Tensor:
         """Cross-entropy in nats (fp32): the mean, or per target with ``reduction="none"``.

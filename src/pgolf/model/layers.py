@@ -30,7 +30,10 @@ class CastedLinear(nn.Linear):
 
     weight_fake_quant = None
 
+    def effective_weight(self) -> Tensor:
+        """The fp32 weight the forward uses: fake-quantized while QAT is on."""
+        return self.weight if self.weight_fake_quant is None else self.weight_fake_quant(self.weight)
+
     def forward(self, x: Tensor) -> Tensor:
         bias = self.bias.to(x.dtype) if self.bias is not None else None
-        w = self.weight if self.weight_fake_quant is None else self.weight_fake_quant(self.weight)
-        return F.linear(x, w.to(x.dtype), bias)
+        return F.linear(x, self.effective_weight().to(x.dtype), bias)

@@ -5,6 +5,9 @@
   gradient, and the square keeps the output non-negative.
 * ``swiglu``: silu(a) * b with ``fc`` producing both halves (2 x hidden rows), the LLaMA MLP.
 
+With ``FUSED_MLP=1`` a relu2 / leaky_relu2 MLP becomes a :class:`pgolf.model.fused.FusedMLP`,
+whose training forward is one fused Triton op (:mod:`pgolf.kernels.mlp`); evaluation keeps this code.
+
 The width is ``ModelConfig.hidden_size``: MLP_HIDDEN when set, else MLP_MULT x MODEL_DIM
 (R07/R08 3x, R27 4x).
 """

@@ -39,6 +39,7 @@ from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
 from pgolf.eval.phases import sliding_configured, ttt_configured
 from pgolf.model.attn_backend import active_backend, select_backend
+from pgolf.model.fused import check_fused_kernels, use_fused_kernels
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
 from pgolf.optim.clip import clip_gradients
@@ -84,6 +85,8 @@ def _sync(rt: Runtime) -> None:
 
 def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     rt = init_runtime(cfg.train.device)
+    if cfg.train.fused_ce or cfg.train.fused_mlp:  # refused before anything is written
+        check_fused_kernels(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
     seed_everything(cfg.train.seed)
     sp = load_tokenizer(cfg.data.tokenizer_path)
     check_vocab_size(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
@@ -96,6 +99,8 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
     select_backend(cfg.train.attn_backend, rt.device)
     model = build_model(cfg.model, rt.device)
+    if cfg.train.fused_ce or cfg.train.fused_mlp:
+        use_fused_kernels(model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
     use_compile = compile_enabled(cfg.train.compile, rt.device)
     step_model: nn.Module = torch.compile(model, dynamic=False, fullgraph=True) if use_compile else model
     banks_outside_ddp = cfg.optim.muon_parallel and rt.distributed

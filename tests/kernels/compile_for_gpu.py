@@ -1,0 +1,95 @@
+"""Compile every fused kernel the way training launches it, for a GPU architecture, on any machine.
+
+Triton's wheel carries its whole compiler (front end, LLVM, ptxas), so lowering a kernel to a cubin
+needs no GPU: this catches what the CPU interpreter cannot (types of loop-carried values, what
+Triton can lower, register and shared-memory limits). Run in a fresh process without
+TRITON_INTERPRET, since ``triton.jit`` decides between interpreter and compiler at import:
+
+    python tests/kernels/compile_for_gpu.py [--arch 90] [--bundle train_gpt.py]
+
+``--bundle`` compiles the kernels a single-file bundle carries (found by their parameter names)
+instead of the package's, so the minified source Triton re-parses is what gets compiled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+import time
+
+
+def launches(ce, mlp) -> list[tuple[str, object, dict, dict, dict]]:
+    """(name, kernel, argument types, constexprs, options) for each launch training makes, in bf16."""
+    ptr = "*bf16"
+    ce_fwd = {"logits_ptr": ptr, "targets_ptr": "*i64", "losses_ptr": "*fp32", "lse_ptr": "*fp32",
+              "row_stride": "i32", "n_cols": "i32", "cap": "fp32"}
+    ce_bwd = {"logits_ptr": ptr, "targets_ptr": "*i64", "lse_ptr": "*fp32", "grad_losses_ptr": "*fp32",
+              "grad_lse_ptr": "*fp32", "grad_logits_ptr": ptr, "row_stride": "i32", "grad_row_stride": "i32",
+              "n_cols": "i32", "cap": "fp32"}
+    ce_const = {"BLOCK": ce._MAX_BLOCK}
+    ce_opts = {"num_warps": ce._NUM_WARPS}
+    matmul = {name: ptr for name in ("a_ptr", "b_ptr", "out_ptr", "aux_ptr")}
+    matmul |= {name: "i32" for name in ("M", "N", "K", "stride_am", "stride_ak", "stride_bn", "stride_bk", "stride_om", "stride_on")}
+    matmul["slope"] = "fp32"
+    tiles = {"BLOCK_M": mlp._BLOCK_M, "BLOCK_N": mlp._BLOCK_N, "BLOCK_K": mlp._BLOCK_K, "GROUP_M": mlp._GROUP_M,
+             "PRECISION": "tf32", "UPCAST": False}
+    mm_opts = {"num_warps": mlp._NUM_WARPS, "num_stages": mlp._NUM_STAGES}
+    return [
+        ("softcapped_ce forward", ce._forward_kernel, ce_fwd, ce_const, ce_opts),
+        ("softcapped_ce backward", ce._backward_kernel, ce_bwd, ce_const, ce_opts),
+        ("mlp forward", mlp._matmul_act_kernel, matmul, tiles | {"FORWARD": True}, mm_opts),
+        ("mlp backward", mlp._matmul_act_kernel, matmul, tiles | {"FORWARD": False}, mm_opts),
+    ]
+
+
+def bundle_kernels(path: str, package_kernels: list) -> dict:
+    """The bundle's JIT functions standing in for each package kernel, matched by parameter names."""
+    from triton.runtime.jit import JITFunction
+
+    namespace = runpy.run_path(path, run_name="bundle_under_test")  # defines everything, runs no main()
+    found = {tuple(v.arg_names): v for v in namespace.values() if isinstance(v, JITFunction)}
+    return {id(k): found.get(tuple(k.arg_names)) for k in package_kernels}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (90: H100, 80: A100)")
+    parser.add_argument("--bundle", help="compile the kernels inside this single-file bundle instead")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("compile_for_gpu: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+        return 2
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from pgolf.kernels import mlp, softcapped_ce
+
+    plan = launches(softcapped_ce, mlp)
+    stand_ins = bundle_kernels(args.bundle, [k for _, k, *_ in plan]) if args.bundle else {}
+    failed = 0
+    for name, kernel, types, constexprs, options in plan:
+        if args.bundle:
+            kernel = stand_ins[id(kernel)]
+            if kernel is None:
+                print(f"FAIL {name}: no kernel with its parameters in {args.bundle}")
+                failed += 1
+                continue
+        t0 = time.perf_counter()
+        signature = {p: types.get(p, "constexpr") for p in kernel.arg_names}
+        try:
+            compiled = triton.compile(ASTSource(kernel, signature, constexprs),
+                                      target=GPUTarget("cuda", args.arch, 32), options=options)
+        except Exception as exc:  # report every kernel, then fail
+            print(f"FAIL {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            failed += 1
+            continue
+        print(f"ok {name}: sm_{args.arch} cubin {len(compiled.asm['cubin'])} bytes, "
+              f"shared {compiled.metadata.shared} bytes, {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
