@@ -60,11 +60,11 @@ def start_bundle(script: Path, runs: Path, run_id: str, *launcher: str, **env: s
                             env=clean_env(RUN_ID=run_id, PGOLF_RUNS_DIR=str(runs), **env))
 
 
-def start_package(preset: str, overrides: list[str], runs: Path, run_id: str) -> subprocess.Popen:
+def start_package(preset: str, overrides: list[str], runs: Path, run_id: str, **env: str) -> subprocess.Popen:
     sets = [f"--set={item}" for item in overrides]
     cmd = [sys.executable, "-m", "pgolf.cli", "train", "--preset", preset, "--runs-dir", str(runs), *sets]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=clean_env(RUN_ID=run_id, PYTHONPATH=os.pathsep.join(sys.path)))
+                            env=clean_env(RUN_ID=run_id, PYTHONPATH=os.pathsep.join(sys.path), **env))
 
 
 def finish(proc: subprocess.Popen, runs: Path, run_id: str) -> dict:
@@ -202,19 +202,56 @@ def test_bundle_cli_names_a_missing_folder(run_pgolf, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "does not exist" in err
 
 
-@pytest.mark.parametrize("flag", ["FUSED_CE=1", "FUSED_MLP=1"])
-def test_fused_kernel_flags_are_refused_in_one_line_and_nothing_is_written(run_pgolf, tmp_path, flag):
-    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--set", flag, "-o", str(tmp_path / "t.py")])
-    assert code == 2 and err.count("\n") == 1 and "do not carry the fused Triton kernels" in err
-    assert not any(tmp_path.iterdir())
+# The fused Triton kernels: two 128-token rows a step keep the interpreted cross-entropy quick.
+FUSED = ["FUSED_CE=1", "FUSED_MLP=1", "MLP_ACTIVATION=leaky_relu2", "Z_LOSS=0.0001", "TRAIN_BATCH_TOKENS=256",
+         "TRAIN_SEQ_LEN=128", "VAL_MAX_TOKENS=4096", "TRAIN_LOG_EVERY=0", "ITERATIONS=4", "SEED=7"]
 
 
-def test_the_fused_kernels_refuse_to_start_inside_a_bundle(monkeypatch):
-    """A bundle built with --no-specialise keeps FUSED_* dynamic; its inlined model code runs as __main__."""
-    from pgolf.errors import PgolfError
-    from pgolf.model import fused
+@pytest.fixture(scope="module")
+def fused_bundle(tmp_path_factory):
+    pytest.importorskip("triton", reason="triton is not installed (it comes with the dev extra on Linux x86-64)")
+    folder = tmp_path_factory.mktemp("fused_bundle")
+    report = build_bundle(build_config("tiny_cpu", FUSED, environ={}), folder / "train_gpt.py")
+    return folder, report
 
-    monkeypatch.setitem(fused.__dict__, "__name__", "__main__")
-    cfg = build_config("tiny_cpu", [], environ={})
-    with pytest.raises(PgolfError, match="this single-file script does not carry the fused Triton kernels"):
-        fused.check_fused_kernels(cfg.model, ce=True, mlp=False, device="cpu")
+
+@pytest.mark.slow
+def test_a_bundle_with_the_fused_kernels_trains_exactly_like_the_package(fused_bundle, shared_data, tmp_path):
+    folder, report = fused_bundle
+    assert {"pgolf.kernels.softcapped_ce", "pgolf.kernels.mlp"} <= set(report.modules)
+    overrides = data_overrides(shared_data) + FUSED
+    runs = tmp_path / "runs"
+    interpret = {"TRITON_INTERPRET": "1"}  # a CPU run (tiny_cpu): both sides run the kernels in Triton's interpreter
+    package_proc = start_package("tiny_cpu", overrides, runs, "package", **interpret)
+    bundled = run_bundle(folder / "train_gpt.py", runs, "bundle", **override_env(overrides), **interpret)
+    package = finish(package_proc, runs, "package")
+    assert bundled["steps"] == package["steps"] == 4
+    assert losses(runs / "bundle") == losses(runs / "package")  # exactly
+
+
+def test_the_kernels_in_a_bundle_compile_to_cubins(fused_bundle, tmp_path):
+    """The minified kernels, read back by Triton through the script's registered source, still compile."""
+    folder, _ = fused_bundle
+    script = Path(__file__).parents[1] / "kernels" / "compile_for_gpu.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env |= {"TRITON_CACHE_DIR": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), "--bundle", str(folder / "train_gpt.py")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.count("ok ") == 4, proc.stdout + proc.stderr
+
+
+def test_a_bundle_without_the_kernels_carries_no_triton(stock_bundle):
+    folder, report = stock_bundle("tiny_cpu")
+    assert not any(m.startswith("pgolf.kernels.") and m != "pgolf.kernels.support" for m in report.modules)
+    readable = (folder / "train_gpt_readable.py").read_text()
+    assert "import triton" not in readable and "@triton.jit" not in readable
+
+
+def test_fused_kernels_asked_of_a_bundle_without_them_are_refused_in_one_line(shared_data, tmp_path):
+    # --no-specialise keeps FUSED_* dynamic, so the env can ask for kernels the script does not carry
+    build_bundle(build_config("tiny_cpu", [], environ={}), tmp_path / "train_gpt.py", specialise=False)
+    env = clean_env(TRITON_INTERPRET="1", FUSED_MLP="1", **override_env(data_overrides(shared_data)))
+    proc = subprocess.run([sys.executable, str(tmp_path / "train_gpt.py")], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "bundled without the fused kernels; rebuild it with them on" in proc.stderr

@@ -88,3 +88,37 @@ def test_unbundleable_code_fails_loudly(tmp_path, changes, message):
         modules["entry.py"] = "from pgolf.a import helper\nRESULT = []\n"
     with pytest.raises(PgolfError, match=message):
         inline(collect("pgolf.entry", make_package(tmp_path, modules)))
+
+
+def test_a_left_out_module_is_not_bundled_and_its_lazy_import_raises_import_error(tmp_path):
+    modules = {
+        **MODULES,
+        "opt.py": "import sys\nREGISTERED = sys.modules.setdefault('side_effect', object())\ndef fast(): return 'fast'\n",
+        "entry.py": """
+            def pick(on):
+                if not on:
+                    return "plain"
+                try:
+                    from pgolf.opt import fast
+                except ImportError as exc:
+                    return str(exc)
+                return fast()
+            RESULT = []
+            if __name__ == "__main__":
+                RESULT.append((pick(False), pick(True)))
+        """,
+    }
+    root = make_package(tmp_path, modules)
+    with_it = collect("pgolf.entry", root)
+    assert "pgolf.opt" in [m.name for m in with_it]
+    assert run_source(inline(with_it)) == [("plain", "fast")]
+    without = collect("pgolf.entry", root, leave_out=frozenset({"pgolf.opt"}))
+    assert "pgolf.opt" not in [m.name for m in without]
+    source = inline(without, left_out=frozenset({"pgolf.opt"}))
+    assert "side_effect" not in source
+    assert run_source(source) == [("plain", "pgolf.opt is not in this bundle")]
+
+
+def test_a_module_imported_at_top_level_cannot_be_left_out(tmp_path):
+    with pytest.raises(PgolfError, match=r"imports pgolf\.a at its top level, so it cannot be left out"):
+        collect("pgolf.entry", make_package(tmp_path, MODULES), leave_out=frozenset({"pgolf.a"}))

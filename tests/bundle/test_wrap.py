@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
-from pgolf.bundle.wrap import _brotli_script, _lzma_script, minify, wrap
+from pgolf.bundle.wrap import _brotli_script, _lzma_script, constexpr_parameters, minify, wrap
 
 PROGRAM = "import os\nif __name__ == '__main__':\n    print(os.path.basename(__file__), sum(range(10)))\n" + "# padding\n" * 50
 
 
+@pytest.mark.parametrize("register_source", [False, True])
 @pytest.mark.parametrize("make", [_lzma_script, _brotli_script])
-def test_wrapped_script_runs_as_main(make, tmp_path):
+def test_wrapped_script_runs_as_main(make, register_source, tmp_path):
     script = tmp_path / "train_gpt.py"
-    script.write_text(make(PROGRAM.encode()))
+    script.write_text(make(PROGRAM.encode(), register_source))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
     assert out == "train_gpt.py 45\n"
 
@@ -52,3 +53,35 @@ def test_minify_leaves_the_parsers_shared_nodes_as_it_found_them():
     markers = [n for n in ast.walk(tree) if not n._fields]
     assert {type(n).__name__ for n in markers} >= {"Del", "Store", "Load", "USub", "Add", "Lt", "And", "Not"}
     assert all(vars(n) == {} for n in markers)  # the minifier's _parent/namespace would make every deepcopy copy its tree
+
+
+@pytest.mark.parametrize("register_source", [False, True])
+def test_registered_source_is_what_inspect_reads_back(tmp_path, register_source):
+    """Triton kernels read their own source with inspect, which exec'd code offers only when registered."""
+    program = "import inspect\ndef kernel(x):\n    return x + 1\nprint(repr(inspect.getsource(kernel)))\n"
+    script = tmp_path / "train_gpt.py"
+    script.write_text(wrap(program, register_source=register_source).script)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    if register_source:
+        assert proc.returncode == 0 and proc.stdout == repr("def kernel(x):\n    return x + 1\n") + "\n", proc.stderr
+    else:
+        assert proc.returncode != 0 and "OSError" in proc.stderr
+
+
+KERNEL = """
+import triton.language as tl
+def k(x_ptr, n, BLOCK: tl.constexpr, FLAG: tl.constexpr):
+    block = BLOCK
+    for i in range(0, n, BLOCK):
+        tl.store(x_ptr + i + tl.arange(0, BLOCK), min(i, n), mask=FLAG)
+    return block, BLOCK, FLAG
+"""
+
+
+def test_minify_for_kernels_keeps_constexpr_parameters_annotations_and_builtins():
+    assert constexpr_parameters(KERNEL) == ["BLOCK", "FLAG"]
+    small = minify(KERNEL, keep_annotations=True)
+    assert "BLOCK:tl.constexpr" in small and "FLAG:tl.constexpr" in small
+    assert "tl.arange(0,BLOCK)" in small and "range(0," in small and "min(" in small  # no short aliases
+    plain = minify(KERNEL)
+    assert "constexpr" not in plain

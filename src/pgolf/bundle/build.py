@@ -5,6 +5,8 @@ into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) 
 the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the entry's
 ``FOLDED``, the config schema's defaults set to the resolved values), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
+The fused Triton kernels (:data:`SWITCHED_MODULES`) are carried only when the configuration turns
+them on; the script then keeps annotations and registers its source for Triton.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ PRESET_NAME = "PRESET"
 FOLDED_NAME = "FOLDED"
 CONFIG_MODULE = "pgolf.config"
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
+# Modules that only a switch reaches and whose import alone does something (Triton, custom-op
+# registration): a bundle carries one only when its configuration turns the switch on.
+SWITCHED_MODULES = {"pgolf.kernels.softcapped_ce": ("train", "fused_ce"), "pgolf.kernels.mlp": ("train", "fused_mlp")}
+
+
+def left_out_modules(cfg: Config) -> frozenset[str]:
+    """The switched modules ``cfg`` leaves off."""
+    return frozenset(m for m, (section, name) in SWITCHED_MODULES.items() if not getattr(getattr(cfg, section), name))
 
 
 @dataclass(frozen=True)
@@ -91,11 +101,12 @@ def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, spec
     folds the configuration's switches into the code (see :mod:`pgolf.bundle.specialise`)."""
     from pgolf import __version__
 
-    modules = collect(entry)
+    left_out = left_out_modules(cfg)
+    modules = collect(entry, leave_out=left_out)
     freeze_config(modules[-1], cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
     transform = _specialiser(cfg, entry, tree_shake) if specialise else None
-    return inline(modules, header, tree_shake, transform), tuple(m.name for m in modules)
+    return inline(modules, header, tree_shake, transform, left_out), tuple(m.name for m in modules)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -118,14 +129,12 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
-    if cfg.train.fused_ce or cfg.train.fused_mlp:
-        # Triton reads a kernel's source with inspect, which an exec'd, minified script does not offer as written
-        raise PgolfError("FUSED_CE / FUSED_MLP: single-file bundles do not carry the fused Triton kernels yet; "
-                         "bundle with them off (they change speed, not the math)")
     source, modules = bundle_source(cfg, entry, tree_shake, specialise)
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
-    small = minify(source)
-    wrapped = wrap(small)
+    # Triton kernels read their parameters' annotations and, through inspect, their own source
+    kernels = any(m in SWITCHED_MODULES for m in modules)
+    small = minify(source, keep_annotations=kernels)
+    wrapped = wrap(small, register_source=kernels)
     readable = readable_path_for(out)
     _write_atomic(readable, source)
     _write_atomic(out, wrapped.script)

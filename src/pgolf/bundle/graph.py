@@ -97,8 +97,12 @@ def load_module(name: str, root: Path) -> Module:
     return mod
 
 
-def collect(entry: str, root: Path | None = None) -> list[Module]:
-    """Every pgolf module reachable from ``entry``, dependencies before dependents, entry last."""
+def collect(entry: str, root: Path | None = None, leave_out: frozenset[str] = frozenset()) -> list[Module]:
+    """Every pgolf module reachable from ``entry``, dependencies before dependents, entry last.
+
+    ``leave_out``: modules not to bundle; only imports inside functions may reach them (the inliner
+    turns those imports into ``raise ImportError``).
+    """
     root = root or package_root()
     modules: dict[str, Module] = {}
     pending = [entry]
@@ -107,7 +111,10 @@ def collect(entry: str, root: Path | None = None) -> list[Module]:
         if name in modules:
             continue
         modules[name] = mod = load_module(name, root)
-        pending.extend(sorted(mod.top_deps | mod.lazy_deps))
+        reached_at_top = mod.top_deps & leave_out
+        if reached_at_top:
+            raise PgolfError(f"{mod.path}: imports {', '.join(sorted(reached_at_top))} at its top level, so it cannot be left out")
+        pending.extend(sorted((mod.top_deps | mod.lazy_deps) - leave_out))
     return _topological(modules, entry)
 
 

@@ -48,12 +48,16 @@ def _is_docstring(node: ast.stmt) -> bool:
 class _StripPackageImports(ast.NodeTransformer):
     """Remove every pgolf import (recording what it bound); keep bodies non-empty."""
 
-    def __init__(self, prep: _Prepared):
+    def __init__(self, prep: _Prepared, left_out: frozenset[str]):
         self.prep = prep
         self.is_init = prep.module.path.name == "__init__.py"
+        self.left_out = left_out
 
     def visit_ImportFrom(self, node: ast.ImportFrom):
         target = absolute_module(node, self.prep.module.name, self.is_init)
+        if target in self.left_out:
+            # fail as a missing module would, rather than fall back on an installed pgolf of another version
+            return ast.parse(f"raise ImportError({target + ' is not in this bundle'!r})").body[0]
         if not is_package_module(target):
             return node
         for alias in node.names:
@@ -69,7 +73,7 @@ class _StripPackageImports(ast.NodeTransformer):
         return node
 
 
-def prepare(module: Module, is_entry: bool) -> _Prepared:
+def prepare(module: Module, is_entry: bool, left_out: frozenset[str] = frozenset()) -> _Prepared:
     tree = copy.deepcopy(module.tree)
     prep = _Prepared(module, tree)
     body = tree.body[1:] if tree.body and _is_docstring(tree.body[0]) else tree.body
@@ -87,7 +91,7 @@ def prepare(module: Module, is_entry: bool) -> _Prepared:
             continue
         kept.append(node)
     tree.body = kept
-    _StripPackageImports(prep).visit(tree)
+    _StripPackageImports(prep, left_out).visit(tree)
     prep.defined = top_level_definitions(tree.body)
     return prep
 
@@ -210,12 +214,14 @@ def check_unique(preps: list[_Prepared], hoisted: dict[str, str]) -> None:
 Transform = Callable[[list[list[ast.stmt]], Callable[[str, str], str]], None]
 
 
-def inline(modules: list[Module], header: str = "", tree_shake: bool = True, transform: Transform | None = None) -> str:
+def inline(modules: list[Module], header: str = "", tree_shake: bool = True, transform: Transform | None = None,
+           left_out: frozenset[str] = frozenset()) -> str:
     """One source file from ``modules`` (dependencies first, entry last), unreachable definitions
     dropped unless ``tree_shake`` is false. ``transform(bodies, bundle_name)`` may rewrite the
     inlined module bodies in place before shaking; ``bundle_name(module, name)`` is the name a
-    module's top-level definition has in the bundle."""
-    preps = [prepare(m, is_entry=(i == len(modules) - 1)) for i, m in enumerate(modules)]
+    module's top-level definition has in the bundle. An import of a ``left_out`` module (inside a
+    function: see :func:`pgolf.bundle.graph.collect`) becomes ``raise ImportError(...)``."""
+    preps = [prepare(m, is_entry=(i == len(modules) - 1), left_out=left_out) for i, m in enumerate(modules)]
     lines, hoisted = hoist(preps)
     names = assign_names(preps, set(hoisted))
     rename_all(preps, names, hoisted)

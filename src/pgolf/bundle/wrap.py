@@ -20,22 +20,39 @@ from pgolf.errors import PgolfError
 
 # the entry point, and the builtin types the config schema names in its annotations: config.py parses
 # env values by the annotation's text, so ``int`` must stay ``int`` rather than become a short alias
-PRESERVED_GLOBALS = ["main", "int", "float", "bool", "str"]
+PRESERVED_GLOBALS = ["main", "int", "float", "bool", "str",
+                     "tl"]  # triton.language: Triton's interpreter knows a constexpr by the annotation "tl.constexpr"
+# Builtins a Triton kernel may call: Triton resolves them by name, so they must not become short aliases.
+KERNEL_BUILTINS = ["range", "min", "max", "abs", "len", "isinstance"]
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
 
 
-def minify(source: str) -> str:
+def minify(source: str, keep_annotations: bool = False) -> str:
+    """``keep_annotations``: for Triton kernels (``BLOCK: tl.constexpr``) and ``torch.library`` custom
+    ops, which read their parameters' annotations."""
     import python_minifier
 
+    preserved, kernel_options = PRESERVED_GLOBALS, {}
+    if keep_annotations:
+        preserved = PRESERVED_GLOBALS + KERNEL_BUILTINS
+        kernel_options = {"remove_annotations": False, "preserve_locals": constexpr_parameters(source)}
     try:
         return python_minifier.minify(
-            source, remove_literal_statements=True, rename_locals=True, rename_globals=True, preserve_globals=PRESERVED_GLOBALS,
-            remove_asserts=False, remove_debug=False, hoist_literals=False,
+            source, remove_literal_statements=True, rename_locals=True, rename_globals=True, preserve_globals=preserved,
+            remove_asserts=False, remove_debug=False, hoist_literals=False, **kernel_options,
         )
     except Exception as exc:  # the minifier reports unsupported syntax with assorted exception types
         raise PgolfError(f"python-minifier failed on the bundle ({type(exc).__name__}: {exc})") from None
     finally:
         clean_shared_parser_nodes()
+
+
+def constexpr_parameters(source: str) -> list[str]:
+    """Parameters annotated ``tl.constexpr``. The minifier must leave them alone: it would copy a
+    renamed parameter into a short local, and Triton's interpreter forgets that a local copy of a
+    constexpr is one."""
+    return sorted({a.arg for a in ast.walk(ast.parse(source))
+                   if isinstance(a, ast.arg) and a.annotation is not None and "constexpr" in ast.unparse(a.annotation)})
 
 
 # Uses every context marker and operator the parser knows.
@@ -54,19 +71,26 @@ def clean_shared_parser_nodes() -> None:
             vars(node).clear()
 
 
-def _lzma_script(data: bytes) -> str:
+def _run(source_bytes: str, register_source: bool) -> str:
+    """The line that runs the decompressed source (an expression giving bytes)."""
+    if not register_source:
+        return f"exec({source_bytes})\n"
+    # Triton reads a kernel's source with inspect, which finds exec'd code only through linecache
+    return (f"import linecache as C\ns={source_bytes}.decode();f=__file__+'#source'\n"
+            "C.cache[f]=(len(s),None,s.splitlines(True),f);exec(compile(s,f,'exec'))\n")
+
+
+def _lzma_script(data: bytes, register_source: bool) -> str:
     blob = base64.b85encode(lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)).decode()
-    return (
-        "import lzma as L,base64 as B\n"
-        f'exec(L.decompress(B.b85decode("{blob}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}]))\n'
-    )
+    expr = f'L.decompress(B.b85decode("{blob}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])'
+    return "import lzma as L,base64 as B\n" + _run(expr, register_source)
 
 
-def _brotli_script(data: bytes) -> str:
+def _brotli_script(data: bytes, register_source: bool) -> str:
     import brotli
 
     blob = base64.b85encode(brotli.compress(data, quality=11, lgwin=24)).decode()
-    return f'import brotli as R,base64 as B\nexec(R.decompress(B.b85decode("{blob}")))\n'
+    return "import brotli as R,base64 as B\n" + _run(f'R.decompress(B.b85decode("{blob}"))', register_source)
 
 
 @dataclass(frozen=True)
@@ -76,12 +100,16 @@ class Wrapped:
     sizes: tuple[tuple[str, int], ...] = ()  # every candidate's bytes, for the report
 
 
-def wrap(source: str) -> Wrapped:
-    """The smaller self-extracting script (brotli only when installed: the script then needs it too)."""
+def wrap(source: str, register_source: bool = False) -> Wrapped:
+    """The smaller self-extracting script (brotli only when installed: the script then needs it too).
+
+    ``register_source``: make the running code's source readable to ``inspect`` (for Triton kernels),
+    by putting it in ``linecache`` under the name ``<script>#source``; tracebacks then show its lines.
+    """
     data = source.encode("utf-8")
-    candidates = [Wrapped(_lzma_script(data), "lzma")]
+    candidates = [Wrapped(_lzma_script(data, register_source), "lzma")]
     if importlib.util.find_spec("brotli") is not None:
-        candidates.append(Wrapped(_brotli_script(data), "brotli"))
+        candidates.append(Wrapped(_brotli_script(data, register_source), "brotli"))
     sizes = tuple((w.codec, len(w.script.encode("utf-8"))) for w in candidates)
     best = min(candidates, key=lambda w: len(w.script.encode("utf-8")))
     return Wrapped(best.script, best.codec, sizes)

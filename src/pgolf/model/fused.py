@@ -6,13 +6,12 @@ evaluation forward is the parent's, unchanged. Weights, ``state_dict`` keys and 
 method are the parent's, so checkpoints, export and evaluation cannot tell the difference. The
 swap happens before ``torch.compile`` traces the model.
 
-The kernels are imported by name, so the bundler's import graph never pulls Triton code into a
-single-file script; ``pgolf bundle`` refuses the flags (:func:`pgolf.bundle.build.build_bundle`).
+A single-file bundle carries the kernels only when its configuration turns them on
+(:data:`pgolf.bundle.build.SWITCHED_MODULES`), so a bundle without them never imports Triton.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
 import torch
@@ -56,9 +55,6 @@ class FusedLossGPT(GPT):
 
 def check_fused_kernels(cfg: ModelConfig, ce: bool, mlp: bool, device: torch.device | str) -> None:
     """Refuse, with one line, FUSED_CE / FUSED_MLP for a model or machine they cannot serve."""
-    if __name__ == "__main__":  # inlined into a single-file bundle, which does not carry pgolf.kernels
-        raise PgolfError("FUSED_CE / FUSED_MLP: this single-file script does not carry the fused Triton kernels; "
-                         "train with the pgolf package, or leave them off")
     require_fused_kernels({"FUSED_CE": ce, "FUSED_MLP": mlp}, device)
     if ce and cfg.logit_softcap_kind != "tanh":
         raise PgolfError(f"FUSED_CE=1 fuses the tanh softcap; SOFTCAP_TYPE={cfg.logit_softcap_kind} has no fused kernel")
@@ -69,10 +65,18 @@ def check_fused_kernels(cfg: ModelConfig, ce: bool, mlp: bool, device: torch.dev
 def use_fused_kernels(model: GPT, ce: bool, mlp: bool, device: torch.device | str) -> None:
     """Switch ``model``'s training forward to the fused kernels asked for; before torch.compile."""
     check_fused_kernels(model.cfg, ce, mlp, device)
-    if ce:
-        _kernels["ce"] = importlib.import_module("pgolf.kernels.softcapped_ce").softcapped_cross_entropy
-        model.__class__ = FusedLossGPT
-    if mlp:
-        _kernels["mlp"] = importlib.import_module("pgolf.kernels.mlp").fused_mlp
-        for block in model.blocks:
-            block.mlp.__class__ = FusedMLP
+    try:
+        if ce:
+            from pgolf.kernels.softcapped_ce import softcapped_cross_entropy
+
+            _kernels["ce"] = softcapped_cross_entropy
+            model.__class__ = FusedLossGPT
+        if mlp:
+            from pgolf.kernels.mlp import fused_mlp
+
+            _kernels["mlp"] = fused_mlp
+            for block in model.blocks:
+                block.mlp.__class__ = FusedMLP
+    except ImportError:  # a single-file bundle built with the kernels off carries no pgolf.kernels
+        raise PgolfError("FUSED_CE / FUSED_MLP: this train_gpt.py was bundled without the fused kernels; "
+                         "rebuild it with them on") from None
