@@ -1,7 +1,7 @@
 """``pgolf doctor``: is this machine ready to train and score? One line per check, before the clock runs.
 
 A fresh pod fails in a handful of known ways: no CUDA or the wrong GPU, FlashAttention 3 missing (a
-silent slowdown), a temp folder mounted ``noexec`` (torch.compile dies mid-warm-up), a compressor's
+silent slowdown), fused Triton kernels asked for where they cannot run, a temp folder mounted ``noexec`` (torch.compile dies mid-warm-up), a compressor's
 library or binary absent, the shards or the tokenizer not where the configuration says, a full disk.
 Each check returns a :class:`Finding`: ``ok``, ``warn`` (works, but slower or limited) or ``fail``
 (a run would stop). The exit code is 1 when anything fails, else 0. The data checks read the
@@ -76,6 +76,24 @@ def check_compiler() -> Finding:
     return Finding("compile", OK if cxx else WARN, f"CPU inductor with {cxx}" if cxx else "no C++ compiler: torch.compile on the CPU fails (PGOLF_COMPILE=0 works)")
 
 
+def check_fused_kernels(cfg) -> Finding:
+    """FUSED_CE / FUSED_MLP, when the configuration asks for them: can this machine run them?"""
+    import torch
+
+    from pgolf.errors import PgolfError
+    from pgolf.model.fused import check_fused_kernels as refuse_unservable
+
+    asked = [name for name, on in (("FUSED_CE", cfg.train.fused_ce), ("FUSED_MLP", cfg.train.fused_mlp)) if on]
+    if not asked:
+        return Finding("fused", OK, "off (FUSED_CE=0, FUSED_MLP=0)")
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        refuse_unservable(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, device)
+    except PgolfError as exc:
+        return Finding("fused", FAIL, str(exc))
+    return Finding("fused", OK, f"{', '.join(asked)}: Triton kernels on {device.type}")
+
+
 def check_exec_temp(folder: str | None = None) -> Finding:
     """torch.compile writes and runs code under the temp folder (or TORCHINDUCTOR_CACHE_DIR): it must allow exec."""
     folder = folder or os.environ.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.gettempdir()
@@ -137,7 +155,7 @@ def check_disk(path: str | os.PathLike) -> Finding:
 
 
 def run_checks(cfg) -> list[Finding]:
-    return [check_python(), *check_torch(), check_attention(), check_compiler(), check_exec_temp(),
+    return [check_python(), *check_torch(), check_attention(), check_compiler(), check_fused_kernels(cfg), check_exec_temp(),
             check_compressors(), *check_data(cfg), check_disk(cfg.data.data_path)]
 
 

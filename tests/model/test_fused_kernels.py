@@ -20,6 +20,10 @@ from pgolf.presets import build_config
 from pgolf.quant.lowbit import FAMILY_INT, Scheme, fake_quantize
 
 pytest.importorskip("triton", reason="triton is not installed (it comes with the dev extra on Linux x86-64)")
+pytestmark = pytest.mark.skipif(
+    not support.triton_interpreting(),
+    reason="runs the kernels on CPU tensors in Triton's interpreter (tests/conftest.py sets it without CUDA); "
+           "tests/gpu/test_fused_kernels_gpu.py covers CUDA")
 
 
 def model_pair(*overrides: str, seed: int = 0):

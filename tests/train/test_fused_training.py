@@ -9,10 +9,15 @@ import json
 import pytest
 
 from pgolf.errors import PgolfError
+from pgolf.kernels.support import triton_interpreting
 from pgolf.train.loop import train
 from tests.train.test_training import tiny_config, train_losses
 
 pytest.importorskip("triton", reason="triton is not installed (it comes with the dev extra on Linux x86-64)")
+pytestmark = pytest.mark.skipif(
+    not triton_interpreting(),
+    reason="runs the kernels on CPU tensors in Triton's interpreter (tests/conftest.py sets it without CUDA); "
+           "tests/gpu/test_fused_kernels_gpu.py covers CUDA")
 
 # two 128-token rows a step keep the interpreted cross-entropy (one program per row) quick
 SMALL = ("TRAIN_BATCH_TOKENS=256", "MLP_ACTIVATION=leaky_relu2", "Z_LOSS=0.0001")
