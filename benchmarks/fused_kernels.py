@@ -8,6 +8,9 @@ For each kernel (pgolf.kernels), one run times three sides at the top records' p
   so the side the fused kernel has to beat);
 * ``unfused_eager``: the same code without compile.
 
+``--mlp-tiles`` then times the fused MLP under each tile configuration given (the launch constants
+of :mod:`pgolf.kernels.mlp`), which is how to pick its defaults on a new GPU.
+
 Each side: ``--warmup`` untimed calls, then ``--repeats`` rounds of ``--iters`` forward + backward
 calls; the median round per call is reported, with the peak memory of one call and the largest
 relative difference of the output and input gradient from the compiled unfused side.
@@ -102,6 +105,48 @@ def compare(name: str, make_inputs, fused_fn, unfused_fn, device: torch.device, 
     return {"sides": results, "speedup": speedups, "reference_side_for_diffs": reference}
 
 
+DEFAULT_TILES = "128x128x64:8:3,128x256x64:8:3,256x128x64:8:3,128x128x64:4:4,64x128x64:4:4,128x64x64:4:4"
+
+
+def parse_tiles(text: str) -> list[tuple[int, int, int, int, int]]:
+    """``MxNxK:warps:stages,...`` -> [(M, N, K, warps, stages), ...]."""
+    tiles = []
+    for item in filter(None, text.split(",")):
+        try:
+            shape, warps, stages = item.split(":")
+            m, n, k = (int(v) for v in shape.split("x"))
+            tiles.append((m, n, k, int(warps), int(stages)))
+        except ValueError:
+            sys.exit(f"fused_kernels: --mlp-tiles item {item!r} is not MxNxK:warps:stages")
+    return tiles
+
+
+def sweep_mlp_tiles(tiles, make_inputs, slope: float, device: torch.device, args) -> list[dict]:
+    """Fused MLP forward + backward per tile configuration (the module's launch constants, swapped in turn)."""
+    from pgolf.kernels import mlp
+
+    saved = (mlp._BLOCK_M, mlp._BLOCK_N, mlp._BLOCK_K, mlp._NUM_WARPS, mlp._NUM_STAGES)
+    rows = []
+    try:
+        for m, n, k, warps, stages in tiles:
+            mlp._BLOCK_M, mlp._BLOCK_N, mlp._BLOCK_K, mlp._NUM_WARPS, mlp._NUM_STAGES = m, n, k, warps, stages
+            leaves = [t.detach().clone().requires_grad_() for t in make_inputs()]
+
+            def step():
+                mlp.fused_mlp(*leaves, slope).sum().backward()
+
+            try:
+                ms = median_call_ms(step, device, args.warmup, args.repeats, args.iters)
+                rows.append({"tile": f"{m}x{n}x{k}", "warps": warps, "stages": stages, "ms_per_call": ms})
+            except Exception as exc:  # a tile the GPU cannot hold (shared memory) is a result too
+                rows.append({"tile": f"{m}x{n}x{k}", "warps": warps, "stages": stages, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            print(f"mlp tile {m}x{n}x{k} warps {warps} stages {stages}: "
+                  + (f"{rows[-1]['ms_per_call']:.3f} ms" if "ms_per_call" in rows[-1] else rows[-1]["error"]))
+    finally:
+        mlp._BLOCK_M, mlp._BLOCK_N, mlp._BLOCK_K, mlp._NUM_WARPS, mlp._NUM_STAGES = saved
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=98_304, help="rows per call (R43: 48 x 2048 per GPU)")
@@ -115,6 +160,8 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled unfused side")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, fp32, one round: checks the script (CPU + TRITON_INTERPRET=1)")
+    parser.add_argument("--mlp-tiles", default=DEFAULT_TILES,
+                        help="fused MLP tile configurations to sweep, MxNxK:warps:stages comma-separated ('' skips)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -128,9 +175,11 @@ def main() -> None:
     problem = fused_kernel_problem(device)
     if problem:
         sys.exit(f"fused_kernels: the kernels cannot run here: {problem}")
+    tiles = parse_tiles(args.mlp_tiles)
     if args.smoke:
         args.tokens, args.dim, args.hidden, args.vocab = 256, 64, 128, 1024
         args.warmup, args.repeats, args.iters, args.no_compile = 1, 1, 1, True
+        tiles = tiles[:2]
     dtype = torch.bfloat16 if device.type == "cuda" and not args.smoke else torch.float32
 
     from pgolf.kernels.mlp import fused_mlp
@@ -171,6 +220,7 @@ def main() -> None:
             "mlp_leaky_relu2": compare("mlp", mlp_inputs, lambda x, u, d: fused_mlp(x, u, d, args.slope), unfused_mlp, device, args),
             "softcapped_ce": compare("softcapped_ce", ce_inputs, fused_ce, unfused_ce, device, args),
         },
+        "mlp_tile_sweep": sweep_mlp_tiles(tiles, mlp_inputs, args.slope, device, args),
     }
     out = args.out or REPO / "benchmarks" / "results" / f"fused_kernels_{device_slug(device_name(device), 1)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
