@@ -49,16 +49,22 @@ def loss_and_grads(model, ids, targets):
     return loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-@pytest.mark.parametrize("extra", [(), ("Z_LOSS=0.001",), ("MLP_ACTIVATION=relu2",)])
-def test_training_loss_and_gradients_match_the_unfused_model(extra):
-    cfg, plain, fused = model_pair(*extra)
-    ids, targets = batch(cfg)
+def assert_same_training_step(plain, fused, ids, targets):
+    """The fused model's loss and every gradient equal the unfused model's; returns the fused loss."""
     want_loss, want_grads = loss_and_grads(plain, ids, targets)
     got_loss, got_grads = loss_and_grads(fused, ids, targets)
     torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
     assert len(got_grads) == len(want_grads)
     for got, want in zip(got_grads, want_grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    return got_loss
+
+
+@pytest.mark.parametrize("extra", [(), ("Z_LOSS=0.001",), ("MLP_ACTIVATION=relu2",)])
+def test_training_loss_and_gradients_match_the_unfused_model(extra):
+    cfg, plain, fused = model_pair(*extra)
+    ids, targets = batch(cfg)
+    assert_same_training_step(plain, fused, ids, targets)
 
 
 def test_qat_fake_quantization_reaches_the_fused_mlp():
@@ -69,11 +75,7 @@ def test_qat_fake_quantization_reaches_the_fused_mlp():
             for linear in (block.mlp.fc, block.mlp.proj):
                 linear.weight_fake_quant = partial(fake_quantize, scheme=Scheme(FAMILY_INT, bits=4))
     ids, targets = batch(cfg)
-    want_loss, want_grads = loss_and_grads(plain, ids, targets)
-    got_loss, got_grads = loss_and_grads(fused, ids, targets)
-    torch.testing.assert_close(got_loss, want_loss, rtol=1e-5, atol=1e-5)
-    for got, want in zip(got_grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    got_loss = assert_same_training_step(plain, fused, ids, targets)
     for block in fused.blocks:
         block.mlp.fc.weight_fake_quant = None
     assert abs(loss_and_grads(fused, ids, targets)[0] - got_loss) > 1e-4
