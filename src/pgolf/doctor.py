@@ -3,9 +3,10 @@
 A fresh pod fails in a handful of known ways: no CUDA or the wrong GPU, FlashAttention 3 missing (a
 silent slowdown), fused Triton kernels asked for where they cannot run, a temp folder mounted
 ``noexec`` (torch.compile dies mid-warm-up), a compressor's library or binary absent, the shards or
-the tokenizer not where the configuration says, a full disk. Each check returns a :class:`Finding`: ``ok``, ``warn`` (works, but slower or limited) or ``fail``
-(a run would stop). The exit code is 1 when anything fails, else 0. The data checks read the
-configuration the way ``pgolf train`` does (preset, the reference env vars, ``--set``).
+the tokenizer not where the configuration says, a full disk. Each check returns a :class:`Finding`:
+``ok``, ``warn`` (works, but slower or limited) or ``fail`` (a run would stop). The exit code is 1
+when anything fails, else 0. The data checks read the configuration the way ``pgolf train`` does
+(preset, the reference env vars, ``--set``).
 """
 
 from __future__ import annotations
