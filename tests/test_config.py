@@ -144,3 +144,42 @@ def test_override_env_refuses_a_bad_item_in_one_line():
         override_env(["NOPE=1"])
     with pytest.raises(PgolfError, match="ITERATIONS='x'"):
         override_env(["ITERATIONS=x"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ITERATIONS=-5", r"ITERATIONS=-5: must be >= 0"),
+    ("VAL_MAX_TOKENS=-1", r"VAL_MAX_TOKENS=-1: must be >= 0"),
+    ("MAX_WALLCLOCK_SECONDS=-1", r"MAX_WALLCLOCK_SECONDS=-1.0: must be >= 0"),
+    ("MATRIX_LR=-1", r"MATRIX_LR=-1.0: must be >= 0"),
+    ("MATRIX_LR=nan", r"MATRIX_LR=nan: must be >= 0"),
+    ("MUON_MOMENTUM=1", r"MUON_MOMENTUM=1.0: must be in \[0, 1\)"),
+    ("ADAM_EPS=0", r"ADAM_EPS=0.0: must be > 0"),
+    ("SEED=-3", r"SEED=-3: must be in 0..2\*\*32-1"),
+    ("QK_GAIN_INIT=inf", r"QK_GAIN_INIT=inf: must be finite"),
+    ("PARALLEL_RESIDUAL_START=-2", r"PARALLEL_RESIDUAL_START=-2: must be >= -1"),
+])
+def test_numeric_values_out_of_range_are_refused(override, message):
+    with pytest.raises(PgolfError, match=message):
+        build_config("baseline", [override], environ={})
+
+
+def test_every_numeric_field_has_a_range():
+    unchecked = [f.metadata["env"] for _, f in iter_fields(Config())
+                 if f.type in ("int", "float") and f.metadata.get("check") is None]
+    assert unchecked == []
+
+
+def test_every_preset_passes_the_field_ranges():
+    for name in PRESETS:
+        build_config(name, environ={})
+
+
+def test_the_cli_refuses_a_negative_iteration_count_before_writing_anything(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pgolf.cli", "train", "--preset", "tiny_cpu", "--set", "ITERATIONS=-5",
+                           "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("ITERATIONS=-5: must be >= 0"), proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,8 +34,13 @@ RULES = {
     "in [0, 1)": lambda v: 0 <= v < 1,
     "in 1..65536": lambda v: 1 <= v <= 65536,
     "in 2..8": lambda v: 2 <= v <= 8,
+    "in 0..65535": lambda v: 0 <= v <= 65535,
+    "in 0..2**32-1": lambda v: 0 <= v < 2**32,  # what numpy's seed accepts
+    ">= -1": lambda v: v >= -1,
+    "finite": math.isfinite,
 }
-POS, NONNEG, UNIT = "> 0", ">= 0", "in [0, 1]"
+POS, NONNEG, UNIT, MOMENTUM, FINITE = "> 0", ">= 0", "in [0, 1]", "in [0, 1)", "finite"
+TOKEN_ID, SEED_RANGE = "in 0..65535", "in 0..2**32-1"
 
 
 @dataclass
@@ -58,53 +64,53 @@ class ModelConfig:
     model_dim: int = _f(512, "MODEL_DIM", "residual width", POS)
     num_heads: int = _f(8, "NUM_HEADS", "query heads", POS)
     num_kv_heads: int = _f(4, "NUM_KV_HEADS", "key/value heads (GQA)", POS)
-    mlp_mult: int = _f(2, "MLP_MULT", "MLP hidden size as a multiple of model_dim")
+    mlp_mult: int = _f(2, "MLP_MULT", "MLP hidden size as a multiple of model_dim", NONNEG)
     tie_embeddings: bool = _f(True, "TIE_EMBEDDINGS", "share the token embedding with the output head")
-    tied_embed_init_std: float = _f(0.005, "TIED_EMBED_INIT_STD", "init std of the tied embedding")
+    tied_embed_init_std: float = _f(0.005, "TIED_EMBED_INIT_STD", "init std of the tied embedding", NONNEG)
     logit_softcap: float = _f(30.0, "LOGIT_SOFTCAP", "logits = c * tanh(logits / c)", POS)
-    rope_base: float = _f(10000.0, "ROPE_BASE", "RoPE base frequency")
-    qk_gain_init: float = _f(1.5, "QK_GAIN_INIT", "initial per-head gain on normalized queries")
+    rope_base: float = _f(10000.0, "ROPE_BASE", "RoPE base frequency", POS)
+    qk_gain_init: float = _f(1.5, "QK_GAIN_INIT", "initial per-head gain on normalized queries", FINITE)
     # Record techniques (architecture). Every default is off: the reference model, bit for bit.
     # The sources (record ids and PRs of /work/shared/docs/challenge.md sec. 2.1) are in the
     # docstrings of the modules that implement them, under pgolf/model/.
     mlp_hidden: int = _f(0, "MLP_HIDDEN", "explicit MLP hidden size; 0 means mlp_mult * model_dim", NONNEG)
     mlp_activation: str = _f("relu2", "MLP_ACTIVATION", "relu2 (reference), leaky_relu2 (R22) or swiglu", ("relu2", "leaky_relu2", "swiglu"))
-    negative_slope: float = _f(0.5, "NEGATIVE_SLOPE", "LeakyReLU slope of the leaky_relu2 activation")
-    xsa_last_n: int = _f(0, "XSA_LAST_N", "exclusive self-attention on the last N layers (R17); >= NUM_LAYERS means all")
-    rope_dims: int = _f(0, "ROPE_DIMS", "rotate only the first k dims of each head (partial RoPE, R20); 0 means all")
+    negative_slope: float = _f(0.5, "NEGATIVE_SLOPE", "LeakyReLU slope of the leaky_relu2 activation", NONNEG)
+    xsa_last_n: int = _f(0, "XSA_LAST_N", "exclusive self-attention on the last N layers (R17); >= NUM_LAYERS means all", NONNEG)
+    rope_dims: int = _f(0, "ROPE_DIMS", "rotate only the first k dims of each head (partial RoPE, R20); 0 means all", NONNEG)
     rope_yarn: bool = _f(False, "ROPE_YARN", "NTK base rescale base*s^(d/(d-2)) when seq > ROPE_TRAIN_SEQ_LEN")
-    rope_train_seq_len: int = _f(1024, "ROPE_TRAIN_SEQ_LEN", "sequence length RoPE was trained at (for ROPE_YARN)")
+    rope_train_seq_len: int = _f(1024, "ROPE_TRAIN_SEQ_LEN", "sequence length RoPE was trained at (for ROPE_YARN)", POS)
     ln_scale: bool = _f(False, "LN_SCALE", "scale the normed block inputs by 1/sqrt(layer+1) (R20)")
     use_smeargate: bool = _f(False, "USE_SMEARGATE", "SmearGate v1: per-dim blend with the previous embedding (R15)")
     smear_gate_enabled: bool = _f(False, "SMEAR_GATE_ENABLED", "SmearGate v2: x_t += lam*sig(W x_t[:w]) x_{t-1} (R39)")
     smear_bos_fix: bool = _f(False, "SMEAR_BOS_FIX", "no smearing into a BOS token (R45): documents stay separate")
-    gate_window: int = _f(12, "GATE_WINDOW", "input width of the x[:w] gates (SmearGate v2, attention gates)")
-    bos_id: int = _f(1, "BOS_ID", "token id that starts a document (BOS fixes, document-isolated attention)")
+    gate_window: int = _f(12, "GATE_WINDOW", "input width of the x[:w] gates (SmearGate v2, attention gates)", NONNEG)
+    bos_id: int = _f(1, "BOS_ID", "token id that starts a document (BOS fixes, document-isolated attention)", TOKEN_ID)
     bigram_vocab_size: int = _f(0, "BIGRAM_VOCAB_SIZE", "BigramHash buckets (R15/R19); 0 disables", NONNEG)
-    bigram_dim: int = _f(128, "BIGRAM_DIM", "BigramHash table width, projected to model_dim")
+    bigram_dim: int = _f(128, "BIGRAM_DIM", "BigramHash table width, projected to model_dim", POS)
     bigram_hash: str = _f("xor", "BIGRAM_HASH", "xor: (36313 cur ^ 27191 prev) mod (B-1) (R19+); mul: (92821 prev + cur) mod B (R15)", ("xor", "mul"))
-    bigram_scale: float = _f(0.05, "BIGRAM_SCALE", "initial value of the learned BigramHash output scale")
-    bigram_init_std: float = _f(0.0, "BIGRAM_INIT_STD", "BigramHash table init std; 0 means zeros")
+    bigram_scale: float = _f(0.05, "BIGRAM_SCALE", "initial value of the learned BigramHash output scale", FINITE)
+    bigram_init_std: float = _f(0.0, "BIGRAM_INIT_STD", "BigramHash table init std; 0 means zeros", NONNEG)
     bigram_bos_fix: bool = _f(False, "BIGRAM_BOS_FIX", "hash a BOS token as a first position (no pair across documents)")
     ve_enabled: bool = _f(False, "VE_ENABLED", "value embeddings added to V on VE_LAYERS (R21)")
-    ve_dim: int = _f(128, "VE_DIM", "value-embedding table width")
+    ve_dim: int = _f(128, "VE_DIM", "value-embedding table width", POS)
     ve_layers: str = _f("", "VE_LAYERS", "comma-separated layer indices for value embeddings; empty means the last two")
     value_residual: bool = _f(False, "VALUE_RESIDUAL", "v = l0*v_first_layer + l1*v, lambdas init 0.5 (R22)")
     doc_isolated_attention: bool = _f(False, "DOC_ISOLATED_ATTENTION", "no attention across BOS boundaries (block-diagonal causal mask)")
     num_loops: int = _f(0, "NUM_LOOPS", "depth recurrence: extra passes over layers LOOP_START..LOOP_END (R26/R35)", NONNEG)
-    loop_start: int = _f(3, "LOOP_START", "first layer of the looped range")
-    loop_end: int = _f(5, "LOOP_END", "last layer of the looped range (inclusive)")
+    loop_start: int = _f(3, "LOOP_START", "first layer of the looped range", NONNEG)
+    loop_end: int = _f(5, "LOOP_END", "last layer of the looped range (inclusive)", NONNEG)
     parallel_start_layer: int = _f(0, "PARALLEL_START_LAYER", "two-lane parallel residuals from this layer (R26/R44); 0 disables", NONNEG)
     parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)", ("mean", "attn", "mlp"))
     gptj_parallel: bool = _f(False, "GPTJ_PARALLEL", "GPT-J block: x + attn(n(x)) + mlp(n(x)) (R31)")
-    parallel_residual_start: int = _f(-1, "PARALLEL_RESIDUAL_START", "GPT-J blocks from this layer on (R35: 7); -1 disables (GPTJ_PARALLEL=1: every layer)")
-    smear_gate_init: float = _f(3.0, "PGOLF_SMEAR_GATE_INIT", "SmearGate v1 initial gate logit g: 3.0 (R15) or 0.0 (R22, an even blend at start)")
+    parallel_residual_start: int = _f(-1, "PARALLEL_RESIDUAL_START", "GPT-J blocks from this layer on (R35: 7); -1 disables (GPTJ_PARALLEL=1: every layer)", ">= -1")
+    smear_gate_init: float = _f(3.0, "PGOLF_SMEAR_GATE_INIT", "SmearGate v1 initial gate logit g: 3.0 (R15) or 0.0 (R22, an even blend at start)", FINITE)
     smear_after_norm: bool = _f(False, "PGOLF_SMEAR_AFTER_NORM", "SmearGate on the normed embedding (R22, PR #1090) instead of before the norm (R15, R44)")
     attn_out_gate_enabled: bool = _f(False, "ATTN_OUT_GATE_ENABLED", "per-head y *= 2 sig(W x[:w]), W zero-init (R39)")
     gated_attn_enabled: bool = _f(False, "GATED_ATTN_ENABLED", "per-head y *= sig(W_g x) (R41, Qwen G1)")
-    gated_attn_init_std: float = _f(0.01, "GATED_ATTN_INIT_STD", "init std of the gated-attention W_g")
+    gated_attn_init_std: float = _f(0.01, "GATED_ATTN_INIT_STD", "init std of the gated-attention W_g", NONNEG)
     sparse_attn_gate_enabled: bool = _f(False, "SPARSE_ATTN_GATE_ENABLED", "per-head y *= sig(s W x[:w]), W zero-init (R43)")
-    sparse_attn_gate_scale: float = _f(1.0, "SPARSE_ATTN_GATE_SCALE", "the scale s of the sparse attention gate")
+    sparse_attn_gate_scale: float = _f(1.0, "SPARSE_ATTN_GATE_SCALE", "the scale s of the sparse attention gate", FINITE)
     skip_gates_enabled: bool = _f(False, "SKIP_GATES_ENABLED", "sigmoid-gated U-Net skips x = lerp(w*skip, x, sig(g)) (R27)")
     logit_softcap_kind: str = _f("tanh", "SOFTCAP_TYPE", "tanh (reference) or poly (odd degree-5 polynomial cap, R23)", ("tanh", "poly"))
     z_loss: float = _f(0.0, "Z_LOSS", "weight of the z-loss mean(logsumexp^2) added to the training loss (R23)", NONNEG)
@@ -128,18 +134,18 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    embed_lr: float = _f(0.6, "EMBED_LR", "Adam LR of an untied token embedding")
-    head_lr: float = _f(0.008, "HEAD_LR", "Adam LR of an untied lm_head")
-    tied_embed_lr: float = _f(0.05, "TIED_EMBED_LR", "Adam LR of the tied embedding")
-    matrix_lr: float = _f(0.04, "MATRIX_LR", "Muon LR of block matrices")
-    scalar_lr: float = _f(0.04, "SCALAR_LR", "Adam LR of vectors, scalars and control tensors")
-    muon_momentum: float = _f(0.95, "MUON_MOMENTUM", "Muon momentum after warm-up")
-    muon_backend_steps: int = _f(5, "MUON_BACKEND_STEPS", "Newton-Schulz iterations")
-    muon_momentum_warmup_start: float = _f(0.85, "MUON_MOMENTUM_WARMUP_START", "Muon momentum at step 0")
-    muon_momentum_warmup_steps: int = _f(500, "MUON_MOMENTUM_WARMUP_STEPS", "steps of linear momentum warm-up")
-    beta1: float = _f(0.9, "BETA1", "Adam beta1")
-    beta2: float = _f(0.95, "BETA2", "Adam beta2")
-    adam_eps: float = _f(1e-8, "ADAM_EPS", "Adam epsilon")
+    embed_lr: float = _f(0.6, "EMBED_LR", "Adam LR of an untied token embedding", NONNEG)
+    head_lr: float = _f(0.008, "HEAD_LR", "Adam LR of an untied lm_head", NONNEG)
+    tied_embed_lr: float = _f(0.05, "TIED_EMBED_LR", "Adam LR of the tied embedding", NONNEG)
+    matrix_lr: float = _f(0.04, "MATRIX_LR", "Muon LR of block matrices", NONNEG)
+    scalar_lr: float = _f(0.04, "SCALAR_LR", "Adam LR of vectors, scalars and control tensors", NONNEG)
+    muon_momentum: float = _f(0.95, "MUON_MOMENTUM", "Muon momentum after warm-up", MOMENTUM)
+    muon_backend_steps: int = _f(5, "MUON_BACKEND_STEPS", "Newton-Schulz iterations", POS)
+    muon_momentum_warmup_start: float = _f(0.85, "MUON_MOMENTUM_WARMUP_START", "Muon momentum at step 0", MOMENTUM)
+    muon_momentum_warmup_steps: int = _f(500, "MUON_MOMENTUM_WARMUP_STEPS", "steps of linear momentum warm-up", NONNEG)
+    beta1: float = _f(0.9, "BETA1", "Adam beta1", MOMENTUM)
+    beta2: float = _f(0.95, "BETA2", "Adam beta2", MOMENTUM)
+    adam_eps: float = _f(1e-8, "ADAM_EPS", "Adam epsilon", POS)
     grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables (records: 0.3, R09)", NONNEG)
     muon_wd: float = _f(0.0, "MUON_WD", "Muon decoupled weight decay, p *= 1 - lr*wd before the update (R11/R15; 0.095 in R35+)", NONNEG)
     wd_taper_start_frac: float = _f(1.0, "WD_TAPER_START_FRAC", "full MUON_WD until this training fraction, then linear taper (R40: 0.70); 1 disables", UNIT)
@@ -153,25 +159,25 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    seed: int = _f(1337, "SEED", "seed for torch, numpy and random")
+    seed: int = _f(1337, "SEED", "seed for torch, numpy and random", SEED_RANGE)
     run_id: str = _f("", "RUN_ID", "run directory name; empty means a timestamp plus a short random id")
-    iterations: int = _f(20000, "ITERATIONS", "maximum optimizer steps")
-    warmdown_iters: int = _f(1200, "WARMDOWN_ITERS", "linear LR warm-down length (in steps, converted to time under a cap)")
+    iterations: int = _f(20000, "ITERATIONS", "maximum optimizer steps", NONNEG)
+    warmdown_iters: int = _f(1200, "WARMDOWN_ITERS", "linear LR warm-down length (in steps, converted to time under a cap)", NONNEG)
     warmdown_frac: float = _f(0.0, "WARMDOWN_FRAC", "warm-down over this last fraction of training (time under a cap), replacing WARMDOWN_ITERS; 0 disables (R24+: 0.72-0.85)", UNIT)
     enable_looping_at: float = _f(0.0, "ENABLE_LOOPING_AT", "training fraction at which depth recurrence (NUM_LOOPS) switches on; 0 = from the start (R35+: 0.35)", UNIT)
     min_lr: float = _f(0.0, "MIN_LR", "floor of the LR scale during the warm-down (R43: 0.10)", UNIT)
     ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables", "in [0, 1)")
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
     swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots", POS)
-    swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)")
+    swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)", UNIT)
     loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)", ("sequential", "coprime", "shuffled"))
-    warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)")
+    warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)", NONNEG)
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks", POS)
     train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length", POS)
-    max_wallclock_seconds: float = _f(600.0, "MAX_WALLCLOCK_SECONDS", "training time cap; 0 disables")
-    grad_accum_steps: int = _f(0, "GRAD_ACCUM_STEPS", "micro-steps per step; 0 means 8 // WORLD_SIZE as the reference")
-    val_loss_every: int = _f(1000, "VAL_LOSS_EVERY", "validate every N steps; 0 only at the end")
-    train_log_every: int = _f(200, "TRAIN_LOG_EVERY", "log train loss every N steps")
+    max_wallclock_seconds: float = _f(600.0, "MAX_WALLCLOCK_SECONDS", "training time cap; 0 disables", NONNEG)
+    grad_accum_steps: int = _f(0, "GRAD_ACCUM_STEPS", "micro-steps per step; 0 means 8 // WORLD_SIZE as the reference", NONNEG)
+    val_loss_every: int = _f(1000, "VAL_LOSS_EVERY", "validate every N steps; 0 only at the end", NONNEG)
+    train_log_every: int = _f(200, "TRAIN_LOG_EVERY", "log train loss every N steps", NONNEG)
     compile: str = _f("auto", "PGOLF_COMPILE", "torch.compile the model: auto (on CUDA only), 1 or 0", ("auto", "0", "1"))
     attn_backend: str = _f("auto", "PGOLF_ATTN_BACKEND", "attention kernel: auto, fa3 or sdpa", ("auto", "fa3", "sdpa"))
     fused_ce: bool = _f(False, "FUSED_CE", "training loss through the fused Triton softcap + cross-entropy kernel (R43; tanh softcap, CUDA)")
@@ -181,33 +187,33 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    val_batch_size: int = _f(524_288, "VAL_BATCH_SIZE", "validation tokens per batch, summed over ranks")
-    eval_seq_len: int = _f(0, "EVAL_SEQ_LEN", "evaluation window length; 0 means TRAIN_SEQ_LEN")
-    val_max_tokens: int = _f(0, "VAL_MAX_TOKENS", "score only the first N val tokens (quick checks); 0 means all")
+    val_batch_size: int = _f(524_288, "VAL_BATCH_SIZE", "validation tokens per batch, summed over ranks", POS)
+    eval_seq_len: int = _f(0, "EVAL_SEQ_LEN", "evaluation window length; 0 means TRAIN_SEQ_LEN", NONNEG)
+    val_max_tokens: int = _f(0, "VAL_MAX_TOKENS", "score only the first N val tokens (quick checks); 0 means all", NONNEG)
     eval_stride: int = _f(0, "EVAL_STRIDE", "sliding-window stride for `pgolf eval`; 0 means standard windows only", NONNEG)
     doc_isolated: bool = _f(False, "PGOLF_EVAL_DOC_ISOLATED", "sliding/TTT context restarts at every BOS")
     ttt: str = _f("", "PGOLF_TTT", "score-first test-time training: '' (off), sgd, lora or phased", ("", "sgd", "lora", "phased"))
-    ttt_lr: float = _f(0.002, "TTT_LR", "sgd TTT: SGD learning rate (cosine-decayed over chunks)")
+    ttt_lr: float = _f(0.002, "TTT_LR", "sgd TTT: SGD learning rate (cosine-decayed over chunks)", NONNEG)
     ttt_epochs: int = _f(3, "TTT_EPOCHS", "sgd TTT: epochs over each already-scored chunk", POS)
     ttt_chunk_tokens: int = _f(32_768, "TTT_CHUNK_TOKENS", "sgd TTT: targets per chunk (score chunk, then train on it)", POS)
     ttt_freeze_blocks: int = _f(2, "TTT_FREEZE_BLOCKS", "sgd TTT: the first k blocks stay frozen", NONNEG)
-    ttt_momentum: float = _f(0.9, "TTT_MOMENTUM", "sgd TTT: SGD momentum")
+    ttt_momentum: float = _f(0.9, "TTT_MOMENTUM", "sgd TTT: SGD momentum", MOMENTUM)
     ttt_batch_seqs: int = _f(32, "TTT_BATCH_SEQS", "sgd TTT: sequences per training batch", POS)
-    ttt_grad_clip: float = _f(1.0, "TTT_GRAD_CLIP", "sgd TTT: grad-norm clip; 0 disables")
+    ttt_grad_clip: float = _f(1.0, "TTT_GRAD_CLIP", "sgd TTT: grad-norm clip; 0 disables", NONNEG)
     ttt_lora_rank: int = _f(8, "TTT_LORA_RANK", "lora/phased TTT: LoRA rank", POS)
-    ttt_lora_lr: float = _f(0.01, "TTT_LORA_LR", "lora/phased TTT: Adam learning rate")
+    ttt_lora_lr: float = _f(0.01, "TTT_LORA_LR", "lora/phased TTT: Adam learning rate", NONNEG)
     ttt_lora_targets: str = _f("q,v,head", "PGOLF_TTT_LORA_TARGETS", "lora/phased TTT: adapted modules among q, v, head")
     ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)", POS)
     ttt_eval_seq_len: int = _f(1024, "TTT_EVAL_SEQ_LEN", "lora/phased TTT: context window inside a document", POS)
     ttt_batch_size: int = _f(64, "TTT_BATCH_SIZE", "lora/phased TTT: documents adapted side by side", POS)
     phased_ttt_prefix_docs: int = _f(2000, "PHASED_TTT_PREFIX_DOCS", "phased TTT: documents scored before the last global SGD pause", NONNEG)
     phased_ttt_num_phases: int = _f(1, "PHASED_TTT_NUM_PHASES", "phased TTT: global SGD pauses spread over the prefix", POS)
-    global_ttt_lr: float = _f(0.001, "GLOBAL_TTT_LR", "phased TTT: global SGD learning rate")
-    global_ttt_momentum: float = _f(0.9, "GLOBAL_TTT_MOMENTUM", "phased TTT: global SGD momentum")
+    global_ttt_lr: float = _f(0.001, "GLOBAL_TTT_LR", "phased TTT: global SGD learning rate", NONNEG)
+    global_ttt_momentum: float = _f(0.9, "GLOBAL_TTT_MOMENTUM", "phased TTT: global SGD momentum", MOMENTUM)
     global_ttt_epochs: int = _f(1, "GLOBAL_TTT_EPOCHS", "phased TTT: epochs over all documents scored so far", NONNEG)
     global_ttt_chunk_tokens: int = _f(32_768, "GLOBAL_TTT_CHUNK_TOKENS", "phased TTT: tokens per global SGD chunk (cosine LR over chunks)", POS)
     global_ttt_batch_seqs: int = _f(32, "GLOBAL_TTT_BATCH_SEQS", "phased TTT: sequences per global SGD batch", POS)
-    global_ttt_grad_clip: float = _f(1.0, "GLOBAL_TTT_GRAD_CLIP", "phased TTT: grad-norm clip; 0 disables")
+    global_ttt_grad_clip: float = _f(1.0, "GLOBAL_TTT_GRAD_CLIP", "phased TTT: grad-norm clip; 0 disables", NONNEG)
 
 
 @dataclass
