@@ -7,12 +7,13 @@ import argparse
 import os
 
 from pgolf.config_cli import add_config_arguments
-from pgolf.export.artifact import SIZE_CAP_BYTES
-from pgolf.export.codecs import CODECS
-from pgolf.export.inspect import attribute_bytes, group_totals
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from pgolf.export.artifact import SIZE_CAP_BYTES  # imported here: `pgolf --help` must not import torch
+    from pgolf.export.codecs import CODECS
+    from pgolf.export.inspect import attribute_bytes, group_totals
+
     rows = attribute_bytes(args.artifact)
     size = os.path.getsize(args.artifact)
     with open(args.artifact, "rb") as f:
