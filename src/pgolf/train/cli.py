@@ -13,7 +13,7 @@ def _train(args: argparse.Namespace) -> int:
     from pgolf.train.loop import train
 
     cfg = config_from_args(args)
-    results = train(cfg, runs_dir=args.runs_dir)
+    results = train(cfg, runs_dir=args.runs_dir, replace=True if args.replace else None)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
     if args.json:
@@ -47,4 +47,7 @@ def register(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("--runs-dir", default="runs", help="where runs/<run_id>/ is written (default: runs)")
     parser.add_argument("--json", action="store_true", help="print results.json as the last stdout line")
+    parser.add_argument("--replace", action="store_true",
+                        help="RUN_ID names an earlier run: delete it and train again from step 0 (also PGOLF_REPLACE_RUN=1); "
+                        "without this, reusing a run's id is refused")
     parser.set_defaults(handler=_train)
