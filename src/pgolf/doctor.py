@@ -86,7 +86,7 @@ def check_training_preflight(cfg, runs_dir: str | os.PathLike, nproc: int) -> li
     RUN_ID), and whether the disk there holds this model's checkpoint and artifact."""
     import torch
 
-    from pgolf.train.preflight import disk_problem, preflight
+    from pgolf.train.preflight import checkpoint_bytes, disk_problem, preflight
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     found = [Finding(name, FAIL if problem else OK, problem or detail)
@@ -95,17 +95,6 @@ def check_training_preflight(cfg, runs_dir: str | os.PathLike, nproc: int) -> li
     problem = disk_problem(runs_dir, state_bytes)
     found.append(Finding("run space", FAIL if problem else OK, problem or f"room for a {state_bytes / 1e6:,.1f} MB checkpoint"))
     return found
-
-
-def checkpoint_bytes(cfg) -> int:
-    """The configuration's state dict in bytes, from a model built on the meta device (no memory, no init)."""
-    import torch
-
-    from pgolf.model.gpt import GPT
-    from pgolf.train.preflight import state_bytes
-
-    with torch.device("meta"):
-        return state_bytes(GPT(cfg.model).state_dict())
 
 
 def check_exec_temp(folder: str | None = None) -> Finding:

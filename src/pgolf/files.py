@@ -10,65 +10,53 @@ location costs nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 from pgolf.errors import PgolfError, one_line
 
 
-def os_error_line(exc: OSError, path: str | os.PathLike | None = None) -> str:
-    """``PATH: reason`` for an OS error (the path the caller knows, else the one the error names)."""
-    where = path if path is not None else exc.filename
-    if where is not None and exc.filename2 is not None and path is None:
-        where = f"{where} -> {exc.filename2}"
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an OS error (just the reason where it names no file)."""
     reason = exc.strerror or one_line(exc)
-    return f"{where}: {reason}" if where is not None else reason
+    return reason if exc.filename is None else f"{exc.filename}: {reason}"
 
 
 def write_failure(exc: OSError, path: str | os.PathLike) -> PgolfError:
-    return PgolfError(f"cannot write {os_error_line(exc, path)}")
+    return PgolfError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` for a writer that wants a file name; renamed onto ``path``
     when the block succeeds, removed when it fails. Keeps the suffix (savefig and np.save read it)."""
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp{path.suffix}")  # 64 random bits: never taken
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
-        os.close(fd)
-    except OSError as exc:
-        raise write_failure(exc, path) from None
-    tmp = Path(name)
-    try:
+        open(tmp, "xb").close()  # made as a plain open() makes files: permissions as the umask allows
         yield tmp
-        umask = os.umask(0)  # mkstemp makes the file 0600; give it what a plain open() would
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        raise write_failure(exc, path) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        raise write_failure(exc, path) if isinstance(exc, OSError) else exc
 
 
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` atomically, synced to disk before the rename."""
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, synced to disk before the rename."""
     with atomic_target(path) as tmp, open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def make_folder(folder: str | os.PathLike) -> Path:
@@ -79,15 +67,6 @@ def make_folder(folder: str | os.PathLike) -> Path:
     except OSError as exc:
         raise write_failure(exc, folder) from None
     return folder
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append one line to a log; an OS error names the file."""
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-    except OSError as exc:
-        raise write_failure(exc, path) from None
 
 
 def _nearest_existing(folder: Path) -> Path:

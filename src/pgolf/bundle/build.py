@@ -126,8 +126,8 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     small = minify(source, keep_annotations=kernels)
     wrapped = wrap(small, register_source=kernels)
     readable = readable_path_for(out)
-    atomic_write(readable, source)
-    atomic_write(out, wrapped.script)
+    atomic_write(readable, source.encode())
+    atomic_write(out, wrapped.script.encode())
     return BundleReport(
         str(out), str(readable), modules, wrapped.codec,
         len(source.encode()), len(small.encode()), len(wrapped.script.encode()), wrapped.sizes,

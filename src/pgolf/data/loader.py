@@ -71,13 +71,14 @@ class TokenStream:
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def micro_batch_tokens(global_tokens: int, seq_len: int, world_size: int, grad_accum_steps: int) -> int:
-    """Tokens per rank and micro-step; PgolfError unless a positive multiple of ``seq_len``."""
-    local_tokens = global_tokens // (world_size * grad_accum_steps)
+def micro_batch_tokens(global_tokens: int, seq_len: int, micro_batches: int) -> int:
+    """Tokens per rank and micro-step (``micro_batches``: ranks x accumulation steps); PgolfError
+    unless a positive multiple of ``seq_len``."""
+    local_tokens = global_tokens // micro_batches
     if local_tokens < seq_len or local_tokens % seq_len:
         raise PgolfError(
-            f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step ({world_size} rank(s) x "
-            f"{grad_accum_steps} micro-steps), which must be a positive multiple of TRAIN_SEQ_LEN={seq_len}"
+            f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step, "
+            f"which must be a positive multiple of TRAIN_SEQ_LEN={seq_len}"
         )
     return local_tokens
 
@@ -91,7 +92,7 @@ class DistributedTokenLoader:
         self.stream = TokenStream(resolve_shards(pattern, split="train"), vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        local_tokens = micro_batch_tokens(global_tokens, seq_len, self.world_size, grad_accum_steps)
+        local_tokens = micro_batch_tokens(global_tokens, seq_len, self.world_size * grad_accum_steps)
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))

@@ -152,7 +152,7 @@ class WindowLoader:
         return self._maps[shard]
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        local_tokens = micro_batch_tokens(global_tokens, self.seq_len, self.world_size, grad_accum_steps)
+        local_tokens = micro_batch_tokens(global_tokens, self.seq_len, self.world_size * grad_accum_steps)
         if seq_len != self.seq_len:
             raise PgolfError(f"TRAIN_SEQ_LEN={seq_len}: this loader was built for windows of {self.seq_len} tokens")
         n = local_tokens // seq_len

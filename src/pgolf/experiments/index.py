@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pgolf.errors import PgolfError
 from pgolf.experiments.read import CONFIG, RESULTS, Run, load_any_run
-from pgolf.train.rundir import STATUS, run_state
+from pgolf.train.lifecycle import STATUS, run_state
 
 INDEX_NAME = "index.sqlite"
 COLUMNS = (

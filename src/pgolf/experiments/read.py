@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
-from pgolf.train.rundir import run_state
+from pgolf.train.lifecycle import run_state
 
 RESULTS = "results.json"
 CONFIG = "config.json"
@@ -36,7 +36,7 @@ class Run:
     path: Path
     results: dict
     config: dict
-    status: str = "finished"  # or running, interrupted, failed, died, unfinished (pgolf.train.rundir.run_state)
+    status: str = "finished"  # or running, interrupted, failed, died, unfinished (pgolf.train.lifecycle.run_state)
     detail: str = ""
 
     @property

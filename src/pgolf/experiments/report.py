@@ -179,5 +179,5 @@ def write_report(runs: list[Run], out_dir: str | Path) -> list[Path]:
         groups = _sizes(plt, finished, out / PLOTS[3])
     plots = list(PLOTS if finished else PLOTS[:2])
     page = out / "index.html"
-    atomic_write(page, _html(runs, groups, plots))
+    atomic_write(page, _html(runs, groups, plots).encode())
     return [out / p for p in plots] + [page]

@@ -22,7 +22,8 @@ from pgolf.presets import build_config
 from pgolf.experiments.index import register
 from pgolf.experiments.read import Run, load_run
 from pgolf.files import writable_problem
-from pgolf.train.rundir import new_run_id, reuse_problem, run_state
+from pgolf.train.lifecycle import reuse_problem, run_state
+from pgolf.train.rundir import new_run_id
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:

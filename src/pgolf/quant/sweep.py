@@ -136,9 +136,9 @@ def write_outputs(float_bpb: float, rows: list[SweepRow], out_dir: Path) -> list
     writer = csv.DictWriter(buf, fieldnames=list(SweepRow.__dataclass_fields__))
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
-    atomic_write(out_dir / "sweep.csv", buf.getvalue())
+    atomic_write(out_dir / "sweep.csv", buf.getvalue().encode())
     doc = {"float_val_bpb": float_bpb, "size_cap_bytes": SIZE_CAP_BYTES, "rows": [asdict(r) for r in rows]}
-    atomic_write(out_dir / "sweep.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write(out_dir / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
     _plot(float_bpb, rows, out_dir / "sweep.png")
     return [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
 

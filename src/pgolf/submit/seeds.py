@@ -18,7 +18,8 @@ from pgolf.config import override_env
 from pgolf.errors import PgolfError
 from pgolf.experiments.read import Run, load_run
 from pgolf.files import make_folder, writable_problem
-from pgolf.train.rundir import new_run_id, reuse_problem
+from pgolf.train.lifecycle import reuse_problem
+from pgolf.train.rundir import new_run_id
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from pgolf.config_cli import add_config_arguments, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pgolf.train.loop import train
+    from pgolf.train.lifecycle import replace_requested, train_recorded
 
     cfg = config_from_args(args)
-    results = train(cfg, runs_dir=args.runs_dir, replace=True if args.replace else None)
+    results = train_recorded(cfg, args.runs_dir, replace_requested(args.replace))
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
     if args.json:

@@ -39,7 +39,7 @@ from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
 from pgolf.eval.phases import sliding_configured, ttt_configured
 from pgolf.model.attn_backend import active_backend, select_backend
-from pgolf.model.fused import use_fused_kernels
+from pgolf.model.fused import check_fused_kernels, use_fused_kernels
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
 from pgolf.optim.clip import clip_gradients
@@ -53,8 +53,7 @@ from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
 from pgolf.files import atomic_write
-from pgolf.train.preflight import disk_problem, first_problem, grad_accum_steps, state_bytes
-from pgolf.train.rundir import RunDir, new_run_id, replace_requested
+from pgolf.train.rundir import RunDir, new_run_id
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 ARTIFACT_NAME = "model.pgolf"
@@ -85,10 +84,10 @@ def _sync(rt: Runtime) -> None:
         torch.cuda.synchronize(rt.device)
 
 
-def setup(cfg: Config, runs_dir: Path, echo: bool = True, replace: bool = False) -> Session:
+def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     rt = init_runtime(cfg.train.device)
-    run_id = cfg.train.run_id or _broadcast_run_id(rt)
-    _refuse_on_every_rank(rt, lambda: first_problem(cfg, runs_dir, rt.world_size, rt.device, replace))  # nothing written yet
+    if cfg.train.fused_ce or cfg.train.fused_mlp:  # refused before anything is written
+        check_fused_kernels(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
     seed_everything(cfg.train.seed)
     sp = load_tokenizer(cfg.data.tokenizer_path)
     check_vocab_size(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
@@ -97,6 +96,8 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True, replace: bool = False)
     val_tokens = trim_to_windows(val, cfg.eval_seq_len, cfg.eval.val_max_tokens)
     loader = _build_loader(cfg, rt)
 
+    run_id = cfg.train.run_id or _broadcast_run_id(rt)
+    run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo)
     select_backend(cfg.train.attn_backend, rt.device)
     model = build_model(cfg.model, rt.device)
     if cfg.train.fused_ce or cfg.train.fused_mlp:
@@ -114,9 +115,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True, replace: bool = False)
 
         ids = [rt.local_rank] if rt.device.type == "cuda" else None
         step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
-    grad_accum = grad_accum_steps(cfg, rt.world_size)
-    _refuse_on_every_rank(rt, lambda: disk_problem(runs_dir, state_bytes(model.state_dict())))
-    run = RunDir(Path(runs_dir) / run_id, enabled=rt.is_master, echo=echo, replace=replace)
+    grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
                       grad_sync=grad_sync, bos_id=int(sp.bos_id()))
     _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
@@ -129,15 +128,6 @@ def _build_loader(cfg: Config, rt: Runtime):
     t = cfg.train
     return build_loader(t.loader, cfg.data.train_glob(), t.train_seq_len, t.seed, rt.rank, rt.world_size, rt.device,
                         cfg.model.vocab_size)
-
-
-def _refuse_on_every_rank(rt: Runtime, check) -> None:
-    """Rank 0's verdict (``check()``: a problem line or None) raised on every rank, so that all stop together."""
-    verdict = [check() if rt.is_master else None]
-    if rt.distributed:
-        dist.broadcast_object_list(verdict, src=0)
-    if verdict[0]:
-        raise PgolfError(verdict[0])
 
 
 def _broadcast_run_id(rt: Runtime) -> str:
@@ -496,10 +486,10 @@ def _peak_memory_mib(rt: Runtime) -> int | None:
     return int(torch.cuda.max_memory_allocated(rt.device) // (1024 * 1024))
 
 
-def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, replace: bool | None = None) -> dict:
-    """Train, export and score one run; return (and write) its results. ``replace`` (default:
-    PGOLF_REPLACE_RUN=1) deletes an earlier run of the same RUN_ID first; without it, that is refused."""
-    s = setup(cfg, Path(runs_dir), echo=echo, replace=replace_requested(replace))
+def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session: Session | None = None) -> dict:
+    """Train, export and score one run; return (and write) its results. ``session``: one :func:`setup`
+    already made (pgolf.train.lifecycle does, to record how the run ends)."""
+    s = session or setup(cfg, Path(runs_dir), echo=echo)
     try:
         compile_warmup(s)
         stats = run_training(s)
@@ -538,10 +528,6 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, replace
             "source_sha256": source_hash(),
         }
         s.run.write_json("results.json", results)
-        s.run.record_outcome()
         return results
-    except BaseException as exc:
-        s.run.record_outcome(exc)
-        raise
     finally:
         shutdown_runtime(s.rt)

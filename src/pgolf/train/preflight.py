@@ -1,10 +1,10 @@
 """What a training run can be refused for before anything is written: one list, used by ``pgolf train``
-(which stops at the first problem, before its run folder exists) and ``pgolf doctor`` (which fails on
-any of them).
+(:mod:`pgolf.train.lifecycle`, which stops at the first problem, before its run folder exists) and
+``pgolf doctor`` (which fails on any of them).
 
 The configured compressor is installed, the batch splits into whole sequences over the ranks and
 micro-steps, the fused kernels can run here, the runs folder is writable and the run id is free (or
-to be replaced), and, once the model's size is known, the disk holds its checkpoint and artifact.
+to be replaced), and the disk holds the model's checkpoint and artifact.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pgolf.data.loader import micro_batch_tokens
 from pgolf.errors import PgolfError
 from pgolf.export.codecs import AUTO, codec_named
 from pgolf.files import space_problem, writable_problem
-from pgolf.train.rundir import reuse_problem
+from pgolf.train.lifecycle import reuse_problem
 
 
 def grad_accum_steps(cfg: Config, world_size: int) -> int:
-    """GRAD_ACCUM_STEPS, or the reference's 8 // WORLD_SIZE when 0."""
+    """GRAD_ACCUM_STEPS, or the reference's 8 // WORLD_SIZE when 0 (as pgolf.train.loop.setup)."""
     return cfg.train.grad_accum_steps or 8 // world_size
 
 
@@ -36,7 +36,10 @@ def _compressor(cfg: Config) -> str:
 
 def _batch(cfg: Config, world_size: int) -> str:
     t, accum = cfg.train, grad_accum_steps(cfg, world_size)
-    return f"{micro_batch_tokens(t.train_batch_tokens, t.train_seq_len, world_size, accum):,} tokens per rank micro-step"
+    if accum <= 0:
+        raise PgolfError(f"WORLD_SIZE={world_size}: must divide 8 for GRAD_ACCUM_STEPS=0 (8 // WORLD_SIZE)")
+    tokens = micro_batch_tokens(t.train_batch_tokens, t.train_seq_len, world_size * accum)
+    return f"{tokens:,} tokens per rank micro-step ({world_size} rank(s) x {accum} accumulation steps)"
 
 
 def _fused(cfg: Config, device) -> str:
@@ -71,6 +74,16 @@ def first_problem(cfg: Config, runs_dir: str | Path, world_size: int, device, re
 
 def state_bytes(state: dict) -> int:
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def checkpoint_bytes(cfg: Config) -> int:
+    """The configuration's state dict in bytes, from a model built on the meta device (no memory, no init)."""
+    import torch
+
+    from pgolf.model.gpt import GPT
+
+    with torch.device("meta"):
+        return state_bytes(GPT(cfg.model).state_dict())
 
 
 def space_needed(model_state_bytes: int) -> int:
