@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pgolf.config import Config
 from pgolf.errors import PgolfError, one_line
-from pgolf.files import write_failure, write_json_atomic
+from pgolf.files import write_failure
 from pgolf.train.rundir import RunDir
 
 STATUS = "status.json"
