@@ -3,7 +3,8 @@
 Verbs register themselves from their own package (``pgolf.data.cli``, ``pgolf.train.cli``, ...),
 each exposing ``register(subparsers)`` that adds a parser whose ``handler`` takes the parsed args and
 returns an exit code. Parser modules import nothing heavy at import time, so ``pgolf --help`` is fast.
-A :class:`~pgolf.errors.PgolfError` anywhere becomes one line on stderr and exit code 2.
+A :class:`~pgolf.errors.PgolfError` anywhere, or an OS error (a read-only or full disk), becomes one
+line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`pgolf config show | head`): stop quietly, as Unix tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:  # a read-only, full or missing location: one line naming it, not a traceback
+        from pgolf.files import os_error_line
+
+        print(f"pgolf: error: {os_error_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

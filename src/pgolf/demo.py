@@ -83,7 +83,7 @@ def _demo(args: argparse.Namespace) -> int:
     from pgolf.presets import resolve_preset
     from pgolf.tokenizer.spm import load_tokenizer
     from pgolf.train.cli import print_summary
-    from pgolf.train.loop import train
+    from pgolf.train.lifecycle import train_recorded
 
     cfg = resolve_preset("demo_cpu")
     if args.data:
@@ -97,7 +97,7 @@ def _demo(args: argparse.Namespace) -> int:
     apply_overrides(cfg, args.overrides)
     validate(cfg)
     print(f"pgolf demo: training {cfg.model.num_layers}x{cfg.model.model_dim} for {args.seconds:.0f}s on CPU ...")
-    results = train(cfg, runs_dir=args.runs_dir)
+    results = train_recorded(cfg, args.runs_dir)
     print()
     print_summary(results)
     return 0

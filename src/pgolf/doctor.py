@@ -3,7 +3,10 @@
 A fresh pod fails in a handful of known ways: no CUDA or the wrong GPU, FlashAttention 3 missing (a
 silent slowdown), fused Triton kernels asked for where they cannot run, a temp folder mounted
 ``noexec`` (torch.compile dies mid-warm-up), a compressor's library or binary absent, the shards or
-the tokenizer not where the configuration says, a full disk. Each check returns a :class:`Finding`:
+the tokenizer not where the configuration says, a full disk. Everything ``pgolf train`` refuses before
+it starts (:mod:`pgolf.train.preflight`: the configured compressor not installed, a batch that does
+not split over the ranks, the runs folder not writable or RUN_ID taken, no room for the checkpoint)
+fails here too, through the same code. Each check returns a :class:`Finding`:
 ``ok``, ``warn`` (works, but slower or limited) or ``fail`` (a run would stop). The exit code is 1
 when anything fails, else 0. The data checks read the configuration the way ``pgolf train`` does
 (preset, the reference env vars, ``--set``).
@@ -77,22 +80,21 @@ def check_compiler() -> Finding:
     return Finding("compile", OK if cxx else WARN, f"CPU inductor with {cxx}" if cxx else "no C++ compiler: torch.compile on the CPU fails (PGOLF_COMPILE=0 works)")
 
 
-def check_fused_kernels(cfg) -> Finding:
-    """FUSED_CE / FUSED_MLP, when the configuration asks for them: can this machine run them?"""
+def check_training_preflight(cfg, runs_dir: str | os.PathLike, nproc: int) -> list[Finding]:
+    """What ``pgolf train`` itself refuses before writing anything (:mod:`pgolf.train.preflight`: the
+    configured compressor, the batch split over ``nproc`` ranks, the fused kernels, the runs folder and
+    RUN_ID), and whether the disk there holds this model's checkpoint and artifact."""
     import torch
 
-    from pgolf.errors import PgolfError
-    from pgolf.model.fused import check_fused_kernels as refuse_unservable
+    from pgolf.train.preflight import checkpoint_bytes, disk_problem, preflight
 
-    asked = [name for name, on in (("FUSED_CE", cfg.train.fused_ce), ("FUSED_MLP", cfg.train.fused_mlp)) if on]
-    if not asked:
-        return Finding("fused", OK, "off (FUSED_CE=0, FUSED_MLP=0)")
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        refuse_unservable(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, device)
-    except PgolfError as exc:
-        return Finding("fused", FAIL, str(exc))
-    return Finding("fused", OK, f"{', '.join(asked)}: Triton kernels on {device.type}")
+    found = [Finding(name, FAIL if problem else OK, problem or detail)
+             for name, problem, detail in preflight(cfg, runs_dir, nproc, device)]
+    state_bytes = checkpoint_bytes(cfg)
+    problem = disk_problem(runs_dir, state_bytes)
+    found.append(Finding("run space", FAIL if problem else OK, problem or f"room for a {state_bytes / 1e6:,.1f} MB checkpoint"))
+    return found
 
 
 def check_exec_temp(folder: str | None = None) -> Finding:
@@ -155,9 +157,9 @@ def check_disk(path: str | os.PathLike) -> Finding:
     return Finding("disk", status, f"{free / 1e9:.1f} GB free at {where}")
 
 
-def run_checks(cfg) -> list[Finding]:
-    return [check_python(), *check_torch(), check_attention(), check_compiler(), check_fused_kernels(cfg), check_exec_temp(),
-            check_compressors(), *check_data(cfg), check_disk(cfg.data.data_path)]
+def run_checks(cfg, runs_dir: str | os.PathLike = "runs", nproc: int = 1) -> list[Finding]:
+    return [check_python(), *check_torch(), check_attention(), check_compiler(), check_exec_temp(), check_compressors(),
+            *check_training_preflight(cfg, runs_dir, nproc), *check_data(cfg), check_disk(cfg.data.data_path)]
 
 
 MARKS = {OK: "ok  ", WARN: "WARN", FAIL: "FAIL"}
@@ -166,7 +168,7 @@ MARKS = {OK: "ok  ", WARN: "WARN", FAIL: "FAIL"}
 def _doctor(args) -> int:
     from pgolf.presets import build_config
 
-    findings = run_checks(build_config(args.preset, args.overrides))
+    findings = run_checks(build_config(args.preset, args.overrides), args.runs_dir, args.nproc)
     if args.json:
         print(json.dumps([asdict(f) for f in findings], indent=2))
     else:
@@ -186,5 +188,8 @@ def register(subparsers) -> None:
     parser.add_argument("--preset", default="baseline", help="configuration whose data paths are checked (default: baseline)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, as in `pgolf train` (e.g. DATA_PATH=...)")
+    parser.add_argument("--runs-dir", default="runs", help="where `pgolf train` will write runs/<run_id>/ (default: runs)")
+    parser.add_argument("--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
+                        help="processes the run will use (torchrun --nproc_per_node), for the batch split (default: 1)")
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
     parser.set_defaults(handler=_doctor)

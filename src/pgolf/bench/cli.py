@@ -16,9 +16,12 @@ def _bench(args: argparse.Namespace) -> int:
     from pgolf.bench import reference as ref
     from pgolf.bench.report import build_report, reference_numbers, result_path, write_report
     from pgolf.bench.run import bench_eval, bench_train
+    from pgolf.files import check_writable
     from pgolf.runtime import pick_device
 
     cfg = config_from_args(args)
+    if os.environ.get("RANK", "0") == "0":  # refused before the benchmark, not after it
+        check_writable(args.out_dir, "--out-dir")
     warmup = cfg.train.warmup_steps if args.warmup is None else args.warmup
     script = Path(args.reference) if args.reference else None
     if script is not None:  # refuse before spending minutes on pgolf's side

@@ -16,7 +16,7 @@ from pgolf.bench.reference import sliding_targets
 from pgolf.bench.run import Measurement
 from pgolf.config import Config
 from pgolf.runtime import git_commit, source_hash, versions
-from pgolf.train.rundir import write_json_atomic
+from pgolf.files import make_folder, write_json_atomic
 
 FLOPS_FORMULA = (
     "train: 3 * (2 * N_mm + 2 * num_layers * model_dim * (seq_len + 1)) per token; eval: one third of that; "
@@ -75,6 +75,6 @@ def build_report(cfg: Config, ours: Measurement, reference: dict | None, referen
 
 
 def write_report(report: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     write_json_atomic(path, report)
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, wrap
 from pgolf.config import Config
 from pgolf.errors import PgolfError
+from pgolf.files import atomic_write, check_writable
 
 ENTRY = "pgolf.bundle.entry"
 FROZEN_NAME = "FROZEN_CONFIG"
@@ -109,17 +109,6 @@ def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, spec
     return inline(modules, header, tree_shake, transform, left_out), tuple(m.name for m in modules)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def readable_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}_readable{path.suffix}")
 
@@ -129,6 +118,7 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
+    check_writable(out.parent, "bundle folder")
     source, modules = bundle_source(cfg, entry, tree_shake, specialise)
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
     # Triton kernels read their parameters' annotations and, through inspect, their own source
@@ -136,8 +126,8 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     small = minify(source, keep_annotations=kernels)
     wrapped = wrap(small, register_source=kernels)
     readable = readable_path_for(out)
-    _write_atomic(readable, source)
-    _write_atomic(out, wrapped.script)
+    atomic_write(readable, source.encode())
+    atomic_write(out, wrapped.script.encode())
     return BundleReport(
         str(out), str(readable), modules, wrapped.codec,
         len(source.encode()), len(small.encode()), len(wrapped.script.encode()), wrapped.sizes,

@@ -71,6 +71,18 @@ class TokenStream:
         return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
+def micro_batch_tokens(global_tokens: int, seq_len: int, micro_batches: int) -> int:
+    """Tokens per rank and micro-step (``micro_batches``: ranks x accumulation steps); PgolfError
+    unless a positive multiple of ``seq_len``."""
+    local_tokens = global_tokens // micro_batches
+    if local_tokens < seq_len or local_tokens % seq_len:
+        raise PgolfError(
+            f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step, "
+            f"which must be a positive multiple of TRAIN_SEQ_LEN={seq_len}"
+        )
+    return local_tokens
+
+
 class DistributedTokenLoader:
     def __init__(self, pattern: str, rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
                  vocab_size: int | None = None):
@@ -80,12 +92,7 @@ class DistributedTokenLoader:
         self.stream = TokenStream(resolve_shards(pattern, split="train"), vocab_size)
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        if local_tokens < seq_len or local_tokens % seq_len:
-            raise PgolfError(
-                f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step, "
-                f"which must be a positive multiple of TRAIN_SEQ_LEN={seq_len}"
-            )
+        local_tokens = micro_batch_tokens(global_tokens, seq_len, self.world_size * grad_accum_steps)
         span = local_tokens + 1
         chunk = self.stream.take(span * self.world_size)
         local = torch.from_numpy(chunk[self.rank * span : (self.rank + 1) * span].astype(np.int64))

@@ -35,6 +35,7 @@ import numpy as np
 
 from pgolf.data.shards import MAX_VOCAB, file_sha256, write_bytes_atomic, write_shard
 from pgolf.errors import PgolfError
+from pgolf.files import check_writable, make_folder, write_failure
 
 BOS_ID = 1
 DEFAULT_VAL_DOCS = 50_000  # the challenge's NUM_VAL_DOCS
@@ -217,6 +218,7 @@ def prepare(
     """Build ``out_dir`` with val/train shards, the tokenizer (if trained) and ``manifest.json``."""
     out_dir = Path(out_dir)
     _check_counts(val_docs, shard_tokens, out_dir)
+    check_writable(out_dir)  # before the long passes over the docs
     if tokenizer is None and vocab_size is None:
         raise PgolfError(f"{out_dir}: give a tokenizer or a vocab size to train one")
     files = document_files(docs)
@@ -225,8 +227,11 @@ def prepare(
     num_docs = count_documents(files)
     _check_split(num_docs, val_docs, docs)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
+    make_folder(out_dir)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=out_dir, prefix=".prepare-"))
+    except OSError as exc:
+        raise write_failure(exc, out_dir) from None
     try:
         tokenizer_path, trained = _tokenizer_for(tokenizer, vocab_size, files, val_docs, staging, progress)
         sp = _load_checked_tokenizer(tokenizer_path, vocab_size if tokenizer is not None else None)
@@ -236,11 +241,12 @@ def prepare(
         manifest = build_manifest(
             files, sp, tokenizer_path, recorded_path, trained, stats, val_docs=val_docs, shard_tokens=shard_tokens
         )
+        manifest_path = out_dir / "manifest.json"
+        _write_json_atomic(staging / manifest_path.name, manifest)  # complete before anything is published
         _publish(staging, out_dir, trained)
+        os.replace(staging / manifest_path.name, manifest_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    manifest_path = out_dir / "manifest.json"
-    _write_json_atomic(manifest_path, manifest)
     return Prepared(out_dir, manifest_path, manifest)
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from pgolf.errors import PgolfError
+from pgolf.files import atomic_write, make_folder
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -122,18 +122,7 @@ def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write a small file atomically (temporary file, then rename), readable as the umask allows."""
+    """Write a small file atomically (:func:`pgolf.files.atomic_write`), creating its folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes the file 0600; give it the permissions a plain open() would have.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    make_folder(path.parent)
+    atomic_write(path, data)

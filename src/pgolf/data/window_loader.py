@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pgolf.data.loader import micro_batch_tokens
 from pgolf.data.shards import check_token_range, read_header, read_shard, resolve_shards
 from pgolf.errors import PgolfError
 
@@ -151,12 +152,9 @@ class WindowLoader:
         return self._maps[shard]
 
     def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        local_tokens = global_tokens // (self.world_size * grad_accum_steps)
-        if seq_len != self.seq_len or local_tokens < seq_len or local_tokens % seq_len:
-            raise PgolfError(
-                f"TRAIN_BATCH_TOKENS={global_tokens} gives {local_tokens} tokens per rank micro-step, which must be "
-                f"a positive multiple of TRAIN_SEQ_LEN={self.seq_len} (the loader's window length)"
-            )
+        local_tokens = micro_batch_tokens(global_tokens, self.seq_len, self.world_size * grad_accum_steps)
+        if seq_len != self.seq_len:
+            raise PgolfError(f"TRAIN_SEQ_LEN={seq_len}: this loader was built for windows of {self.seq_len} tokens")
         n = local_tokens // seq_len
         step_windows = n * self.world_size * grad_accum_steps  # one optimizer step, summed over ranks
         windows = self.stream.take(n * self.world_size, step_windows)[self.rank * n : (self.rank + 1) * n]

@@ -69,6 +69,10 @@ def _eval(args: argparse.Namespace) -> int:
     from pgolf.eval.timing import PhaseTimer, limit_comparison
     from pgolf.runtime import device_name, pick_device
 
+    if args.token_losses:  # refused before the evaluation, not after it
+        from pgolf.files import check_writable
+
+        check_writable(Path(args.token_losses).parent, "--token-losses folder")
     device = pick_device(args.device)
     timer = PhaseTimer(device)
     args.preset_given = args.preset is not None
@@ -191,20 +195,13 @@ def _load_into(model, state: dict, args: argparse.Namespace) -> None:
 
 
 def _save_npy(path: Path, array) -> None:
-    import os
-    import tempfile
-
     import numpy as np
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    os.close(fd)
-    try:
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from pgolf.files import atomic_target, make_folder
+
+    make_folder(path.parent)
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:  # a file object: np.save adds no ".npy"
+        np.save(f, array)
 
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,11 +1,12 @@
-"""``pgolf runs list|show|compare`` and ``pgolf report``: look back at finished runs."""
+"""``pgolf runs list|show|compare`` and ``pgolf report``: look back at runs, finished or not."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-LIST_COLUMNS = ("run_id", "preset", "seed", "val_bpb", "pre_quant_val_bpb", "bytes_total", "steps", "step_avg_ms", "sweep")
+LIST_COLUMNS = ("run_id", "preset", "seed", "val_bpb", "pre_quant_val_bpb", "bytes_total", "steps", "step_avg_ms", "sweep", "status")
+STATUS_WIDTH = 70  # a failure's reason, cut to keep one line per run
 
 
 def _fmt(value) -> str:
@@ -24,19 +25,29 @@ def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
 
 
+def _cell(row, column: str):
+    if column == "seed":
+        return str(row[column])
+    if column == "status":
+        text = " ".join(filter(None, (row["status"], row["detail"])))
+        return text if len(text) <= STATUS_WIDTH else text[: STATUS_WIDTH - 3] + "..."
+    return row[column]
+
+
 def _list(args: argparse.Namespace) -> int:
     from pgolf.experiments.index import rows
 
     found = rows(args.runs_dir, args.sort, args.sweep)
-    print_table(LIST_COLUMNS, [tuple(str(r[c]) if c == "seed" else r[c] for c in LIST_COLUMNS) for r in found])
+    print_table(LIST_COLUMNS, [tuple(_cell(r, c) for c in LIST_COLUMNS) for r in found])
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     from pgolf.experiments.index import resolve
 
-    run = resolve(args.runs_dir, args.run)
-    print(json.dumps({"run_dir": str(run.path), "results": run.results, "config": run.config}, indent=2, sort_keys=True))
+    run = resolve(args.runs_dir, args.run, finished=False)
+    print(json.dumps({"run_dir": str(run.path), "status": run.status, "detail": run.detail, "results": run.results,
+                      "config": run.config}, indent=2, sort_keys=True))
     return 0
 
 
@@ -48,7 +59,7 @@ def _compare(args: argparse.Namespace) -> int:
     from pgolf.experiments.index import resolve
     from pgolf.experiments.read import flatten_config
 
-    runs = [resolve(args.runs_dir, name) for name in args.runs]
+    runs = [resolve(args.runs_dir, name, finished=False) for name in args.runs]
     flats = [flatten_config(r.config) for r in runs]
     keys = sorted({k for f in flats for k in f})
     differing = [k for k in keys if len({json.dumps(f.get(k)) for f in flats}) > 1]
@@ -57,7 +68,7 @@ def _compare(args: argparse.Namespace) -> int:
     if differing:
         print_table(header, [(k, *(f.get(k) for f in flats)) for k in differing])
     print("\nresults")
-    print_table(header, [(k, *(r.results.get(k) for r in runs)) for k in COMPARE_RESULTS])
+    print_table(header, [("status", *(r.status for r in runs)), *((k, *(r.results.get(k) for r in runs)) for k in COMPARE_RESULTS)])
     return 0
 
 
@@ -65,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
     from pgolf.experiments.index import resolve
     from pgolf.experiments.report import write_report
 
-    runs = [resolve(args.runs_dir, name) for name in args.runs]
+    runs = [resolve(args.runs_dir, name, finished=False) for name in args.runs]
     for path in write_report(runs, args.output):
         print(path)
     return 0
@@ -80,7 +91,7 @@ def _sweep(args: argparse.Namespace) -> int:
     if not args.grid:
         raise PgolfError("sweep: give at least one --grid KEY=v1,v2")
     combos = combinations(parse_grid(args.grid), args.random, args.sample_seed)
-    results = run_sweep(args.preset, args.overrides, combos, Path(args.runs_dir), args.name, args.nproc)
+    results = run_sweep(args.preset, args.overrides, combos, Path(args.runs_dir), args.name, args.nproc, replace=args.replace)
     ordered = sorted(results, key=lambda r: (r.run is None, r.run.metric("val_bpb") if r.run else 0.0))
     print_table(("run_id", "val_bpb", "bytes_total", "overrides"),
                 [(r.run_id, r.run.metric("val_bpb") if r.run else None, r.run.results.get("bytes_total") if r.run else None,
@@ -94,11 +105,11 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    runs = subparsers.add_parser("runs", help="list, show and compare finished runs (SQLite index under the runs dir)")
+    runs = subparsers.add_parser("runs", help="list, show and compare runs (SQLite index under the runs dir)")
     sub = runs.add_subparsers(dest="runs_verb", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--runs-dir", default="runs", help="runs folder holding index.sqlite (default: runs)")
-    listing = sub.add_parser("list", parents=[common], help="one line per finished run (newest first)")
+    listing = sub.add_parser("list", parents=[common], help="one line per run, with its status (newest first)")
     listing.add_argument("--sort", default="finished", help="column to sort by, e.g. val_bpb (default: finished, newest first)")
     listing.add_argument("--sweep", default=None, help="only runs of this sweep")
     listing.set_defaults(handler=_list)
@@ -127,4 +138,5 @@ def register(subparsers) -> None:
     sweep.add_argument("--sample-seed", type=int, default=0, help="seed of the --random draw (default: 0)")
     sweep.add_argument("--name", default="", help="sweep name, the run id prefix (default: sweep-<timestamp>)")
     sweep.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun); default 1")
+    sweep.add_argument("--replace", action="store_true", help="the sweep name was used before: delete its runs and train them again")
     sweep.set_defaults(handler=_sweep)

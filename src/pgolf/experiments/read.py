@@ -1,4 +1,8 @@
-"""One finished run directory, read without executing anything: results, config, log and metrics."""
+"""One run directory, read without executing anything: results, config, status, log and metrics.
+
+:func:`load_run` wants a finished run (the score is what its callers compare); :func:`load_any_run`
+also takes one that was interrupted, failed or is still training, with empty results.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
+from pgolf.train.lifecycle import run_state
 
 RESULTS = "results.json"
 CONFIG = "config.json"
@@ -31,6 +36,8 @@ class Run:
     path: Path
     results: dict
     config: dict
+    status: str = "finished"  # or running, interrupted, failed, died, unfinished (pgolf.train.lifecycle.run_state)
+    detail: str = ""
 
     @property
     def run_id(self) -> str:
@@ -67,6 +74,19 @@ def load_run(path: str | Path) -> Run:
     if not path.is_dir():
         raise PgolfError(f"{path}: run directory not found")
     return Run(path, _read_json(path / RESULTS), _read_json(path / CONFIG))
+
+
+def load_any_run(path: str | Path) -> Run:
+    """A run in any state; PgolfError when ``path`` holds none."""
+    path = Path(path)
+    if path.is_file() and path.name in (RESULTS, CONFIG):
+        path = path.parent
+    state = run_state(path) if path.is_dir() else None
+    if state is None:
+        raise PgolfError(f"{path}: not a run directory (no {LOG}, {CONFIG}, {RESULTS} or status.json)")
+    results = _read_json(path / RESULTS) if (path / RESULTS).is_file() else {}
+    config = _read_json(path / CONFIG) if (path / CONFIG).is_file() else {}
+    return Run(path, results, config, *state)
 
 
 def flatten_config(config: dict) -> dict[str, object]:

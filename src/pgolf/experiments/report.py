@@ -3,29 +3,24 @@
 Plots: train loss and val_bpb against step and against training wallclock (from metrics.jsonl),
 val_bpb by phase (last validation before quantization vs the artifact's round trip), and artifact
 bytes by tensor group (embed/head/attn/mlp/other/container, exact per
-:mod:`pgolf.export.inspect`, plus code). Written into one folder with ``index.html``.
+:mod:`pgolf.export.inspect`, plus code). Written into one folder with ``index.html``. A run that did
+not finish (interrupted, failed) has its curves up to where it stopped and its status in the table;
+the phase and size plots show the finished runs (and are left out when there are none).
 """
 
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 
 from pgolf.export.artifact import SIZE_CAP_BYTES
 from pgolf.experiments.read import Run, config_differences
+from pgolf.files import atomic_target, atomic_write, check_writable, make_folder
 
 
 def _save(fig, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_target(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _series(run: Run, event: str, key: str) -> tuple[list, list, list]:
@@ -136,23 +131,24 @@ def _groups_table(groups: dict[str, dict[str, int]]) -> str:
     return f"<h2>Artifact bytes by tensor group</h2><table><tr>{head}</tr>{rows}</table>"
 
 
-def _html(runs: list[Run], groups: dict[str, dict[str, int]]) -> str:
-    cols = ("val_bpb", "val_loss", "quant_gap_bpb", "bytes_total", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
+def _html(runs: list[Run], groups: dict[str, dict[str, int]], plots: list[str]) -> str:
+    cols = ("status", "val_bpb", "val_loss", "quant_gap_bpb", "bytes_total", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
     head = "".join(f"<th>{c}</th>" for c in ("run",) + cols)
     body = []
     for run in runs:
-        cells = "".join(f"<td>{html.escape(_fmt(run.results.get(c)))}</td>" for c in cols)
+        values = {**run.results, "status": " ".join(filter(None, (run.status, run.detail)))}
+        cells = "".join(f"<td>{html.escape(_fmt(values.get(c)))}</td>" for c in cols)
         body.append(f"<tr><td>{html.escape(run.run_id)}</td>{cells}</tr>")
     diffs = config_differences(runs[0].config, runs[-1].config) if len(runs) > 1 else {}
     diff_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(repr(a))}</td><td>{html.escape(repr(b))}</td></tr>" for k, (a, b) in diffs.items())
-    images = "".join(f'<p><img src="{p}" alt="{p}"></p>' for p in PLOTS)
+    images = "".join(f'<p><img src="{p}" alt="{p}"></p>' for p in plots)
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>pgolf report</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
         "img{max-width:100%}</style></head><body><h1>pgolf report</h1>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>"
         + (f"<h2>Config: {html.escape(runs[0].run_id)} vs {html.escape(runs[-1].run_id)}</h2><table>{diff_rows}</table>" if diffs else "")
-        + _groups_table(groups)
+        + (_groups_table(groups) if groups else "")
         + f"{images}</body></html>\n"
     )
 
@@ -172,14 +168,16 @@ def write_report(runs: list[Run], out_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, "report folder")  # before any plotting
+    make_folder(out)
     _curves(plt, runs, "train", "train_loss", "train loss (nats)", out / PLOTS[0])
     _curves(plt, runs, "val", "val_bpb", "val_bpb", out / PLOTS[1])
-    _phases(plt, runs, out / PLOTS[2])
-    groups = _sizes(plt, runs, out / PLOTS[3])
+    finished = [r for r in runs if r.results]
+    groups = {}
+    if finished:
+        _phases(plt, finished, out / PLOTS[2])
+        groups = _sizes(plt, finished, out / PLOTS[3])
+    plots = list(PLOTS if finished else PLOTS[:2])
     page = out / "index.html"
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".index.html.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(_html(runs, groups))
-    os.replace(tmp, page)
-    return [out / p for p in PLOTS] + [page]
+    atomic_write(page, _html(runs, groups, plots).encode())
+    return [out / p for p in plots] + [page]

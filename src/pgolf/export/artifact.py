@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError
 from pgolf.export.container import write_artifact
+from pgolf.files import atomic_target
 from pgolf.quant.int8 import QuantizedState
 from pgolf.quant.policy import quantize_state_dict_policy
 
@@ -158,15 +158,8 @@ def export_model(
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
     if quantized is None:
         quantized = quantize_state_dict_policy(state_dict, policy)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".export")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_target(path) as tmp:
         write_artifact(tmp, quantized, meta, codec, shuffle=shuffle, v1_only=v1_only)
         report = size_report(tmp, files)
         check_under_cap(report)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return report

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import safetensors.torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError, one_line
+from pgolf.files import atomic_write
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
@@ -364,21 +364,6 @@ def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[
 # ---------------------------------------------------------------------------------------------
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder + os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def encode_artifact(
     q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False,
     v1_only: bool = False,
@@ -409,7 +394,7 @@ def write_artifact(
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    atomic_write_bytes(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only))
+    atomic_write(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only))
     return os.path.getsize(path)
 
 

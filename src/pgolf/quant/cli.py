@@ -38,6 +38,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pgolf.eval.cli import _load_into, _load_state, _resolve_config
     from pgolf.errors import PgolfError
     from pgolf.eval.evaluate import evaluate, trim_to_windows
+    from pgolf.files import check_writable
     from pgolf.model.gpt import build_model
     from pgolf.quant.sweep import check_compressors, format_table, parse_sweep_spec, run_sweep, write_outputs
     from pgolf.runtime import pick_device
@@ -46,13 +47,14 @@ def _sweep(args: argparse.Namespace) -> int:
 
     specs = [parse_sweep_spec(p) for p in args.schemes]  # refuse bad input before the slow loading
     check_compressors(args.compressors.split(","))
+    out = Path(args.out)
+    if not out.is_dir():
+        raise PgolfError(f"--out {out}: folder does not exist")
+    check_writable(out, "--out")
     args.artifact, args.preset_given = None, args.preset is not None
     args.preset = args.preset or "baseline"
     state, embedded = _load_state(args)
     cfg = _resolve_config(args, embedded)
-    out = Path(args.out)
-    if not out.is_dir():
-        raise PgolfError(f"--out {out}: folder does not exist")
     sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer_path)
     check_vocab_size(sp, cfg.model.vocab_size, str(args.tokenizer or cfg.data.tokenizer_path))
     device = pick_device(args.device)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,8 @@ import torch
 from pgolf.errors import PgolfError
 from pgolf.export.artifact import SIZE_CAP_BYTES, size_report
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS
-from pgolf.export.container import atomic_write_bytes, read_artifact, write_artifact
+from pgolf.export.container import read_artifact, write_artifact
+from pgolf.files import atomic_target, atomic_write
 from pgolf.config import QuantConfig
 from pgolf.quant.int8 import dequantize
 from pgolf.quant.policy import parse_policy, quantize_for_export
@@ -136,9 +136,9 @@ def write_outputs(float_bpb: float, rows: list[SweepRow], out_dir: Path) -> list
     writer = csv.DictWriter(buf, fieldnames=list(SweepRow.__dataclass_fields__))
     writer.writeheader()
     writer.writerows(asdict(r) for r in rows)
-    atomic_write_bytes(out_dir / "sweep.csv", buf.getvalue().encode())
+    atomic_write(out_dir / "sweep.csv", buf.getvalue().encode())
     doc = {"float_val_bpb": float_bpb, "size_cap_bytes": SIZE_CAP_BYTES, "rows": [asdict(r) for r in rows]}
-    atomic_write_bytes(out_dir / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
+    atomic_write(out_dir / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
     _plot(float_bpb, rows, out_dir / "sweep.png")
     return [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
 
@@ -161,7 +161,6 @@ def _plot(float_bpb: float, rows: list[SweepRow], path: Path) -> None:
     ax.set_ylabel("val_bpb")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -22,6 +22,7 @@ from statistics import fmean, stdev
 
 from pgolf.config import from_dict
 from pgolf.errors import PgolfError
+from pgolf.files import check_writable, make_folder, os_error_line, write_failure
 from pgolf.export.artifact import SIZE_CAP_BYTES
 from pgolf.experiments.read import IDENTITY_FIELDS, LOG, Run, config_differences, load_run
 
@@ -175,8 +176,12 @@ def write_records_folder(
     target = track_dir / folder_name(sub)
     if target.exists():
         raise PgolfError(f"{target}: already exists; choose another --name")
-    track_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=track_dir, prefix=f".{target.name}."))
+    check_writable(track_dir, "--records-dir")  # before building the bundle
+    make_folder(track_dir)
+    try:
+        staging = Path(tempfile.mkdtemp(dir=track_dir, prefix=f".{target.name}."))
+    except OSError as exc:
+        raise write_failure(exc, track_dir) from None
     try:
         script = _stage_bundle(staging, runs, bundle)
         bundle_bytes = (staging / "train_gpt.py").stat().st_size
@@ -191,6 +196,9 @@ def write_records_folder(
         (staging / "requirements.txt").write_text(requirements(_bundle_codec(script), runs), encoding="utf-8")
         os.chmod(staging, 0o755)
         os.replace(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise PgolfError(f"{target}: not written ({os_error_line(exc)})") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

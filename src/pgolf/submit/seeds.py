@@ -17,6 +17,8 @@ from statistics import fmean, stdev
 from pgolf.config import override_env
 from pgolf.errors import PgolfError
 from pgolf.experiments.read import Run, load_run
+from pgolf.files import make_folder, writable_problem
+from pgolf.train.lifecycle import reuse_problem
 from pgolf.train.rundir import new_run_id
 
 
@@ -64,8 +66,13 @@ def run_seeds(plan: SeedPlan, echo=print) -> list[SeedOutcome]:
         raise PgolfError(f"--seeds {' '.join(map(str, plan.seeds))}: a seed is repeated")
     if plan.bundle is not None and not plan.bundle.is_file():
         raise PgolfError(f"{plan.bundle}: bundle not found")
-    plan.runs_dir.mkdir(parents=True, exist_ok=True)
     prefix = plan.prefix or new_run_id()
+    advice = "choose another --prefix"
+    problem = writable_problem(plan.runs_dir, "--runs-dir") or next(
+        filter(None, (reuse_problem(plan.runs_dir / f"{prefix}_seed{seed}", False, advice) for seed in plan.seeds)), None)
+    if problem:  # before the first seed trains
+        raise PgolfError(problem)
+    make_folder(plan.runs_dir)
     outcomes = []
     for seed in plan.seeds:
         run_id = f"{prefix}_seed{seed}"

@@ -10,10 +10,10 @@ from pgolf.config_cli import add_config_arguments, config_from_args
 
 
 def _train(args: argparse.Namespace) -> int:
-    from pgolf.train.loop import train
+    from pgolf.train.lifecycle import replace_requested, train_recorded
 
     cfg = config_from_args(args)
-    results = train(cfg, runs_dir=args.runs_dir)
+    results = train_recorded(cfg, args.runs_dir, replace_requested(args.replace))
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for all
     if args.json:
@@ -47,4 +47,7 @@ def register(subparsers) -> None:
     add_config_arguments(parser)
     parser.add_argument("--runs-dir", default="runs", help="where runs/<run_id>/ is written (default: runs)")
     parser.add_argument("--json", action="store_true", help="print results.json as the last stdout line")
+    parser.add_argument("--replace", action="store_true",
+                        help="RUN_ID names an earlier run: delete it and train again from step 0 (also PGOLF_REPLACE_RUN=1); "
+                        "without this, reusing a run's id is refused")
     parser.set_defaults(handler=_train)

@@ -52,6 +52,7 @@ from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, in
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
+from pgolf.files import atomic_write
 from pgolf.train.rundir import RunDir, new_run_id
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -398,14 +399,12 @@ def _log_train(s: Session, step: int, loss: float, elapsed_ms: float, scale: flo
 
 
 def save_checkpoint(s: Session) -> Path:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = s.run.path / CHECKPOINT_NAME
     if s.rt.is_master:
         state = {k: v.detach().cpu().contiguous() for k, v in s.model.state_dict().items()}
-        tmp = path.with_suffix(".tmp")
-        save_file(state, str(tmp), metadata={"pgolf_config": s.cfg.to_json()})
-        tmp.replace(path)
+        atomic_write(path, save(state, metadata={"pgolf_config": s.cfg.to_json()}))
     return path
 
 
@@ -487,9 +486,10 @@ def _peak_memory_mib(rt: Runtime) -> int | None:
     return int(torch.cuda.max_memory_allocated(rt.device) // (1024 * 1024))
 
 
-def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict:
-    """Train, export and score one run; return (and write) its results."""
-    s = setup(cfg, Path(runs_dir), echo=echo)
+def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session: Session | None = None) -> dict:
+    """Train, export and score one run; return (and write) its results. ``session``: one :func:`setup`
+    already made (pgolf.train.lifecycle does, to record how the run ends)."""
+    s = session or setup(cfg, Path(runs_dir), echo=echo)
     try:
         compile_warmup(s)
         stats = run_training(s)

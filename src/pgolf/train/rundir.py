@@ -3,33 +3,22 @@
 ``train.log`` opens with a header (source hash, commit, versions, device, resolved config) and then
 holds every log line; ``metrics.jsonl`` one JSON object per logged event; ``config.json`` the
 resolved config; ``results.json`` the final numbers, written atomically. Only rank 0 writes.
+``pgolf train`` adds ``status.json`` and refuses to reuse a run's folder (:mod:`pgolf.train.lifecycle`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from pgolf.files import write_json_atomic
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunDir:
