@@ -22,6 +22,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+DESCRIPTION = """\
+Is this machine ready to train and score? One line per check, before the clock runs.
+
+A fresh pod fails in a handful of known ways: no CUDA or the wrong GPU, FlashAttention 3 missing (a
+silent slowdown), fused Triton kernels asked for where they cannot run, a temp folder mounted noexec
+(torch.compile dies mid-warm-up), a compressor's library or binary absent, the shards or the
+tokenizer not where the configuration says, a full disk. Each check reports ok, WARN (works, but
+slower or limited) or FAIL (a run would stop). Exit code 1 when anything fails, else 0. The data
+checks read the configuration the way pgolf train does (preset, the reference env vars, --set).
+"""
 MIN_FREE_BYTES = 1 << 30  # below this, one run's checkpoints and artifacts may not fit
 
 
@@ -181,10 +191,10 @@ def _doctor(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor", help="check this machine: GPU, FlashAttention 3, compile, compressors, data, disk",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", default="baseline", help="configuration whose data paths are checked (default: baseline)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, as in `pgolf train` (e.g. DATA_PATH=...)")
+                        help="override a config field, as in pgolf train (e.g. DATA_PATH=...)")
     parser.add_argument("--json", action="store_true", help="the findings as JSON")
     parser.set_defaults(handler=_doctor)
