@@ -33,7 +33,7 @@ def data_args(shared_data: Path) -> list[str]:
 
 def run_bench(run_pgolf, shared_data, out: Path, *args: str) -> tuple[dict, Path]:
     code, stdout, stderr = run_pgolf(["bench", *args, "--preset", "tiny_cpu", *data_args(shared_data),
-                                      "--out-dir", str(out), "--json"])
+                                      "--out", str(out), "--json"])
     assert code == 0, stderr
     files = list(out.glob("*.json"))
     assert len(files) == 1
@@ -106,7 +106,7 @@ def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_pat
     script = tmp_path / "train_gpt.py"
     script.write_text("raise SystemExit('must not run')\n")
     code, stdout, stderr = run_pgolf(["bench", "train", "--preset", "tiny_cpu", "--reference", str(script),
-                                      "--set", "DATA_PATH=/nonexistent", "--out-dir", str(tmp_path / "out")])
+                                      "--set", "DATA_PATH=/nonexistent", "--out", str(tmp_path / "out")])
     assert code == 2 and stdout == ""
     assert stderr.strip().count("\n") == 0
     assert "--reference needs a CUDA device" in stderr and "device here: cpu" in stderr
@@ -122,7 +122,7 @@ def test_bench_train_on_two_gloo_ranks_times_communication(shared_data, tmp_path
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pgolf.cli", "bench", "train", "--preset", "tiny_cpu", "--steps", "1",
-           "--set", "GRAD_ACCUM_STEPS=0", "--set", f"PGOLF_PARALLEL_MUON={parallel_muon}", "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out-dir", str(tmp_path)]
+           "--set", "GRAD_ACCUM_STEPS=0", "--set", f"PGOLF_PARALLEL_MUON={parallel_muon}", "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

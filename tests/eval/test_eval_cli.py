@@ -127,7 +127,7 @@ def test_code_running_pickle_is_refused_and_runs_nothing(capsys, sp1024_model, v
 def test_every_phase_is_scored_and_timed(capsys, checkpoint, sp1024_model, val_prefix_shard):
     code, out, _ = run_eval(capsys, "--checkpoint", str(checkpoint), "--tokenizer", str(sp1024_model), "--val",
                             str(val_prefix_shard), "--max-tokens", "512", "--device", "cpu", "--json",
-                            "--sliding", "64", "--doc-isolated", "--ttt", "sgd",
+                            "--stride", "64", "--doc-isolated", "--ttt", "sgd",
                             "--set", "TTT_CHUNK_TOKENS=256", "--set", "TTT_EPOCHS=1", "--set", "TTT_BATCH_SEQS=4")
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
@@ -144,4 +144,4 @@ def test_every_phase_is_scored_and_timed(capsys, checkpoint, sp1024_model, val_p
 
 def test_stride_longer_than_the_window_is_refused(capsys, checkpoint, sp1024_model, val_prefix_shard):
     expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
-                                   "--sliding", "4096"], "stride must not exceed")
+                                   "--stride", "4096"], "stride must not exceed")

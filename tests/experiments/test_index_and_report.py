@@ -51,7 +51,7 @@ def test_show_and_compare(two_runs, run_pgolf):
 
 
 def test_report_writes_plots_and_a_page(two_runs, run_pgolf, tmp_path):
-    code, out, err = run_pgolf(["report", "alpha", "beta", "--runs-dir", str(two_runs), "-o", str(tmp_path / "rep")])
+    code, out, err = run_pgolf(["report", "alpha", "beta", "--runs-dir", str(two_runs), "--out", str(tmp_path / "rep")])
     assert code == 0, err
     for name in ("train_loss.png", "val_bpb.png", "bpb_by_phase.png", "artifact_bytes.png"):
         data = (tmp_path / "rep" / name).read_bytes()
