@@ -31,11 +31,12 @@ def data_args(shared_data: Path) -> list[str]:
     ]
 
 
-def run_bench(run_pgolf, shared_data, out: Path, *args: str) -> tuple[dict, Path]:
+def run_bench(run_pgolf, shared_data, out: Path | None, *args: str) -> tuple[dict, Path]:
+    """``out`` None: no --out, the report goes to the current folder."""
     code, stdout, stderr = run_pgolf(["bench", *args, "--preset", "tiny_cpu", *data_args(shared_data),
-                                      "--out", str(out), "--json"])
+                                      *(["--out", str(out)] if out else []), "--json"])
     assert code == 0, stderr
-    files = list(out.glob("*.json"))
+    files = list((out or Path.cwd()).glob("*.json"))
     assert len(files) == 1
     report = json.loads(files[0].read_text())
     assert report == json.loads(stdout.strip().splitlines()[-1])
@@ -59,8 +60,10 @@ def check_common(report: dict, mode: str) -> dict:
     return m
 
 
-def test_bench_train_json(run_pgolf, shared_data, tmp_path):
-    report, path = run_bench(run_pgolf, shared_data, tmp_path, "train", "--steps", "1")
+def test_bench_train_json(run_pgolf, shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # by default the report goes here, not into a repository's benchmarks/results
+    report, path = run_bench(run_pgolf, shared_data, None, "train", "--steps", "1")
+    assert path.parent == tmp_path
     assert path.name.endswith("_cpu_tiny_cpu_train.json")
     m = check_common(report, "train")
     cfg = tiny_cpu()
