@@ -4,7 +4,6 @@ quantizer where the rule is the reference's."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -20,19 +19,11 @@ ORACLES = Path(os.environ.get("PGOLF_ORACLES", Path(__file__).resolve().parents[
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(import_reference):
     script = ORACLES / "reference" / "train_gpt.py"
     if not script.is_file():
         pytest.skip(f"reference train_gpt.py not found under {ORACLES} (set PGOLF_ORACLES)")
-    names = ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
-    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
-    try:
-        spec = importlib.util.spec_from_file_location("reference_train_gpt_small", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        os.environ.update(saved)
-    return module
+    return import_reference(script, "reference_train_gpt_small")
 
 
 def small_state() -> dict[str, torch.Tensor]:
