@@ -74,12 +74,10 @@ def test_a_policy_that_quantizes_nothing_says_so(shared_data, trained, tmp_path,
 
     run_dir, results = trained  # tiny_cpu, the reference int8 rule: every tensor is at or under 65,536 elements
     assert results["quantized_tensors"] == 0
-    assert "warning: quant policy 'int8' quantizes none of the 22 tensors" in (run_dir / "train.log").read_text()
     print_summary(results)
     assert "warning: the quant policy quantized no tensor" in capsys.readouterr().out
     lowered = train(tiny_config(shared_data, 2, "RUN_ID=q", "PGOLF_QUANT_SCHEME=int8,small=1024"), runs_dir=tmp_path, echo=False)
     assert lowered["quantized_tensors"] == 13  # the 12 block linears (64x64 and 128x64) and the embedding
-    assert "quantizes none" not in (tmp_path / "q" / "train.log").read_text()
     print_summary(lowered)
     assert "warning" not in capsys.readouterr().out
 
