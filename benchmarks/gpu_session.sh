@@ -73,10 +73,10 @@ part_tests() {
     PGOLF_REFERENCE_SCRIPT="$PWD/.ref/train_gpt.py" "$PY" -m pytest -q -p no:cacheprovider -rs \
         tests/gpu tests/export/test_reference_parity.py
 }
-part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out-dir "$OUT"; }
+part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out "$OUT"; }
 part_eval() {
     "$PY" benchmarks/sliding_eval.py --record-script .ref/r15_train_gpt_v5.py --data "$D" --out "$OUT/sliding_eval.json"
-    "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out-dir "$OUT"
+    "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out "$OUT"
 }
 # Four runs of a few minutes each. If a call's time runs out, put the train_parity.json that came
 # back into .gpu/ and run the part again: it resumes, doing only the runs the file lacks.
@@ -84,7 +84,7 @@ part_parity() {
     if [ -f .gpu/train_parity.json ]; then cp .gpu/train_parity.json "$OUT/train_parity.json"; fi
     "$PY" benchmarks/train_parity.py --reference .ref/train_gpt.py --data "$D" --out "$OUT/train_parity.json" --resume
 }
-part_r15() { "$PY" -m pgolf.cli bench train --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --out-dir "$OUT"; }
+part_r15() { "$PY" -m pgolf.cli bench train --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --out "$OUT"; }
 part_final() {
     "$PY" -m pgolf.cli train --preset "$R15" "${DATA[@]}" --set ITERATIONS=50 --set VAL_LOSS_EVERY=0 \
         --set MAX_WALLCLOCK_SECONDS=0 --runs-dir /tmp/pgolf-gpu-runs
@@ -96,8 +96,8 @@ part_fused() {
     "$PY" benchmarks/fused_kernels.py --vocab 1024 --out "$OUT/fused_kernels_vocab1024.json" || return 1
     local leaky=(--set MLP_ACTIVATION=leaky_relu2 --steps 30)
     mkdir -p "$OUT/unfused" "$OUT/fused"
-    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --out-dir "$OUT/unfused" || return 1
-    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --set FUSED_CE=1 --set FUSED_MLP=1 --out-dir "$OUT/fused"
+    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --out "$OUT/unfused" || return 1
+    "$PY" -m pgolf.cli bench train --preset baseline "${DATA[@]}" "${leaky[@]}" --set FUSED_CE=1 --set FUSED_MLP=1 --out "$OUT/fused"
 }
 
 [ $# -gt 0 ] || { sed -n '/^set -uo/q;2,$p' "$0"; exit 2; }

@@ -9,7 +9,7 @@ is imported and called as the record calls it; the model it runs is pgolf's, bui
 
 * the record's: 32 windows a batch (``SW_EVAL_BATCH``), inputs stacked on the host window by window,
   logits for every position, eager;
-* pgolf's (:func:`pgolf.eval.sliding.evaluate_sliding`, what ``pgolf eval --sliding`` runs): one batch
+* pgolf's (:func:`pgolf.eval.sliding.evaluate_sliding`, what ``pgolf eval --stride`` runs): one batch
   shape, the head only at scored positions, device-side gathers, and on CUDA its hidden states
   compiled (``PGOLF_COMPILE`` auto). It is timed at the record's batch (32 windows) and at
   ``pgolf eval``'s default (65,536 tokens).

@@ -80,3 +80,24 @@ def stock_bundle(tmp_path_factory):
         return built[preset]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def import_reference():
+    """``import_reference(script, module_name)``: a reference ``train_gpt.py`` as a module (its
+    training runs under a ``__main__`` guard), imported with the default name patterns it reads."""
+    return _import_reference_script
+
+
+def _import_reference_script(script: Path, module_name: str):
+    import importlib.util
+
+    names = ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
+    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
+    try:
+        spec = importlib.util.spec_from_file_location(module_name, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        os.environ.update(saved)
+    return module

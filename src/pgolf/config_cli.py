@@ -40,17 +40,26 @@ def _show(args: argparse.Namespace) -> int:
 def _presets(args: argparse.Namespace) -> int:
     from pgolf.presets import PRESET_SOURCES
 
+    if args.json:
+        print(json.dumps(dict(sorted(PRESET_SOURCES.items()))))
+        return 0
     for name, source in sorted(PRESET_SOURCES.items()):
         print(f"{name:<16} {source}")
     return 0
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("config", help="show the resolved configuration or list presets")
+    parser = subparsers.add_parser("config", help="show the resolved configuration or list presets",
+                                   description="Show a resolved configuration (preset, then the reference env vars, then "
+                                   "--set) or list the built-in presets.")
     sub = parser.add_subparsers(dest="config_verb", metavar="ACTION", required=True)
-    show = sub.add_parser("show", help="print every field after preset, environment and --set overrides")
+    show = sub.add_parser("show", help="print every field after preset, environment and --set overrides",
+                          description="Every config field after the preset, the environment and --set overrides: its "
+                          "value, its reference env var name and what it does.")
     add_config_arguments(show)
     show.add_argument("--json", action="store_true", help="print the config as JSON")
     show.set_defaults(handler=_show)
-    presets = sub.add_parser("presets", help="list the built-in presets and their source records")
+    presets = sub.add_parser("presets", help="list the built-in presets and their source records",
+                             description="The built-in presets, each with the record it reproduces and that record's score.")
+    presets.add_argument("--json", action="store_true", help="print preset -> source as JSON")
     presets.set_defaults(handler=_presets)

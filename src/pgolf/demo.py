@@ -4,7 +4,7 @@ It builds a small English corpus from text that ships with Python itself (the in
 topics in ``pydoc_data`` and the docstrings of the standard library, read with ``ast`` so nothing
 is imported), trains a SentencePiece tokenizer on it, writes challenge-format shards, trains a
 small model for about two minutes, exports the artifact and scores its round trip. With
-``--data DIR --tokenizer T`` it runs on real challenge shards instead.
+``--data DIR --tokenizer T`` it runs on real challenge shards instead (val shards in DIR, or ``--val``).
 """
 
 from __future__ import annotations
@@ -15,9 +15,22 @@ import json
 import sysconfig
 from pathlib import Path
 
+from pgolf.cli_vocab import add_json_flag
+
 DEMO_MAX_CHARS = 3_000_000
 DEMO_MIN_DOC_CHARS = 300
 DEMO_VAL_DOCS = 60
+
+DESCRIPTION = """\
+The whole pipeline on a CPU in a few minutes, with no download.
+
+Builds a small English corpus from text that ships with Python itself (the interpreter's help topics
+and the standard library's docstrings, read without importing anything), trains a SentencePiece
+tokenizer on it, writes challenge-format shards, trains the demo_cpu model for about two minutes,
+exports the artifact and scores its round trip. With --data DIR --tokenizer T it runs on real
+challenge shards instead: training shards fineweb_train_*.bin in DIR, val shards fineweb_val_*.bin
+in DIR too unless --val names them.
+"""
 
 
 def _pydoc_topic_docs() -> list[str]:
@@ -78,6 +91,25 @@ def _manifest_tokenizer(data_dir: Path) -> Path:
     return data_dir / info["tokenizer"]["path"]
 
 
+def _check_real_data(data_dir: Path, val: str | None) -> str:
+    """Refuse --data without train shards, or without val shards in it when --val is not given; returns VAL_FILES."""
+    from pgolf.data.shards import resolve_shards
+    from pgolf.errors import PgolfError
+
+    if not data_dir.is_dir():
+        raise PgolfError(f"--data {data_dir}: not a folder (give the folder holding fineweb_train_*.bin)")
+    resolve_shards(data_dir, "train")
+    if val:
+        resolve_shards(val, "val")
+        return str(val)
+    try:
+        resolve_shards(data_dir, "val")
+    except PgolfError:
+        raise PgolfError(f"--data {data_dir}: no fineweb_val_*.bin shards in this folder; the demo scores on val "
+                         "shards there, or pass --val PATH (a val shard, folder or glob)") from None
+    return ""
+
+
 def _demo(args: argparse.Namespace) -> int:
     from pgolf.config import apply_overrides, validate
     from pgolf.presets import resolve_preset
@@ -86,8 +118,13 @@ def _demo(args: argparse.Namespace) -> int:
     from pgolf.train.lifecycle import train_recorded
 
     cfg = resolve_preset("demo_cpu")
+    if args.val and not args.data:
+        from pgolf.errors import PgolfError
+
+        raise PgolfError("--val goes with --data (the built-in corpus brings its own val shards)")
     if args.data:
         data_dir, tokenizer = Path(args.data), Path(args.tokenizer or cfg.data.tokenizer_path)
+        cfg.data.val_files = _check_real_data(data_dir, args.val)
         cfg.model.vocab_size = int(load_tokenizer(tokenizer).vocab_size())
     else:
         print("pgolf demo: building a corpus from Python's own documentation and training a tokenizer ...")
@@ -98,6 +135,9 @@ def _demo(args: argparse.Namespace) -> int:
     validate(cfg)
     print(f"pgolf demo: training {cfg.model.num_layers}x{cfg.model.model_dim} for {args.seconds:.0f}s on CPU ...")
     results = train_recorded(cfg, args.runs_dir)
+    if args.json:
+        print(json.dumps(results, sort_keys=True))
+        return 0
     print()
     print_summary(results)
     return 0
@@ -106,13 +146,17 @@ def _demo(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo", help="the whole pipeline on CPU in minutes (no download needed)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data", help="run on these challenge shards instead of the built-in corpus")
+    parser.add_argument("--data", metavar="DIR",
+                        help="run on the challenge shards in DIR instead of the built-in corpus: fineweb_train_*.bin, "
+                        "and fineweb_val_*.bin unless --val is given")
+    parser.add_argument("--val", metavar="PATH", help="with --data: the val shards (file, folder or glob), when not in DIR")
     parser.add_argument("--tokenizer", help="the tokenizer of --data (default: the baseline's TOKENIZER_PATH)")
     parser.add_argument("--seconds", type=float, default=120.0, help="training time cap (default: 120)")
     parser.add_argument("--work-dir", default="runs/demo-data", help="where the demo corpus and shards go")
     parser.add_argument("--runs-dir", default="runs", help="where the run directory goes (default: runs)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, as in `pgolf train`")
+                        help="override a config field, as in pgolf train")
+    add_json_flag(parser, "results.json")
     parser.set_defaults(handler=_demo)

@@ -25,6 +25,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 OK, WARN, FAIL = "ok", "warn", "fail"
+DESCRIPTION = """\
+Is this machine ready to train and score? One line per check, before the clock runs.
+
+A fresh pod fails in a handful of known ways: no CUDA or the wrong GPU, FlashAttention 3 missing (a
+silent slowdown), fused Triton kernels asked for where they cannot run, a temp folder mounted noexec
+(torch.compile dies mid-warm-up), a compressor's library or binary absent, the shards or the
+tokenizer not where the configuration says, a full disk. Everything pgolf train refuses before it
+starts (the configured compressor not installed, a batch that does not split over the ranks, the runs
+folder not writable or RUN_ID taken, no room for the checkpoint) fails here too, through the same code.
+Each check reports ok, WARN (works, but slower or limited) or FAIL (a run would stop). Exit code 1 when anything fails, else 0. The data
+checks read the configuration the way pgolf train does (preset, the reference env vars, --set).
+"""
 MIN_FREE_BYTES = 1 << 30  # below this, one run's checkpoints and artifacts may not fit
 
 
@@ -183,12 +195,12 @@ def _doctor(args) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "doctor", help="check this machine: GPU, FlashAttention 3, compile, compressors, data, disk",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--preset", default="baseline", help="configuration whose data paths are checked (default: baseline)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, as in `pgolf train` (e.g. DATA_PATH=...)")
-    parser.add_argument("--runs-dir", default="runs", help="where `pgolf train` will write runs/<run_id>/ (default: runs)")
+                        help="override a config field, as in pgolf train (e.g. DATA_PATH=...)")
+    parser.add_argument("--runs-dir", default="runs", help="where pgolf train will write runs/<run_id>/ (default: runs)")
     parser.add_argument("--nproc", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
                         help="processes the run will use (torchrun --nproc_per_node), for the batch split (default: 1)")
     parser.add_argument("--json", action="store_true", help="the findings as JSON")

@@ -31,11 +31,12 @@ def data_args(shared_data: Path) -> list[str]:
     ]
 
 
-def run_bench(run_pgolf, shared_data, out: Path, *args: str) -> tuple[dict, Path]:
+def run_bench(run_pgolf, shared_data, out: Path | None, *args: str) -> tuple[dict, Path]:
+    """``out`` None: no --out, the report goes to the current folder."""
     code, stdout, stderr = run_pgolf(["bench", *args, "--preset", "tiny_cpu", *data_args(shared_data),
-                                      "--out-dir", str(out), "--json"])
+                                      *(["--out", str(out)] if out else []), "--json"])
     assert code == 0, stderr
-    files = list(out.glob("*.json"))
+    files = list((out or Path.cwd()).glob("*.json"))
     assert len(files) == 1
     report = json.loads(files[0].read_text())
     assert report == json.loads(stdout.strip().splitlines()[-1])
@@ -59,8 +60,10 @@ def check_common(report: dict, mode: str) -> dict:
     return m
 
 
-def test_bench_train_json(run_pgolf, shared_data, tmp_path):
-    report, path = run_bench(run_pgolf, shared_data, tmp_path, "train", "--steps", "1")
+def test_bench_train_json(run_pgolf, shared_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # by default the report goes here, not into a repository's benchmarks/results
+    report, path = run_bench(run_pgolf, shared_data, None, "train", "--steps", "1")
+    assert path.parent == tmp_path
     assert path.name.endswith("_cpu_tiny_cpu_train.json")
     m = check_common(report, "train")
     cfg = tiny_cpu()
@@ -106,7 +109,7 @@ def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_pat
     script = tmp_path / "train_gpt.py"
     script.write_text("raise SystemExit('must not run')\n")
     code, stdout, stderr = run_pgolf(["bench", "train", "--preset", "tiny_cpu", "--reference", str(script),
-                                      "--set", "DATA_PATH=/nonexistent", "--out-dir", str(tmp_path / "out")])
+                                      "--set", "DATA_PATH=/nonexistent", "--out", str(tmp_path / "out")])
     assert code == 2 and stdout == ""
     assert stderr.strip().count("\n") == 0
     assert "--reference needs a CUDA device" in stderr and "device here: cpu" in stderr
@@ -122,7 +125,7 @@ def test_bench_train_on_two_gloo_ranks_times_communication(shared_data, tmp_path
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pgolf.cli", "bench", "train", "--preset", "tiny_cpu", "--steps", "1",
-           "--set", "GRAD_ACCUM_STEPS=0", "--set", f"PGOLF_PARALLEL_MUON={parallel_muon}", "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out-dir", str(tmp_path)]
+           "--set", "GRAD_ACCUM_STEPS=0", "--set", f"PGOLF_PARALLEL_MUON={parallel_muon}", "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

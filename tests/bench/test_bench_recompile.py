@@ -22,7 +22,7 @@ def compiled_bench(monkeypatch, shared_data, tmp_path, run_pgolf):
             f"VAL_FILES={d / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
             f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
             "VAL_MAX_TOKENS=256", "PGOLF_COMPILE=1"]
-    args = ["bench", "train", "--preset", "tiny_cpu", "--steps", "2", "--warmup", "2", "--out-dir", str(tmp_path), "--json"]
+    args = ["bench", "train", "--preset", "tiny_cpu", "--steps", "2", "--warmup", "2", "--out", str(tmp_path), "--json"]
     yield lambda: run_pgolf([*args, *(f"--set={s}" for s in sets)])
     torch._dynamo.reset()
 

@@ -1,5 +1,5 @@
 """The shipped single-file bundle trains exactly like the package: same losses, step for step,
-for two presets (and demo_cpu folds exactly as tiny_cpu does), and for two record presets (every technique they switch on, at toy width) the
+for two presets (and demo_cpu folds as tiny_cpu does, but its quant policy), and for two record presets (every technique they switch on, at toy width) the
 same losses and the same round-trip score; the reference env vars still override its frozen
 config, except a folded switch, which is refused in one line; its own size is the code bytes; the
 baseline bundle is under 25,000 bytes."""
@@ -21,8 +21,8 @@ from pgolf.presets import build_config
 STEPS = 30
 SMALL = ["TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "VAL_BATCH_SIZE=2048", "VAL_MAX_TOKENS=4096",
          "TRAIN_LOG_EVERY=0", "MAX_WALLCLOCK_SECONDS=0", "PGOLF_DEVICE=cpu", "PGOLF_COMPILE=0"]
-# Each preset as small as a fast test needs. demo_cpu is tiny_cpu at another size: the same code is
-# bundled (test_demo_cpu_bundles_the_same_code_as_tiny_cpu), so its run would repeat tiny_cpu's.
+# Each preset as small as a fast test needs. demo_cpu is tiny_cpu at another size with a lower small=
+# (test_demo_cpu_bundles_the_same_code_as_tiny_cpu); the policy export path is run by the record presets.
 PRESETS = {
     "baseline": ["NUM_LAYERS=2", "MODEL_DIM=64", "WARMUP_STEPS=2", *SMALL],  # GRAD_ACCUM_STEPS=0: 8 micro-steps
     "tiny_cpu": SMALL,
@@ -131,7 +131,11 @@ def test_bundle_runs_under_torchrun_on_two_ranks(stock_bundle, shared_data, tmp_
 def test_demo_cpu_bundles_the_same_code_as_tiny_cpu():
     from pgolf.bundle.specialise import folded_fields
 
-    assert folded_fields(build_config("demo_cpu", environ={})) == folded_fields(build_config("tiny_cpu", environ={}))
+    # but its quant policy: demo_cpu lowers small= so its matrices are quantized (the policy path is the
+    # record presets' too, and their bundles run below)
+    demo, tiny = (folded_fields(build_config(p, environ={})) for p in ("demo_cpu", "tiny_cpu"))
+    assert demo.pop(("quant", "scheme")) == "int8,small=4096" and tiny.pop(("quant", "scheme")) == "int8"
+    assert demo == tiny
 
 
 REFERENCE_SCRIPT_BYTES = 47_642  # the reference's raw train_gpt.py
@@ -190,16 +194,18 @@ def test_check_folded_accepts_the_built_in_value_and_refuses_another():
 
 def test_bundle_cli_reports_sizes(run_pgolf, tmp_path):
     # --no-specialise: the sizes reported are what is tested, not folding (the slow part of a build)
-    code, out, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--no-specialise", "-o", str(tmp_path / "t.py"), "--json"])
+    out_dir = tmp_path / "new" / "folder"  # --out creates its folder
+    code, out, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--no-specialise", "--out", str(out_dir / "t.py"), "--json"])
     assert code == 0, err
     report = json.loads(out)
-    assert report["bytes_wrapped"] == os.path.getsize(tmp_path / "t.py")
-    assert report["bytes_raw"] == os.path.getsize(tmp_path / "t_readable.py")
+    assert report["bytes_wrapped"] == os.path.getsize(out_dir / "t.py")
+    assert report["bytes_raw"] == os.path.getsize(out_dir / "t_readable.py")
 
 
-def test_bundle_cli_names_a_missing_folder(run_pgolf, tmp_path):
-    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(tmp_path / "nope" / "t.py")])
-    assert code == 2 and err.count("\n") == 1 and "does not exist" in err
+def test_bundle_cli_names_a_folder_it_cannot_make(run_pgolf, tmp_path):
+    (tmp_path / "file").write_text("")
+    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--out", str(tmp_path / "file" / "t.py")])
+    assert code == 2 and err.count("\n") == 1 and "file: not a folder" in err
 
 
 # The fused Triton kernels: two 128-token rows a step keep the interpreted cross-entropy quick.

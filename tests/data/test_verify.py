@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 
 import numpy as np
@@ -120,6 +121,10 @@ def test_cli_verify_ok(shards, run_pgolf):
         f"{shards / 'good.bin'}: 3 tokens, 1 docs, max id 20",
         "OK: 1 shards, 3 tokens, 1 docs, max id 20 < vocab size 21",
     ]
+    code, out, err = run_pgolf(["data", "verify", str(shards / "good.bin"), "--vocab-size", "21", "--json"])
+    assert code == 0 and err == "" and len(out.splitlines()) == 1
+    assert json.loads(out) == {"shards": [{"path": str(shards / "good.bin"), "tokens": 3, "docs": 1, "max_id": 20}],
+                               "tokens": 3, "docs": 1, "max_id": 20, "vocab_size": 21}
 
 
 def test_tokenizer_without_bos_1_is_refused(tmp_path):

@@ -127,7 +127,7 @@ def test_code_running_pickle_is_refused_and_runs_nothing(capsys, sp1024_model, v
 def test_every_phase_is_scored_and_timed(capsys, checkpoint, sp1024_model, val_prefix_shard):
     code, out, _ = run_eval(capsys, "--checkpoint", str(checkpoint), "--tokenizer", str(sp1024_model), "--val",
                             str(val_prefix_shard), "--max-tokens", "512", "--device", "cpu", "--json",
-                            "--sliding", "64", "--doc-isolated", "--ttt", "sgd",
+                            "--stride", "64", "--doc-isolated", "--ttt", "sgd",
                             "--set", "TTT_CHUNK_TOKENS=256", "--set", "TTT_EPOCHS=1", "--set", "TTT_BATCH_SEQS=4")
     assert code == 0
     result = json.loads(out.strip().splitlines()[-1])
@@ -144,4 +144,32 @@ def test_every_phase_is_scored_and_timed(capsys, checkpoint, sp1024_model, val_p
 
 def test_stride_longer_than_the_window_is_refused(capsys, checkpoint, sp1024_model, val_prefix_shard):
     expect_one_line_error(capsys, ["--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
-                                   "--sliding", "4096"], "stride must not exceed")
+                                   "--stride", "4096"], "stride must not exceed")
+
+
+@pytest.mark.parametrize("given,missing,flag", [("--val", "TOKENIZER_PATH", "--tokenizer"), ("--tokenizer", "val shards", "--val")])
+def test_paths_the_weights_carry_that_miss_here_say_which_flag_to_pass(capsys, checkpoint, sp1024_model, val_prefix_shard,
+                                                                      tmp_path, monkeypatch, given, missing, flag):
+    # the checkpoint's config holds tiny_cpu's relative ./data/... paths, as a run trained elsewhere would
+    monkeypatch.chdir(tmp_path)
+    value = str(val_prefix_shard) if given == "--val" else str(sp1024_model)
+    code, _, err = run_eval(capsys, "--checkpoint", str(checkpoint), given, value, "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1 and missing in err and err.rstrip().endswith(f"pass {flag}"), err
+
+
+@pytest.mark.parametrize("policy,quantized", [("int8", 0), ("int8,small=0", 22)])
+def test_an_artifact_that_quantizes_nothing_is_named_in_a_warning(capsys, sp1024_model, val_prefix_shard, tmp_path,
+                                                                  policy, quantized):
+    from pgolf.export.artifact import export_model
+
+    cfg = resolve_preset("tiny_cpu")
+    cfg.quant.scheme = policy
+    artifact = tmp_path / "model.pgolf"
+    export_model(tiny_state(), artifact, {"config": cfg.to_dict()}, policy=policy)
+    code, out, err = run_eval(capsys, "--artifact", str(artifact), *common(sp1024_model, val_prefix_shard), "--json")
+    assert code == 0, err
+    assert json.loads(out.splitlines()[-1])["quantized_tensors"] == quantized
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == (0 if quantized else 1)
+    if not quantized:
+        assert "quant policy 'int8' quantizes none of the 22 tensors" in warned[0]

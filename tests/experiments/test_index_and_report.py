@@ -38,6 +38,9 @@ def test_list_syncs_finished_runs_into_sqlite(two_runs, run_pgolf, tmp_path):
         assert {r[0] for r in db.execute("SELECT run_id FROM runs")} == {"alpha", "beta"}
         bpb = db.execute("SELECT val_bpb FROM runs WHERE run_id = 'alpha'").fetchone()[0]
     assert bpb == json.loads((runs / "alpha" / "results.json").read_text())["val_bpb"]
+    code, out, err = run_pgolf(["runs", "list", "--runs-dir", str(runs), "--json"])
+    listed = {r["run_id"]: r for r in json.loads(out)}
+    assert code == 0 and set(listed) == {"alpha", "beta"} and listed["alpha"]["val_bpb"] == bpb
 
 
 def test_show_and_compare(two_runs, run_pgolf):
@@ -46,12 +49,16 @@ def test_show_and_compare(two_runs, run_pgolf):
     code, out, _ = run_pgolf(["runs", "compare", "alpha", "beta", "--runs-dir", str(two_runs)])
     diff = out.split("results")[0]
     assert code == 0 and "optim.matrix_lr" in diff and "0.02" in diff and "model.num_layers" not in diff
+    code, out, _ = run_pgolf(["runs", "compare", "alpha", "beta", "--runs-dir", str(two_runs), "--json"])
+    compared = json.loads(out)
+    assert code == 0 and compared["beta"]["config"] == {"optim.matrix_lr": 0.02, "train.run_id": "beta"}
+    assert compared["alpha"]["results"]["val_bpb"] == json.loads((two_runs / "alpha" / "results.json").read_text())["val_bpb"]
     code, _, err = run_pgolf(["runs", "show", "gamma", "--runs-dir", str(two_runs)])
     assert code == 2 and "not in" in err
 
 
 def test_report_writes_plots_and_a_page(two_runs, run_pgolf, tmp_path):
-    code, out, err = run_pgolf(["report", "alpha", "beta", "--runs-dir", str(two_runs), "-o", str(tmp_path / "rep")])
+    code, out, err = run_pgolf(["report", "alpha", "beta", "--runs-dir", str(two_runs), "--out", str(tmp_path / "rep")])
     assert code == 0, err
     for name in ("train_loss.png", "val_bpb.png", "bpb_by_phase.png", "artifact_bytes.png"):
         data = (tmp_path / "rep" / name).read_bytes()
@@ -105,3 +112,29 @@ def test_sweep_runs_the_grid_and_names_the_best(shared_data, run_pgolf, tmp_path
     assert f"best: sw_00{winner} val_bpb {bpb[winner]:.6f}" in out
     code, out, _ = run_pgolf(["runs", "list", "--runs-dir", str(tmp_path), "--sweep", "sw"])
     assert code == 0 and {line.split()[0] for line in out.splitlines()[1:]} == {"sw_000", "sw_001"}
+
+
+def test_sweep_and_seeds_json_list_every_run_and_the_best(two_runs, run_pgolf, monkeypatch):
+    """The --json of pgolf sweep and pgolf seeds, over two finished runs (their training is tested above)."""
+    import pgolf.experiments.sweep
+    import pgolf.submit.seeds
+    from pgolf.experiments.read import load_run
+    from pgolf.experiments.sweep import SweepResult
+    from pgolf.submit.seeds import SeedOutcome
+
+    runs = {name: load_run(two_runs / name) for name in ("alpha", "beta")}
+    bpb = {name: run.results["val_bpb"] for name, run in runs.items()}
+    monkeypatch.setattr(pgolf.experiments.sweep, "run_sweep", lambda *a, **k: [
+        SweepResult(("MATRIX_LR=0.04",), "alpha", 0, runs["alpha"]), SweepResult(("MATRIX_LR=0.02",), "beta", 0, runs["beta"])])
+    code, out, _ = run_pgolf(["sweep", "--preset", "tiny_cpu", "--grid", "MATRIX_LR=0.04,0.02", "--json"])
+    doc = json.loads(out.splitlines()[-1])
+    assert code == 0 and doc["best"] == min(bpb, key=bpb.get)
+    assert {r["run_id"]: r["val_bpb"] for r in doc["runs"]} == bpb
+    monkeypatch.setattr(pgolf.submit.seeds, "run_seeds", lambda plan: [
+        SeedOutcome(1, "alpha", 0, runs["alpha"]), SeedOutcome(2, "t_seed2", 1, None)])
+    code, out, _ = run_pgolf(["seeds", "--preset", "tiny_cpu", "--seeds", "1", "2", "--name", "t", "--json"])
+    doc = json.loads(out.splitlines()[-1])
+    assert code == 1  # a seed failed
+    assert doc == [{"seed": 1, "run_id": "alpha", "returncode": 0, "run_dir": str(two_runs / "alpha"), "val_bpb": bpb["alpha"],
+                    "val_loss": runs["alpha"].results["val_loss"]},
+                   {"seed": 2, "run_id": "t_seed2", "returncode": 1, "run_dir": None, "val_bpb": None, "val_loss": None}]

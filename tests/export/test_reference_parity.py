@@ -6,7 +6,6 @@ numpy and sentencepiece. Without the variable these tests are skipped.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import zlib
@@ -20,22 +19,13 @@ from pgolf.quant.int8 import dequantize, payload_bytes, quantize_state_dict, to_
 
 
 @pytest.fixture(scope="module")
-def ref():
+def ref(import_reference):
     script = os.environ.get("PGOLF_REFERENCE_SCRIPT")
     if not script:
         pytest.skip("PGOLF_REFERENCE_SCRIPT is not set (path to the reference train_gpt.py)")
     if not Path(script).is_file():
         pytest.skip(f"PGOLF_REFERENCE_SCRIPT={script} is not a file")
-    # The reference reads its name patterns at import time: import it with the defaults.
-    env_names = ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
-    saved = {k: os.environ.pop(k) for k in env_names if k in os.environ}
-    try:
-        spec = importlib.util.spec_from_file_location("pgolf_reference_train_gpt", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        os.environ.update(saved)
-    return module
+    return import_reference(Path(script), "pgolf_reference_train_gpt")
 
 
 @pytest.fixture(autouse=True)

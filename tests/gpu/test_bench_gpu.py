@@ -28,7 +28,7 @@ def bench_args(shared_data: Path, out: Path, *extra: str) -> list[str]:
             f"VAL_FILES={d / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
             f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
             "PGOLF_DEVICE=cuda", "PGOLF_COMPILE=1", *extra]
-    return [arg for item in sets for arg in ("--set", item)] + ["--out-dir", str(out), "--json"]
+    return [arg for item in sets for arg in ("--set", item)] + ["--out", str(out), "--json"]
 
 
 def test_compiled_train_bench_on_cuda(cuda, run_pgolf, shared_data, tmp_path):
@@ -57,7 +57,7 @@ def test_bench_against_the_reference(cuda, run_pgolf, shared_data, tmp_path):
             f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}", "PGOLF_DEVICE=cuda"]
     args = [arg for item in sets for arg in ("--set", item)]
     code, stdout, stderr = run_pgolf(["bench", "train", "--preset", "baseline", "--steps", "10", "--reference", script,
-                                      *args, "--out-dir", str(tmp_path), "--json"])
+                                      *args, "--out", str(tmp_path), "--json"])
     assert code == 0, stderr
     report = json.loads(stdout.strip().splitlines()[-1])
     assert report["reference"]["steps"] == 10 and report["reference"]["step_ms"] > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -37,6 +38,10 @@ def test_cli_prints_the_exact_total(tmp_path, run_pgolf):
     assert code == 0 and f"file size {os.path.getsize(path):,}" in out
     total_line = [line for line in out.splitlines() if "total (zlib" in line][0]
     assert int(total_line.split()[0].replace(",", "")) == os.path.getsize(path)
+    code, out, _ = run_pgolf(["quant", "inspect", str(path), "--json"])
+    doc = json.loads(out)
+    assert code == 0 and doc["file_bytes"] == doc["attributed_bytes"] == os.path.getsize(path) and doc["codec"] == "zlib"
+    assert sum(doc["groups"].values()) == sum(t["file_bytes"] for t in doc["tensors"]) == os.path.getsize(path)
     code, _, err = run_pgolf(["quant", "inspect", str(tmp_path / "missing")])
     assert code == 2 and "not found" in err
 

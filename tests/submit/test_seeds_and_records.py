@@ -34,7 +34,7 @@ def seeded(stock_bundle, shared_data, tmp_path_factory):
     saved = os.environ.pop("SEED", None)
     try:
         code = main(["seeds", "--preset", "tiny_cpu", *data_sets(shared_data), "--seeds", *map(str, SEEDS), "--runs-dir",
-                     str(root / "runs"), "--prefix", "t", "--bundle", str(root / "train_gpt.py"), "--use-existing-bundle"])
+                     str(root / "runs"), "--name", "t", "--bundle", str(root / "train_gpt.py"), "--use-existing-bundle"])
     finally:
         if saved is not None:
             os.environ["SEED"] = saved

@@ -69,6 +69,19 @@ def test_run_directory_is_self_describing(trained):
     assert abs(saved["post_quant"]["val_bpb"] - saved["pre_quant"]["val_bpb"]) < 0.05
 
 
+def test_a_policy_that_quantizes_nothing_says_so(shared_data, trained, tmp_path, capsys):
+    from pgolf.train.cli import print_summary
+
+    run_dir, results = trained  # tiny_cpu, the reference int8 rule: every tensor is at or under 65,536 elements
+    assert results["quantized_tensors"] == 0
+    print_summary(results)
+    assert "warning: the quant policy quantized no tensor" in capsys.readouterr().out
+    lowered = train(tiny_config(shared_data, 2, "RUN_ID=q", "PGOLF_QUANT_SCHEME=int8,small=1024"), runs_dir=tmp_path, echo=False)
+    assert lowered["quantized_tensors"] == 13  # the 12 block linears (64x64 and 128x64) and the embedding
+    print_summary(lowered)
+    assert "warning" not in capsys.readouterr().out
+
+
 def test_same_seed_same_losses(shared_data, trained, tmp_path):
     run_dir, _ = trained
     train(tiny_config(shared_data, 40, "RUN_ID=b"), runs_dir=tmp_path, echo=False)

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+from pgolf.cli_vocab import add_deprecated_spelling
 from pgolf.config_cli import add_config_arguments, config_from_args
 
 
@@ -21,7 +22,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     if os.environ.get("RANK", "0") == "0":  # refused before the benchmark, not after it
-        check_writable(args.out_dir, "--out-dir")
+        check_writable(args.out_dir, "--out")
     warmup = cfg.train.warmup_steps if args.warmup is None else args.warmup
     script = Path(args.reference) if args.reference else None
     if script is not None:  # refuse before spending minutes on pgolf's side
@@ -66,8 +67,8 @@ def register(subparsers) -> None:
         "bench", help="measure training or evaluation speed (optionally against the reference script)",
         description="Time pgolf's training step or evaluation on this device: step time, tokens/s, model FLOPs "
         "utilisation, peak CUDA memory and synchronised per-phase times; a recompilation during the timed run "
-        "is an error. `eval` times the standard evaluation, or with EVAL_STRIDE > 0 the sliding one of `pgolf eval "
-        "--sliding`. Results go to OUT_DIR/<date>_<device>_<preset>_<mode>.json.",
+        "is an error. eval times the standard evaluation, or with EVAL_STRIDE > 0 the sliding one of pgolf eval "
+        "--stride. The report goes to OUT/<date>_<device>_<preset>_<mode>.json (OUT: --out, default the current folder).",
     )
     parser.add_argument("mode", choices=("train", "eval"), help="what to time")
     add_config_arguments(parser)
@@ -78,6 +79,8 @@ def register(subparsers) -> None:
                         help="untimed, undone warm-up steps (default WARMUP_STEPS, at least 2)")
     parser.add_argument("--reference", metavar="PATH/train_gpt.py",
                         help="also run this reference script on the same device, configuration and data (CUDA only)")
-    parser.add_argument("--out-dir", default="benchmarks/results", help="where the JSON goes (default: benchmarks/results)")
+    parser.add_argument("--out", dest="out_dir", default=".", metavar="DIR",
+                        help="folder for the JSON report, created when missing (default: the current folder)")
+    add_deprecated_spelling(parser, ["--out-dir"], "--out", "out_dir")
     parser.add_argument("--json", action="store_true", help="print the JSON report as the last stdout line")
     parser.set_defaults(handler=_bench)

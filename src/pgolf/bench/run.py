@@ -12,7 +12,7 @@ phase pass is slower than the timed pass by construction; its numbers are shares
 Evaluation: the warm-up runs :func:`~pgolf.eval.evaluate.evaluate` twice on a prefix of the val
 tokens that has the same batch shapes as the full run (the full batch and the ragged tail), then
 the whole evaluation is timed once. With ``EVAL_STRIDE`` > 0 it is the sliding evaluation of
-``pgolf eval --sliding`` instead (:func:`pgolf.eval.sliding.evaluate_windows`, its hidden states
+``pgolf eval --stride`` instead (:func:`pgolf.eval.sliding.evaluate_windows`, its hidden states
 compiled when the run compiles): warm-up twice on the first two batches (every batch has one
 shape), then planning, scoring and the final score of the whole stream are timed together;
 tokens are the scored targets.

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
+from pgolf.cli_vocab import add_deprecated_spelling, make_out_folder
 from pgolf.config_cli import add_config_arguments, config_from_args
 
 
@@ -13,6 +15,7 @@ def _bundle(args: argparse.Namespace) -> int:
 
     from pgolf.bundle.build import build_bundle
 
+    make_out_folder(Path(args.output).parent)
     report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), sort_keys=True))
@@ -31,11 +34,13 @@ def register(subparsers) -> None:
         description="Inline the pgolf modules a training run needs (found from the import graph) into one script with "
         "the resolved config frozen in (the reference env vars still override it), minify it and wrap it as a "
         "self-extracting lzma or brotli + base85 file, whichever is smaller. Writes a readable copy beside it. "
-        "Run it with `python train_gpt.py` or `torchrun --standalone --nproc_per_node=N train_gpt.py`; "
+        "Run it with python train_gpt.py or torchrun --standalone --nproc_per_node=N train_gpt.py; "
         "its size is the submission's code bytes.",
     )
     add_config_arguments(parser)
-    parser.add_argument("-o", "--output", default="train_gpt.py", help="output script (default: train_gpt.py)")
+    parser.add_argument("--out", dest="output", default="train_gpt.py", metavar="PATH",
+                        help="output script; its folder is created when missing (default: train_gpt.py)")
+    add_deprecated_spelling(parser, ["-o", "--output"], "--out", "output")
     parser.add_argument("--no-shake", action="store_true", help="keep top-level definitions nothing reaches")
     parser.add_argument("--no-specialise", action="store_true",
                         help="keep the code of switches the config leaves off (and let their env vars change them)")

@@ -15,9 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from pgolf.eval.cli import add_weights_arguments
+
+DESCRIPTION = """\
+Compliance checks a reviewer can rerun.
+
+  flip           perturb tokens at random positions of the evaluated stream and verify that every
+                 per-token loss scored before the perturbed token could be seen is bit-identical, for
+                 standard, sliding and the three score-first TTT kinds (C1 causality, C3
+                 score-before-update)
+  normalization  the model's distribution sums to 1 over the vocabulary at sampled positions and each
+                 charged loss is -log p(target) (C2)
+  record DIR     required files, submission.json fields, size under the cap, and static findings with
+                 file and line (self-extracting scripts decoded, never executed)
+
+Exit code 0 when every check passes, 1 when one fails, 2 on bad input.
+"""
 
 
 def _model_and_data(args: argparse.Namespace):
@@ -29,8 +43,7 @@ def _model_and_data(args: argparse.Namespace):
     args.preset = args.preset or "baseline"
     state, embedded = eval_cli._load_state(args)
     cfg = eval_cli._resolve_config(args, embedded)
-    args.sliding, args.doc_isolated, args.ttt = None, args.doc_isolated, None
-    eval_cli._apply_eval_flags(cfg, args)
+    eval_cli._apply_eval_flags(cfg, None, args.doc_isolated, None)
     sp, tokens, table, seq_len = eval_cli._load_eval_data(args, cfg, device)
     model = eval_cli._build(cfg, state, args, device)
     model.eval()
@@ -100,22 +113,31 @@ def _add_weights_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("check", help="compliance checks: flip, normalization, record",
-                                   description=sys.modules[__name__].__doc__,
+                                   description=DESCRIPTION,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="check", metavar="CHECK", required=True)
-    flip = sub.add_parser("flip", help="perturb tokens; earlier per-token losses must stay bit-identical")
+    flip = sub.add_parser("flip", help="perturb tokens; earlier per-token losses must stay bit-identical",
+                          description="Perturb tokens at random positions of the evaluated stream and verify that every "
+                          "per-token loss scored before the perturbed token could be seen stays bit-identical (C1, C3). "
+                          "Exit code 1 when one changes.")
     _add_weights_arguments(flip)
-    flip.add_argument("--mode", default="all", choices=("all", "standard", "sliding", "sgd", "lora", "phased"))
+    flip.add_argument("--mode", default="all", choices=("all", "standard", "sliding", "sgd", "lora", "phased"),
+                      help="which evaluation to check (default: all)")
     flip.add_argument("--flips", type=int, default=3, help="perturbed positions (default: 3)")
     flip.add_argument("--stride", type=int, default=0, help="sliding stride (default: EVAL_STRIDE, else 64)")
     flip.add_argument("--doc-isolated", action="store_true", help="sliding/TTT restart context at every BOS")
     flip.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")
     flip.set_defaults(handler=_flip)
-    norm = sub.add_parser("normalization", help="softmax sums to 1 and losses are -log p(target)")
+    norm = sub.add_parser("normalization", help="softmax sums to 1 and losses are -log p(target)",
+                          description="At sampled positions, the model's distribution must sum to 1 over the vocabulary "
+                          "and each charged loss must be -log p(target) (C2). Exit code 1 when not.")
     _add_weights_arguments(norm)
     norm.add_argument("--samples", type=int, default=256, help="sampled positions (default: 256)")
     norm.set_defaults(handler=_normalization)
-    rec = sub.add_parser("record", help="compliance report for records folders or train_gpt.py files")
+    rec = sub.add_parser("record", help="compliance report for records folders or train_gpt.py files",
+                         description="Required files, submission.json fields, size under the cap, and static findings "
+                         "with file and line; self-extracting scripts are decoded, never executed. Exit code 1 when a "
+                         "folder fails.")
     rec.add_argument("paths", nargs="+", help="records folders or .py files")
     rec.add_argument("--json", action="store_true", help="print one JSON list")
     rec.set_defaults(handler=_record)

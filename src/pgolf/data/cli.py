@@ -7,9 +7,11 @@ torch, sentencepiece or huggingface_hub) when it runs, so ``pgolf --help`` stays
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 
+from pgolf.cli_vocab import add_json_flag
 from pgolf.errors import EXIT_USAGE
 
 DEFAULT_DOWNLOAD_DIR = "data"
@@ -47,6 +49,7 @@ def _add_verify(commands) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="shard files, globs, or directories of fineweb_*_*.bin")
     p.add_argument("--tokenizer", help="SentencePiece .model whose vocab size the ids must stay below")
     p.add_argument("--vocab-size", type=int, help="vocab size the ids must stay below (must match --tokenizer if both)")
+    add_json_flag(p, "every shard's tokens, documents and largest id")
     p.set_defaults(handler=run_verify)
 
 
@@ -62,7 +65,7 @@ def _add_prepare(commands) -> None:
         ),
     )
     p.add_argument("--docs", required=True, metavar="FILE|DIR", help="documents: .jsonl, .txt, or a directory of them")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory for shards, tokenizer and manifest")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder for shards, tokenizer and manifest, created when missing")
     p.add_argument("--tokenizer", help="existing SentencePiece .model to tokenize with (no training)")
     p.add_argument(
         "--vocab-size", type=int, help="vocab size of the tokenizer to train (or to check --tokenizer against)"
@@ -70,6 +73,7 @@ def _add_prepare(commands) -> None:
     p.add_argument("--val-docs", type=int, default=50_000, help=f"first K documents form the val split {from_defaults}")
     p.add_argument("--shard-tokens", type=int, default=10**8, help=f"tokens per shard {from_defaults}")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_json_flag(p, "the manifest written")
     p.set_defaults(handler=run_prepare)
 
 
@@ -88,6 +92,7 @@ def _add_download(commands) -> None:
     p.add_argument("--out", default=DEFAULT_DOWNLOAD_DIR, metavar="DIR", help="local data root (default: %(default)s)")
     p.add_argument("--with-docs", action="store_true", help="also fetch docs_selected.jsonl and its sidecar manifest")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_json_flag(p, "what was downloaded and skipped")
     p.set_defaults(handler=run_download)
 
 
@@ -109,7 +114,10 @@ def _add_audit(commands) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from pgolf.data.verify import verify
 
-    verify(args.paths, tokenizer=args.tokenizer, vocab_size=args.vocab_size)
+    report = verify(args.paths, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                    out=io.StringIO() if args.json else None)
+    if args.json:
+        print(json.dumps(report.as_dict(), sort_keys=True))
     return 0
 
 
@@ -123,8 +131,12 @@ def run_prepare(args: argparse.Namespace) -> int:
         vocab_size=args.vocab_size,
         val_docs=args.val_docs,
         shard_tokens=args.shard_tokens,
-        progress=not args.quiet,
+        progress=not args.quiet and not args.json,
     )
+    if args.json:
+        print(json.dumps({"out": str(result.out_dir), "manifest_path": str(result.manifest_path), "manifest": result.manifest},
+                         sort_keys=True))
+        return 0
     stats = result.manifest["stats"]
     print(
         f"{result.out_dir}: {stats['docs_val']} val docs ({stats['tokens_val']} tokens, {stats['files_val']} shards), "
@@ -142,8 +154,14 @@ def run_download(args: argparse.Namespace) -> int:
         train_shards=args.train_shards,
         out=args.out,
         with_docs=args.with_docs,
-        progress=not args.quiet,
+        progress=not args.quiet and not args.json,
     )
+    if args.json:
+        print(json.dumps({"repo_id": result.repo_id, "commit": result.commit, "out": str(result.out),
+                          "dataset_dir": str(result.dataset_dir), "tokenizer_files": [str(p) for p in result.tokenizer_files],
+                          "downloaded": result.downloaded, "skipped": result.skipped,
+                          "bytes_downloaded": result.bytes_downloaded}, sort_keys=True))
+        return 0
     print(result.summary())
     return 0
 

@@ -1,7 +1,7 @@
 """``pgolf eval``: score an artifact or a checkpoint on validation shards with the exact val_bpb.
 
 Phases, each reported with its score: standard non-overlapping windows (always), sliding windows
-(``--sliding STRIDE``, optionally ``--doc-isolated``), score-first TTT (``--ttt sgd|lora|phased``).
+(``--stride STRIDE``, optionally ``--doc-isolated``), score-first TTT (``--ttt sgd|lora|phased``).
 The final number is the last phase's. ``--json`` adds the wall time of every phase, from reading
 the weights to the final number, compared with the 600 s evaluation limit (see pgolf.eval.timing).
 
@@ -18,22 +18,45 @@ import json
 import sys
 from pathlib import Path
 
+from pgolf.cli_vocab import add_deprecated_spelling
 from pgolf.config_cli import add_config_arguments
+
+DESCRIPTION = """\
+Score an artifact or a checkpoint on validation shards with the exact val_bpb.
+
+Phases, each reported with its score: standard non-overlapping windows (always), sliding windows
+(--stride STRIDE, optionally --doc-isolated), score-first test-time training (--ttt sgd|lora|phased).
+The final number is the last phase's. --json adds the wall time of every phase, from reading the
+weights to the final number, compared with the 600 s evaluation limit. An artifact whose policy
+quantized no tensor is named in a warning: its score is the float model's.
+
+Accepted weights: a pgolf artifact (model.pgolf, carries its config), a pgolf checkpoint
+(checkpoint.safetensors, carries its config), or the reference's final_model.pt or
+final_model.int8.ptz (give --preset). Nothing loaded here can execute code. The tokenizer and val
+paths stored in a config are as given when it trained (relative to that folder); from elsewhere,
+pass --tokenizer and --val.
+"""
 
 
 def _load_state(args: argparse.Namespace):
     """(state_dict, embedded config dict or None) from --artifact or --checkpoint."""
+    state, config, _ = _load_weights(args)
+    return state, config
+
+
+def _load_weights(args: argparse.Namespace):
+    """(state_dict, embedded config dict or None, tensors stored as integer codes or None)."""
     from pgolf.errors import PgolfError
 
     path = Path(args.artifact or args.checkpoint)
     if not path.is_file():
         raise PgolfError(f"{path}: file not found")
     if path.suffix == ".safetensors":
-        return _load_safetensors_checkpoint(path)
+        return (*_load_safetensors_checkpoint(path), None)
     from pgolf.export.loading import load_weights
 
     state, info = load_weights(path)
-    return state, info.meta.get("config")
+    return state, info.meta.get("config"), info.quantized_tensors
 
 
 def _load_safetensors_checkpoint(path: Path):
@@ -78,9 +101,13 @@ def _eval(args: argparse.Namespace) -> int:
     args.preset_given = args.preset is not None
     args.preset = args.preset or "baseline"
     with timer.phase("read_weights"):
-        state, embedded = _load_state(args)
+        state, embedded, quantized_tensors = _load_weights(args)
     cfg = _resolve_config(args, embedded)
-    _apply_eval_flags(cfg, args)
+    _apply_eval_flags(cfg, args.stride, args.doc_isolated, args.ttt)
+    if quantized_tensors == 0:
+        from pgolf.quant.policy import nothing_quantized_warning
+
+        print(nothing_quantized_warning(len(state), cfg.quant.scheme if embedded else None), file=sys.stderr)
     with timer.phase("load_data"):
         sp, tokens, table, seq_len = _load_eval_data(args, cfg, device)
     with timer.phase("build_model"):
@@ -90,7 +117,7 @@ def _eval(args: argparse.Namespace) -> int:
     total = timer.total()
     gpus = torch_cuda_count() if device.type == "cuda" else 0
     out = {**final["score"], "final_phase": final_name, "seq_len": seq_len, "preset": cfg.preset, "device": str(device),
-           "weights": str(args.artifact or args.checkpoint), "eval_time_s": total,
+           "weights": str(args.artifact or args.checkpoint), "eval_time_s": total, "quantized_tensors": quantized_tensors,
            "phases": {name: {**p["score"], **{k: v for k, v in p.items() if k != "score"}} for name, p in phases.items()},
            "timing": {"total_s": total, "phase_s": timer.phases,
                       **limit_comparison(total, device, gpus, device_name(device) if device.type == "cuda" else None)}}
@@ -115,30 +142,57 @@ def torch_cuda_count() -> int:
     return torch.cuda.device_count()
 
 
-def _apply_eval_flags(cfg, args: argparse.Namespace) -> None:
+def _apply_eval_flags(cfg, stride: int | None, doc_isolated: bool, ttt: str | None) -> None:
     from pgolf.config import validate
 
-    if args.sliding is not None:
-        cfg.eval.eval_stride = args.sliding
-    if args.doc_isolated:
+    if stride is not None:
+        cfg.eval.eval_stride = stride
+    if doc_isolated:
         cfg.eval.doc_isolated = True
-    if args.ttt:
-        cfg.eval.ttt = args.ttt
+    if ttt:
+        cfg.eval.ttt = ttt
     validate(cfg)
 
 
 def _load_eval_data(args: argparse.Namespace, cfg, device):
-    from pgolf.data.shards import load_tokens
     from pgolf.eval.evaluate import trim_to_windows
     from pgolf.tokenizer.luts import build_byte_table
     from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
-    tokenizer = args.tokenizer or cfg.data.tokenizer_path
+    tokenizer = eval_tokenizer_path(args, cfg)
     sp = load_tokenizer(tokenizer)
     check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
     seq_len = args.seq_len or cfg.eval_seq_len
-    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    tokens = trim_to_windows(load_eval_tokens(args, cfg), seq_len, args.max_tokens)
     return sp, tokens, build_byte_table(sp, cfg.model.vocab_size).to_torch(device), seq_len
+
+
+def eval_tokenizer_path(args: argparse.Namespace, cfg) -> str:
+    """--tokenizer, else the config's TOKENIZER_PATH; a missing config path says to pass --tokenizer."""
+    from pgolf.errors import PgolfError
+
+    if args.tokenizer:
+        return args.tokenizer
+    path = cfg.data.tokenizer_path
+    if not Path(path).is_file():
+        raise PgolfError(f"{path}: tokenizer file not found (the config's TOKENIZER_PATH; one stored in the weights is "
+                         "as given where they trained, relative to that folder); pass --tokenizer")
+    return path
+
+
+def load_eval_tokens(args: argparse.Namespace, cfg):
+    """The val tokens of --val, else of the config's DATA_PATH/VAL_FILES; a miss there says to pass --val."""
+    from pgolf.data.shards import load_tokens, resolve_shards
+    from pgolf.errors import PgolfError
+
+    spec = args.val or cfg.data.val_glob()
+    if not args.val:
+        try:
+            resolve_shards(spec, "val")
+        except PgolfError as exc:
+            raise PgolfError(f"{exc} (the config's val shards; a path stored in the weights is as given where they "
+                             "trained, relative to that folder); pass --val") from None
+    return load_tokens(spec, "val", cfg.model.vocab_size)
 
 
 def _build(cfg, state, args, device):
@@ -210,7 +264,7 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
     weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
     add_config_arguments(parser, default_preset=None)
-    parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
+    parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH or VAL_FILES)")
     parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
     parser.add_argument("--seq-len", type=int, default=0, help="window length (default: the config's eval/train length)")
 
@@ -218,14 +272,15 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval", help="score an artifact or checkpoint (exact val_loss and val_bpb)",
-        description=sys.modules[__name__].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_weights_arguments(parser)
     parser.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch (default: 65536)")
     parser.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
     parser.add_argument("--token-losses", metavar="OUT.npy", help="save the per-target loss in nats (float32, stream order)")
-    parser.add_argument("--sliding", type=int, metavar="STRIDE", help="also score with sliding windows of this stride (EVAL_STRIDE)")
+    parser.add_argument("--stride", type=int, metavar="STRIDE", help="also score with sliding windows of this stride (EVAL_STRIDE)")
+    add_deprecated_spelling(parser, ["--sliding"], "--stride", "stride", type=int)
     parser.add_argument("--doc-isolated", action="store_true", help="sliding/TTT context restarts at every BOS")
     parser.add_argument("--ttt", choices=("sgd", "lora", "phased"), help="also score with score-first TTT (settings: TTT_* via --set)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")

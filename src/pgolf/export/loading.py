@@ -31,6 +31,7 @@ from torch import Tensor
 from pgolf.errors import PgolfError, one_line
 from pgolf.export.container import MAX_PAYLOAD_BYTES, is_artifact_header, read_artifact, zlib_decompress_capped
 from pgolf.quant.int8 import QUANT_FORMAT, dequantize, dequantize_reference_object
+from pgolf.quant.policy import quantized_count
 
 FORMAT_ARTIFACT = "pgolf-artifact"
 FORMAT_TORCH = "torch-state-dict"
@@ -46,6 +47,7 @@ class WeightsInfo:
     path: str
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    quantized_tensors: int | None = None  # a pgolf artifact's tensors stored as integer codes (None: not known)
 
 
 def _is_zlib_header(head: bytes) -> bool:
@@ -150,7 +152,7 @@ def load_weights(
     fmt = sniff_format(path)
     if fmt == FORMAT_ARTIFACT:
         quantized, meta = read_artifact(path, max_bytes)
-        return dequantize(quantized), WeightsInfo(str(path), FORMAT_ARTIFACT, meta)
+        return dequantize(quantized), WeightsInfo(str(path), FORMAT_ARTIFACT, meta, quantized_count(quantized))
     if fmt == FORMAT_TORCH:
         return _load_torch_zip(path)
     return _load_reference_ptz(path, max_bytes)

@@ -36,9 +36,12 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("model", help="inspect model configurations")
+    parser = subparsers.add_parser("model", help="inspect model configurations",
+                                   description="Inspect a configuration's model without training anything.")
     sub = parser.add_subparsers(dest="model_verb", metavar="ACTION", required=True)
-    info = sub.add_parser("info", help="parameter count, total and per group")
+    info = sub.add_parser("info", help="parameter count, total and per group",
+                          description="The configuration's parameter count, in total and per group, and the model "
+                          "fields that differ from the reference's defaults.")
     add_config_arguments(info)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(handler=_info)

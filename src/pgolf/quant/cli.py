@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 
+from pgolf.cli_vocab import add_json_flag, make_out_folder
 from pgolf.config_cli import add_config_arguments
 
 
@@ -18,6 +21,12 @@ def _inspect(args: argparse.Namespace) -> int:
     size = os.path.getsize(args.artifact)
     with open(args.artifact, "rb") as f:
         codec = CODECS[f.read(10)[9]].name
+    total = sum(r.file_bytes for r in rows)
+    if args.json:
+        print(json.dumps({"artifact": args.artifact, "codec": codec, "file_bytes": size, "attributed_bytes": total,
+                          "headroom_model_only": SIZE_CAP_BYTES - size, "groups": group_totals(rows),
+                          "tensors": [] if args.groups_only else [vars(r) for r in rows]}, sort_keys=True))
+        return 0
     if not args.groups_only:
         print(f"{'file bytes':>12} {'stored':>12}  tensor")
         for r in rows:
@@ -26,40 +35,37 @@ def _inspect(args: argparse.Namespace) -> int:
     print(f"{'file bytes':>12}  group")
     for group, b in group_totals(rows).items():
         print(f"{b:>12,}  {group}")
-    total = sum(r.file_bytes for r in rows)
     print(f"{total:>12,}  total ({codec}; file size {size:,}; model-only headroom {SIZE_CAP_BYTES - size:,} of {SIZE_CAP_BYTES:,})")
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pgolf.data.shards import load_tokens
-    from pgolf.eval.cli import _load_into, _load_state, _resolve_config
-    from pgolf.errors import PgolfError
+    from pgolf.eval.cli import _load_into, _load_state, _resolve_config, eval_tokenizer_path, load_eval_tokens
     from pgolf.eval.evaluate import evaluate, trim_to_windows
     from pgolf.files import check_writable
     from pgolf.model.gpt import build_model
-    from pgolf.quant.sweep import check_compressors, format_table, parse_sweep_spec, run_sweep, write_outputs
+    from pgolf.quant.policy import nothing_quantized_warning
+    from pgolf.quant.sweep import (
+        check_compressors, format_table, nothing_quantized_policies, parse_sweep_spec, run_sweep, write_outputs,
+    )
     from pgolf.runtime import pick_device
     from pgolf.tokenizer.luts import build_byte_table
     from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
     specs = [parse_sweep_spec(p) for p in args.schemes]  # refuse bad input before the slow loading
     check_compressors(args.compressors.split(","))
-    out = Path(args.out)
-    if not out.is_dir():
-        raise PgolfError(f"--out {out}: folder does not exist")
+    out = make_out_folder(args.out)
     check_writable(out, "--out")
     args.artifact, args.preset_given = None, args.preset is not None
     args.preset = args.preset or "baseline"
     state, embedded = _load_state(args)
     cfg = _resolve_config(args, embedded)
-    sp = load_tokenizer(args.tokenizer or cfg.data.tokenizer_path)
-    check_vocab_size(sp, cfg.model.vocab_size, str(args.tokenizer or cfg.data.tokenizer_path))
+    tokenizer = eval_tokenizer_path(args, cfg)
+    sp = load_tokenizer(tokenizer)
+    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
     device = pick_device(args.device)
     seq_len = cfg.eval_seq_len
-    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    tokens = trim_to_windows(load_eval_tokens(args, cfg), seq_len, args.max_tokens)
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
     model = build_model(cfg.model, device)
 
@@ -74,8 +80,15 @@ def _sweep(args: argparse.Namespace) -> int:
     float_bpb, rows = run_sweep(
         state, args.schemes, args.compressors.split(","), score, out, hessians if any(sp.gptq for sp in specs) else None, cfg.quant
     )
+    written = write_outputs(float_bpb, rows, out)
+    for policy in nothing_quantized_policies(rows):
+        print(nothing_quantized_warning(len(state), policy), file=sys.stderr)
+    if args.json:
+        print(json.dumps({"float_val_bpb": float_bpb, "rows": [vars(r) for r in rows], "files": [str(p) for p in written]},
+                         sort_keys=True))
+        return 0
     print(format_table(float_bpb, rows))
-    for path in write_outputs(float_bpb, rows, out):
+    for path in written:
         print(f"wrote {path}")
     return 0
 
@@ -101,16 +114,26 @@ def _calibration_hessians(model, cfg, args: argparse.Namespace, device) -> dict:
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("quant", help="inspect artifacts and sweep quantization policies x compressors")
+    p = subparsers.add_parser("quant", help="inspect artifacts and sweep quantization policies x compressors",
+                              description="Look inside an artifact's bytes, or try quantization policies and compressors "
+                              "on a checkpoint by a real round trip.")
     sub = p.add_subparsers(dest="quant_verb", metavar="ACTION", required=True)
-    ins = sub.add_parser("inspect", help="bytes per tensor and per group, summing exactly to the file size")
-    ins.add_argument("artifact")
+    ins = sub.add_parser("inspect", help="bytes per tensor and per group, summing exactly to the file size",
+                         description="Attribute every byte of an artifact file to a tensor (or to the container's header "
+                         "and metadata) and total them per group; the totals sum to the file size.")
+    ins.add_argument("artifact", help="a pgolf artifact (model.pgolf)")
     ins.add_argument("--groups-only", action="store_true", help="print only the per-group totals")
+    add_json_flag(ins, "the per-tensor and per-group bytes")
     ins.set_defaults(handler=_inspect)
-    sw = sub.add_parser("sweep", help="evaluate quantization policies x compressors by round trip")
+    sw = sub.add_parser("sweep", help="evaluate quantization policies x compressors by round trip",
+                        description="Quantize a checkpoint with each policy, write it with each compressor, read it back "
+                        "and score it on val shards. Writes the artifacts and sweep.csv, sweep.json and sweep.png "
+                        "(val_bpb against bytes_total) to --out. A policy that quantizes no tensor is named in a "
+                        "warning. Prefix a policy with gptq: (GPTQ rounding on calibration Hessians) and/or lqer: "
+                        "(LQER corrections, LQER_* settings), e.g. gptq:lqer:int6.")
     sw.add_argument("checkpoint", help="checkpoint.safetensors (carries its config) or a torch .pt (give --preset)")
     sw.add_argument("--schemes", nargs="+", required=True, metavar="POLICY",
-                    help="policies, e.g. int8 int6:mse 'attn=int6,mlp=int5'; prefix gptq: and/or lqer: for GPTQ / LQER")
+                    help="policies, e.g. int8 int6:mse 'attn=int6,mlp=int5' 'int8,small=4096'; prefix gptq: and/or lqer: for GPTQ / LQER")
     sw.add_argument("--calibration", choices=("train", "self"), default="train",
                     help="GPTQ Hessians from training shards (GPTQ_CALIBRATION_BATCHES batches) or self-generated samples")
     sw.add_argument("--train", help="train shard glob for --calibration train (default: the config's)")
@@ -120,6 +143,8 @@ def register(subparsers) -> None:
     sw.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
     sw.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
     sw.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")
-    sw.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    sw.add_argument("--out", default=".", help="folder for the artifacts and sweep.csv/.json/.png (default: .)")
+    sw.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    sw.add_argument("--out", default=".", metavar="DIR",
+                    help="folder for the artifacts and sweep.csv/.json/.png, created when missing (default: .)")
+    add_json_flag(sw, "the float score and every row")
     sw.set_defaults(handler=_sweep)

@@ -257,15 +257,18 @@ def _keep_float(name: str, t: Tensor, fp32_patterns: tuple[str, ...]) -> QuantEn
     return QuantEntry(name, KIND_PASSTHROUGH, t.clone(), None, t.dtype)
 
 
-def quantize_tensor(name: str, tensor: Tensor, fp32_patterns: tuple[str, ...] | None = None) -> QuantEntry:
-    """Quantize one tensor by the reference rules (patterns default to the environment's)."""
+def quantize_tensor(
+    name: str, tensor: Tensor, fp32_patterns: tuple[str, ...] | None = None, small_numel: int = KEEP_FLOAT_MAX_NUMEL
+) -> QuantEntry:
+    """Quantize one tensor by the reference rules (patterns default to the environment's); float
+    tensors of at most ``small_numel`` elements are kept as floats (the reference: 65,536)."""
     if fp32_patterns is None:
         fp32_patterns = keep_float_fp32_patterns()
     t = tensor.detach().to("cpu").contiguous()
     if not t.is_floating_point():
         # Cloned so later in-place training updates cannot change what gets exported.
         return QuantEntry(name, KIND_PASSTHROUGH, t.clone(), None, t.dtype)
-    if t.numel() <= KEEP_FLOAT_MAX_NUMEL:
+    if t.numel() <= small_numel:
         return _keep_float(name, t, fp32_patterns)
     t32 = t.float()
     if t32.ndim == 2:

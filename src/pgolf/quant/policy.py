@@ -7,9 +7,11 @@ A policy string is a comma-separated list of rules, first match wins::
 * ``PATTERN`` is a role (``embed``: token embedding, ``head``: untied output head, ``attn``,
   ``mlp``, ``other``) or a glob on the tensor name (``blocks.0.*``);
 * ``SCHEME`` is a :mod:`pgolf.quant.lowbit` scheme string;
-* ``small=N`` sets the size at or under which float tensors are kept as floats by the reference
-  rule (control tensors fp32, the rest fp16; default 65,536, the reference's); non-float tensors
-  and tensors that are not 2-D always go that way too;
+* ``small=N`` sets the size at or under which float tensors are kept as floats (control tensors
+  fp32, the rest fp16; default 65,536, the reference's), under every scheme, ``int8ref`` included:
+  ``int8,small=4096`` is the reference rule with a lower threshold. Non-float tensors are always
+  kept; under a low-bit scheme so are tensors that are not 2-D, up to 65,536 elements (past it
+  they take the reference's per-tensor int8);
 * a bare scheme (``int6``) means ``*=int6``; tensors no rule matches get ``int8ref``.
 
 The policy ``int8`` (or ``int8ref``) is the reference export exactly.
@@ -115,14 +117,16 @@ def quantize_with_scheme(
     """One tensor's entry under ``scheme`` (small, non-float and non-2-D tensors: reference rule)."""
     t = tensor.detach().to("cpu").contiguous()
     if scheme.family == FAMILY_REF:
-        return quantize_tensor(name, t, fp32_patterns)
-    if not t.is_floating_point() or t.numel() <= small_numel or t.ndim != 2:
-        if t.is_floating_point() and t.numel() > KEEP_FLOAT_MAX_NUMEL and scheme.family == FAMILY_INT:
+        return quantize_tensor(name, t, fp32_patterns, small_numel)
+    if not t.is_floating_point():
+        return QuantEntry(name, KIND_PASSTHROUGH, t.clone(), None, t.dtype)
+    if t.numel() <= small_numel:
+        return _keep_float(name, t, fp32_patterns)
+    if t.ndim != 2:
+        if t.numel() > KEEP_FLOAT_MAX_NUMEL and scheme.family == FAMILY_INT:
             # A large non-matrix tensor: the reference's per-tensor int8 is the only fitting layout.
-            return quantize_tensor(name, t, fp32_patterns)
-        return _keep_float(name, t, fp32_patterns) if t.is_floating_point() else QuantEntry(
-            name, KIND_PASSTHROUGH, t.clone(), None, t.dtype
-        )
+            return quantize_tensor(name, t, fp32_patterns, small_numel)
+        return _keep_float(name, t, fp32_patterns)
     if scheme.family == FAMILY_FLOAT:
         return QuantEntry(name, KIND_PASSTHROUGH, t.to(scheme.float_dtype).contiguous(), None, t.dtype)
     if not fits(scheme, tuple(t.shape)):
@@ -130,6 +134,20 @@ def quantize_with_scheme(
         scheme = Scheme(FAMILY_INT, scheme.bits, 0, scheme.clip, scheme.k)
     codes, scale = quantize_weight(t, scheme, hessian_diag)
     return QuantEntry(name, KIND_INTN, codes, scale, t.dtype, scheme.bits, scheme.group_size)
+
+
+def quantized_count(q: QuantizedState) -> int:
+    """How many tensors of ``q`` are stored as integer codes (the rest are kept as they were)."""
+    return sum(e.kind != KIND_PASSTHROUGH for e in q)
+
+
+def nothing_quantized_warning(tensors: int, policy: str | None = None) -> str:
+    """The warning for a quantized state whose ``tensors`` are all kept as they were (a model whose
+    tensors are all at or under the policy's ``small=`` size): its round trip is the float score."""
+    named = f"quant policy {policy!r}" if policy else "the quant policy"
+    return (f"warning: {named} quantizes none of the {tensors} tensors (each is kept as it was: at or under the "
+            f"policy's small= size, {KEEP_FLOAT_MAX_NUMEL:,} elements unless set, or not a float matrix), so the round "
+            "trip scores the float weights; a lower small= quantizes them")
 
 
 def _gptq_entry(entry: QuantEntry, tensor: Tensor, hessian: Tensor, scheme: Scheme) -> QuantEntry:

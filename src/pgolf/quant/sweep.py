@@ -31,7 +31,7 @@ from pgolf.export.container import read_artifact, write_artifact
 from pgolf.files import atomic_target, atomic_write
 from pgolf.config import QuantConfig
 from pgolf.quant.int8 import dequantize
-from pgolf.quant.policy import parse_policy, quantize_for_export
+from pgolf.quant.policy import parse_policy, quantize_for_export, quantized_count
 
 METHOD_PREFIXES = ("gptq", "lqer")
 
@@ -67,6 +67,7 @@ class SweepRow:
     headroom: int
     val_bpb: float
     quant_gap_bpb: float
+    quantized_tensors: int  # 0: the policy kept every tensor as it was (all at or under its small= size)
 
 
 def check_compressors(names: list[str]) -> list[str]:
@@ -108,6 +109,7 @@ def run_sweep(
             state, quant, cached.get("h") if spec.gptq else None, policy=spec.policy, gptq=spec.gptq, lqer=spec.lqer
         )
         expected = dequantize(quantized)
+        count = quantized_count(quantized)
         bpb = None
         for codec in compressors:
             path = out_dir / f"sweep_{i}_{codec}.pgolf"
@@ -117,18 +119,25 @@ def run_sweep(
             _same_weights(expected, loaded, str(path))
             if bpb is None:
                 bpb = score(loaded)
-            rows.append(SweepRow(policy, codec, report.bytes_model, report.bytes_total, report.headroom, bpb, bpb - float_bpb))
+            rows.append(SweepRow(policy, codec, report.bytes_model, report.bytes_total, report.headroom, bpb, bpb - float_bpb,
+                                 count))
     return float_bpb, rows
 
 
 def format_table(float_bpb: float, rows: list[SweepRow]) -> str:
-    head = f"{'bytes_model':>12} {'bytes_total':>12} {'headroom':>12} {'val_bpb':>10} {'gap':>9}  compressor  policy"
+    head = f"{'bytes_model':>12} {'bytes_total':>12} {'headroom':>12} {'val_bpb':>10} {'gap':>9} {'quantized':>9}  compressor  policy"
     lines = [f"float checkpoint val_bpb {float_bpb:.6f}; cap {SIZE_CAP_BYTES:,} bytes", head]
     for r in rows:
         lines.append(
-            f"{r.bytes_model:>12,} {r.bytes_total:>12,} {r.headroom:>12,} {r.val_bpb:>10.6f} {r.quant_gap_bpb:>+9.6f}  {r.compressor:<10}  {r.policy}"
+            f"{r.bytes_model:>12,} {r.bytes_total:>12,} {r.headroom:>12,} {r.val_bpb:>10.6f} {r.quant_gap_bpb:>+9.6f} "
+            f"{r.quantized_tensors:>9}  {r.compressor:<10}  {r.policy}"
         )
     return "\n".join(lines)
+
+
+def nothing_quantized_policies(rows: list[SweepRow]) -> list[str]:
+    """The policies that kept every tensor as it was: their score is the float checkpoint's."""
+    return list(dict.fromkeys(r.policy for r in rows if r.quantized_tensors == 0))
 
 
 def write_outputs(float_bpb: float, rows: list[SweepRow], out_dir: Path) -> list[Path]:
@@ -143,6 +152,35 @@ def write_outputs(float_bpb: float, rows: list[SweepRow], out_dir: Path) -> list
     return [out_dir / "sweep.csv", out_dir / "sweep.json", out_dir / "sweep.png"]
 
 
+def draw_sweep(ax, float_bpb: float, rows: list[SweepRow]) -> None:
+    """val_bpb against bytes_total, zoomed to the points (each labelled with its policy); the cap
+    line shows only when it falls inside that range, else the title says it is off the range."""
+    from matplotlib.ticker import FuncFormatter
+
+    for codec in dict.fromkeys(r.compressor for r in rows):
+        pts = [r for r in rows if r.compressor == codec]
+        ax.scatter([r.bytes_total for r in pts], [r.val_bpb for r in pts], label=codec)
+        for r in pts:
+            ax.annotate(r.policy, (r.bytes_total, r.val_bpb), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.axhline(float_bpb, color="gray", linestyle="--", label="float checkpoint")
+    lo, hi = _byte_range(rows)
+    ax.set_xlim(lo, hi)
+    if lo <= SIZE_CAP_BYTES <= hi:
+        ax.axvline(SIZE_CAP_BYTES, color="red", linestyle=":", label="16 MB cap")
+    else:
+        ax.set_title(f"the {SIZE_CAP_BYTES:,}-byte cap is outside this range", fontsize=9)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
+    ax.set_xlabel("bytes_total (model + code)")
+    ax.set_ylabel("val_bpb")
+
+
+def _byte_range(rows: list[SweepRow]) -> tuple[float, float]:
+    """The points' bytes_total range with a margin: 8% of the span, at least 1% of the largest."""
+    sizes = [r.bytes_total for r in rows]
+    margin = max(0.08 * (max(sizes) - min(sizes)), 0.01 * max(sizes), 1.0)
+    return min(sizes) - margin, max(sizes) + margin
+
+
 def _plot(float_bpb: float, rows: list[SweepRow], path: Path) -> None:
     import matplotlib
 
@@ -150,15 +188,7 @@ def _plot(float_bpb: float, rows: list[SweepRow], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 5))
-    for codec in dict.fromkeys(r.compressor for r in rows):
-        pts = [r for r in rows if r.compressor == codec]
-        ax.scatter([r.bytes_total for r in pts], [r.val_bpb for r in pts], label=codec)
-        for r in pts:
-            ax.annotate(r.policy, (r.bytes_total, r.val_bpb), fontsize=6, alpha=0.7)
-    ax.axhline(float_bpb, color="gray", linestyle="--", label="float checkpoint")
-    ax.axvline(SIZE_CAP_BYTES, color="red", linestyle=":", label="16 MB cap")
-    ax.set_xlabel("bytes_total (model + code)")
-    ax.set_ylabel("val_bpb")
+    draw_sweep(ax, float_bpb, rows)
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_target(path) as tmp:

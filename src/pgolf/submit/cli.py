@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from pgolf.cli_vocab import add_deprecated_spelling, add_json_flag
 from pgolf.config_cli import add_config_arguments, config_from_args
 
 
@@ -37,7 +38,7 @@ def _stats(args: argparse.Namespace) -> int:
         bpb_per_nat=factor, margin=args.margin, margin_nats=args.margin_nats, alpha=args.alpha,
     )
     print(json.dumps(result.as_dict(), sort_keys=True) if args.json else format_report(result))
-    return 0
+    return 0 if result.passes else 1
 
 
 def _seeds(args: argparse.Namespace) -> int:
@@ -52,7 +53,12 @@ def _seeds(args: argparse.Namespace) -> int:
         print(build_bundle(config_from_args(args), bundle).summary())
     plan = SeedPlan(args.preset, tuple(args.overrides), tuple(args.seeds), Path(args.runs_dir), args.nproc, bundle, args.prefix)
     outcomes = run_seeds(plan)
-    print(summary_table(outcomes))
+    if args.json:
+        print(json.dumps([{"seed": o.seed, "run_id": o.run_id, "returncode": o.returncode,
+                           "run_dir": str(o.run.path) if o.run else None, "val_bpb": o.run.results.get("val_bpb") if o.run else None,
+                           "val_loss": o.run.results.get("val_loss") if o.run else None} for o in outcomes], sort_keys=True))
+    else:
+        print(summary_table(outcomes))
     return 0 if all(o.run for o in outcomes) else 1
 
 
@@ -77,6 +83,9 @@ def _submit(args: argparse.Namespace) -> int:
     sig, text = significance_for_submission(args.runs, args.against) if args.against else (None, None)
     sub = Submission(args.name, args.author, args.github_id, args.track, args.blurb, args.date)
     path = write_records_folder(args.runs, sub, args.records_dir, bundle=args.bundle, significance=sig, significance_text=text)
+    if args.json:
+        print(json.dumps({"path": str(path), "files": sorted(p.name for p in path.iterdir())}))
+        return 0
     print(f"wrote {path}")
     for name in sorted(p.name for p in path.iterdir()):
         print(f"  {name}")
@@ -89,7 +98,8 @@ def register(subparsers) -> None:
         description="Is the new mean lower than SOTA's by the record margin (0.005 nats) at p < 0.01? Reports the "
         "one-sample t-test against SOTA - margin (R04, R12) and Welch's t-test between per-seed scores (R24), "
         "t = (new - reference) / standard error, so negative t means better. RUNS and --against each take run "
-        "directories, submission.json files (or records folders holding one; their seed_results are used) or numbers.",
+        "directories, submission.json files (or records folders holding one; their seed_results are used) or numbers. "
+        "Exit code 0 when the record rule passes, 1 when it fails, 2 on bad input.",
     )
     stats.add_argument("runs", nargs="+", metavar="RUN", help="the new runs (per-seed scores)")
     stats.add_argument("--against", nargs="+", required=True, metavar="RUN_OR_NUMBER", help="SOTA: its per-seed scores, or one number")
@@ -103,17 +113,19 @@ def register(subparsers) -> None:
 
     seeds = subparsers.add_parser(
         "seeds", help="train one configuration with several seeds, one after another",
-        description="Each seed runs in a fresh process (`pgolf train`, or the bundle with --bundle so the logs come "
+        description="Each seed runs in a fresh process (pgolf train, or the bundle with --bundle so the logs come "
         "from the submitted script), under torchrun with --nproc > 1. Only SEED and RUN_ID change. Run ids are "
-        "PREFIX_seedN. Every seed is reported, failed ones too.",
+        "NAME_seedN. Every seed is reported, failed ones too; exit code 1 when one failed.",
     )
     add_config_arguments(seeds)
     seeds.add_argument("--seeds", nargs="+", type=int, required=True, help="e.g. 1337 42 2025")
     seeds.add_argument("--nproc", type=int, default=1, help="processes per run (torchrun --nproc_per_node); default 1")
     seeds.add_argument("--runs-dir", default="runs", help="where runs/<run_id>/ are written (default: runs)")
-    seeds.add_argument("--prefix", default="", help="run id prefix (default: a timestamp)")
+    seeds.add_argument("--name", dest="prefix", default="", help="run id prefix: runs are NAME_seedN (default: a timestamp)")
+    add_deprecated_spelling(seeds, ["--prefix"], "--name", "prefix")
     seeds.add_argument("--bundle", default=None, metavar="PATH", help="build train_gpt.py at PATH for this config and run it for each seed")
     seeds.add_argument("--use-existing-bundle", action="store_true", help="with --bundle: do not rebuild PATH; the --set overrides still reach it, as env vars")
+    add_json_flag(seeds, "one object per seed")
     seeds.set_defaults(handler=_seeds)
 
     submit = subparsers.add_parser(
@@ -132,4 +144,5 @@ def register(subparsers) -> None:
     submit.add_argument("--against", nargs="+", default=None, metavar="RUN_OR_NUMBER", help="SOTA per-seed scores or one val_bpb, for the significance section")
     submit.add_argument("--bundle", default=None, help="the train_gpt.py the runs used (default: build one from their config)")
     submit.add_argument("--records-dir", default="records", help="root of the records tree (default: records)")
+    add_json_flag(submit, "the folder written and its files")
     submit.set_defaults(handler=_submit)

@@ -67,7 +67,7 @@ def run_seeds(plan: SeedPlan, echo=print) -> list[SeedOutcome]:
     if plan.bundle is not None and not plan.bundle.is_file():
         raise PgolfError(f"{plan.bundle}: bundle not found")
     prefix = plan.prefix or new_run_id()
-    advice = "choose another --prefix"
+    advice = "choose another --name"
     problem = writable_problem(plan.runs_dir, "--runs-dir") or next(
         filter(None, (reuse_problem(plan.runs_dir / f"{prefix}_seed{seed}", False, advice) for seed in plan.seeds)), None)
     if problem:  # before the first seed trains

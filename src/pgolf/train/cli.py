@@ -35,6 +35,9 @@ def print_summary(results: dict) -> None:
         f"artifact {results['bytes_total']:,} bytes = model {results['bytes_model']:,} + code {results['bytes_code']:,}"
         f" ({results['headroom']:,} bytes under the 16,000,000 cap)"
     )
+    if results.get("quantized_tensors") == 0:
+        print("warning: the quant policy quantized no tensor (each is at or under its small= size): the round trip "
+              "above is the float model's score; set PGOLF_QUANT_SCHEME with a lower small= (e.g. int8,small=4096)")
     print(f"{results['steps']} steps in {results['train_time_s']:.1f}s on {results['device']}; run dir {results['run_dir']}")
 
 

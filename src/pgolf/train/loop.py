@@ -416,6 +416,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     from pgolf.export.artifact import export_model
     from pgolf.export.container import read_artifact
     from pgolf.quant.int8 import dequantize
+    from pgolf.quant.policy import quantized_count
 
     path = s.run.path / ARTIFACT_NAME
     size: dict = {}
@@ -444,6 +445,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     # what load_weights does for an artifact, without the other formats; this run knows how it wrote it
     expect_codec = None if q.compressor == "auto" else q.compressor
     quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only)
+    size["quantized_tensors"] = quantized_count(quantized)  # 0: the round trip is the float score (pgolf train warns)
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
