@@ -138,7 +138,7 @@ def test_bundle(tmp_path, run_pgolf, read_only, never):
 
     never(build, "bundle_source")
     out = read_only(tmp_path / "out")
-    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "-o", str(out / "train_gpt.py")])
+    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--out", str(out / "train_gpt.py")])
     assert_one_line_naming(code, err, out)
 
 
@@ -147,7 +147,7 @@ def test_report(finished_run, tmp_path, run_pgolf, read_only, never):
 
     never(report, "_curves")
     out = read_only(tmp_path / "out")
-    code, _, err = run_pgolf(["report", str(finished_run), "--runs-dir", str(finished_run.parent), "-o", str(out / "rep")])
+    code, _, err = run_pgolf(["report", str(finished_run), "--runs-dir", str(finished_run.parent), "--out", str(out / "rep")])
     assert_one_line_naming(code, err, out)
 
 
@@ -200,7 +200,7 @@ def test_bench(shared_data, tmp_path, run_pgolf, read_only, never):
 
     never(run, "bench_train")
     out = read_only(tmp_path / "out")
-    code, _, err = run_pgolf(["bench", "train", "--preset", "tiny_cpu", *data_sets(shared_data), "--out-dir", str(out)])
+    code, _, err = run_pgolf(["bench", "train", "--preset", "tiny_cpu", *data_sets(shared_data), "--out", str(out)])
     assert_one_line_naming(code, err, out)
 
 

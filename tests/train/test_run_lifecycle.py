@@ -162,7 +162,7 @@ def test_an_interrupted_run_is_recorded_listed_and_reported(shared_data, tmp_pat
     assert (run / "train.log").read_text().splitlines()[-1] == "run interrupted at step 2"
     assert json.loads((run / "status.json").read_text())["status"] == "interrupted"
     assert listed(run_pgolf, runs)["cc"]["status"] == "interrupted at step 2"
-    code, out, err = run_pgolf(["report", "cc", "--runs-dir", str(runs), "-o", str(tmp_path / "rep")])
+    code, out, err = run_pgolf(["report", "cc", "--runs-dir", str(runs), "--out", str(tmp_path / "rep")])
     assert code == 0, err
     page = (tmp_path / "rep" / "index.html").read_text()
     assert "interrupted at step 2" in page and (tmp_path / "rep" / "train_loss.png").read_bytes()[:4] == b"\x89PNG"
