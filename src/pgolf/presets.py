@@ -144,6 +144,7 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     m, t, e, q = cfg.model, cfg.train, cfg.eval, cfg.quant
     m.num_layers, m.mlp_activation, m.mlp_hidden, m.xsa_last_n = 11, "swiglu", 1024, 4
     m.use_smeargate, m.smear_gate_init, m.smear_after_norm, m.ortho_init = True, 0.0, True, True
+    m.smear_gate_weighs = "previous"  # its gate: (1 - sig(g)) x_t + sig(g) x_{t-1}
     t.max_wallclock_seconds = 4850.0  # grad accumulation: 8 // WORLD_SIZE, so 8 on its one GPU
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 524_288, 2048, 3000
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
@@ -182,6 +183,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     m.rope_yarn, m.rope_train_seq_len = True, 1024  # R22's Rotary rescales its base past 1024, so always at 2048
     m.ve_enabled, m.ve_dim, m.ve_layers = True, 128, "9,10"
     m.use_smeargate, m.smear_gate_init, m.smear_after_norm, m.ortho_init = True, 0.0, True, True
+    m.smear_gate_weighs = "previous"  # its gate: (1 - sig(g)) x_t + sig(g) x_{t-1}
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr = 0.025, 0.025, 0.035
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
     o.muon_wd, o.adam_wd, o.embed_wd, o.grad_clip_norm, o.muon_parallel = 0.04, 0.04, 0.04, 0.3, True

@@ -6,9 +6,10 @@ The final number is the last phase's. ``--json`` adds the wall time of every pha
 the weights to the final number, compared with the 600 s evaluation limit (see pgolf.eval.timing).
 
 Accepted weights: a pgolf artifact (``model.pgolf``, carries its config), a pgolf checkpoint
-(``checkpoint.safetensors``, carries its config), or the reference's ``final_model.pt`` /
-``final_model.int8.ptz`` (read with ``torch.load(weights_only=True)``; give ``--preset``).
-Nothing loaded here can execute code.
+(``checkpoint.safetensors``, carries its config), the reference's ``final_model.pt`` /
+``final_model.int8.ptz``, or a record's own ``final_model.pt`` as its script saves it (banked
+or not, its key names; give the record's ``--preset``; see pgolf.export.record_layout). Torch
+files are read with ``torch.load(weights_only=True)``: nothing loaded here can execute code.
 """
 
 from __future__ import annotations
@@ -172,22 +173,30 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     return phases
 
 
-def _load_into(model, state: dict, args: argparse.Namespace) -> None:
+def _load_into(model, state: dict, args: argparse.Namespace) -> dict:
+    """Load ``state`` (pgolf's layout, or the layout of the record the preset reproduces) into
+    ``model``; returns it in pgolf's layout."""
     from pgolf.errors import PgolfError
+    from pgolf.export.record_layout import in_pgolf_layout, layout_for
 
     expected = model.state_dict()
+    state = in_pgolf_layout(state, expected, args.preset)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     where = args.artifact or args.checkpoint
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise PgolfError(f"{where}: weights do not fit preset {args.preset!r} ({detail}); pass the right --preset/--set")
+        layout = layout_for(args.preset)
+        layouts = f"pgolf's layout nor {layout.record}'s" if layout and layout.steps else "pgolf's layout"
+        raise PgolfError(f"{where}: weights do not fit preset {args.preset!r} in {layouts} ({detail}); "
+                         "pass the right --preset/--set")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise PgolfError(
                 f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict(state, strict=True)
+    return state
 
 
 def _save_npy(path: Path, array) -> None:
