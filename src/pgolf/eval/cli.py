@@ -176,10 +176,16 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
 def _load_into(model, state: dict, args: argparse.Namespace) -> dict:
     """Load ``state`` (pgolf's layout, or the layout of the record the preset reproduces) into
     ``model``; returns it in pgolf's layout."""
+    state = _fitted_state(model.state_dict(), state, args)
+    model.load_state_dict(state, strict=True)
+    return state
+
+
+def _fitted_state(expected: dict, state: dict, args: argparse.Namespace) -> dict:
+    """``state`` in pgolf's layout, with exactly the keys and shapes of ``expected``, or PgolfError."""
     from pgolf.errors import PgolfError
     from pgolf.export.record_layout import in_pgolf_layout, layout_for
 
-    expected = model.state_dict()
     state = in_pgolf_layout(state, expected, args.preset)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -195,7 +201,6 @@ def _load_into(model, state: dict, args: argparse.Namespace) -> dict:
             raise PgolfError(
                 f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(state, strict=True)
     return state
 
 

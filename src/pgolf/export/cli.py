@@ -22,9 +22,11 @@ from pgolf.config_cli import add_config_arguments
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from pgolf.eval.cli import _load_into, _load_state, _resolve_config
+    import torch
+
+    from pgolf.eval.cli import _fitted_state, _load_state, _resolve_config
     from pgolf.export.record_layout import record_layout
-    from pgolf.model.gpt import build_model
+    from pgolf.model.gpt import GPT
 
     args.artifact, args.checkpoint = None, args.weights
     args.preset_given = args.preset is not None
@@ -33,7 +35,9 @@ def _convert(args: argparse.Namespace) -> int:
     cfg = _resolve_config(args, embedded)
     args.preset = cfg.preset  # a pgolf checkpoint names the preset it was trained with
     layout = record_layout(cfg.preset) if args.to == "record" else None  # refused before the model is built
-    state = _load_into(build_model(cfg.model, "cpu"), state, args)  # checks every key and shape
+    with torch.device("meta"):  # names and shapes only: no memory, no initialisation
+        expected = GPT(cfg.model).state_dict()
+    state = _fitted_state(expected, state, args)  # checks every key and shape
     out = Path(args.out)
     if layout is not None:
         _write_atomic(out, lambda tmp: _save_torch(layout.to_record(state), tmp))
