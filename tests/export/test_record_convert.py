@@ -4,40 +4,26 @@ its own key names, a ParameterList, the SmearGate turned round), built by the re
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
+from oracles import RECORDS, no_orthogonal_init, randomise_
+
+from pgolf.presets import build_config
 
 R22 = "leakyrelu_ttt_parallel_muon"
-R22_SCRIPT = "R22_leakyrelu_ttt_parallel_muon/train_gpt.py"
-WINDOW = 2048  # R22's sequence length: one window
-
-
-def r22_model(mod):
-    from pgolf.presets import build_config
-
-    m = build_config(R22, environ={}).model
-    model = mod.GPT(vocab_size=m.vocab_size, num_layers=m.num_layers, model_dim=m.model_dim, num_heads=m.num_heads,
-                    num_kv_heads=m.num_kv_heads, mlp_mult=m.mlp_mult, tie_embeddings=True,
-                    tied_embed_init_std=m.tied_embed_init_std, logit_softcap=m.logit_softcap, rope_base=m.rope_base,
-                    qk_gain_init=m.qk_gain_init, bigram_vocab_size=m.bigram_vocab_size, bigram_dim=m.bigram_dim,
-                    xsa_last_n=m.xsa_last_n, rope_dims=m.rope_dims, ln_scale=m.ln_scale, ve_enabled=True,
-                    ve_dim=m.ve_dim, ve_layers=m.ve_layers).float().eval()
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():  # non-trivial weights: zero-initialised projections and the smear gate too
-        for _, p in sorted(model.named_parameters()):
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(noise / math.sqrt(p.shape[-1]) if p.ndim >= 2 and min(p.shape[-2:]) >= 16 else p + 0.5 * noise)
-    return model
+WINDOW = 1024  # one window (R22's own 2048 is tests/model/test_record_parity.py's)
 
 
 @pytest.fixture(scope="module")
 def r22_checkpoint(oracle, tmp_path_factory):
     """(record module, record model, its final_model.pt as its main() saves it)."""
-    mod = oracle(R22_SCRIPT)
-    model = r22_model(mod)
+    record = RECORDS[R22]
+    mod = oracle(record.script)
+    with no_orthogonal_init():  # randomised next
+        model = record.build(mod, build_config(R22, environ={})).float().eval()
+    randomise_(model, seed=5)
     path = tmp_path_factory.mktemp("r22") / "final_model.pt"
     torch.save(model.state_dict(), path)
     return mod, model, path
@@ -48,9 +34,10 @@ def test_pgolf_eval_scores_the_records_final_model_pt_with_the_records_loss(
     from pgolf.data.shards import load_tokens
 
     _, model, path = r22_checkpoint
-    code, out, err = run_pgolf(["eval", "--checkpoint", str(path), "--preset", R22, "--tokenizer", str(sp1024_model),
-                                "--val", str(val_prefix_shard), "--max-tokens", str(WINDOW), "--device", "cpu",
-                                "--set", "EVAL_STRIDE=0", "--set", "PGOLF_TTT=", "--json"])
+    with no_orthogonal_init():  # the checkpoint replaces every weight of the model pgolf builds
+        code, out, err = run_pgolf(["eval", "--checkpoint", str(path), "--preset", R22, "--tokenizer", str(sp1024_model),
+                                    "--val", str(val_prefix_shard), "--max-tokens", str(WINDOW), "--seq-len", str(WINDOW),
+                                    "--device", "cpu", "--set", "EVAL_STRIDE=0", "--set", "PGOLF_TTT=", "--json"])
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     tokens = torch.from_numpy(load_tokens(val_prefix_shard, "val", 1024)[: WINDOW + 1].astype(np.int64))
