@@ -78,3 +78,15 @@ def test_a_records_file_under_another_record_preset_is_named_and_nothing_is_writ
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "nor R44 (PR #1855)'s" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_toml_preset_reads_the_layout_of_the_record_it_builds_on(r22_checkpoint, run_pgolf, tmp_path):
+    _, model, path = r22_checkpoint
+    toml = tmp_path / "mine.toml"
+    toml.write_text(f'base = "{R22}"\n[eval]\neval_stride = 0\n', encoding="utf-8")
+    ours = tmp_path / "checkpoint.safetensors"
+    code, _, err = run_pgolf(["convert", str(path), "--preset", str(toml), "--to", "pgolf", "--out", str(ours)])
+    assert code == 0, err
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(ours)["blocks.3.attn.c_k.weight"], model.kv_bank.detach()[3])

@@ -225,7 +225,8 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """What to score and on what: the weights, their config, the val shards and tokenizer, the window."""
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
-    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
+    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors, or the reference's or a record's own "
+                                               "final_model.pt (with that record's --preset)")
     add_config_arguments(parser, default_preset=None)
     parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH)")
     parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")
