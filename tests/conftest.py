@@ -101,3 +101,14 @@ def _import_reference_script(script: Path, module_name: str):
     finally:
         os.environ.update(saved)
     return module
+
+
+# -- the records' own scripts (../shared/oracles), imported on CPU: see tests/oracles.py ----------
+
+@pytest.fixture(scope="session")
+def oracle():
+    """``oracle("R22_leakyrelu_ttt_parallel_muon/train_gpt.py")`` -> that record's module, imported once
+    with an SDPA stand-in for FlashAttention 3; skips the test where the oracles are absent."""
+    from oracles import import_oracle
+
+    return import_oracle

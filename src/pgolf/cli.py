@@ -23,6 +23,7 @@ VERB_MODULES = (
     "pgolf.model.cli",
     "pgolf.train.cli",
     "pgolf.eval.cli",
+    "pgolf.export.cli",
     "pgolf.bench.cli",
     "pgolf.check.cli",
     "pgolf.demo",

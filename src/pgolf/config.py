@@ -104,6 +104,9 @@ class ModelConfig:
     parallel_final_lane: str = _f("mean", "PARALLEL_FINAL_LANE", "final hidden of the two lanes: mean, attn (lane 0) or mlp (lane 1)", ("mean", "attn", "mlp"))
     gptj_parallel: bool = _f(False, "GPTJ_PARALLEL", "GPT-J block: x + attn(n(x)) + mlp(n(x)) (R31)")
     parallel_residual_start: int = _f(-1, "PARALLEL_RESIDUAL_START", "GPT-J blocks from this layer on (R35: 7); -1 disables (GPTJ_PARALLEL=1: every layer)", ">= -1")
+    smear_gate_weighs: str = _f("current", "PGOLF_SMEAR_GATE_WEIGHS", "the token SmearGate v1's sig(g) weighs: current "
+                                "(R15: sig(g) x_t + (1-sig(g)) x_{t-1}) or previous (R22, PR #1090: (1-sig(g)) x_t + sig(g) x_{t-1})",
+                                ("current", "previous"))
     smear_gate_init: float = _f(3.0, "PGOLF_SMEAR_GATE_INIT", "SmearGate v1 initial gate logit g: 3.0 (R15) or 0.0 (R22, an even blend at start)", FINITE)
     smear_after_norm: bool = _f(False, "PGOLF_SMEAR_AFTER_NORM", "SmearGate on the normed embedding (R22, PR #1090) instead of before the norm (R15, R44)")
     attn_out_gate_enabled: bool = _f(False, "ATTN_OUT_GATE_ENABLED", "per-head y *= 2 sig(W x[:w]), W zero-init (R39)")

@@ -29,7 +29,8 @@ def preset(name: str, source: str):
 
 @preset("baseline", "records/track_10min_16mb/2026-03-17_NaiveBaseline: 1.2244 val_bpb on 8xH100")
 def baseline() -> Config:
-    """The challenge's reference train_gpt.py, defaults unchanged: 9x512, sp1024, 17,059,912 params."""
+    """The challenge's reference train_gpt.py, defaults unchanged: 9x512, sp1024, 17,059,912 params.
+    Its ``final_model.pt`` loads as it is and gives its GPT's logits (tests/model/test_record_parity.py)."""
     cfg = Config()
     cfg.preset = "baseline"
     return cfg
@@ -77,6 +78,10 @@ def smeargate_orthoinit_muonwd() -> Config:
     Export: per-row int6 at the reference's percentile clip, the token embedding and the BigramHash
     table as fp16, zstd-22; int6 straight-through QAT of every linear from the first step (the same
     scheme as the export). Score: sliding windows of 1024, stride 64.
+
+    Its own ``final_model.pt`` loads as it is saved (``bigram_hash.*`` and ``smeargate.gate`` are
+    pgolf's ``bigram.*`` and ``smear.gate``; ``pgolf convert`` writes it back), and pgolf computes its
+    GPT's logits from it (tests/model/test_record_parity.py).
     """
     cfg = baseline()
     cfg.preset = "smeargate_orthoinit_muonwd"
@@ -105,6 +110,9 @@ def mlp3x_int8emb_seq2048() -> Config:
     QAT was on in its script (from 50% of training), but the timed run stopped at step 7,534, before
     step 10,000 where QAT would have started, so QAT stays off here.
 
+    Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
+    from it (tests/model/test_record_parity.py).
+
     Not here yet: the "QGv3" grouped serialization (pgolf writes its own container). The int6
     clip rule of PR #160 is not stated, so pgolf's default percentile clip is used.
     """
@@ -123,8 +131,12 @@ def mlp3x_int8emb_seq2048() -> Config:
         "openai/parameter-golf PR #1090 (swapp1990, non-record): 1.1573 val_bpb on 1xH100 PCIe in 4,850 s")
 def xsa_swiglu_lora_ttt_1xh100() -> Config:
     """PR #1090, non-record track: 11x512, SwiGLU MLP (hidden 1024 = 2/3 of 3x, rounded to 64), XSA
-    on the last 4 layers, SmearGate v1 applied to the normed embedding with a zero-init gate,
+    on the last 4 layers, SmearGate v1 applied to the normed embedding with a zero-init gate that
+    weighs the previous token (``(1 - sig(g)) x_t + sig(g) x_{t-1}``, PGOLF_SMEAR_GATE_WEIGHS=previous),
     U-Net skips, orthogonal init; 26,502,232 parameters with the train_gpt.py the PR ships.
+    Its own ``final_model.pt`` loads as it is saved (its SwiGLU ``mlp.gate`` and ``mlp.up`` are
+    stacked into pgolf's ``mlp.fc``; ``pgolf convert`` splits them again), and pgolf computes its
+    GPT's logits from it (tests/model/test_record_parity.py).
     Training as its command line: 1 GPU with grad accumulation 8, 4,850 s, batch 524,288 tokens of
     2048, warm-down 3000 steps, the reference LRs (0.04 matrix/scalar, 0.05 tied embedding). SWA:
     a uniform average of snapshots every 200 steps during the warm-down.
@@ -149,6 +161,7 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     m, t, e, q = cfg.model, cfg.train, cfg.eval, cfg.quant
     m.num_layers, m.mlp_activation, m.mlp_hidden, m.xsa_last_n = 11, "swiglu", 1024, 4
     m.use_smeargate, m.smear_gate_init, m.smear_after_norm, m.ortho_init = True, 0.0, True, True
+    m.smear_gate_weighs = "previous"  # its gate: (1 - sig(g)) x_t + sig(g) x_{t-1}
     t.max_wallclock_seconds = 4850.0  # grad accumulation: 8 // WORLD_SIZE, so 8 on its one GPU
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 524_288, 2048, 3000
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
@@ -164,7 +177,8 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     """R22: 11x512, MLP 3x LeakyReLU(0.5)^2, BigramHash 1536x128 (xor), XSA on the last 4 layers,
     partial RoPE 16/64 with the NTK base rescale (R22's rotary assumes 1024 and trains at 2048),
     LN scale, value embeddings (128) on layers 9 and 10, SmearGate v1 on the
-    normed embedding (zero-init gate), orthogonal init; 26,928,220 parameters, as its logs report.
+    normed embedding (zero-init gate weighing the previous token, PGOLF_SMEAR_GATE_WEIGHS=previous),
+    orthogonal init; 26,928,220 parameters, as its logs report.
     Training: batch 786,432 of 2048, warm-down 3500 steps, 9000 iterations at most, LRs 0.025
     matrix/scalar and 0.035 tied embedding, Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD
     0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3, EMA 0.997 (R22 also
@@ -178,6 +192,12 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     the linear layers outside the parameter banks (the BigramHash/VE projections), so its block
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
     QAT stays off here.
+
+    Its own ``final_model.pt`` loads as it is saved: its parameter banks (``qo_bank``, ``kv_bank``,
+    ``mlp_up_bank``, ``mlp_down_bank``) become pgolf's per-block matrices, ``bigram.embed`` and
+    ``ve_shared.embed`` its ``.table``, the ``ve_layer_scales`` list one vector; ``pgolf convert``
+    writes the banked file back. pgolf computes its GPT's logits from it
+    (tests/model/test_record_parity.py).
     """
     cfg = baseline()
     cfg.preset = "leakyrelu_ttt_parallel_muon"
@@ -187,6 +207,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     m.rope_yarn, m.rope_train_seq_len = True, 1024  # R22's Rotary rescales its base past 1024, so always at 2048
     m.ve_enabled, m.ve_dim, m.ve_layers = True, 128, "9,10"
     m.use_smeargate, m.smear_gate_init, m.smear_after_norm, m.ortho_init = True, 0.0, True, True
+    m.smear_gate_weighs = "previous"  # its gate: (1 - sig(g)) x_t + sig(g) x_{t-1}
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr = 0.025, 0.025, 0.035
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
     o.muon_wd, o.adam_wd, o.embed_wd, o.grad_clip_norm, o.muon_parallel = 0.04, 0.04, 0.04, 0.3, True
@@ -220,6 +241,9 @@ def sp8192_recur_parres_ttt() -> Config:
 
     GPTQ: full-Hessian rounding of the int6/int8 tensors (tied embedding included) from training
     batches collected inside the time budget, with its 12 s reserve.
+
+    Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
+    from it, loops on as evaluated (tests/model/test_record_parity.py).
 
     Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
@@ -266,6 +290,11 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
 
     Quantization: full-Hessian GPTQ (16 training batches inside the budget, 0.5 s reserve) and
     LQER, the asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
+
+    Its own ``final_model.pt`` loads as it is saved: its parameter banks become pgolf's per-block
+    matrices, ``smear_gate.weight`` and ``smear_lambda`` pgolf's ``smear.gate`` and ``smear.lam``;
+    ``pgolf convert`` writes the banked file back. pgolf computes its GPT's logits from it, with its
+    BOS-delimited varlen attention and loops on as evaluated (tests/model/test_record_parity.py).
 
     Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here), the
     per-token byte sidecar CaseOps scores against (pgolf scores with the tokenizer's byte LUT,

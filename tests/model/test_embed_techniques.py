@@ -62,6 +62,21 @@ def test_smeargate_v1_formula():
     assert torch.allclose(torch.sigmoid(SmearGateV1(4).gate), torch.full((4,), torch.sigmoid(torch.tensor(3.0)).item()))
 
 
+def test_smeargate_v1_weighing_the_previous_token_is_r22s_gate():
+    # R22 / PR #1090: (1 - sig(g)) x_t + sig(g) x_{t-1}; the same value of g smears the other way
+    gate, r15_gate = SmearGateV1(4, init=0.0, weighs="previous"), SmearGateV1(4)
+    g = torch.tensor([0.0, 1.0, -2.0, 3.0])
+    with torch.no_grad():
+        gate.gate.copy_(g)
+        r15_gate.gate.copy_(-g)
+    x = torch.randn(1, 5, 4)
+    ids = torch.full((1, 5), 7)
+    s = torch.sigmoid(g)
+    expected = (1 - s) * x + s * torch.cat((torch.zeros(1, 1, 4), x[:, :-1]), 1)
+    assert torch.allclose(gate(x, ids), expected)
+    assert torch.allclose(r15_gate(x, ids), expected)  # R15's form needs -g for it
+
+
 def test_smeargate_v2_formula_and_zero_init_identity():
     gate = SmearGateV2(window=3)
     x = torch.randn(1, 5, 8)

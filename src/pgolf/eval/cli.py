@@ -6,9 +6,10 @@ The final number is the last phase's. ``--json`` adds the wall time of every pha
 the weights to the final number, compared with the 600 s evaluation limit (see pgolf.eval.timing).
 
 Accepted weights: a pgolf artifact (``model.pgolf``, carries its config), a pgolf checkpoint
-(``checkpoint.safetensors``, carries its config), or the reference's ``final_model.pt`` /
-``final_model.int8.ptz`` (read with ``torch.load(weights_only=True)``; give ``--preset``).
-Nothing loaded here can execute code.
+(``checkpoint.safetensors``, carries its config), the reference's ``final_model.pt`` /
+``final_model.int8.ptz``, or a record's own ``final_model.pt`` as its script saves it (banked
+or not, its key names; give the record's ``--preset``; see pgolf.export.record_layout). Torch
+files are read with ``torch.load(weights_only=True)``: nothing loaded here can execute code.
 """
 
 from __future__ import annotations
@@ -230,22 +231,35 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     return phases
 
 
-def _load_into(model, state: dict, args: argparse.Namespace) -> None:
-    from pgolf.errors import PgolfError
+def _load_into(model, state: dict, args: argparse.Namespace) -> dict:
+    """Load ``state`` (pgolf's layout, or the layout of the record the preset reproduces) into
+    ``model``; returns it in pgolf's layout."""
+    state = _fitted_state(model.state_dict(), state, args)
+    model.load_state_dict(state, strict=True)
+    return state
 
-    expected = model.state_dict()
+
+def _fitted_state(expected: dict, state: dict, args: argparse.Namespace) -> dict:
+    """``state`` in pgolf's layout, with exactly the keys and shapes of ``expected``, or PgolfError."""
+    from pgolf.errors import PgolfError
+    from pgolf.export.record_layout import in_pgolf_layout, layout_for
+
+    state = in_pgolf_layout(state, expected, args.preset)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     where = args.artifact or args.checkpoint
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise PgolfError(f"{where}: weights do not fit preset {args.preset!r} ({detail}); pass the right --preset/--set")
+        layout = layout_for(args.preset)
+        layouts = f"pgolf's layout nor {layout.record}'s" if layout and layout.steps else "pgolf's layout"
+        raise PgolfError(f"{where}: weights do not fit preset {args.preset!r} in {layouts} ({detail}); "
+                         "pass the right --preset/--set")
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise PgolfError(
                 f"{where}: {name} has shape {tuple(tensor.shape)}, the config expects {tuple(expected[name].shape)}"
             )
-    model.load_state_dict(state, strict=True)
+    return state
 
 
 def _save_npy(path: Path, array) -> None:
@@ -262,7 +276,8 @@ def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """What to score and on what: the weights, their config, the val shards and tokenizer, the window."""
     weights = parser.add_mutually_exclusive_group(required=True)
     weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
-    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors or the reference's final_model.pt")
+    weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors, or the reference's or a record's own "
+                                               "final_model.pt (with that record's --preset)")
     add_config_arguments(parser, default_preset=None)
     parser.add_argument("--val", help="val shard file, directory or glob (default: the config's DATA_PATH or VAL_FILES)")
     parser.add_argument("--tokenizer", help="SentencePiece .model (default: the config's TOKENIZER_PATH)")

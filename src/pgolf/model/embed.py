@@ -7,8 +7,10 @@
   with prev = 0 at position 0, table std 0.01, no scale. With the BOS fix a BOS token hashes
   as a first position, so no pair spans two documents.
 * SmearGate v1 (R15, PR #65/#102): ``x_t = sig(g) x_t + (1 - sig(g)) x_{t-1}``, per-dim g (init 3).
-  R22 writes it as ``(1 - sig(a)) x_t + sig(a) x_{t-1}`` with a = 0 at init: the same gate with
-  g = -a, so it is ``PGOLF_SMEAR_GATE_INIT=0`` here.
+  R22 and PR #1090 turn the gate round, ``(1 - sig(g)) x_t + sig(g) x_{t-1}`` with g = 0 at init
+  (``PGOLF_SMEAR_GATE_WEIGHS=previous``, ``PGOLF_SMEAR_GATE_INIT=0``). The two forms compute the
+  same functions, but a trained g of one is -g of the other, so each record's checkpoint needs
+  its own form.
 * SmearGate v2 (R39, PR #1667): ``x_t += lam * sig(W x_t[:w]) x_{t-1}``, W and lam zero-init.
 * SmearGate BOS fix (R45, PR #1851): the previous-token term is multiplied by
   ``input_ids[t] != BOS``, so the last token of one document never leaks into the next.
@@ -79,17 +81,24 @@ def not_bos(input_ids: Tensor, bos_id: int | None, dtype: torch.dtype) -> Tensor
     return None if bos_id is None else (input_ids != bos_id).to(dtype)[..., None]
 
 
+SMEAR_GATE_WEIGHS = ("current", "previous")
+
+
 class SmearGateV1(nn.Module):
-    def __init__(self, dim: int, bos_id: int | None = None, init: float = 3.0):
+    def __init__(self, dim: int, bos_id: int | None = None, init: float = 3.0, weighs: str = "current"):
         super().__init__()
+        if weighs not in SMEAR_GATE_WEIGHS:
+            raise ValueError(f"unknown SmearGate side {weighs!r}")
         self.bos_id = bos_id
+        self.weighs_previous = weighs == "previous"
         self.gate = nn.Parameter(torch.full((dim,), init, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         g = torch.sigmoid(self.gate).to(x.dtype)
-        prev = (1.0 - g) * previous(x)
+        current_weight, previous_weight = (1.0 - g, g) if self.weighs_previous else (g, 1.0 - g)
+        prev = previous_weight * previous(x)
         keep = not_bos(input_ids, self.bos_id, x.dtype)
-        return g * x + (prev if keep is None else prev * keep)
+        return current_weight * x + (prev if keep is None else prev * keep)
 
 
 class SmearGateV2(nn.Module):

@@ -81,7 +81,7 @@ class GPT(nn.Module):
             cfg.bigram_vocab_size, cfg.bigram_dim, cfg.model_dim, cfg.bigram_hash, cfg.bigram_scale,
             cfg.bigram_init_std, bos if cfg.bigram_bos_fix else None)
         smear_bos = bos if cfg.smear_bos_fix else None
-        self.smear = (SmearGateV1(cfg.model_dim, smear_bos, cfg.smear_gate_init) if cfg.use_smeargate
+        self.smear = (SmearGateV1(cfg.model_dim, smear_bos, cfg.smear_gate_init, cfg.smear_gate_weighs) if cfg.use_smeargate
                       else SmearGateV2(cfg.gate_window, smear_bos) if cfg.smear_gate_enabled else None)
         # Virtual layer orders for 0..NUM_LOOPS extra passes; the U-Net is sized for the longest.
         self.layer_orders = [looped_layer_order(cfg.num_layers, cfg.loop_start, cfg.loop_end, n)

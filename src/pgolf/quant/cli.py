@@ -68,6 +68,7 @@ def _sweep(args: argparse.Namespace) -> int:
     tokens = trim_to_windows(load_eval_tokens(args, cfg), seq_len, args.max_tokens)
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
     model = build_model(cfg.model, device)
+    state = _load_into(model, state, args)  # a record's own layout becomes pgolf's before quantizing
 
     def score(weights: dict) -> float:
         _load_into(model, weights, args)
