@@ -33,7 +33,7 @@ def test_real_val_prefix_passes(real_report):
     r = real_report
     assert r.ok, "\n".join(r.lines())
     assert (r.docs, r.tokens, r.targets) == (VAL_PREFIX_DOCS, VAL_PREFIX_TOKENS, VAL_PREFIX_TOKENS - 1)
-    assert r.rule_bytes == r.decoded_bytes and r.boundary_bytes == 0 and r.mismatched_docs == 0
+    assert r.rule_bytes == r.text_bytes and r.boundary_bytes == 0 and r.mismatched_docs == 0
     assert r.truncated_tail_bytes == 0  # the prefix is cut inside ASCII text
     assert r.tokens_per_byte == pytest.approx(0.41531, abs=5e-6)  # the figure in shared/data/README.md
 
@@ -71,7 +71,7 @@ def test_byte_fallback_counted_as_three_bytes_is_caught(sp, sp1024_model, val_pr
 
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, base_bytes=three))
     assert not r.ok and r.mismatched_docs > 0
-    assert all(m.rule_bytes > m.decoded_bytes for m in r.mismatches)
+    assert all(m.rule_bytes > m.text_bytes for m in r.mismatches)
     assert len(r.mismatches) <= 10 and any(line.startswith("FAIL") for line in r.lines())
 
 
@@ -88,7 +88,7 @@ def test_leading_space_never_counted_is_caught(sp, sp1024_model, val_prefix_shar
         lead[:] = False
 
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, has_leading_space=drop))
-    assert not r.ok and all(m.rule_bytes < m.decoded_bytes for m in r.mismatches)
+    assert not r.ok and all(m.rule_bytes < m.text_bytes for m in r.mismatches)
 
 
 def test_bytes_charged_to_bos_targets_are_caught(sp, sp1024_model, val_prefix_shard):
@@ -98,7 +98,7 @@ def test_bytes_charged_to_bos_targets_are_caught(sp, sp1024_model, val_prefix_sh
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, base_bytes=charge_bos))
     # Each document alone still adds up; only the stream total exposes the 901 charged BOS targets.
     assert r.mismatched_docs == 0 and r.boundary_bytes == VAL_PREFIX_DOCS - 1
-    assert r.rule_bytes == r.decoded_bytes + VAL_PREFIX_DOCS - 1 and not r.ok
+    assert r.rule_bytes == r.text_bytes + VAL_PREFIX_DOCS - 1 and not r.ok
 
 
 def test_leading_space_always_counted_is_caught_where_a_doc_starts_with_one(sp, sp1024_model, tmp_path):
@@ -113,7 +113,7 @@ def test_leading_space_always_counted_is_caught_where_a_doc_starts_with_one(sp, 
         boundary[:] = False
 
     r = audit(sp1024_model, tmp_path, table=wrong_table(sp, is_boundary=never_boundary))
-    assert not r.ok and [(m.doc, m.rule_bytes, m.decoded_bytes) for m in r.mismatches] == [(0, 15, 14)]
+    assert not r.ok and [(m.doc, m.rule_bytes, m.text_bytes) for m in r.mismatches] == [(0, 15, 14)]
 
 
 def test_stream_cut_inside_a_byte_fallback_character(sp, sp1024_model, tmp_path):
@@ -166,14 +166,14 @@ def test_cli_audit_json(sp1024_model, val_prefix_shard, run_pgolf):
     )
     report = json.loads(out)
     assert code == 0 and report["ok"] is True and report["docs"] == VAL_PREFIX_DOCS
-    assert report["rule_bytes"] == report["decoded_bytes"]
+    assert report["rule_bytes"] == report["text_bytes"]
 
 
 def test_cli_audit_mismatch_exits_1(sp, sp1024_model, tmp_path, run_pgolf):
     tokens = [1] + sp.encode("bad") + [3]
     write_shard(tmp_path / "fineweb_val_000000.bin", np.array(tokens, dtype=np.uint16))
     code, out, _ = run_pgolf(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)])
-    assert code == 1 and "doc 0 (4 tokens): rule 3 bytes, decoded 8 bytes" in out and "FAIL" in out
+    assert code == 1 and "doc 0 (4 tokens): charged 3 bytes, text 8 bytes" in out and "FAIL" in out
 
 
 def test_cli_audit_bad_stream_exits_2_with_one_line(sp1024_model, tmp_path, run_pgolf):

@@ -124,17 +124,12 @@ def _apply_eval_flags(cfg, args: argparse.Namespace) -> None:
 
 
 def _load_eval_data(args: argparse.Namespace, cfg, device):
-    from pgolf.data.shards import load_tokens
-    from pgolf.eval.evaluate import trim_to_windows
-    from pgolf.tokenizer.luts import build_byte_table
-    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+    from pgolf.eval.valdata import load_validation
 
-    tokenizer = args.tokenizer or cfg.data.tokenizer_path
-    sp = load_tokenizer(tokenizer)
-    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
     seq_len = args.seq_len or cfg.eval_seq_len
-    tokens = trim_to_windows(load_tokens(args.val or cfg.data.val_glob(), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
-    return sp, tokens, build_byte_table(sp, cfg.model.vocab_size).to_torch(device), seq_len
+    val = load_validation(args.tokenizer or cfg.data.tokenizer_path, args.val or cfg.data.val_glob(), cfg.model.vocab_size,
+                          seq_len, args.max_tokens, device)
+    return val.sp, val.tokens, val.table, seq_len
 
 
 def _build(cfg, state, args, device):
