@@ -67,7 +67,7 @@ def test_eval(own_shards, sp1024_model, tmp_path, run_pgolf):
 def test_train(own_shards, sp1024_model, val_prefix_shard, train_sample_dir, tmp_path, run_pgolf, mismatched):
     data = {"val": [f"DATA_PATH={train_sample_dir}", f"VAL_FILES={own_shards}/fineweb_val_*.bin"],
             "train": [f"DATA_PATH={own_shards}", f"VAL_FILES={val_prefix_shard}"]}[mismatched]
-    sets = [f"--set={s}" for s in (*data, f"TOKENIZER_PATH={sp1024_model}", "ITERATIONS=1")]
+    sets = [f"--set={s}" for s in (*data, f"TOKENIZER_PATH={sp1024_model}", "ITERATIONS=1", "VAL_MAX_TOKENS=1024")]
     code, _, err = run_pgolf(["train", "--preset", "tiny_cpu", *sets, "--runs-dir", str(tmp_path / "runs")])
     assert_refused_in_one_line(code, err, sp1024_model, own_shards)
     assert not (tmp_path / "runs").exists()  # refused before anything is written

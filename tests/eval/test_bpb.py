@@ -126,6 +126,7 @@ def sidecar_table(stream: np.ndarray, seed: int = 0):
 
 def test_a_sidecar_charges_each_target_its_own_position():
     stream = np.random.default_rng(1).integers(0, 5, size=61).astype(np.uint16)
+    stream[0], stream[56], stream[60] = 0, 2, 2  # a BOS first (0 bytes), then targets that cost bytes where windows end
     table, counts = sidecar_table(stream)
     standard = evaluate(PrevTokenModel(6), trim_to_windows(stream, 7), 7, table, batch_tokens=14).score
     assert standard.bytes == int(counts[1 : 56 + 1].sum())  # 8 windows of 7: targets at positions 1..56
