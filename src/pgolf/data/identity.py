@@ -20,28 +20,21 @@ from pgolf.errors import PgolfError
 MANIFEST_NAME = "manifest.json"
 
 
-def prepare_manifest(folder: Path) -> dict | None:
-    """The ``pgolf data prepare`` manifest of a shard folder (one whose tokenizer entry has a sha256), else None."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PgolfError(f"{path}: unreadable manifest ({type(exc).__name__})") from None
-    tokenizer = manifest.get("tokenizer") if isinstance(manifest, dict) else None
-    if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("sha256"), str):
-        return None  # another exporter's manifest: records no checkable tokenizer
-    return manifest
-
-
 def manifests_of(files: list[Path]) -> list[tuple[Path, dict]]:
-    """(manifest path, manifest) of every distinct folder of ``files`` that has a prepare manifest."""
+    """(path, manifest) of every distinct folder of ``files`` with a ``pgolf data prepare`` manifest
+    (one whose tokenizer entry has a sha256; another exporter's records no checkable tokenizer)."""
     found = []
     for folder in dict.fromkeys(Path(f).resolve().parent for f in files):
-        manifest = prepare_manifest(folder)
-        if manifest is not None:
-            found.append((folder / MANIFEST_NAME, manifest))
+        path = folder / MANIFEST_NAME
+        if not path.is_file():
+            continue
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            raise PgolfError(f"{path}: unreadable manifest ({type(exc).__name__})") from None
+        tokenizer = manifest.get("tokenizer") if isinstance(manifest, dict) else None
+        if isinstance(tokenizer, dict) and isinstance(tokenizer.get("sha256"), str):
+            found.append((path, manifest))
     return found
 
 
@@ -59,8 +52,6 @@ def check_tokenizer(files: list[Path], tokenizer: str | os.PathLike) -> None:
 
 
 def recorded_transform(files: list[Path]) -> str | None:
-    """The text transform the manifests of ``files`` record (None when none records one)."""
-    transforms = {m.get("text_transform") for _, m in manifests_of(files)} - {None, "none"}
-    if len(transforms) > 1:
-        raise PgolfError(f"{files[0].parent}: the shards' manifests record different text transforms {sorted(transforms)}")
-    return next(iter(transforms), None)
+    """The text transform a manifest of ``files`` records (None when none records one)."""
+    transforms = [m.get("text_transform") for _, m in manifests_of(files)]
+    return next((t for t in transforms if t not in (None, "none")), None)

@@ -9,7 +9,6 @@ charges target ``t`` (the token at stream position ``t + 1``) exactly its sideca
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from pgolf.data.shards import SIDECAR_PREFIX, read_header, read_shard, write_shard
 from pgolf.errors import PgolfError
 
-_VAL_SHARD = re.compile(r"fineweb_val_(\d+)\.bin")
+VAL_PREFIX = "fineweb_val_"
 BOS_ID = 1
 
 
@@ -28,8 +27,10 @@ def is_sidecar(path: str | Path) -> bool:
 def sidecar_path(val_shard: str | Path) -> Path | None:
     """The sidecar that belongs to a ``fineweb_val_NNNNNN.bin`` shard (None for any other name)."""
     val_shard = Path(val_shard)
-    match = _VAL_SHARD.fullmatch(val_shard.name)
-    return val_shard.with_name(f"{SIDECAR_PREFIX}{match.group(1)}.bin") if match else None
+    number = val_shard.name[len(VAL_PREFIX) : -len(".bin")]
+    if val_shard.name.startswith(VAL_PREFIX) and val_shard.suffix == ".bin" and number.isdigit():
+        return val_shard.with_name(f"{SIDECAR_PREFIX}{number}.bin")
+    return None
 
 
 def write_sidecar(val_shard: str | Path, counts: np.ndarray) -> Path:
@@ -49,7 +50,7 @@ def sidecars_of(val_files: list[Path]) -> list[Path] | None:
         return None
     if not all(present):
         lacking = val_files[present.index(False)]
-        raise PgolfError(f"{lacking}: this val shard has no byte sidecar {SIDECAR_PREFIX}*.bin, but others of the set do")
+        raise PgolfError(f"{lacking}: no byte sidecar {SIDECAR_PREFIX}*.bin, though other val shards have one")
     return paths
 
 
