@@ -248,8 +248,8 @@ def audit(
 
     sp = load_tokenizer(tokenizer)
     vocab = int(sp.vocab_size())
+    check_tokenizer(resolve_shards(val_spec, "val"), tokenizer)  # before the ids: the likelier cause
     files, tokens = load_val_stream(val_spec, vocab)
-    check_tokenizer(files, tokenizer)
     caseops = is_caseops_tokenizer(sp) or recorded_transform(files) is not None
     if docs is not None and not caseops:
         raise PgolfError(f"{docs}: source documents are for CaseOps val sets; {val_spec} is compared with its decoded text")
