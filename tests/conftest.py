@@ -112,3 +112,202 @@ def oracle():
     from oracles import import_oracle
 
     return import_oracle
+
+
+# -- oracles: the reference and record scripts, imported (never copied) -------------------------
+# PGOLF_ORACLES (default ../shared/oracles beside the checkout); absent -> the test is skipped.
+
+R44_FOLDER = "R44_sp8192_lqer_sparsegate_bossmear"
+R44_TOKENIZER = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
+CASEOPS_VAL_PREFIX_DOCS = 300  # val-prefix docs in the CaseOps oracle data (issue 16's measurement)
+CASEOPS_RAW_VAL_DOCS = 20  # raw docs (newlines, capitals, NFKC-changed characters) after them, still val
+CASEOPS_TRAIN_DOCS = 10
+
+
+def oracles_dir() -> Path:
+    return Path(os.environ.get("PGOLF_ORACLES", REPO_ROOT.parent / "shared" / "oracles"))
+
+
+def import_script(path: Path, name: str):
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _oracle_file(*parts: str) -> Path:
+    path = oracles_dir().joinpath(*parts)
+    if not path.is_file():
+        pytest.skip(f"oracle {path} not found (set PGOLF_ORACLES to the oracles folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_script():
+    """The reference train_gpt.py as a module (its main() is behind a __main__ guard)."""
+    return import_script(_oracle_file("reference", "train_gpt.py"), "oracle_reference_train_gpt")
+
+
+@pytest.fixture(scope="session")
+def r44_tokenizer() -> Path:
+    return _oracle_file(R44_FOLDER, R44_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def lossless_caps():
+    """R44's own case transform (lossless_caps.py)."""
+    return import_script(_oracle_file(R44_FOLDER, "lossless_caps.py"), "lossless_caps")
+
+
+@pytest.fixture(scope="session")
+def r44_prepare(lossless_caps):
+    """R44's prepare_caseops_data.py, whose SentencePiece calls the removed ``encode_as_immutable_proto``:
+    its ``spm`` is given a processor that provides it from SentencePiece's own serialized proto."""
+    import types
+
+    module = import_script(_oracle_file(R44_FOLDER, "prepare_caseops_data.py"), "oracle_prepare_caseops_data")
+    module.spm = types.SimpleNamespace(SentencePieceProcessor=ProtoSurfaces)
+    return module
+
+
+class _Piece:
+    def __init__(self, surface: str):
+        self.surface = surface
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    if data[pos] < 0x80:  # most keys and lengths: one byte
+        return data[pos], pos + 1
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _skip(data: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        return _varint(data, pos)[1]
+    if wire == 2:
+        size, pos = _varint(data, pos)
+        return pos + size
+    if wire in (1, 5):
+        return pos + (8 if wire == 1 else 4)
+    raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def _surface_pieces(sp, text: str) -> list[_Piece]:
+    """Each piece's surface, read from SentencePiece's serialized SentencePieceText
+    (field 2: the pieces; in each, field 3: its surface, absent when empty)."""
+    data = sp.encode(text, out_type="serialized_proto")
+    pieces, pos = [], 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        if key != 0x12:  # not a piece (field 2, length-delimited)
+            pos = _skip(data, pos, key & 7)
+            continue
+        size, pos = _varint(data, pos)
+        end, surface = pos + size, b""
+        while pos < end:
+            key, pos = _varint(data, pos)
+            if key == 0x1A:  # field 3, length-delimited: the surface
+                length, pos = _varint(data, pos)
+                surface, pos = data[pos : pos + length], pos + length
+            else:
+                pos = _skip(data, pos, key & 7)
+        pieces.append(_Piece(surface.decode("utf-8")))
+    return pieces
+
+
+def _sentencepiece_processor():
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor
+
+
+class ProtoSurfaces(_sentencepiece_processor()):
+    """SentencePieceProcessor with the ``encode_as_immutable_proto(text).pieces[i].surface`` of older versions."""
+
+    def encode_as_immutable_proto(self, text: str):
+        import types
+
+        return types.SimpleNamespace(pieces=_surface_pieces(self, text))
+
+
+def caseops_oracle_docs(shared: Path) -> list[str]:
+    import itertools
+    import json
+
+    def texts(name: str, count: int, skip: int = 0) -> list[str]:
+        with (shared / "docs" / name).open(encoding="utf-8") as f:
+            return [json.loads(line)["text"] for line in itertools.islice(f, skip, skip + count)]
+
+    return (texts("fineweb_val_prefix_docs.jsonl", CASEOPS_VAL_PREFIX_DOCS)
+            + texts("fineweb_docs_selected_sample200.jsonl", CASEOPS_RAW_VAL_DOCS + CASEOPS_TRAIN_DOCS))
+
+
+@pytest.fixture(scope="session")
+def record_caseops_data(shared_data, r44_prepare, r44_tokenizer, tmp_path_factory):
+    """(folder of CaseOps shards + val byte sidecar built by the record's own prepare_caseops_data.main(), the docs file).
+
+    Val: the first 300 val-prefix docs, then 20 raw FineWeb docs; train: 10 more raw docs.
+    """
+    import json
+    import sys
+
+    root = tmp_path_factory.mktemp("record_caseops")
+    docs = root / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in caseops_oracle_docs(shared_data)), encoding="utf-8")
+    argv = sys.argv
+    sys.argv = ["prepare_caseops_data.py", "--docs", str(docs), "--out", str(root / "out"), "--sp", str(r44_tokenizer),
+                "--val-docs", str(CASEOPS_VAL_PREFIX_DOCS + CASEOPS_RAW_VAL_DOCS)]
+    try:
+        r44_prepare.main()
+    finally:
+        sys.argv = argv
+    return root / "out" / "datasets" / "fineweb10B_sp8192_lossless_caps_caseops_v1_reserved", docs
+
+
+@pytest.fixture(scope="session")
+def r44_script():
+    """R44's train_gpt.py as a module, with a stand-in flash_attn_interface (nothing here calls attention)."""
+    import sys
+    import types
+
+    if "oracle_r44_train_gpt" in sys.modules:
+        return sys.modules["oracle_r44_train_gpt"]
+    stand_in = types.ModuleType("flash_attn_interface")
+
+    def no_attention(*args, **kwargs):
+        raise RuntimeError("FlashAttention stand-in: not for use in these tests")
+
+    stand_in.flash_attn_func = stand_in.flash_attn_varlen_func = no_attention
+    real = sys.modules.get("flash_attn_interface")
+    sys.modules["flash_attn_interface"] = stand_in
+    try:
+        return import_script(_oracle_file(R44_FOLDER, "train_gpt.py"), "oracle_r44_train_gpt")
+    finally:  # pgolf's backend check imports it: leave no stand-in behind
+        if real is None:
+            sys.modules.pop("flash_attn_interface", None)
+        else:
+            sys.modules["flash_attn_interface"] = real
+
+
+@pytest.fixture(scope="session")
+def pgolf_caseops_data(record_caseops_data, r44_tokenizer, tmp_path_factory) -> Path:
+    """The same documents as ``record_caseops_data`` through ``pgolf data prepare`` (CaseOps from the tokenizer)."""
+    from pgolf.data.prepare import prepare
+
+    _, docs = record_caseops_data
+    out = tmp_path_factory.mktemp("pgolf_caseops") / "data"
+    prepare(docs, out, tokenizer=r44_tokenizer, val_docs=CASEOPS_VAL_PREFIX_DOCS + CASEOPS_RAW_VAL_DOCS, progress=False)
+    return out

@@ -138,12 +138,15 @@ def check_compressors() -> Finding:
 
 
 def check_data(cfg) -> list[Finding]:
-    """The configuration's tokenizer, train and val shards: present, readable and agreeing on the vocab."""
+    """The configuration's tokenizer, train and val shards: present, readable, agreeing on the vocab, made
+    with this tokenizer (as their manifest records), and for a CaseOps val set with its byte sidecar."""
+    from pgolf.data.identity import check_tokenizer
     from pgolf.data.shards import read_header, resolve_shards
     from pgolf.errors import PgolfError
+    from pgolf.eval.valdata import check_val_bytes
     from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
-    found = []
+    found, sp = [], None
     try:
         sp = load_tokenizer(cfg.data.tokenizer_path)
         check_vocab_size(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
@@ -154,9 +157,17 @@ def check_data(cfg) -> list[Finding]:
         try:
             files = resolve_shards(spec, split)
             tokens = sum(read_header(f) for f in files)
-            found.append(Finding(f"{split} shards", OK, f"{len(files)} file(s), {tokens:,} tokens ({spec})"))
         except PgolfError as exc:
             found.append(Finding(f"{split} shards", FAIL, f"{exc} (`pgolf data download` fetches the shards)"))
+            continue
+        try:
+            if sp is not None:  # made with this tokenizer; a CaseOps val set has its byte sidecar
+                check_tokenizer(files, cfg.data.tokenizer_path)
+                if split == "val":
+                    check_val_bytes(sp, files)
+            found.append(Finding(f"{split} shards", OK, f"{len(files)} file(s), {tokens:,} tokens ({spec})"))
+        except PgolfError as exc:
+            found.append(Finding(f"{split} shards", FAIL, str(exc)))
     return found
 
 

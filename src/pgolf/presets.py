@@ -285,8 +285,10 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     a time), 3 global SGD phases over a 2,500-document prefix (lr 0.001, momentum 0.9).
 
     Needs the SP8192 CaseOps data and tokenizer
-    (``fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model``, shipped in the record folder;
-    shards built with its ``prepare_caseops_data.py``), at the paths set below.
+    (``fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model``, shipped in the record folder),
+    at the paths set below: shards built with its ``prepare_caseops_data.py``, or by ``pgolf data
+    prepare --tokenizer`` that model (the same shards and per-token byte sidecar). val_bpb counts the
+    original text's bytes from the sidecar, as the record does.
 
     Quantization: full-Hessian GPTQ (16 training batches inside the budget, 0.5 s reserve) and
     LQER, the asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
@@ -296,9 +298,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     ``pgolf convert`` writes the banked file back. pgolf computes its GPT's logits from it, with its
     BOS-delimited varlen attention and loops on as evaluated (tests/model/test_record_parity.py).
 
-    Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here), the
-    per-token byte sidecar CaseOps scores against (pgolf scores with the tokenizer's byte LUT,
-    which is not the original-byte count for CaseOps text), TTT LoRA on K, O and the MLP, the TTT
+    Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here),
+    TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
     packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
     off here until a GPU has measured them.

@@ -1,5 +1,5 @@
-"""The byte audit: the val_bpb byte rule equals decoded UTF-8 length on the real val prefix,
-and deliberately wrong rules are caught."""
+"""The byte audit: the val_bpb byte rule equals decoded UTF-8 length on the real val prefix, a CaseOps
+val set's charged bytes equal its original text's (R44's own data), and deliberately wrong rules are caught."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pgolf.data.audit import audit
 from pgolf.data.shards import read_shard, write_shard
 from pgolf.errors import PgolfError
 from pgolf.tokenizer.luts import build_byte_table
+from tests.conftest import CASEOPS_RAW_VAL_DOCS, CASEOPS_VAL_PREFIX_DOCS
 
 VAL_PREFIX_TOKENS = 1_040_298
 VAL_PREFIX_DOCS = 902
@@ -33,7 +34,8 @@ def test_real_val_prefix_passes(real_report):
     r = real_report
     assert r.ok, "\n".join(r.lines())
     assert (r.docs, r.tokens, r.targets) == (VAL_PREFIX_DOCS, VAL_PREFIX_TOKENS, VAL_PREFIX_TOKENS - 1)
-    assert r.rule_bytes == r.decoded_bytes and r.boundary_bytes == 0 and r.mismatched_docs == 0
+    assert r.rule_bytes == r.text_bytes and r.boundary_bytes == 0 and r.mismatched_docs == 0
+    assert r.text_source == "decoded text"
     assert r.truncated_tail_bytes == 0  # the prefix is cut inside ASCII text
     assert r.tokens_per_byte == pytest.approx(0.41531, abs=5e-6)  # the figure in shared/data/README.md
 
@@ -71,7 +73,7 @@ def test_byte_fallback_counted_as_three_bytes_is_caught(sp, sp1024_model, val_pr
 
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, base_bytes=three))
     assert not r.ok and r.mismatched_docs > 0
-    assert all(m.rule_bytes > m.decoded_bytes for m in r.mismatches)
+    assert all(m.rule_bytes > m.text_bytes for m in r.mismatches)
     assert len(r.mismatches) <= 10 and any(line.startswith("FAIL") for line in r.lines())
 
 
@@ -88,7 +90,7 @@ def test_leading_space_never_counted_is_caught(sp, sp1024_model, val_prefix_shar
         lead[:] = False
 
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, has_leading_space=drop))
-    assert not r.ok and all(m.rule_bytes < m.decoded_bytes for m in r.mismatches)
+    assert not r.ok and all(m.rule_bytes < m.text_bytes for m in r.mismatches)
 
 
 def test_bytes_charged_to_bos_targets_are_caught(sp, sp1024_model, val_prefix_shard):
@@ -98,7 +100,7 @@ def test_bytes_charged_to_bos_targets_are_caught(sp, sp1024_model, val_prefix_sh
     r = audit(sp1024_model, val_prefix_shard, table=wrong_table(sp, base_bytes=charge_bos))
     # Each document alone still adds up; only the stream total exposes the 901 charged BOS targets.
     assert r.mismatched_docs == 0 and r.boundary_bytes == VAL_PREFIX_DOCS - 1
-    assert r.rule_bytes == r.decoded_bytes + VAL_PREFIX_DOCS - 1 and not r.ok
+    assert r.rule_bytes == r.text_bytes + VAL_PREFIX_DOCS - 1 and not r.ok
 
 
 def test_leading_space_always_counted_is_caught_where_a_doc_starts_with_one(sp, sp1024_model, tmp_path):
@@ -113,7 +115,7 @@ def test_leading_space_always_counted_is_caught_where_a_doc_starts_with_one(sp, 
         boundary[:] = False
 
     r = audit(sp1024_model, tmp_path, table=wrong_table(sp, is_boundary=never_boundary))
-    assert not r.ok and [(m.doc, m.rule_bytes, m.decoded_bytes) for m in r.mismatches] == [(0, 15, 14)]
+    assert not r.ok and [(m.doc, m.rule_bytes, m.text_bytes) for m in r.mismatches] == [(0, 15, 14)]
 
 
 def test_stream_cut_inside_a_byte_fallback_character(sp, sp1024_model, tmp_path):
@@ -166,17 +168,99 @@ def test_cli_audit_json(sp1024_model, val_prefix_shard, run_pgolf):
     )
     report = json.loads(out)
     assert code == 0 and report["ok"] is True and report["docs"] == VAL_PREFIX_DOCS
-    assert report["rule_bytes"] == report["decoded_bytes"]
+    assert report["rule_bytes"] == report["text_bytes"]
 
 
 def test_cli_audit_mismatch_exits_1(sp, sp1024_model, tmp_path, run_pgolf):
     tokens = [1] + sp.encode("bad") + [3]
     write_shard(tmp_path / "fineweb_val_000000.bin", np.array(tokens, dtype=np.uint16))
     code, out, _ = run_pgolf(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)])
-    assert code == 1 and "doc 0 (4 tokens): rule 3 bytes, decoded 8 bytes" in out and "FAIL" in out
+    assert code == 1 and "doc 0 (4 tokens): charged 3 bytes, text 8 bytes" in out and "FAIL" in out
 
 
 def test_cli_audit_bad_stream_exits_2_with_one_line(sp1024_model, tmp_path, run_pgolf):
     write_shard(tmp_path / "fineweb_val_000000.bin", np.array([9, 1, 2], dtype=np.uint16))
     code, _, err = run_pgolf(["data", "audit", "--tokenizer", str(sp1024_model), "--val", str(tmp_path)])
     assert code == 2 and err.count("\n") == 1 and "not BOS=1" in err
+
+
+# -- CaseOps: a transformed-text tokenizer; the reference is the original text ------------------------
+
+
+@pytest.fixture(scope="module")
+def caseops_sp(r44_tokenizer):
+    return spm.SentencePieceProcessor(model_file=str(r44_tokenizer))
+
+
+def doc_bytes(docs_file) -> int:
+    return sum(len(json.loads(line)["text"].encode("utf-8")) for line in docs_file.read_text().splitlines())
+
+
+def test_caseops_set_from_prepare_matches_its_source_documents(pgolf_caseops_data, r44_tokenizer, record_caseops_data):
+    _, docs = record_caseops_data
+    r = audit(r44_tokenizer, pgolf_caseops_data)  # the manifest names the documents
+    assert r.ok, "\n".join(r.lines())
+    assert r.text_source == "source documents" and r.docs == CASEOPS_VAL_PREFIX_DOCS + CASEOPS_RAW_VAL_DOCS
+    val_docs = "\n".join(docs.read_text().splitlines()[: r.docs])
+    assert r.rule_bytes == r.text_bytes == sum(len(json.loads(x)["text"].encode()) for x in val_docs.splitlines())
+
+
+def test_records_caseops_set_is_checked_against_its_sidecar_or_given_documents(record_caseops_data, r44_tokenizer):
+    folder, docs = record_caseops_data
+    bare = audit(r44_tokenizer, folder)  # no manifest: the sidecar is the reference
+    assert bare.ok and bare.text_source == "byte sidecar"
+    with_docs = audit(r44_tokenizer, folder, docs=docs)
+    assert with_docs.ok and with_docs.text_source == "source documents" and with_docs.text_bytes == bare.text_bytes
+
+
+def test_case_operators_charged_as_text_fail(record_caseops_data, r44_tokenizer, caseops_sp):
+    """The old behaviour (the tokenizer's byte rule on CaseOps text) against the original text: every
+    document with a capital is over-charged, by 3 bytes per operator."""
+    folder, docs = record_caseops_data
+    for reference in (None, docs):  # against the sidecar, and against the documents
+        r = audit(r44_tokenizer, folder, table=build_byte_table(caseops_sp), docs=reference)
+        assert not r.ok and r.mismatched_docs > 0.95 * r.docs
+        assert all(m.rule_bytes > m.text_bytes and (m.rule_bytes - m.text_bytes) % 3 == 0 for m in r.mismatches)
+        assert r.rule_bytes / r.text_bytes == pytest.approx(1.09, abs=0.01)
+
+
+def test_wrong_source_documents_fail(record_caseops_data, r44_tokenizer, tmp_path):
+    folder, docs = record_caseops_data
+    lines = docs.read_text().splitlines()
+    (tmp_path / "shifted.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    r = audit(r44_tokenizer, folder, docs=tmp_path / "shifted.jsonl")
+    assert not r.ok and r.text_source == "source documents"
+
+
+def test_caseops_stream_cut_inside_a_document(record_caseops_data, r44_tokenizer, tmp_path):
+    folder, docs = record_caseops_data
+    tokens = np.asarray(read_shard(folder / "fineweb_val_000000.bin"))
+    counts = np.asarray(read_shard(folder / "fineweb_val_bytes_000000.bin"))
+    cut = int(np.flatnonzero(tokens == 1)[5]) + 40  # 40 tokens into the sixth document
+    write_shard(tmp_path / "fineweb_val_000000.bin", tokens[:cut])
+    write_shard(tmp_path / "fineweb_val_bytes_000000.bin", counts[:cut])
+    r = audit(r44_tokenizer, tmp_path, docs=docs)
+    assert r.ok and r.docs == 6 and r.rule_bytes == int(counts[:cut].sum())
+
+
+def test_caseops_set_without_its_sidecar_is_refused(record_caseops_data, r44_tokenizer, tmp_path, run_pgolf):
+    folder, docs = record_caseops_data
+    write_shard(tmp_path / "fineweb_val_000000.bin", np.asarray(read_shard(folder / "fineweb_val_000000.bin")))
+    with pytest.raises(PgolfError, match="needs its byte sidecar"):
+        audit(r44_tokenizer, tmp_path, docs=docs)
+    code, _, err = run_pgolf(["data", "audit", "--tokenizer", str(r44_tokenizer), "--val", str(tmp_path)])
+    assert code == 2 and err.count("\n") == 1 and "needs its byte sidecar" in err
+
+
+def test_documents_are_only_for_caseops_sets(sp1024_model, val_prefix_shard, record_caseops_data):
+    _, docs = record_caseops_data
+    with pytest.raises(PgolfError, match="source documents are for CaseOps val sets"):
+        audit(sp1024_model, val_prefix_shard, docs=docs)
+
+
+def test_cli_audit_caseops_json(record_caseops_data, r44_tokenizer, run_pgolf):
+    folder, docs = record_caseops_data
+    code, out, _ = run_pgolf(["data", "audit", "--tokenizer", str(r44_tokenizer), "--val", str(folder), "--docs", str(docs),
+                              "--json"])
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["text_source"] == "source documents"

@@ -13,6 +13,12 @@ independent one, the UTF-8 length of what SentencePiece decodes:
 A stream may end inside a document (the shared val prefix does). If it ends inside a multi-byte
 character spelled with byte-fallback tokens, SentencePiece cannot decode those last bytes; they are
 then counted as their raw length, which is what the byte rule charges for them.
+
+A CaseOps val set (its tokenizer has the case operators, or its manifest records the transform)
+is scored on its byte sidecar, and its decoded text still holds the operators, so there the
+reference is the original text instead: the source documents (``docs``, or the files the
+manifest names), each one's UTF-8 length (a document the stream cuts off: the original bytes of
+its tokens so far); without them, the byte sidecar itself. Charging the operators as text fails.
 """
 
 from __future__ import annotations
@@ -32,12 +38,15 @@ DECODE_BATCH_DOCS = 256
 DEFAULT_REPORTED_MISMATCHES = 10
 
 
+TEXT_DECODED, TEXT_SOURCE_DOCS, TEXT_SIDECAR = "decoded text", "source documents", "byte sidecar"
+
+
 @dataclass(frozen=True)
 class DocMismatch:
     doc: int
     tokens: int
     rule_bytes: int
-    decoded_bytes: int
+    text_bytes: int
 
 
 @dataclass
@@ -49,7 +58,8 @@ class AuditReport:
     tokens: int
     targets: int
     rule_bytes: int
-    decoded_bytes: int
+    text_bytes: int  # the reference: UTF-8 bytes of the text the targets stand for
+    text_source: str  # where the reference comes from: decoded text, source documents or byte sidecar
     boundary_bytes: int
     truncated_tail_bytes: int
     mismatched_docs: int
@@ -57,7 +67,7 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        return self.mismatched_docs == 0 and self.rule_bytes == self.decoded_bytes
+        return self.mismatched_docs == 0 and self.rule_bytes == self.text_bytes
 
     @property
     def tokens_per_byte(self) -> float:
@@ -74,14 +84,14 @@ class AuditReport:
         out = [
             f"val {self.val}: {len(self.files)} shard(s), {self.docs} docs, {self.tokens} tokens, "
             f"{self.targets} scored targets",
-            f"bytes by the val_bpb rule: {self.rule_bytes}; UTF-8 bytes of the decoded docs: {self.decoded_bytes}",
+            f"bytes val_bpb charges: {self.rule_bytes}; UTF-8 bytes of the text ({self.text_source}): {self.text_bytes}",
             f"bytes charged to BOS targets: {self.boundary_bytes} (must be 0)",
             f"tokens/byte: {self.tokens_per_byte:.6f}",
         ]
         if self.truncated_tail_bytes:
             out.append(f"stream ends inside a character: its last {self.truncated_tail_bytes} byte(s) counted raw")
         for m in self.mismatches:
-            out.append(f"doc {m.doc} ({m.tokens} tokens): rule {m.rule_bytes} bytes, decoded {m.decoded_bytes} bytes")
+            out.append(f"doc {m.doc} ({m.tokens} tokens): charged {m.rule_bytes} bytes, text {m.text_bytes} bytes")
         if self.mismatched_docs > len(self.mismatches):
             out.append(f"... and {self.mismatched_docs - len(self.mismatches)} more mismatched docs")
         verdict = "OK" if self.ok else "FAIL"
@@ -90,18 +100,19 @@ class AuditReport:
 
 
 def target_bytes(tokens: np.ndarray, table) -> np.ndarray:
-    """Bytes the val_bpb rule charges each target ``tokens[1:]`` (int32, one per target)."""
+    """Bytes val_bpb charges each target ``tokens[1:]`` (int32, one per target); ``table`` a
+    :class:`~pgolf.tokenizer.luts.ByteTable` or a (CPU) ``TorchByteTable``."""
     import torch
 
     from pgolf.tokenizer.luts import count_target_bytes
 
-    torch_table = table.to_torch()
+    torch_table = table.to_torch() if hasattr(table, "to_torch") else table
     out = np.empty(max(tokens.size - 1, 0), dtype=np.int32)
     for start in range(0, out.size, TARGET_CHUNK):
         stop = min(start + TARGET_CHUNK, out.size)
         prev = torch.from_numpy(tokens[start:stop].astype(np.int64))
         tgt = torch.from_numpy(tokens[start + 1 : stop + 1].astype(np.int64))
-        out[start:stop] = count_target_bytes(prev, tgt, torch_table).numpy()
+        out[start:stop] = count_target_bytes(prev, tgt, torch_table, torch.arange(start + 1, stop + 1)).numpy()
     return out
 
 
@@ -170,32 +181,91 @@ def load_val_stream(val_spec: str | os.PathLike, vocab_size: int) -> tuple[list[
     return files, tokens
 
 
+def source_documents(docs: str | os.PathLike | None, files: list[Path], count: int) -> list[str] | None:
+    """The first ``count`` documents of ``docs``, or of the sources the shards' manifest names (None if it names none that exist)."""
+    from itertools import islice
+
+    from pgolf.data.identity import manifests_of
+    from pgolf.data.prepare import document_files, iter_documents
+
+    if docs is not None:
+        paths, where = document_files(docs), str(docs)
+    else:
+        named = [m.get("sources") for _, m in manifests_of(files)]
+        if len(named) != 1 or not named[0] or not all(Path(p).is_file() for p in named[0]):
+            return None
+        paths, where = [Path(p) for p in named[0]], "the manifest's sources"
+    texts = list(islice(iter_documents(paths), count))
+    if len(texts) < count:
+        raise PgolfError(f"{where}: {len(texts)} documents, but the val stream holds {count}")
+    return texts
+
+
+def original_bytes_per_doc(sp, tokens: np.ndarray, starts: np.ndarray, ends: np.ndarray, texts: list[str]) -> np.ndarray:
+    """UTF-8 length of each source document; the last one, if the stream cuts it, only up to its last token."""
+    from pgolf.tokenizer.caseops import encode_caseops, original_token_bytes
+
+    sizes = np.array([len(text.encode("utf-8")) for text in texts], dtype=np.int64)
+    kept = int(ends[-1] - starts[-1] - 1)
+    transformed = encode_caseops(texts[-1])
+    encoded = sp.encode(transformed, out_type="offset_mapping")
+    if len(encoded["ids"]) > kept:
+        sizes[-1] = int(original_token_bytes(transformed, encoded["offsets"][:kept]).sum())
+    return sizes
+
+
+def original_text_bytes(sp, tokens, files, starts, ends, docs, val_spec) -> tuple[np.ndarray, str]:
+    """Per document, the original (untransformed) text's bytes of a CaseOps val set, and where they come from."""
+    from pgolf.data.sidecar import load_sidecar_bytes
+
+    texts = source_documents(docs, files, int(starts.size))
+    if texts is not None:
+        return original_bytes_per_doc(sp, tokens, starts, ends, texts), TEXT_SOURCE_DOCS
+    counts = load_sidecar_bytes(files, tokens)
+    if counts is None:
+        raise PgolfError(f"{val_spec}: a CaseOps val set with neither a byte sidecar nor source documents (--docs) to compare with")
+    return rule_bytes_per_doc(counts[1:], starts, ends), TEXT_SIDECAR
+
+
 def audit(
     tokenizer: str | os.PathLike,
     val_spec: str | os.PathLike,
     *,
     table=None,
+    docs: str | os.PathLike | None = None,
     max_reported: int = DEFAULT_REPORTED_MISMATCHES,
 ) -> AuditReport:
-    """Compare the val_bpb byte rule with decoded UTF-8 lengths, per document and in total.
+    """Compare the bytes val_bpb charges with the text's UTF-8 bytes, per document and in total.
 
-    ``table`` replaces the tokenizer's :class:`~pgolf.tokenizer.luts.ByteTable` (to show that a
-    wrong rule is caught); by default it is built with :func:`~pgolf.tokenizer.luts.build_byte_table`.
+    ``table`` replaces the byte table the val set is scored with (to show that a wrong rule is
+    caught); by default it is :func:`pgolf.eval.valdata.scoring_table`'s, the one every score uses.
+    ``docs``: the source documents of a CaseOps val set (default: those its manifest names).
     """
-    from pgolf.tokenizer.luts import build_byte_table
+    from pgolf.data.identity import check_tokenizer, recorded_transform
+    from pgolf.eval.valdata import scoring_table
+    from pgolf.tokenizer.caseops import is_caseops_tokenizer
     from pgolf.tokenizer.spm import load_tokenizer
 
     sp = load_tokenizer(tokenizer)
-    files, tokens = load_val_stream(val_spec, int(sp.vocab_size()))
-    table = build_byte_table(sp) if table is None else table
-    if table.size < int(sp.vocab_size()):
-        raise PgolfError(f"{tokenizer}: byte table has {table.size} entries for a {int(sp.vocab_size())}-token vocab")
+    vocab = int(sp.vocab_size())
+    check_tokenizer(resolve_shards(val_spec, "val"), tokenizer)  # before the ids: the likelier cause
+    files, tokens = load_val_stream(val_spec, vocab)
+    caseops = is_caseops_tokenizer(sp) or recorded_transform(files) is not None
+    if docs is not None and not caseops:
+        raise PgolfError(f"{docs}: source documents are for CaseOps val sets; {val_spec} is compared with its decoded text")
+    table = scoring_table(sp, vocab, files, tokens) if table is None else table
+    size = int(table.base_bytes.shape[0])
+    if size < vocab:
+        raise PgolfError(f"{tokenizer}: byte table has {size} entries for a {vocab}-token vocab")
 
     per_target = target_bytes(tokens, table)
     starts, ends = document_bounds(tokens)
     rule = rule_bytes_per_doc(per_target, starts, ends)
-    decoded, tail = decoded_bytes_per_doc(sp, tokens, starts, ends)
-    bad = np.flatnonzero(rule != decoded)
+    if caseops:
+        (text, source), tail = original_text_bytes(sp, tokens, files, starts, ends, docs, val_spec), 0
+    else:
+        (text, tail), source = decoded_bytes_per_doc(sp, tokens, starts, ends), TEXT_DECODED
+    bad = np.flatnonzero(rule != text)
     return AuditReport(
         tokenizer=str(tokenizer),
         val=str(val_spec),
@@ -204,12 +274,13 @@ def audit(
         tokens=int(tokens.size),
         targets=int(per_target.size),
         rule_bytes=int(per_target.sum(dtype=np.int64)),
-        decoded_bytes=int(decoded.sum()),
+        text_bytes=int(text.sum()),
+        text_source=source,
         # Each later document's BOS is the target right before its position.
         boundary_bytes=int(per_target[starts[1:] - 1].sum(dtype=np.int64)),
         truncated_tail_bytes=tail,
         mismatched_docs=int(bad.size),
         mismatches=[
-            DocMismatch(int(i), int(ends[i] - starts[i]), int(rule[i]), int(decoded[i])) for i in bad[:max_reported]
+            DocMismatch(int(i), int(ends[i] - starts[i]), int(rule[i]), int(text[i])) for i in bad[:max_reported]
         ],
     )

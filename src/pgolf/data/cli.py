@@ -72,6 +72,11 @@ def _add_prepare(commands) -> None:
     )
     p.add_argument("--val-docs", type=int, default=50_000, help=f"first K documents form the val split {from_defaults}")
     p.add_argument("--shard-tokens", type=int, default=10**8, help=f"tokens per shard {from_defaults}")
+    p.add_argument(
+        "--transform", choices=("none", "caseops"),
+        help="text transform before tokenizing (default: the tokenizer's; caseops also writes the val byte sidecars "
+        "fineweb_val_bytes_*.bin that val_bpb counts the original bytes from)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_json_flag(p, "the manifest written")
     p.set_defaults(handler=run_prepare)
@@ -99,14 +104,16 @@ def _add_download(commands) -> None:
 def _add_audit(commands) -> None:
     p = commands.add_parser(
         "audit",
-        help="prove the val_bpb byte count equals the decoded text's UTF-8 length",
+        help="prove the val_bpb byte count equals the text's UTF-8 length",
         description=(
-            "Count bytes with the val_bpb rule over every scored target of a val stream and compare them, "
-            "per document and in total, with the UTF-8 length of the decoded text. Exit code 1 on any mismatch."
+            "Count the bytes val_bpb charges over every scored target of a val stream and compare them, "
+            "per document and in total, with the UTF-8 length of the decoded text; for a CaseOps val set, with "
+            "the original text (the source documents, else its byte sidecar). Exit code 1 on any mismatch."
         ),
     )
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model the val shards were made with")
     p.add_argument("--val", required=True, metavar="PATH", help="val shard, glob, or directory of fineweb_val_*.bin")
+    p.add_argument("--docs", metavar="FILE|DIR", help="a CaseOps val set's source documents (default: its manifest's)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=run_audit)
 
@@ -132,6 +139,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         val_docs=args.val_docs,
         shard_tokens=args.shard_tokens,
         progress=not args.quiet and not args.json,
+        transform=args.transform,
     )
     if args.json:
         print(json.dumps({"out": str(result.out_dir), "manifest_path": str(result.manifest_path), "manifest": result.manifest},
@@ -169,7 +177,7 @@ def run_download(args: argparse.Namespace) -> int:
 def run_audit(args: argparse.Namespace) -> int:
     from pgolf.data.audit import audit
 
-    report = audit(args.tokenizer, args.val)
+    report = audit(args.tokenizer, args.val, docs=args.docs)
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

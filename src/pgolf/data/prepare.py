@@ -14,6 +14,12 @@ them. The first ``val_docs`` documents form the val split, the rest the train sp
 cut into ``fineweb_{split}_NNNNNN.bin`` shards of ``shard_tokens`` tokens (the last one shorter),
 and, as in the exporter, a document may straddle two shards of its split.
 
+With ``transform="caseops"`` (the default when the tokenizer is a CaseOps one, see
+:mod:`pgolf.tokenizer.caseops`) every document is case-transformed before it is encoded, and each
+val shard gets its per-token byte sidecar ``fineweb_val_bytes_NNNNNN.bin`` (:mod:`pgolf.data.sidecar`):
+the original text's UTF-8 bytes of every token, which val_bpb is then charged with. pgolf does
+not train CaseOps tokenizers: give one (e.g. the R44 record's).
+
 When no tokenizer is given, one is trained (``tokenizer.model``/``.vocab`` in ``out_dir``) on the
 *train* documents only, so val text never shapes the vocabulary (the exporter trained on the first
 docs of its file, val included). Everything is written into a staging folder inside ``out_dir`` and
@@ -35,13 +41,18 @@ import numpy as np
 
 from pgolf.data.shards import MAX_VOCAB, file_sha256, write_bytes_atomic, write_shard
 from pgolf.errors import PgolfError
+from pgolf.data.sidecar import write_sidecar
 from pgolf.files import check_writable, make_folder, write_failure
+from pgolf.tokenizer.caseops import NAME as CASEOPS_NAME
+from pgolf.tokenizer.caseops import encode_caseops, is_caseops_tokenizer, original_token_bytes
 
 BOS_ID = 1
 DEFAULT_VAL_DOCS = 50_000  # the challenge's NUM_VAL_DOCS
 DEFAULT_SHARD_TOKENS = 10**8  # the challenge's SHARD_SIZE
 DOC_SUFFIXES = (".jsonl", ".txt")
 ENCODE_BATCH_DOCS = 512
+NO_TRANSFORM, CASEOPS = "none", "caseops"
+TRANSFORMS = (NO_TRANSFORM, CASEOPS)
 TXT_RULE = "one document per block of lines separated by blank lines"
 
 
@@ -50,6 +61,7 @@ class ShardRecord:
     file: str
     tokens: int
     sha256: str
+    sidecar: dict | None = None  # {"file", "sha256"} of its byte sidecar
 
 
 @dataclass
@@ -136,22 +148,31 @@ def count_documents(files: list[Path]) -> int:
 
 
 class ShardWriter:
-    """Packs one split's token stream into fixed-size shards, writing each as soon as it is full."""
+    """Packs one split's token stream into fixed-size shards, writing each as soon as it is full.
 
-    def __init__(self, out_dir: Path, split: str, shard_tokens: int):
+    With ``sidecar``, each document comes with its tokens' original byte counts, written beside
+    each shard as its byte sidecar, cut at the same places.
+    """
+
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, sidecar: bool = False):
         self.out_dir = out_dir
         self.split = split
         self.buffer = np.empty(shard_tokens, dtype=np.uint16)
+        self.byte_buffer = np.empty(shard_tokens, dtype=np.uint16) if sidecar else None
         self.fill = 0
         self.stats = SplitStats()
 
-    def add_document(self, tokens: np.ndarray) -> None:
+    def add_document(self, tokens: np.ndarray, byte_counts: np.ndarray | None = None) -> None:
+        if (byte_counts is None) != (self.byte_buffer is None):
+            raise ValueError(f"{self.split}: byte counts must come with every document of a sidecar split, and only then")
         self.stats.docs += 1
         self.stats.tokens += int(tokens.size)
         pos = 0
         while pos < tokens.size:
             take = min(self.buffer.size - self.fill, tokens.size - pos)
             self.buffer[self.fill : self.fill + take] = tokens[pos : pos + take]
+            if self.byte_buffer is not None:
+                self.byte_buffer[self.fill : self.fill + take] = byte_counts[pos : pos + take]
             self.fill += take
             pos += take
             if self.fill == self.buffer.size:
@@ -163,7 +184,11 @@ class ShardWriter:
         name = f"fineweb_{self.split}_{len(self.stats.shards):06d}.bin"
         path = self.out_dir / name
         write_shard(path, self.buffer[: self.fill])
-        self.stats.shards.append(ShardRecord(name, self.fill, file_sha256(path)))
+        sidecar = None
+        if self.byte_buffer is not None:
+            written = write_sidecar(path, self.byte_buffer[: self.fill])
+            sidecar = {"file": written.name, "sha256": file_sha256(written)}
+        self.stats.shards.append(ShardRecord(name, self.fill, file_sha256(path), sidecar))
         self.fill = 0
 
 
@@ -186,15 +211,38 @@ def _batches(items: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def tokenize_into_shards(sp, docs: Iterator[str], staging: Path, val_docs: int, shard_tokens: int, bar) -> dict:
-    """Encode every document and write both splits' shards into ``staging``; return per-split stats."""
-    writers = {"val": ShardWriter(staging, "val", shard_tokens), "train": ShardWriter(staging, "train", shard_tokens)}
+def document_byte_counts(transformed: str, offsets: list[tuple[int, int]]) -> np.ndarray:
+    """The sidecar values of one document: 0 for its BOS, then each token's original bytes."""
+    counts = np.zeros(len(offsets) + 1, dtype=np.int64)
+    counts[1:] = original_token_bytes(transformed, offsets)
+    return counts
+
+
+def encode_batch(sp, texts: list[str], with_spans: int, threads: int) -> list[tuple[list[int], list | None]]:
+    """(ids, each piece's character span or None) of each text; spans for the first ``with_spans`` only."""
+    head = sp.encode(texts[:with_spans], out_type="offset_mapping", num_threads=threads) if with_spans else []
+    tail = sp.encode(texts[with_spans:], out_type=int, num_threads=threads) if len(texts) > with_spans else []
+    return [(e["ids"], e["offsets"]) for e in head] + [(ids, None) for ids in tail]
+
+
+def tokenize_into_shards(sp, docs: Iterator[str], staging: Path, val_docs: int, shard_tokens: int, bar,
+                         transform: str = NO_TRANSFORM) -> dict:
+    """Encode every document and write both splits' shards into ``staging``; return per-split stats.
+
+    ``transform="caseops"``: documents are case-transformed first, and val shards get byte sidecars.
+    """
+    caseops = transform == CASEOPS
+    writers = {"val": ShardWriter(staging, "val", shard_tokens, sidecar=caseops),
+               "train": ShardWriter(staging, "train", shard_tokens)}
     index = 0
     threads = os.cpu_count() or 1
     for batch in _batches(docs, ENCODE_BATCH_DOCS):
-        for ids in sp.encode(batch, out_type=int, num_threads=threads):
+        texts = [encode_caseops(text) for text in batch] if caseops else batch
+        spans_for = min(max(val_docs - index, 0), len(texts)) if caseops else 0
+        for text, (ids, spans) in zip(texts, encode_batch(sp, texts, spans_for, threads)):
             split = "val" if index < val_docs else "train"
-            writers[split].add_document(document_tokens(ids))
+            counts = document_byte_counts(text, spans) if spans is not None else None
+            writers[split].add_document(document_tokens(ids), counts)
             index += 1
         bar.update(len(batch))
     for writer in writers.values():
@@ -214,16 +262,19 @@ def prepare(
     val_docs: int = DEFAULT_VAL_DOCS,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     progress: bool = True,
+    transform: str | None = None,
 ) -> Prepared:
-    """Build ``out_dir`` with val/train shards, the tokenizer (if trained) and ``manifest.json``."""
+    """Build ``out_dir`` with val/train shards, the tokenizer (if trained) and ``manifest.json``.
+
+    ``transform``: ``"none"``, ``"caseops"``, or None for the one the tokenizer calls for.
+    """
     out_dir = Path(out_dir)
     _check_counts(val_docs, shard_tokens, out_dir)
     check_writable(out_dir)  # before the long passes over the docs
     if tokenizer is None and vocab_size is None:
         raise PgolfError(f"{out_dir}: give a tokenizer or a vocab size to train one")
     files = document_files(docs)
-    if tokenizer is not None:
-        _load_checked_tokenizer(tokenizer, vocab_size)  # cheap: fail before a long pass over the docs
+    transform = _resolve_transform(transform, tokenizer, vocab_size, out_dir)
     num_docs = count_documents(files)
     _check_split(num_docs, val_docs, docs)
 
@@ -235,11 +286,12 @@ def prepare(
     try:
         tokenizer_path, trained = _tokenizer_for(tokenizer, vocab_size, files, val_docs, staging, progress)
         sp = _load_checked_tokenizer(tokenizer_path, vocab_size if tokenizer is not None else None)
-        stats = _tokenize_with_progress(sp, files, num_docs, staging, val_docs, shard_tokens, progress)
+        stats = _tokenize_with_progress(sp, files, num_docs, staging, val_docs, shard_tokens, progress, transform)
         # A trained tokenizer is recorded where it will live, relative to the manifest.
         recorded_path = "tokenizer.model" if trained else str(tokenizer_path.resolve())
         manifest = build_manifest(
-            files, sp, tokenizer_path, recorded_path, trained, stats, val_docs=val_docs, shard_tokens=shard_tokens
+            files, sp, tokenizer_path, recorded_path, trained, stats, val_docs=val_docs, shard_tokens=shard_tokens,
+            transform=transform,
         )
         manifest_path = out_dir / "manifest.json"
         _write_json_atomic(staging / manifest_path.name, manifest)  # complete before anything is published
@@ -248,6 +300,23 @@ def prepare(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Prepared(out_dir, manifest_path, manifest)
+
+
+def _resolve_transform(transform: str | None, tokenizer, vocab_size, out_dir: Path) -> str:
+    """The text transform to apply, checked against the tokenizer (loaded here: fail before a long pass over the docs)."""
+    if transform is not None and transform not in TRANSFORMS:
+        raise PgolfError(f"{out_dir}: unknown text transform {transform!r} (expected one of {', '.join(TRANSFORMS)})")
+    if tokenizer is None:
+        if transform == CASEOPS:
+            raise PgolfError(f"{out_dir}: --transform caseops needs --tokenizer, a CaseOps tokenizer (pgolf does not train one)")
+        return NO_TRANSFORM
+    caseops_tokenizer = is_caseops_tokenizer(_load_checked_tokenizer(tokenizer, vocab_size))
+    if transform is None:
+        return CASEOPS if caseops_tokenizer else NO_TRANSFORM
+    if caseops_tokenizer != (transform == CASEOPS):
+        has = "has" if caseops_tokenizer else "lacks"
+        raise PgolfError(f"{tokenizer}: the tokenizer {has} the CaseOps operator pieces, which --transform {transform} contradicts")
+    return transform
 
 
 def _check_counts(val_docs: int, shard_tokens: int, out_dir: Path) -> None:
@@ -307,11 +376,11 @@ def _check_trained_size(model: Path, vocab_size: int, files: list[Path]) -> None
         )
 
 
-def _tokenize_with_progress(sp, files, num_docs, staging, val_docs, shard_tokens, progress) -> dict:
+def _tokenize_with_progress(sp, files, num_docs, staging, val_docs, shard_tokens, progress, transform) -> dict:
     from tqdm import tqdm
 
     with tqdm(total=num_docs, unit="doc", desc="tokenize", file=sys.stderr, disable=not progress) as bar:
-        return tokenize_into_shards(sp, iter_documents(files), staging, val_docs, shard_tokens, bar)
+        return tokenize_into_shards(sp, iter_documents(files), staging, val_docs, shard_tokens, bar, transform)
 
 
 def _publish(staging: Path, out_dir: Path, trained: bool) -> None:
@@ -328,7 +397,8 @@ def _publish(staging: Path, out_dir: Path, trained: bool) -> None:
 
 
 def build_manifest(
-    files, sp, tokenizer_path: Path, recorded_path: str, trained: bool, stats: dict, *, val_docs: int, shard_tokens: int
+    files, sp, tokenizer_path: Path, recorded_path: str, trained: bool, stats: dict, *, val_docs: int, shard_tokens: int,
+    transform: str = NO_TRANSFORM,
 ) -> dict:
     """Everything needed to reproduce and check the output: counts, checksums and options."""
     from pgolf.tokenizer.train import CHALLENGE_SPM_OPTIONS
@@ -338,7 +408,8 @@ def build_manifest(
         split: {
             "docs": s.docs,
             "tokens": s.tokens,
-            "shards": [{"file": r.file, "tokens": r.tokens, "sha256": r.sha256} for r in s.shards],
+            "shards": [{"file": r.file, "tokens": r.tokens, "sha256": r.sha256, **({"sidecar": r.sidecar} if r.sidecar else {})}
+                       for r in s.shards],
         }
         for split, s in stats.items()
     }
@@ -356,10 +427,12 @@ def build_manifest(
     return {
         "format": "header 256 x <i4 (magic 20240520, version 1, num_tokens), then <u2 tokens; "
         "each doc = [BOS=1] + sp.encode(text); no EOS",
-        "sources": [str(p) for p in files],
+        "sources": [str(Path(p).resolve()) for p in files],
         "vocab_size": vocab_size,
         "bos_id": BOS_ID,
         "append_eos": False,
+        # what val_bpb counts: with caseops_v1, the original text's bytes from fineweb_val_bytes_*.bin
+        "text_transform": CASEOPS_NAME if transform == CASEOPS else NO_TRANSFORM,
         "tokenizer": {
             "path": recorded_path,
             "sha256": file_sha256(tokenizer_path),

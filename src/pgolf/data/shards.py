@@ -24,6 +24,9 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_VOCAB = 1 << 16
+# Per-token byte sidecars (pgolf.data.sidecar) share the token layout and the fineweb_val_ prefix:
+# they are never token shards, whatever glob matches them.
+SIDECAR_PREFIX = "fineweb_val_bytes_"
 
 
 def read_header(path: Path) -> int:
@@ -70,19 +73,27 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray) -> None:
     write_bytes_atomic(path, header.tobytes() + tokens.astype(TOKEN_DTYPE, copy=False).tobytes())
 
 
+def token_shards_only(paths) -> list[Path]:
+    """Sorted ``paths`` without byte sidecars."""
+    return sorted(Path(p) for p in paths if not Path(p).name.startswith(SIDECAR_PREFIX))
+
+
 def resolve_shards(spec: str | os.PathLike, split: str = "val") -> list[Path]:
-    """Turn a file, a directory (``fineweb_{split}_*.bin`` inside) or a glob into sorted shard paths."""
+    """Turn a file, a directory (``fineweb_{split}_*.bin`` inside) or a glob into sorted shard paths.
+
+    A directory or a glob never yields a byte sidecar (``fineweb_val_bytes_*.bin``).
+    """
     text = str(spec)
     path = Path(text)
     if path.is_dir():
-        files = sorted(path.glob(f"fineweb_{split}_*.bin"))
+        files = token_shards_only(path.glob(f"fineweb_{split}_*.bin"))
         if not files:
             raise PgolfError(f"{path}: no fineweb_{split}_*.bin shards in this directory")
         return files
     if path.is_file():
         return [path]
     if glob.has_magic(text):
-        files = sorted(Path(p) for p in glob.glob(text))
+        files = token_shards_only(glob.glob(text))
         if not files:
             raise PgolfError(f"{text}: glob matched no files")
         return files

@@ -3,7 +3,8 @@
 For each shard: header (magic, version), exact file size, and every token id below the vocab size
 (from ``vocab_size``, or from the tokenizer when only that is given). A tokenizer and a vocab size
 given together must agree, and the tokenizer must use BOS=1, the id every document starts with.
-One line per shard reports its tokens, documents (BOS count: a shard that starts mid-document, as
+Shards whose ``manifest.json`` records another tokenizer are refused, and a val shard's byte
+sidecar (``fineweb_val_bytes_*.bin``) must hold one count per token. One line per shard reports its tokens, documents (BOS count: a shard that starts mid-document, as
 train shards may, holds one more document fragment than that) and largest id; then a summary.
 The first problem found is a :class:`PgolfError` naming the file.
 """
@@ -19,7 +20,8 @@ from typing import TextIO
 
 import numpy as np
 
-from pgolf.data.shards import check_token_range, read_shard, resolve_shards
+from pgolf.data.shards import check_token_range, read_header, read_shard, resolve_shards
+from pgolf.data.sidecar import sidecar_path
 from pgolf.errors import PgolfError
 
 BOS_ID = 1
@@ -101,6 +103,9 @@ def summarize_shard(path: Path, vocab_size: int | None) -> ShardSummary:
     tokens = read_shard(path)
     if vocab_size is not None:
         check_token_range(tokens, vocab_size, str(path))
+    sidecar = sidecar_path(path)
+    if sidecar is not None and sidecar.is_file() and read_header(sidecar) != tokens.size:
+        raise PgolfError(f"{sidecar}: {read_header(sidecar)} byte counts for the {tokens.size} tokens of {path}")
     max_id = int(tokens.max()) if tokens.size else -1
     docs = int(np.count_nonzero(tokens == BOS_ID))
     return ShardSummary(str(path), int(tokens.size), docs, max_id)
@@ -118,6 +123,10 @@ def verify(
         paths = [paths]
     files = expand_shard_specs(paths)
     report = VerifyReport(vocab_size=expected_vocab_size(tokenizer, vocab_size))
+    if tokenizer is not None:
+        from pgolf.data.identity import check_tokenizer
+
+        check_tokenizer(files, tokenizer)
     for file in files:
         summary = summarize_shard(file, report.vocab_size)
         report.shards.append(summary)

@@ -3,7 +3,9 @@
 ``val_loss`` is the mean cross-entropy in nats over every scored target token (targets that are
 BOS included: they cost bits and add no bytes). ``val_bpb`` converts it to bits per UTF-8 byte of
 the text those targets encode: ``(val_loss / ln 2) * (tokens / bytes)``. Sums are float64 and,
-under torch.distributed, all-reduced, exactly as in the challenge's ``eval_val``.
+under torch.distributed, all-reduced, exactly as in the challenge's ``eval_val``. The bytes come
+from :func:`pgolf.tokenizer.luts.count_target_bytes`: the tokenizer's byte rule, or, for a val set
+with a byte sidecar (CaseOps), the original text's bytes of each target position.
 """
 
 from __future__ import annotations
@@ -44,11 +46,13 @@ class BpbAccumulator:
         self.token_count = torch.zeros((), dtype=torch.float64, device=device)
         self.byte_count = torch.zeros((), dtype=torch.float64, device=device)
 
-    def add(self, token_losses: torch.Tensor, prev_ids: torch.Tensor, tgt_ids: torch.Tensor) -> None:
-        """Add per-target losses (nats) with the ids before and at each target."""
+    def add(self, token_losses: torch.Tensor, prev_ids: torch.Tensor, tgt_ids: torch.Tensor,
+            tgt_pos: torch.Tensor | None = None) -> None:
+        """Add per-target losses (nats) with the ids before and at each target, and where each target
+        token sits in the val stream (needed when the stream has a byte sidecar)."""
         self.loss_sum += token_losses.detach().to(torch.float64).sum()
         self.token_count += float(tgt_ids.numel())
-        self.byte_count += count_target_bytes(prev_ids, tgt_ids, self.table).to(torch.float64).sum()
+        self.byte_count += count_target_bytes(prev_ids, tgt_ids, self.table, tgt_pos).to(torch.float64).sum()
 
     def result(self) -> Score:
         sums = torch.stack([self.loss_sum, self.token_count, self.byte_count])

@@ -156,16 +156,12 @@ def _apply_eval_flags(cfg, stride: int | None, doc_isolated: bool, ttt: str | No
 
 
 def _load_eval_data(args: argparse.Namespace, cfg, device):
-    from pgolf.eval.evaluate import trim_to_windows
-    from pgolf.tokenizer.luts import build_byte_table
-    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+    from pgolf.eval.valdata import load_validation
 
-    tokenizer = eval_tokenizer_path(args, cfg)
-    sp = load_tokenizer(tokenizer)
-    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
     seq_len = args.seq_len or cfg.eval_seq_len
-    tokens = trim_to_windows(load_eval_tokens(args, cfg), seq_len, args.max_tokens)
-    return sp, tokens, build_byte_table(sp, cfg.model.vocab_size).to_torch(device), seq_len
+    val = load_validation(eval_tokenizer_path(args, cfg), eval_val_spec(args, cfg), cfg.model.vocab_size,
+                          seq_len, args.max_tokens, device)
+    return val.sp, val.tokens, val.table, seq_len
 
 
 def eval_tokenizer_path(args: argparse.Namespace, cfg) -> str:
@@ -181,19 +177,20 @@ def eval_tokenizer_path(args: argparse.Namespace, cfg) -> str:
     return path
 
 
-def load_eval_tokens(args: argparse.Namespace, cfg):
-    """The val tokens of --val, else of the config's DATA_PATH/VAL_FILES; a miss there says to pass --val."""
-    from pgolf.data.shards import load_tokens, resolve_shards
+def eval_val_spec(args: argparse.Namespace, cfg) -> str:
+    """--val, else the config's DATA_PATH/VAL_FILES; a miss there says to pass --val."""
+    from pgolf.data.shards import resolve_shards
     from pgolf.errors import PgolfError
 
-    spec = args.val or cfg.data.val_glob()
-    if not args.val:
-        try:
-            resolve_shards(spec, "val")
-        except PgolfError as exc:
-            raise PgolfError(f"{exc} (the config's val shards; a path stored in the weights is as given where they "
-                             "trained, relative to that folder); pass --val") from None
-    return load_tokens(spec, "val", cfg.model.vocab_size)
+    if args.val:
+        return args.val
+    spec = cfg.data.val_glob()
+    try:
+        resolve_shards(spec, "val")
+    except PgolfError as exc:
+        raise PgolfError(f"{exc} (the config's val shards; a path stored in the weights is as given where they "
+                         "trained, relative to that folder); pass --val") from None
+    return spec
 
 
 def _build(cfg, state, args, device):

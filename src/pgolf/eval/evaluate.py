@@ -125,7 +125,8 @@ def evaluate(
             y = chunk[1:].reshape(-1, seq_len)
             with autocast_for(device):
                 losses = model(x, y, reduction="none")
-            acc.add(losses, x, y)
+            y_pos = torch.arange(start * seq_len + 1, end * seq_len + 1, device=device).view_as(y)
+            acc.add(losses, x, y, y_pos)
             if keep_token_losses:
                 kept.append(losses.float().reshape(-1).cpu().numpy())
             if progress is not None:

@@ -89,7 +89,7 @@ class ScoreLedger:
         losses = losses.to(self.device)
         self._losses[idx] = losses.float()
         tokens = self._tokens_on_device()
-        self.acc.add(losses, tokens[idx], tokens[idx + 1])
+        self.acc.add(losses, tokens[idx], tokens[idx + 1], idx + 1)
 
     def merge_scored(self, start: int = 0, end: int | None = None) -> None:
         """Under torch.distributed, a collective: targets ``[start, end)`` scored on any rank count as

@@ -40,8 +40,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from pgolf.eval.cli import _load_into, _load_state, _resolve_config, eval_tokenizer_path, load_eval_tokens
-    from pgolf.eval.evaluate import evaluate, trim_to_windows
+    from pgolf.eval.cli import _load_into, _load_state, _resolve_config, eval_tokenizer_path, eval_val_spec
+    from pgolf.eval.evaluate import evaluate
+    from pgolf.eval.valdata import load_validation
     from pgolf.files import check_writable
     from pgolf.model.gpt import build_model
     from pgolf.quant.policy import nothing_quantized_warning
@@ -49,8 +50,6 @@ def _sweep(args: argparse.Namespace) -> int:
         check_compressors, format_table, nothing_quantized_policies, parse_sweep_spec, run_sweep, write_outputs,
     )
     from pgolf.runtime import pick_device
-    from pgolf.tokenizer.luts import build_byte_table
-    from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
     specs = [parse_sweep_spec(p) for p in args.schemes]  # refuse bad input before the slow loading
     check_compressors(args.compressors.split(","))
@@ -60,13 +59,11 @@ def _sweep(args: argparse.Namespace) -> int:
     args.preset = args.preset or "baseline"
     state, embedded = _load_state(args)
     cfg = _resolve_config(args, embedded)
-    tokenizer = eval_tokenizer_path(args, cfg)
-    sp = load_tokenizer(tokenizer)
-    check_vocab_size(sp, cfg.model.vocab_size, str(tokenizer))
     device = pick_device(args.device)
     seq_len = cfg.eval_seq_len
-    tokens = trim_to_windows(load_eval_tokens(args, cfg), seq_len, args.max_tokens)
-    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
+    val = load_validation(eval_tokenizer_path(args, cfg), eval_val_spec(args, cfg), cfg.model.vocab_size,
+                          seq_len, args.max_tokens, device)
+    tokens, table = val.tokens, val.table
     model = build_model(cfg.model, device)
     state = _load_into(model, state, args)  # a record's own layout becomes pgolf's before quantizing
 
@@ -98,13 +95,16 @@ def _calibration_hessians(model, cfg, args: argparse.Namespace, device) -> dict:
     """GPTQ Hessians of the float model: from training shards or from its own samples."""
     import time
 
+    from pgolf.data.identity import check_tokenizer
     from pgolf.data.loader import build_loader
+    from pgolf.data.shards import resolve_shards
     from pgolf.quant.calibration import calibration_hessians
 
     q, t = cfg.quant, cfg.train
     q.gptq_ar_selfgen = args.calibration == "self"
     loader = None
     if not q.gptq_ar_selfgen:
+        check_tokenizer(resolve_shards(args.train or cfg.data.train_glob(), "train"), args.tokenizer or cfg.data.tokenizer_path)
         loader = build_loader(t.loader, args.train or cfg.data.train_glob(), t.train_seq_len, t.seed, 0, 1, device,
                               cfg.model.vocab_size)
     t0 = time.perf_counter()

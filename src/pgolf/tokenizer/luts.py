@@ -11,11 +11,17 @@ A target token then counts ``base_bytes[tgt] + (has_leading_space[tgt] and not i
 bytes: the ``▁`` is a real space byte except right after a boundary token, where SentencePiece
 (with ``add_dummy_prefix=False``) never emits one. :func:`count_target_bytes` is the single place
 this rule is applied; evaluation and the byte audit both call it.
+
+A val set whose text was transformed before tokenizing (CaseOps) is scored on the original text's
+bytes instead: its table carries ``stream_bytes``, the per-token byte sidecar
+(:mod:`pgolf.data.sidecar`), and :func:`count_target_bytes` then charges each target its sidecar
+value, by stream position, never the lookup rule (which would charge each case operator, a
+private-use character, 3 bytes).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,7 +39,7 @@ class ByteTable:
     def size(self) -> int:
         return int(self.base_bytes.shape[0])
 
-    def to_torch(self, device: torch.device | str = "cpu") -> "TorchByteTable":
+    def to_torch(self, device: torch.device | str = "cpu") -> TorchByteTable:
         return TorchByteTable(
             torch.as_tensor(self.base_bytes.astype(np.int32), device=device),
             torch.as_tensor(self.has_leading_space, device=device),
@@ -46,6 +52,11 @@ class TorchByteTable:
     base_bytes: torch.Tensor
     has_leading_space: torch.Tensor
     is_boundary: torch.Tensor
+    # int32 per token of one val stream (its byte sidecar); set, it replaces the rule above
+    stream_bytes: torch.Tensor | None = None
+
+    def with_stream_bytes(self, stream_bytes: torch.Tensor) -> TorchByteTable:
+        return replace(self, stream_bytes=stream_bytes.to(device=self.base_bytes.device, dtype=torch.int32))
 
 
 def build_byte_table(sp, vocab_size: int | None = None) -> ByteTable:
@@ -70,8 +81,18 @@ def build_byte_table(sp, vocab_size: int | None = None) -> ByteTable:
     return ByteTable(base, lead, boundary)
 
 
-def count_target_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, table: TorchByteTable) -> torch.Tensor:
-    """Bytes charged to each target token given the token before it (same shape as ``tgt_ids``, int32)."""
+def count_target_bytes(
+    prev_ids: torch.Tensor, tgt_ids: torch.Tensor, table: TorchByteTable, tgt_pos: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bytes charged to each target token given the token before it (same shape as ``tgt_ids``, int32).
+
+    ``tgt_pos``: each target token's position in the val stream; with a byte sidecar the bytes are
+    read there (a caller that cannot say where its targets are is refused, never given the rule).
+    """
+    if table.stream_bytes is not None:
+        if tgt_pos is None:
+            raise ValueError("this val stream is scored on its byte sidecar: pass each target's stream position")
+        return table.stream_bytes[tgt_pos.long()]
     prev_ids = prev_ids.long()
     tgt_ids = tgt_ids.long()
     lead = table.has_leading_space[tgt_ids] & ~table.is_boundary[prev_ids]

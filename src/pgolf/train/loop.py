@@ -33,11 +33,13 @@ from torch import nn
 
 from pgolf.config import Config
 from pgolf.data.loader import DistributedTokenLoader, build_loader
-from pgolf.data.shards import load_tokens
+from pgolf.data.identity import check_tokenizer
+from pgolf.data.shards import resolve_shards
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
-from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
+from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs
 from pgolf.eval.phases import sliding_configured, ttt_configured
+from pgolf.eval.valdata import load_validation
 from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.fused import check_fused_kernels, use_fused_kernels
 from pgolf.model.gpt import GPT, build_model, count_parameters
@@ -49,8 +51,7 @@ from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_tape
 from pgolf.quant.qat import disable_qat, update_qat
 from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime,
                            source_hash, versions)
-from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
-from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+from pgolf.tokenizer.luts import TorchByteTable
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
 from pgolf.files import atomic_write
 from pgolf.train.rundir import RunDir, new_run_id
@@ -89,11 +90,10 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     if cfg.train.fused_ce or cfg.train.fused_mlp:  # refused before anything is written
         check_fused_kernels(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
     seed_everything(cfg.train.seed)
-    sp = load_tokenizer(cfg.data.tokenizer_path)
-    check_vocab_size(sp, cfg.model.vocab_size, cfg.data.tokenizer_path)
-    table = build_byte_table(sp, cfg.model.vocab_size).to_torch(rt.device)
-    val = load_tokens(cfg.data.val_glob(), "val", cfg.model.vocab_size)
-    val_tokens = trim_to_windows(val, cfg.eval_seq_len, cfg.eval.val_max_tokens)
+    val = load_validation(cfg.data.tokenizer_path, cfg.data.val_glob(), cfg.model.vocab_size, cfg.eval_seq_len,
+                          cfg.eval.val_max_tokens, rt.device)
+    sp, val_tokens, table = val.sp, val.tokens, val.table
+    check_tokenizer(resolve_shards(cfg.data.train_glob(), "train"), cfg.data.tokenizer_path)
     loader = _build_loader(cfg, rt)
 
     run_id = cfg.train.run_id or _broadcast_run_id(rt)
