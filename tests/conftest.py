@@ -80,3 +80,71 @@ def stock_bundle(tmp_path_factory):
         return built[preset]
 
     return get
+
+
+# -- oracles: the reference and record scripts (../shared/oracles), imported on CPU, never copied --
+
+_ORACLE_MODULES: dict[str, object] = {}
+
+
+def oracles_dir() -> Path:
+    """PGOLF_ORACLES, defaulting to ../shared/oracles beside the checkout."""
+    return Path(os.environ.get("PGOLF_ORACLES", REPO_ROOT.parent / "shared" / "oracles"))
+
+
+def _flash_attn_stand_in():
+    """A ``flash_attn_interface`` whose functions compute FlashAttention 3's result with SDPA."""
+    import types
+
+    import torch.nn.functional as F
+
+    def flash_attn_func(q, k, v, causal=True, **_):  # (B, T, H, D), GQA when k has fewer heads
+        y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           is_causal=causal, enable_gqa=k.size(2) != q.size(2))
+        return y.transpose(1, 2)
+
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, *_a, causal=True, **_k):
+        out = torch.empty_like(q)  # packed (total, H, D): each cu_seqlens segment attends on its own
+        bounds = cu_seqlens_q.tolist()
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            out[a:b] = flash_attn_func(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
+        return out
+
+    module = types.ModuleType("flash_attn_interface")
+    module.flash_attn_func, module.flash_attn_varlen_func = flash_attn_func, flash_attn_varlen_func
+    return module
+
+
+def import_oracle(relpath: str):
+    """The oracle script ``relpath`` (e.g. ``"reference/train_gpt.py"``) as a module, imported once
+    with the FlashAttention stand-in (only while it imports: pgolf must not see a fake FA3) and
+    the default name-pattern env; skips the calling test where the oracles are absent."""
+    import importlib.util
+    import sys
+
+    path = oracles_dir() / relpath
+    if not path.is_file():
+        pytest.skip(f"oracle {path} not found (set PGOLF_ORACLES to the oracles folder)")
+    if relpath not in _ORACLE_MODULES:
+        saved_env = {k: os.environ.pop(k) for k in ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
+                     if k in os.environ}
+        saved_fa = sys.modules.get("flash_attn_interface")
+        sys.modules["flash_attn_interface"] = _flash_attn_stand_in()
+        try:
+            spec = importlib.util.spec_from_file_location("oracle_" + relpath.replace("/", "_").removesuffix(".py"), path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        finally:
+            os.environ.update(saved_env)
+            if saved_fa is None:
+                del sys.modules["flash_attn_interface"]
+            else:
+                sys.modules["flash_attn_interface"] = saved_fa
+        _ORACLE_MODULES[relpath] = module
+    return _ORACLE_MODULES[relpath]
+
+
+@pytest.fixture(scope="session")
+def oracle():
+    """``oracle("R44_.../train_gpt.py")`` -> that script's module (see :func:`import_oracle`)."""
+    return import_oracle
