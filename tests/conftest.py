@@ -82,40 +82,23 @@ def stock_bundle(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session")
-def import_reference():
-    """``import_reference(script, module_name)``: a reference ``train_gpt.py`` as a module (its
-    training runs under a ``__main__`` guard), imported with the default name patterns it reads."""
-    return _import_reference_script
-
-
-def _import_reference_script(script: Path, module_name: str):
-    import importlib.util
-
-    names = ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
-    saved = {k: os.environ.pop(k) for k in names if k in os.environ}
-    try:
-        spec = importlib.util.spec_from_file_location(module_name, script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        os.environ.update(saved)
-    return module
-
-
-# -- the records' own scripts (../shared/oracles), imported on CPU: see tests/oracles.py ----------
+# -- oracles: the reference and record scripts (../shared/oracles or PGOLF_ORACLES), imported on CPU,
+# never copied (tests/oracles.py); where absent, the test using them is skipped in one line.
 
 @pytest.fixture(scope="session")
 def oracle():
-    """``oracle("R22_leakyrelu_ttt_parallel_muon/train_gpt.py")`` -> that record's module, imported once
-    with an SDPA stand-in for FlashAttention 3; skips the test where the oracles are absent."""
+    """``oracle("R22_leakyrelu_ttt_parallel_muon/train_gpt.py")`` -> that script's module, imported once
+    with an SDPA stand-in for FlashAttention 3."""
     from oracles import import_oracle
 
     return import_oracle
 
 
-# -- oracles: the reference and record scripts, imported (never copied) -------------------------
-# PGOLF_ORACLES (default ../shared/oracles beside the checkout); absent -> the test is skipped.
+@pytest.fixture(scope="session")
+def reference_script(oracle):
+    """The reference train_gpt.py as a module (its main() is behind a __main__ guard)."""
+    return oracle("reference/train_gpt.py")
+
 
 R44_FOLDER = "R44_sp8192_lqer_sparsegate_bossmear"
 R44_TOKENIZER = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
@@ -124,123 +107,30 @@ CASEOPS_RAW_VAL_DOCS = 20  # raw docs (newlines, capitals, NFKC-changed characte
 CASEOPS_TRAIN_DOCS = 10
 
 
-def oracles_dir() -> Path:
-    return Path(os.environ.get("PGOLF_ORACLES", REPO_ROOT.parent / "shared" / "oracles"))
-
-
-def import_script(path: Path, name: str):
-    import importlib.util
-    import sys
-
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def _oracle_file(*parts: str) -> Path:
-    path = oracles_dir().joinpath(*parts)
-    if not path.is_file():
-        pytest.skip(f"oracle {path} not found (set PGOLF_ORACLES to the oracles folder)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def reference_script():
-    """The reference train_gpt.py as a module (its main() is behind a __main__ guard)."""
-    return import_script(_oracle_file("reference", "train_gpt.py"), "oracle_reference_train_gpt")
-
-
 @pytest.fixture(scope="session")
 def r44_tokenizer() -> Path:
-    return _oracle_file(R44_FOLDER, R44_TOKENIZER)
+    from oracles import oracle_path
+
+    return oracle_path(f"{R44_FOLDER}/{R44_TOKENIZER}")
 
 
 @pytest.fixture(scope="session")
-def lossless_caps():
+def lossless_caps(oracle):
     """R44's own case transform (lossless_caps.py)."""
-    return import_script(_oracle_file(R44_FOLDER, "lossless_caps.py"), "lossless_caps")
+    return oracle(f"{R44_FOLDER}/lossless_caps.py")
 
 
 @pytest.fixture(scope="session")
-def r44_prepare(lossless_caps):
+def r44_prepare(oracle):
     """R44's prepare_caseops_data.py, whose SentencePiece calls the removed ``encode_as_immutable_proto``:
     its ``spm`` is given a processor that provides it from SentencePiece's own serialized proto."""
     import types
 
-    module = import_script(_oracle_file(R44_FOLDER, "prepare_caseops_data.py"), "oracle_prepare_caseops_data")
+    from oracles import ProtoSurfaces
+
+    module = oracle(f"{R44_FOLDER}/prepare_caseops_data.py")
     module.spm = types.SimpleNamespace(SentencePieceProcessor=ProtoSurfaces)
     return module
-
-
-class _Piece:
-    def __init__(self, surface: str):
-        self.surface = surface
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    if data[pos] < 0x80:  # most keys and lengths: one byte
-        return data[pos], pos + 1
-    value, shift = 0, 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _skip(data: bytes, pos: int, wire: int) -> int:
-    if wire == 0:
-        return _varint(data, pos)[1]
-    if wire == 2:
-        size, pos = _varint(data, pos)
-        return pos + size
-    if wire in (1, 5):
-        return pos + (8 if wire == 1 else 4)
-    raise ValueError(f"unsupported protobuf wire type {wire}")
-
-
-def _surface_pieces(sp, text: str) -> list[_Piece]:
-    """Each piece's surface, read from SentencePiece's serialized SentencePieceText
-    (field 2: the pieces; in each, field 3: its surface, absent when empty)."""
-    data = sp.encode(text, out_type="serialized_proto")
-    pieces, pos = [], 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        if key != 0x12:  # not a piece (field 2, length-delimited)
-            pos = _skip(data, pos, key & 7)
-            continue
-        size, pos = _varint(data, pos)
-        end, surface = pos + size, b""
-        while pos < end:
-            key, pos = _varint(data, pos)
-            if key == 0x1A:  # field 3, length-delimited: the surface
-                length, pos = _varint(data, pos)
-                surface, pos = data[pos : pos + length], pos + length
-            else:
-                pos = _skip(data, pos, key & 7)
-        pieces.append(_Piece(surface.decode("utf-8")))
-    return pieces
-
-
-def _sentencepiece_processor():
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor
-
-
-class ProtoSurfaces(_sentencepiece_processor()):
-    """SentencePieceProcessor with the ``encode_as_immutable_proto(text).pieces[i].surface`` of older versions."""
-
-    def encode_as_immutable_proto(self, text: str):
-        import types
-
-        return types.SimpleNamespace(pieces=_surface_pieces(self, text))
 
 
 def caseops_oracle_docs(shared: Path) -> list[str]:
@@ -279,27 +169,10 @@ def record_caseops_data(shared_data, r44_prepare, r44_tokenizer, tmp_path_factor
 
 @pytest.fixture(scope="session")
 def r44_script():
-    """R44's train_gpt.py as a module, with a stand-in flash_attn_interface (nothing here calls attention)."""
-    import sys
-    import types
+    """R44's train_gpt.py as a module."""
+    from oracles import import_oracle
 
-    if "oracle_r44_train_gpt" in sys.modules:
-        return sys.modules["oracle_r44_train_gpt"]
-    stand_in = types.ModuleType("flash_attn_interface")
-
-    def no_attention(*args, **kwargs):
-        raise RuntimeError("FlashAttention stand-in: not for use in these tests")
-
-    stand_in.flash_attn_func = stand_in.flash_attn_varlen_func = no_attention
-    real = sys.modules.get("flash_attn_interface")
-    sys.modules["flash_attn_interface"] = stand_in
-    try:
-        return import_script(_oracle_file(R44_FOLDER, "train_gpt.py"), "oracle_r44_train_gpt")
-    finally:  # pgolf's backend check imports it: leave no stand-in behind
-        if real is None:
-            sys.modules.pop("flash_attn_interface", None)
-        else:
-            sys.modules["flash_attn_interface"] = real
+    return import_oracle(f"{R44_FOLDER}/train_gpt.py")
 
 
 @pytest.fixture(scope="session")

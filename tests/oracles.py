@@ -99,6 +99,9 @@ def import_oracle(relative: str):
         stand_in.flash_attn_varlen_func = _sdpa_flash_attn_varlen_func
         saved = sys.modules.get("flash_attn_interface")
         sys.modules["flash_attn_interface"] = stand_in
+        # the reference reads these at import time: the defaults, whatever the caller's environment holds
+        saved_env = {k: os.environ.pop(k) for k in ("CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS")
+                     if k in os.environ}
         try:
             name = "pgolf_oracle_" + "".join(c if c.isalnum() else "_" for c in relative)
             module = types.ModuleType(name)
@@ -106,6 +109,7 @@ def import_oracle(relative: str):
             sys.modules[name] = module  # dataclasses and torch.library look their module up by name
             _exec_script(path.read_text(encoding="utf-8"), module)
         finally:
+            os.environ.update(saved_env)
             if saved is None:
                 sys.modules.pop("flash_attn_interface", None)
             else:
@@ -114,6 +118,84 @@ def import_oracle(relative: str):
     return _ORACLE_MODULES[relative]
 
 
+
+
+def oracle_path(relative: str) -> Path:
+    """A file under the oracles folder; skips the test with one line where it is absent."""
+    path = oracles_dir() / relative
+    if not path.is_file():
+        pytest.skip(f"oracle {relative} not found under {oracles_dir()} (set PGOLF_ORACLES to its folder)")
+    return path
+
+
+# -- R44's prepare_caseops_data.py calls SentencePiece's encode_as_immutable_proto, which
+# sentencepiece 0.2.3 no longer has: ProtoSurfaces provides it from the serialized proto.
+
+class _Piece:
+    def __init__(self, surface: str):
+        self.surface = surface
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    if data[pos] < 0x80:  # most keys and lengths: one byte
+        return data[pos], pos + 1
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _skip(data: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        return _varint(data, pos)[1]
+    if wire == 2:
+        size, pos = _varint(data, pos)
+        return pos + size
+    if wire in (1, 5):
+        return pos + (8 if wire == 1 else 4)
+    raise ValueError(f"unsupported protobuf wire type {wire}")
+
+
+def _surface_pieces(sp, text: str) -> list[_Piece]:
+    """Each piece's surface, read from SentencePiece's serialized SentencePieceText
+    (field 2: the pieces; in each, field 3: its surface, absent when empty)."""
+    data = sp.encode(text, out_type="serialized_proto")
+    pieces, pos = [], 0
+    while pos < len(data):
+        key, pos = _varint(data, pos)
+        if key != 0x12:  # not a piece (field 2, length-delimited)
+            pos = _skip(data, pos, key & 7)
+            continue
+        size, pos = _varint(data, pos)
+        end, surface = pos + size, b""
+        while pos < end:
+            key, pos = _varint(data, pos)
+            if key == 0x1A:  # field 3, length-delimited: the surface
+                length, pos = _varint(data, pos)
+                surface, pos = data[pos : pos + length], pos + length
+            else:
+                pos = _skip(data, pos, key & 7)
+        pieces.append(_Piece(surface.decode("utf-8")))
+    return pieces
+
+
+def _sentencepiece_processor():
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor
+
+
+class ProtoSurfaces(_sentencepiece_processor()):
+    """SentencePieceProcessor with the ``encode_as_immutable_proto(text).pieces[i].surface`` of older versions."""
+
+    def encode_as_immutable_proto(self, text: str):
+        import types
+
+        return types.SimpleNamespace(pieces=_surface_pieces(self, text))
 
 
 def reference_kwargs(m) -> dict:

@@ -1,15 +1,10 @@
-"""Optional parity with the reference train_gpt.py itself (set PGOLF_REFERENCE_SCRIPT to its path).
-
-Importing the script is safe (its training runs under a ``__main__`` guard); it needs torch,
-numpy and sentencepiece. Without the variable these tests are skipped.
-"""
+"""Parity with the reference train_gpt.py itself: its quantizer, dequantizer and .ptz, imported
+from the oracles (PGOLF_ORACLES, default ../shared/oracles; skipped where they are absent)."""
 
 from __future__ import annotations
 
 import io
-import os
 import zlib
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,13 +14,8 @@ from pgolf.quant.int8 import dequantize, payload_bytes, quantize_state_dict, to_
 
 
 @pytest.fixture(scope="module")
-def ref(import_reference):
-    script = os.environ.get("PGOLF_REFERENCE_SCRIPT")
-    if not script:
-        pytest.skip("PGOLF_REFERENCE_SCRIPT is not set (path to the reference train_gpt.py)")
-    if not Path(script).is_file():
-        pytest.skip(f"PGOLF_REFERENCE_SCRIPT={script} is not a file")
-    return import_reference(Path(script), "pgolf_reference_train_gpt")
+def ref(oracle):
+    return oracle("reference/train_gpt.py")
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -36,18 +39,58 @@ def test_weight_decay_scale_multiplies_the_decay():
     assert torch.allclose(p.detach(), w * (1 - 0.2 * 0.25 * 0.5), atol=1e-15)
 
 
-def test_zero_weight_decay_is_bit_identical_to_the_reference_step():
-    gen = torch.Generator().manual_seed(1)
-    w = torch.randn(16, 8, generator=gen)
-    g = torch.randn(16, 8, generator=gen)
-    a = torch.nn.Parameter(w.clone())
-    b = torch.nn.Parameter(w.clone())
-    ref = Muon([a], lr=0.04, momentum=0.95)
-    opt = Muon([b], lr=0.04, momentum=0.95, weight_decay=0.0, row_normalize=False, ns_schedule="quintic")
-    for p, o in ((a, ref), (b, opt)):
-        p.grad = g.clone()
-        o.step()
-    assert torch.equal(a, b)
+SHAPES = [(16, 16), (8, 32), (48, 16)]  # square, wide, tall (scaled by sqrt(rows / cols))
+R44_SCRIPT = "R44_sp8192_lqer_sparsegate_bossmear/train_gpt.py"
+
+
+def _run(make_opt, dtype: torch.dtype, steps: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    """The parameters after ``steps`` steps of ``make_opt(params)`` on fixed random gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.nn.Parameter((0.1 * torch.randn(*s, generator=gen, dtype=torch.float64)).to(dtype)) for s in SHAPES]
+    grads = [[torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype) for s in SHAPES] for _ in range(steps)]
+    opt = make_opt(params)
+    for step_grads in grads:
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize("explicit_defaults", [False, True])
+def test_default_muon_is_the_references_muon_bit_for_bit(oracle, explicit_defaults):
+    # The reference's own Muon (bf16 Newton-Schulz, fp32 parameters): the record options at their
+    # off values must leave its step unchanged to the bit.
+    ref = oracle("reference/train_gpt.py")
+    off = dict(weight_decay=0.0, row_normalize=False, ns_schedule="quintic") if explicit_defaults else {}
+    expected = _run(lambda ps: ref.Muon(ps, lr=0.04, momentum=0.95, backend_steps=5), torch.float32)
+    got = _run(lambda ps: Muon(ps, lr=0.04, momentum=0.95, **off), torch.float32)
+    for shape, a, b in zip(SHAPES, expected, got):
+        assert torch.equal(a, b), shape
+
+
+def _in_float64(module, *names: str) -> dict:
+    """A namespace where the oracle's top-level functions/classes ``names`` are re-run from its own
+    source with every bf16 cast made float64 (decorators, i.e. torch.compile, dropped), so that a
+    comparison with pgolf in float64 sees the algorithm, not bf16 rounding order."""
+    source = Path(module.__file__).read_text()
+    ns = dict(vars(module))
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+            src = ast.get_source_segment(source, node).replace(".bfloat16()", ".double()")
+            exec(compile(src.replace("torch.bfloat16", "torch.float64"), module.__file__, "exec"), ns)
+    assert all(ns[n] is not getattr(module, n) for n in names), names
+    return ns
+
+
+def test_record_options_follow_r44s_muon(oracle):
+    # R44 (PR #1855): MuonEq-R row normalisation, Polar Express coefficients, decoupled WD, in its own
+    # Muon.step and zeropower_via_newtonschulz5.
+    r44 = _in_float64(oracle(R44_SCRIPT), "zeropower_via_newtonschulz5", "Muon")
+    options = dict(lr=0.05, momentum=0.9, weight_decay=0.5, row_normalize=True)
+    expected = _run(lambda ps: r44["Muon"](ps, backend_steps=5, **options), torch.float64)
+    got = _run(lambda ps: Muon(ps, ns_dtype=torch.float64, ns_schedule="polar_express", **options), torch.float64)
+    for shape, a, b in zip(SHAPES, expected, got):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12), shape
 
 
 def test_row_normalize_gives_unit_rows():

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ast
+import itertools
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -38,9 +43,46 @@ def test_warmdown_frac_replaces_warmdown_iters():
     assert lr_scale(50, 0.0, 100, 1200, None, warmdown_frac=0.8) == pytest.approx(0.625)
 
 
-def test_defaults_keep_the_reference_schedule():
-    for step in (0, 80, 90, 99):
-        assert lr_scale(step, 0, 100, 20, None, 0.0, 0.0) == lr_scale(step, 0, 100, 20, None)
+def nested_function(module, outer: str, name: str, **free):
+    """The function ``name`` defined inside the oracle's top-level ``outer`` (``main``'s ``lr_mul``),
+    compiled from the oracle's own source with its free variables (``args``, ``max_wallclock_ms``)
+    bound to ``free``."""
+    source = Path(module.__file__).read_text()
+    top = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == outer)
+    node = next(n for n in ast.walk(top) if isinstance(n, ast.FunctionDef) and n.name == name)
+    ns = {**vars(module), **free}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), module.__file__, "exec"), ns)
+    return ns[name]
+
+
+CAPS = [None, 600_000.0, 20_000.0]  # no cap, the challenge's 10 minutes, a short one
+STEPS = [0, 1, 7, 50, 79, 80, 81, 99, 100, 130]
+ELAPSED = [0.0, 1.0, 5_000.0, 14_999.0, 19_999.5, 20_000.0, 450_000.0, 599_000.0, 600_000.0, 700_000.0]
+
+
+def test_default_schedule_is_the_references_lr_mul(oracle):
+    # The reference's own lr_mul (main() of its train_gpt.py): step-based without a cap, time-based
+    # warm-down (WARMDOWN_ITERS x the mean step time so far) with one.
+    ref = oracle("reference/train_gpt.py")
+    for iterations, warmdown_iters, cap in itertools.product([100, 20_000], [0, 20, 1200, 30_000], CAPS):
+        args = SimpleNamespace(iterations=iterations, warmdown_iters=warmdown_iters)
+        lr_mul = nested_function(ref, "main", "lr_mul", args=args, max_wallclock_ms=cap)
+        for step, elapsed in itertools.product(STEPS, ELAPSED):
+            expected = lr_mul(step, elapsed)
+            assert lr_scale(step, elapsed, iterations, warmdown_iters, cap) == expected, (iterations, warmdown_iters, cap, step, elapsed)
+
+
+def test_warmdown_frac_and_min_lr_are_r44s_lr_mul(oracle):
+    # R44's training_frac + lr_mul (in its train_model()): WARMDOWN_FRAC of training by time or steps, MIN_LR floor.
+    r44 = oracle("R44_sp8192_lqer_sparsegate_bossmear/train_gpt.py")
+    for warmdown_frac, min_lr, cap in itertools.product([0.75, 0.72, 1.0], [0.0, 0.1], CAPS):
+        h = SimpleNamespace(iterations=100, warmdown_frac=warmdown_frac, min_lr=min_lr)
+        frac = nested_function(r44, "train_model", "training_frac", h=h, max_wallclock_ms=cap)
+        lr_mul = nested_function(r44, "train_model", "lr_mul", h=h)
+        for step, elapsed in itertools.product(STEPS, ELAPSED):
+            expected = lr_mul(frac(step, elapsed))
+            got = lr_scale(step, elapsed, 100, 1200, cap, warmdown_frac=warmdown_frac, min_lr=min_lr)
+            assert got == expected, (warmdown_frac, min_lr, cap, step, elapsed)
 
 
 def test_wd_taper_boundaries():

@@ -34,7 +34,7 @@ def test_hooks_collect_one_hessian_per_linear(model_and_hessians):
     assert torch.linalg.eigvalsh(h).min() > -1e-3 * h.diagonal().mean()
 
 
-@pytest.mark.parametrize("scheme", ["int4", "int3g32", "int5:mse"])
+@pytest.mark.parametrize("scheme", ["int4", "int3g32", "int5:mse", "int4:hsd6"])
 def test_gptq_beats_round_to_nearest_on_hessian_weighted_error(model_and_hessians, scheme):
     model, hessians = model_and_hessians
     s = parse_scheme(scheme)
@@ -42,10 +42,11 @@ def test_gptq_beats_round_to_nearest_on_hessian_weighted_error(model_and_hessian
     wins = 0
     for name, h in hessians.items():
         w = state[name]
-        rtn = intn_dequantize(*quantize_weight(w, s), s.group_size)
+        rtn = intn_dequantize(*quantize_weight(w, s, torch.diagonal(h)), s.group_size)
         codes, scale = gptq_quantize(w, h, s)
         assert codes.dtype == torch.int8 and int(codes.abs().max()) <= s.qmax
-        assert torch.equal(scale, quantize_weight(w, s)[1])  # same stored scales: same artifact layout
+        # Same stored scales as round-to-nearest with the same Hessian (hsd reads its diagonal).
+        assert torch.equal(scale, quantize_weight(w, s, torch.diagonal(h))[1])
         gptq = intn_dequantize(codes, scale, s.group_size)
         wins += hessian_error(w, gptq, h) < hessian_error(w, rtn, h)
     assert wins == len(hessians)

@@ -4,8 +4,6 @@ quantizer where the rule is the reference's."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,15 +13,11 @@ from pgolf.presets import build_config
 from pgolf.quant.int8 import KIND_PASSTHROUGH, KIND_PER_ROW, KIND_PER_TENSOR
 from pgolf.quant.policy import quantize_state_dict_policy, quantized_count
 
-ORACLES = Path(os.environ.get("PGOLF_ORACLES", Path(__file__).resolve().parents[3] / "shared" / "oracles"))
 
 
 @pytest.fixture(scope="module")
-def reference(import_reference):
-    script = ORACLES / "reference" / "train_gpt.py"
-    if not script.is_file():
-        pytest.skip(f"reference train_gpt.py not found under {ORACLES} (set PGOLF_ORACLES)")
-    return import_reference(script, "reference_train_gpt_small")
+def reference(reference_script):
+    return reference_script
 
 
 def small_state() -> dict[str, torch.Tensor]:

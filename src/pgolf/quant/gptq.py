@@ -8,8 +8,9 @@
 * :func:`gptq_quantize` quantizes one weight column by column in blocks of 128, in descending
   ``diag(H)`` order (activation order), with dead columns zeroed, damping ``0.01 * mean(diag H)``,
   and the error of each column fed back to the not-yet-quantized ones through the Cholesky factor
-  of ``H^-1``. Scales are fixed up front by the scheme's clip rule, so codes and fp16 scales are
-  stored exactly like round-to-nearest ones (same entry kind, same artifact format).
+  of ``H^-1``. Scales are fixed up front by the scheme's clip rule (``hsd<k>`` reads this
+  ``diag(H)``, as R31), so codes and fp16 scales are stored exactly like round-to-nearest ones
+  (same entry kind, same artifact format).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from torch import Tensor, nn
 
 from pgolf.errors import PgolfError
 from pgolf.model.layers import CastedLinear
-from pgolf.quant.lowbit import FAMILY_INT, Scheme, _scale_for, clip_per_unit, fits
+from pgolf.quant.lowbit import FAMILY_INT, HESSIAN_DAMP, Scheme, _scale_for, clip_per_unit, fits
 
 BLOCK = 128
-DAMP = 0.01
+DAMP = HESSIAN_DAMP
 TIED_EMBED_NAME = "tok_emb.weight"
 
 
@@ -72,10 +73,10 @@ def collect_hessians(model: nn.Module, batches: Iterable[Tensor]) -> dict[str, T
     return hessians
 
 
-def _column_scales(w: Tensor, scheme: Scheme) -> tuple[Tensor, Tensor]:
+def _column_scales(w: Tensor, scheme: Scheme, hessian_diag: Tensor) -> tuple[Tensor, Tensor]:
     """fp32 scale per (row, column) and the fp16 scale tensor to store."""
     rows, cols = w.shape
-    scale = _scale_for(clip_per_unit(w, scheme), scheme.qmax)
+    scale = _scale_for(clip_per_unit(w, scheme, hessian_diag), scheme.qmax)
     if scheme.group_size == 0:
         return scale[:, None].expand(rows, cols), scale.half()
     per_group = scale.reshape(rows, cols // scheme.group_size)
@@ -90,8 +91,8 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scheme: Scheme) -> tuple[Tensor, T
     if hessian.shape != (cols, cols):
         raise PgolfError(f"GPTQ: Hessian shape {tuple(hessian.shape)} does not match {cols} input columns")
     w = w.detach().float().clone()
-    col_scale, stored_scale = _column_scales(w, scheme)
     h = hessian.detach().float().clone()
+    col_scale, stored_scale = _column_scales(w, scheme, torch.diagonal(h))
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0

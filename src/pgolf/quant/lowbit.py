@@ -14,10 +14,14 @@ Clip rules (``clip`` is the largest magnitude that maps to the top code, per row
 * ``max``: the absolute maximum;
 * ``mse``: GPTQ-lite, try the percentiles {99.9, 99.95, 99.99, 99.999, 100} and keep, per row or
   group, the one with the smallest squared reconstruction error;
-* ``sd<k>``: SDClip, ``clip = k * std`` (k = 12.85 for int6 in the records);
-* ``hsd<k>``: Hessian-aware SDClip, ``clip_i = k * std_i * (1 + 0.175 (r_i - 1))`` with r_i the
-  row's importance: its H-weighted mean square over the tensor's mean (needs the input Hessian
-  ``H``; falls back to plain SDClip without one);
+* ``sd<k>``: SDClip, ``clip = k * std`` with the sample standard deviation (``W.std(dim=1)``, as
+  the records; k = 12.85 for int6 there);
+* ``hsd<k>``: Hessian-aware SDClip exactly as R31 (PR #1412) computes it:
+  ``clip_i = k * std_i * (1 + 0.175 (r_i - 1))``, where ``d = diag(H)`` as GPTQ sees it (dead
+  columns set to 1, plus 1% of its mean as damping, floored at 1e-8), ``r_i = mean_j(|W_ij| d_j /
+  mean(d))`` divided by its mean over rows. Needs the input Hessian ``H`` (on both the
+  round-to-nearest and the GPTQ path); falls back to plain SDClip without one. With groups, the
+  row's factor multiplies each group's SDClip;
 * ``absmean``: the mean of ``|w|`` (ternary's rule).
 
 Scales are rounded to fp16 *before* the codes are computed, so the stored scale is exactly the
@@ -43,6 +47,8 @@ FAMILY_INT = "int"
 CLIP_RULES = ("pct", "max", "mse", "sd", "hsd", "absmean")
 MSE_CANDIDATE_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 HSD_LAMBDA = 0.175
+# GPTQ's damping (pgolf.quant.gptq): R31 reads diag(H) after it, on the GPTQ and the plain path alike.
+HESSIAN_DAMP = 0.01
 TERNARY_DEFAULT_GROUP = 128
 # The smallest normal fp16: a scale that rounds below it would make x / scale overflow.
 MIN_SCALE = 2.0**-14
@@ -188,10 +194,13 @@ def _mse_clip(units: Tensor, qmax: int) -> Tensor:
     return best_clip
 
 
-def _row_importance(w: Tensor, hessian_diag: Tensor) -> Tensor:
-    # r_i: the row's H-weighted mean square error proxy, relative to the mean over rows (mean 1).
-    weighted = (w.square() * hessian_diag[None, :]).mean(dim=1)
-    return weighted / weighted.mean().clamp_min(1e-30)
+def _hsd_row_factor(w: Tensor, hessian_diag: Tensor) -> Tensor:
+    """R31's per-row clip factor ``1 + lambda (r_i - 1)`` (see the module docstring), same op order."""
+    d = hessian_diag.to(w.device, torch.float32)
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    d = (d + HESSIAN_DAMP * d.mean()).clamp_min(1e-8)
+    r = (w.abs() * (d / d.mean())[None, :]).mean(dim=1)
+    return 1.0 + HSD_LAMBDA * (r / r.mean() - 1.0)
 
 
 def clip_per_unit(w: Tensor, scheme: Scheme, hessian_diag: Tensor | None = None) -> Tensor:
@@ -205,11 +214,9 @@ def clip_per_unit(w: Tensor, scheme: Scheme, hessian_diag: Tensor | None = None)
         return units.abs().mean(dim=-1) * scheme.qmax
     if scheme.clip == "mse":
         return _mse_clip(units, scheme.qmax)
-    clip = scheme.k * units.std(dim=-1, correction=0)
+    clip = scheme.k * units.std(dim=-1)
     if scheme.clip == "hsd" and hessian_diag is not None:
-        r = _row_importance(w, hessian_diag.to(w.device, torch.float32))
-        factor = 1.0 + HSD_LAMBDA * (r - 1.0)
-        per_row = factor.clamp_min(0.1)
+        per_row = _hsd_row_factor(w, hessian_diag)  # >= 1 - lambda > 0: importance is never negative
         clip = clip * (per_row if scheme.group_size == 0 else per_row.repeat_interleave(w.shape[1] // scheme.group_size))
     return clip
 
