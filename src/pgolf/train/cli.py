@@ -36,6 +36,10 @@ def print_summary(results: dict) -> None:
         f" ({results['headroom']:,} bytes under the 16,000,000 cap)"
     )
     print(f"{results['steps']} steps in {results['train_time_s']:.1f}s on {results['device']}; run dir {results['run_dir']}")
+    budget = results.get("time_budget") or {}
+    if budget.get("verdict", "ok") != "ok":
+        print(f"time budget {budget['verdict'].upper()}: training {budget['train_s']:.1f}s + calibration "
+              f"{budget['calibration_s']:.1f}s is {budget['over_s']:.1f}s over the {budget['cap_s']:g}s cap")
 
 
 def register(subparsers) -> None:

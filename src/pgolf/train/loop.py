@@ -12,16 +12,25 @@
   validation, so the checkpoint, the artifact and the score all hold the averaged weights.
 * With ``USE_GPTQ`` and a cap, training stops ``GPTQ_RESERVE_SECONDS`` early
   (:func:`training_cap_ms`) and the calibration Hessians are collected right after the loop,
-  inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them.
+  inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them. Training + calibration
+  over the cap is logged (``time_budget:``) and recorded in results.json, an error in record mode
+  (pgolf.train.budget).
 * After training: checkpoint, export the artifact, reload it from disk and score it on standard
   windows, then run the evaluation phases the config names (sliding windows, score-first TTT:
   pgolf.eval.phases) on the same reloaded weights, on every rank. The last phase's score is the
   run's score, as in the records; eval_time covers all of it.
+* Code bytes are counted again once everything has run (:func:`final_size`): in package mode the
+  evaluation phases import modules after the export, and they are code the run executed. That
+  count is the one results.json, the last size line of the log and the cap verdict use.
+* The header and results.json say where the data came from (a ``pgolf data prepare`` manifest
+  beside the val shards) and, for a bundle, its sha256 and what the environment changed from the
+  configuration it was built with: the facts ``pgolf submit`` and ``pgolf check record`` judge.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -33,7 +42,7 @@ from torch import nn
 
 from pgolf.config import Config
 from pgolf.data.loader import DistributedTokenLoader, build_loader
-from pgolf.data.shards import load_tokens
+from pgolf.data.shards import load_tokens, prepared_manifest
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
@@ -51,6 +60,7 @@ from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, in
                            source_hash, versions)
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
+from pgolf.train.budget import time_budget
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
 from pgolf.train.rundir import RunDir, new_run_id
 
@@ -76,6 +86,7 @@ class Session:
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
+    provenance: dict = field(default_factory=dict)  # data_manifest, bundle: as the header states them
 
 
 def _sync(rt: Runtime) -> None:
@@ -83,7 +94,8 @@ def _sync(rt: Runtime) -> None:
         torch.cuda.synchronize(rt.device)
 
 
-def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
+def setup(cfg: Config, runs_dir: Path, echo: bool = True, frozen: dict | None = None) -> Session:
+    """``frozen``: a bundle's built-in configuration, before the environment overrode it."""
     rt = init_runtime(cfg.train.device)
     if cfg.train.fused_ce or cfg.train.fused_mlp:  # refused before anything is written
         check_fused_kernels(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
@@ -117,7 +129,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
                       grad_sync=grad_sync, bos_id=int(sp.bos_id()))
-    _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
+    _write_header(session, run_id, int(val_tokens.shape[0] - 1), frozen)
     if grad_sync is not None:
         run.log(grad_sync.describe())
     return session
@@ -136,7 +148,25 @@ def _broadcast_run_id(rt: Runtime) -> str:
     return run_id[0]
 
 
-def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
+def changed_fields(before: dict, after: dict) -> dict[str, list]:
+    """``{"section.field": [before, after]}`` for every config field whose value differs."""
+    return {f"{name}.{key}": [value, after[name].get(key)] for name, section in before.items() if isinstance(section, dict)
+            for key, value in section.items() if after[name].get(key) != value}
+
+
+def bundle_facts(cfg: Config, frozen: dict | None) -> dict | None:
+    """The shipped script this run is (PGOLF_CODE_FILES; None for the package): the sha256 of its bytes
+    and the fields the environment changed from the config it was built with (None: not known)."""
+    from pgolf.export.artifact import bundle_files
+
+    files = bundle_files()
+    if files is None:
+        return None
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+    return {"sha256": digest, "overrides": None if frozen is None else changed_fields(frozen, cfg.to_dict())}
+
+
+def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | None) -> None:
     facts = {
         "run_id": run_id,
         "preset": s.cfg.preset,
@@ -150,7 +180,10 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
         "versions": versions(),
         "model_params": count_parameters(s.model),
         "val_tokens": num_val_tokens,
+        "data_manifest": prepared_manifest(s.cfg.data.val_glob()),
+        "bundle": bundle_facts(s.cfg, frozen),
     }
+    s.provenance = {k: facts[k] for k in ("data_manifest", "bundle")}
     s.run.header(facts, s.cfg.to_json())
     s.run.write_json("config.json", s.cfg.to_dict())
     s.run.log(
@@ -282,6 +315,7 @@ class TrainStats:
     final_score: Score
     hessians: dict | None = None  # GPTQ calibration Hessians (USE_GPTQ), collected inside the budget
     hessian_time_ms: float = 0.0
+    budget: object | None = None  # pgolf.train.budget.TimeBudget (None without a cap)
 
 
 def training_cap_ms(cfg: Config) -> float | None:
@@ -365,7 +399,10 @@ def run_training(s: Session) -> TrainStats:
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
     hessians, hessian_ms = collect_gptq_hessians(s, train_ms)
-    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms)
+    budget = time_budget(t.max_wallclock_seconds, train_ms, hessian_ms)
+    if budget is not None and hessian_ms > 0:
+        s.run.log(budget.line())
+    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms, budget)
 
 
 def swap_in_average(s: Session) -> None:
@@ -481,15 +518,44 @@ def score_configured_phases(s: Session) -> dict[str, dict]:
     return out
 
 
+def final_size(s: Session, exported: dict) -> dict:
+    """The size with every module this run executed counted, and the cap verdict on it.
+
+    At export time the count is short in package mode: the sliding and TTT phases import their
+    modules afterwards. When the count changed, the size line is logged again (the log's last size
+    line is the run's). Over the cap removes the artifact and raises, as the export does.
+    """
+    from pgolf.export.artifact import SizeReport, check_under_cap, size_report
+
+    path, size = s.run.path / ARTIFACT_NAME, exported
+    if s.rt.is_master:
+        report = size_report(path)
+        size = dataclasses.asdict(report)
+        if report.bytes_code != exported["bytes_code"]:
+            s.run.log(f"code bytes counted again after the evaluation: {report.bytes_code - exported['bytes_code']:+,} "
+                      f"({len(report.code_files) - len(exported['code_files']):+} files)")
+            s.run.log(report.summary())
+    if s.rt.distributed:
+        shared = [size]
+        dist.broadcast_object_list(shared, src=0)
+        size = shared[0]
+    report = SizeReport(**size)
+    if report.over_cap:
+        if s.rt.is_master:
+            path.unlink(missing_ok=True)
+        check_under_cap(report)
+    return size
+
+
 def _peak_memory_mib(rt: Runtime) -> int | None:
     if rt.device.type != "cuda":
         return None
     return int(torch.cuda.max_memory_allocated(rt.device) // (1024 * 1024))
 
 
-def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict:
-    """Train, export and score one run; return (and write) its results."""
-    s = setup(cfg, Path(runs_dir), echo=echo)
+def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, frozen: dict | None = None) -> dict:
+    """Train, export and score one run; return (and write) its results. ``frozen``: see :func:`setup`."""
+    s = setup(cfg, Path(runs_dir), echo=echo, frozen=frozen)
     try:
         compile_warmup(s)
         stats = run_training(s)
@@ -498,6 +564,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
         phases = {"standard": {**post.as_dict(), "eval_time_s": eval_s}}
         if sliding_configured(cfg.eval) or ttt_configured(cfg.eval):  # a bundle without them ships none of their code
             phases.update(score_configured_phases(s))
+        size = final_size(s, size)
         final_phase, final = list(phases.items())[-1]
         eval_s = sum(p["eval_time_s"] for p in phases.values())
         pre = stats.final_score
@@ -517,6 +584,8 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True) -> dict
             "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
             "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
+            "time_budget": stats.budget.as_dict() if stats.budget is not None else None,
+            **s.provenance,
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
