@@ -114,7 +114,7 @@ def facts_from_log(text: str, source: str) -> RunFacts:
         facts.cap_s = config.get("train", {}).get("max_wallclock_seconds")
         facts.device = stated.get("device")
         facts.provenance = "bundle" in stated
-        facts.data_manifest = _literal(stated.get("data_manifest"))
+        facts.data_manifest = None if stated.get("data_manifest", "None") == "None" else stated["data_manifest"]
         facts.bundle = _literal(stated.get("bundle"))
     elif (cap := list(LOG_CAP.finditer(text))):
         facts.cap_s = float(cap[-1]["s"])
