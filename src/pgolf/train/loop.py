@@ -22,15 +22,13 @@
 * Code bytes are counted again once everything has run (:func:`final_size`): in package mode the
   evaluation phases import modules after the export, and they are code the run executed. That
   count is the one results.json, the last size line of the log and the cap verdict use.
-* The header and results.json say where the data came from (a ``pgolf data prepare`` manifest
-  beside the val shards) and, for a bundle, its sha256 and what the environment changed from the
-  configuration it was built with: the facts ``pgolf submit`` and ``pgolf check record`` judge.
+* A bundle's run logs the configuration the bundle was built with (``bundle_config`` in the header),
+  so ``pgolf submit`` and ``pgolf check record`` see what the environment changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from torch import nn
 
 from pgolf.config import Config
 from pgolf.data.loader import DistributedTokenLoader, build_loader
-from pgolf.data.shards import load_tokens, prepared_manifest
+from pgolf.data.shards import load_tokens
 from pgolf.errors import PgolfError
 from pgolf.eval.bpb import Score
 from pgolf.eval.evaluate import autocast_for, batch_rows, evaluate, prime_eval_graphs, trim_to_windows
@@ -60,7 +58,6 @@ from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, in
                            source_hash, versions)
 from pgolf.tokenizer.luts import TorchByteTable, build_byte_table
 from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
-from pgolf.train.budget import time_budget
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
 from pgolf.train.rundir import RunDir, new_run_id
 
@@ -86,7 +83,6 @@ class Session:
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
-    provenance: dict = field(default_factory=dict)  # data_manifest, bundle: as the header states them
 
 
 def _sync(rt: Runtime) -> None:
@@ -148,24 +144,6 @@ def _broadcast_run_id(rt: Runtime) -> str:
     return run_id[0]
 
 
-def changed_fields(before: dict, after: dict) -> dict[str, list]:
-    """``{"section.field": [before, after]}`` for every config field whose value differs."""
-    return {f"{name}.{key}": [value, after[name].get(key)] for name, section in before.items() if isinstance(section, dict)
-            for key, value in section.items() if after[name].get(key) != value}
-
-
-def bundle_facts(cfg: Config, frozen: dict | None) -> dict | None:
-    """The shipped script this run is (PGOLF_CODE_FILES; None for the package): the sha256 of its bytes
-    and the fields the environment changed from the config it was built with (None: not known)."""
-    from pgolf.export.artifact import bundle_files
-
-    files = bundle_files()
-    if files is None:
-        return None
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
-    return {"sha256": digest, "overrides": None if frozen is None else changed_fields(frozen, cfg.to_dict())}
-
-
 def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | None) -> None:
     facts = {
         "run_id": run_id,
@@ -180,10 +158,8 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | N
         "versions": versions(),
         "model_params": count_parameters(s.model),
         "val_tokens": num_val_tokens,
-        "data_manifest": prepared_manifest(s.cfg.data.val_glob()),
-        "bundle": bundle_facts(s.cfg, frozen),
+        "bundle_config": frozen,
     }
-    s.provenance = {k: facts[k] for k in ("data_manifest", "bundle")}
     s.run.header(facts, s.cfg.to_json())
     s.run.write_json("config.json", s.cfg.to_dict())
     s.run.log(
@@ -315,7 +291,7 @@ class TrainStats:
     final_score: Score
     hessians: dict | None = None  # GPTQ calibration Hessians (USE_GPTQ), collected inside the budget
     hessian_time_ms: float = 0.0
-    budget: object | None = None  # pgolf.train.budget.TimeBudget (None without a cap)
+    budget: object | None = None  # pgolf.train.budget.TimeBudget (with calibration and a cap)
 
 
 def training_cap_ms(cfg: Config) -> float | None:
@@ -327,12 +303,14 @@ def training_cap_ms(cfg: Config) -> float | None:
     return 1000.0 * max(t.max_wallclock_seconds - reserve, 0.0)
 
 
-def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float]:
-    """Calibration Hessians for the export (None without USE_GPTQ) and the milliseconds they took."""
+def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float, object]:
+    """Calibration Hessians for the export (None without USE_GPTQ), the milliseconds they took and the
+    time budget they leave (pgolf.train.budget.TimeBudget; None without them or without a cap)."""
     q, t = s.cfg.quant, s.cfg.train
     if not q.gptq_enabled:
-        return None, 0.0
+        return None, 0.0, None
     from pgolf.quant.calibration import calibration_hessians  # only then: counted code
+    from pgolf.train.budget import time_budget
 
     _sync(s.rt)
     t0 = time.perf_counter()
@@ -342,7 +320,10 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
     ms = 1000.0 * (time.perf_counter() - t0)
     s.run.log(f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms "
               f"train_time+hessians:{train_ms + ms:.0f}ms")
-    return hessians, ms
+    budget = time_budget(t.max_wallclock_seconds, train_ms, ms)
+    if budget is not None:
+        s.run.log(budget.line())
+    return hessians, ms, budget
 
 
 def _progress(s: Session):
@@ -398,10 +379,7 @@ def run_training(s: Session) -> TrainStats:
     bar.close()
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
-    hessians, hessian_ms = collect_gptq_hessians(s, train_ms)
-    budget = time_budget(t.max_wallclock_seconds, train_ms, hessian_ms)
-    if budget is not None and hessian_ms > 0:
-        s.run.log(budget.line())
+    hessians, hessian_ms, budget = collect_gptq_hessians(s, train_ms)
     return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms, budget)
 
 
@@ -522,29 +500,24 @@ def final_size(s: Session, exported: dict) -> dict:
     """The size with every module this run executed counted, and the cap verdict on it.
 
     At export time the count is short in package mode: the sliding and TTT phases import their
-    modules afterwards. When the count changed, the size line is logged again (the log's last size
-    line is the run's). Over the cap removes the artifact and raises, as the export does.
+    modules afterwards. A changed count is logged again (the log's last size line is the run's).
+    Over the cap removes the artifact and raises, as the export does.
     """
     from pgolf.export.artifact import SizeReport, check_under_cap, size_report
 
-    path, size = s.run.path / ARTIFACT_NAME, exported
+    path, size = s.run.path / ARTIFACT_NAME, [exported]
     if s.rt.is_master:
         report = size_report(path)
-        size = dataclasses.asdict(report)
         if report.bytes_code != exported["bytes_code"]:
-            s.run.log(f"code bytes counted again after the evaluation: {report.bytes_code - exported['bytes_code']:+,} "
-                      f"({len(report.code_files) - len(exported['code_files']):+} files)")
             s.run.log(report.summary())
+        size = [dataclasses.asdict(report)]
     if s.rt.distributed:
-        shared = [size]
-        dist.broadcast_object_list(shared, src=0)
-        size = shared[0]
-    report = SizeReport(**size)
-    if report.over_cap:
-        if s.rt.is_master:
-            path.unlink(missing_ok=True)
-        check_under_cap(report)
-    return size
+        dist.broadcast_object_list(size, src=0)
+    report = SizeReport(**size[0])
+    if report.over_cap and s.rt.is_master:
+        path.unlink()
+    check_under_cap(report)
+    return size[0]
 
 
 def _peak_memory_mib(rt: Runtime) -> int | None:
@@ -584,8 +557,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, frozen:
             "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
             "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
-            "time_budget": stats.budget.as_dict() if stats.budget is not None else None,
-            **s.provenance,
+            "time_budget": stats.budget and stats.budget.as_dict(),
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
