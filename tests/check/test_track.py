@@ -21,62 +21,79 @@ from pgolf.submit.records import Submission, write_records_folder
 from pgolf.train.rundir import RunDir
 
 SCRIPT = "print('the shipped train_gpt.py')\n"
-SHIPPED = hashlib.sha256(SCRIPT.encode()).hexdigest()
+# pgolf.runtime.source_hash of a bundle's run: sha256 over the file's name, then its bytes
+SHIPPED_SOURCE_SHA256 = hashlib.sha256(b"train_gpt.py" + SCRIPT.encode()).hexdigest()
 H100 = "NVIDIA H100 80GB HBM3"
+BUNDLE_SIZE_LINE = (f"artifact 15,800,{len(SCRIPT):03d} bytes = model 15,800,000 + code {len(SCRIPT)} (bundle train_gpt.py); "
+                    "199,968 bytes under the 16,000,000-byte cap")
 
 
 def comparable_run() -> dict:
-    """config, results and the header facts of a run that belongs on the record track."""
-    config = build_config("baseline", ["SEED=42"], environ={}).to_dict()
-    results = {
-        "val_loss": 2.07, "val_bpb": 1.2244, "pre_quant": {"val_bpb": 1.2172}, "bytes_model": 15_800_000,
-        "steps": 13_780, "step_avg_ms": 43.54, "train_time_s": 600.02, "gptq_hessian_time_s": 0.0, "eval_time_s": 1.4,
-        "world_size": 8, "device": H100, "versions": {"torch": "2.9.1"}, "data_manifest": None,
-        "bundle": {"sha256": SHIPPED, "overrides": {"train.seed": [1337, 42], "train.run_id": ["", "a"]}},
+    """A run that belongs on the record track: the shipped bundle on 8xH100, the environment setting only its seed."""
+    return {
+        "config": build_config("baseline", ["SEED=42"], environ={}).to_dict(),
+        "header": {"source_sha256": SHIPPED_SOURCE_SHA256, "device": H100,
+                   "bundle_config": build_config("baseline", environ={}).to_dict()},
+        "lines": [BUNDLE_SIZE_LINE],
+        "results": {"val_loss": 2.07, "val_bpb": 1.2244, "pre_quant": {"val_bpb": 1.2172}, "bytes_model": 15_800_000,
+                    "steps": 13_780, "step_avg_ms": 43.54, "train_time_s": 600.02, "eval_time_s": 1.4, "world_size": 8,
+                    "device": H100, "versions": {"torch": "2.9.1"}},
     }
-    return {"config": config, "results": results}
 
 
 def write_run(path: Path, run: dict) -> Path:
-    """A run directory as `pgolf train` leaves it: config.json, results.json, train.log with its header."""
+    """A run directory as `pgolf train` leaves it: train.log (header, then its lines), config.json, results.json."""
     rd = RunDir(path, echo=False)
-    results = run["results"]
-    rd.header({"device": results["device"], "data_manifest": results["data_manifest"], "bundle": results["bundle"]},
-              json.dumps(run["config"], indent=2, sort_keys=True))
-    if run.get("budget_line"):
-        rd.log(run["budget_line"])
+    rd.header(run["header"], json.dumps(run["config"], indent=2, sort_keys=True))
+    for line in run["lines"]:
+        rd.log(line)
     rd.write_json("config.json", run["config"])
-    rd.write_json("results.json", results)
+    rd.write_json("results.json", run["results"])
     return path
 
 
-def changed(edit) -> dict:
+def changed(edit, tmp_path: Path) -> dict:
     run = copy.deepcopy(comparable_run())
-    edit(run)
+    edit(run, tmp_path)
     return run
 
 
-def _set(section: str, key: str, value):
-    return lambda run: run["config"][section].__setitem__(key, value)
+def _config(section: str, key: str, value, built_so: bool = True):
+    """Set a field of the run's config, and of the config its bundle was built with unless ``built_so`` is False."""
+    def edit(run: dict, _) -> None:
+        for config in (run["config"], run["header"]["bundle_config"]) if built_so else (run["config"],):
+            config[section][key] = value
+    return edit
 
 
-def _result(key: str, value):
-    return lambda run: run["results"].__setitem__(key, value)
+def _header(key: str, value):
+    return lambda run, _: run["header"].__setitem__(key, value)
 
 
-def _over_budget(run: dict) -> None:  # R44's seed-42 numbers: 599,592 ms of training, then 4.7 s of Hessians
-    run["config"]["quant"]["gptq_enabled"] = True
-    run["results"].update(train_time_s=599.592, gptq_hessian_time_s=4.7)
-    run["budget_line"] = "time_budget: train 599592ms + calibration 4700ms = 604292ms, cap 600000ms: ERROR"
+def _over_budget(run: dict, _) -> None:  # R44's seed-42 numbers: 599,592 ms of training, then 4.7 s of Hessians
+    _config("quant", "gptq_enabled", True)(run, None)
+    run["lines"].append("time_budget: train 599592ms + calibration 4700ms = 604292ms, cap 600000ms: ERROR")
+
+
+def _prepared_data(run: dict, tmp_path: Path) -> None:  # shards `pgolf data prepare` wrote: its manifest beside them
+    from pgolf.data.prepare import prepare
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": f"document {i} about golf."}) + "\n" for i in range(4)))
+    tokenizer = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers" / "fineweb_1024_bpe.model"
+    if not tokenizer.is_file():
+        pytest.skip(f"sp1024 tokenizer not found at {tokenizer}")
+    prepare(docs, tmp_path / "mine", tokenizer=tokenizer, val_docs=1, progress=False)
+    run["config"]["data"]["data_path"] = str(tmp_path / "mine")
 
 
 CASES = {  # rule -> (edit, words its one line must hold)
-    "val-prefix": (_set("eval", "val_max_tokens", 20_000), "20,000-token prefix"),
-    "hardware": (_result("device", "cpu (x86_64, 16 cores)"), "trained on cpu"),
-    "wallclock-cap": (_set("train", "max_wallclock_seconds", 0.0), "no wallclock cap"),
+    "val-prefix": (_config("eval", "val_max_tokens", 20_000), "20,000-token prefix"),
+    "hardware": (_header("device", "cpu (x86_64, 16 cores)"), "trained on cpu"),
+    "wallclock-cap": (_config("train", "max_wallclock_seconds", 0.0), "no wallclock cap"),
     "time-budget": (_over_budget, "4.3 s over the 600 s cap"),
-    "data": (_result("data_manifest", "/home/me/runs/demo-data/data/manifest.json"), "pgolf data prepare"),
-    "bundle": (_result("bundle", {"sha256": "ab" * 32, "overrides": {}}), "another script"),
+    "data": (_prepared_data, "pgolf data prepare"),
+    "bundle": (_header("source_sha256", "ab" * 32), "another script"),
 }
 
 
@@ -98,7 +115,7 @@ def test_a_comparable_run_is_submitted_and_passes_check_record(tmp_path):
 def test_submit_refuses_an_incomparable_run_with_one_line_for_its_reason(tmp_path, rule):
     edit, words = CASES[rule]
     with pytest.raises(PgolfError) as info:
-        submit(tmp_path, [changed(edit)])
+        submit(tmp_path, [changed(edit, tmp_path)])
     header, *reasons = str(info.value).splitlines()
     assert "not comparable" in header and "--track non_record_16mb" in header
     assert len(reasons) == 1 and reasons[0].startswith("seed 42") and words in reasons[0], reasons
@@ -109,7 +126,7 @@ def test_submit_refuses_an_incomparable_run_with_one_line_for_its_reason(tmp_pat
 def test_check_record_fails_an_incomparable_log_on_the_record_track(tmp_path, rule):
     edit, words = CASES[rule]
     folder = submit(tmp_path, [comparable_run()])
-    run_dir = write_run(tmp_path / "bad", changed(edit))
+    run_dir = write_run(tmp_path / "bad", changed(edit, tmp_path))
     (folder / "train_seed42.log").write_text((run_dir / "train.log").read_text())
     report = check_record(folder)
     [finding] = [f for f in report.findings if f.rule in CASES]
@@ -123,19 +140,23 @@ def test_check_record_fails_an_incomparable_log_on_the_record_track(tmp_path, ru
 
 
 def test_the_environment_changing_the_shipped_scripts_configuration_is_refused(tmp_path):
-    overrides = {"train.seed": [1337, 42], "train.iterations": [20000, 200]}
-    run = changed(_result("bundle", {"sha256": SHIPPED, "overrides": overrides}))
+    run = changed(_config("train", "iterations", 200, built_so=False), tmp_path)  # the bundle was built with 20000
     with pytest.raises(PgolfError, match=r"train.iterations 20000 -> 200\); the script alone does not reproduce"):
         submit(tmp_path, [run])
+
+
+def _package_run(run: dict, _) -> None:
+    run["header"]["bundle_config"] = None
+    run["lines"] = [BUNDLE_SIZE_LINE.replace("(bundle train_gpt.py)", "(61 pgolf module files imported)")]
 
 
 def test_package_runs_need_the_script_built_from_their_configuration(tmp_path):
     # with --bundle, a package run cannot show it was trained by that script
     with pytest.raises(PgolfError, match="seed 42 was trained by the pgolf package, not by the shipped train_gpt.py"):
-        submit(tmp_path, [changed(_result("bundle", None))])
+        submit(tmp_path, [changed(_package_run, tmp_path)])
     # its log in a records folder is left for review (pgolf submit without --bundle builds the script from the config)
     folder = submit(tmp_path / "ok", [comparable_run()])
-    (folder / "train_seed42.log").write_text((write_run(tmp_path / "pkg", changed(_result("bundle", None))) / "train.log").read_text())
+    (folder / "train_seed42.log").write_text((write_run(tmp_path / "pkg", changed(_package_run, tmp_path)) / "train.log").read_text())
     report = check_record(folder)
     assert report.ok and [(f.rule, f.severity) for f in report.findings if f.rule == "bundle"] == [("bundle", "review")]
 

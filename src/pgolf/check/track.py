@@ -10,9 +10,13 @@ A run belongs in ``track_10min_16mb`` only if it is comparable with the records 
 * when its code is a bundle, by the very ``train_gpt.py`` shipped, its configuration unchanged by
   the environment except for the seed, the run id and where the data lives.
 
-Facts come from a run directory (``results.json`` + ``config.json``: :func:`facts_from_run`) or a
-train log (:func:`facts_from_log`: a pgolf log's header and ``time_budget:`` line; a record script's
-hyperparameter dump and its ``stopping_early`` and ``GPTQ:collected`` lines). A fact the source does
+The facts come from a train log, the evidence a records folder ships, so ``pgolf submit`` (on a run
+directory's ``train.log``) and ``pgolf check record`` (on the folder's logs) judge the same thing
+(:func:`facts_from_log`): a pgolf log's header (device, resolved config, ``source_sha256``, and for a
+bundle the config it was built with), its last size line (the code source: a bundle or the package)
+and ``time_budget:`` line; or a record script's hyperparameter dump and its ``stopping_early`` and
+``GPTQ:collected`` lines. Data built by ``pgolf data prepare`` is recognised by its manifest beside
+the val shards, where the config says they are, when they are on this machine. A fact the log does
 not state is None and its rule is skipped. ``pgolf submit`` refuses a record-track folder on any
 finding; ``pgolf check record`` reports each one (:func:`severity`).
 """
@@ -20,17 +24,24 @@ finding; ``pgolf check record`` reports each one (:func:`severity`).
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from pgolf.experiments.read import IDENTITY_FIELDS
+from pgolf.data.shards import prepared_manifest
+from pgolf.errors import PgolfError
+from pgolf.experiments.read import IDENTITY_FIELDS, LOG, config_differences
 from pgolf.train.budget import RECORD_TRACK_SECONDS, TimeBudget, time_budget
 
 RECORD_TRACK = "10min_16mb"
 HEADER_RULE = "=" * 80  # pgolf.train.rundir.RunDir.header
 # pgolf.train.budget.TimeBudget.line
 LOG_BUDGET = re.compile(r"^time_budget: train (?P<train>\d+)ms \+ calibration (?P<cal>\d+)ms = \d+ms, cap (?P<cap>\d+)ms:", re.MULTILINE)
+# pgolf.export.artifact.SizeReport.summary: its code source is "bundle NAME" for a bundle's run
+LOG_CODE_SOURCE = re.compile(r"^artifact [\d,]+ bytes = model [\d,]+ \+ code [\d,]+ \((?P<source>[^)]*)\)", re.MULTILINE)
 # a record script's own lines (R44: "stopping_early: wallclock_cap train_time: 599592ms step: 4945/20000",
 # "GPTQ:collected 67 Hessians in 4.7s", and "  max_wallclock_seconds: 600.0" in its hyperparameter dump)
 LOG_STOP = re.compile(r"^stopping_early: wallclock_cap train_time: ?(?P<ms>\d+)ms", re.MULTILINE)
@@ -40,14 +51,21 @@ LOG_CAP = re.compile(r"^\s*max_wallclock_seconds: (?P<s>[\d.]+)\s*$", re.MULTILI
 
 @dataclass
 class RunFacts:
-    source: str  # for messages: a run directory or a log file name
+    source: str  # for messages: "seed 42", "its run"
     val_max_tokens: int | None = None
     device: str | None = None
     cap_s: float | None = None
     budget: TimeBudget | None = None
-    provenance: bool = False  # the source states data_manifest and bundle (pgolf runs since they are recorded)
-    data_manifest: str | None = None
-    bundle: dict | None = None  # {"sha256", "overrides"} for a bundle's run, None for the package's
+    data_manifest: str | None = None  # `pgolf data prepare` made its val shards (found where the config says they are)
+    pgolf: bool = False  # a pgolf log: the bundle facts below are stated
+    code_source: str | None = None  # "bundle NAME" or the package's "N pgolf module files imported" (None: not stated)
+    source_sha256: str | None = None  # pgolf.runtime.source_hash: for a bundle, sha256(its file name + its bytes)
+    bundle_config: dict | None = None  # the config a bundle was built with, before the environment
+    config: dict | None = None
+
+    @property
+    def bundle_name(self) -> str | None:
+        return self.code_source[len("bundle "):] if self.code_source and self.code_source.startswith("bundle ") else None
 
 
 @dataclass(frozen=True)
@@ -65,21 +83,8 @@ def severity(finding: TrackFinding, record_track: bool) -> str | None:
     return None if finding.record_only else "review"
 
 
-def _time_budget(cap_s: float | None, train_ms: float | None, calibration_ms: float | None) -> TimeBudget | None:
-    if train_ms is None or not calibration_ms:
-        return None
-    return time_budget(cap_s if cap_s and cap_s > 0 else RECORD_TRACK_SECONDS, train_ms, calibration_ms)
-
-
-def facts_from_run(config: dict, results: dict, source: str) -> RunFacts:
-    """The facts of a run directory's config.json and results.json."""
-    cap = config.get("train", {}).get("max_wallclock_seconds")
-    train_s, cal_s = results.get("train_time_s"), results.get("gptq_hessian_time_s")
-    return RunFacts(
-        source, config.get("eval", {}).get("val_max_tokens"), results.get("device"), cap,
-        _time_budget(cap, None if train_s is None else 1000 * train_s, 1000 * (cal_s or 0)),
-        "bundle" in results, results.get("data_manifest"), results.get("bundle"),
-    )
+def _time_budget(cap_s: float | None, train_ms: float, calibration_ms: float) -> TimeBudget | None:
+    return time_budget(cap_s if cap_s and cap_s > 0 else RECORD_TRACK_SECONDS, train_ms, calibration_ms) if calibration_ms else None
 
 
 def pgolf_header(text: str) -> tuple[dict[str, str], dict] | None:
@@ -104,18 +109,30 @@ def _literal(text: str | None):
         return None
 
 
+def val_glob(config: dict) -> str:
+    """pgolf.config.DataConfig.val_glob on a config dict."""
+    data = config.get("data", {})
+    return data.get("val_files") or os.path.join(data.get("data_path", ""), "fineweb_val_*.bin")
+
+
+def _from_pgolf_header(facts: RunFacts, stated: dict[str, str], config: dict) -> None:
+    facts.pgolf, facts.config = True, config
+    facts.val_max_tokens = config.get("eval", {}).get("val_max_tokens")
+    facts.cap_s = config.get("train", {}).get("max_wallclock_seconds")
+    facts.device = stated.get("device")
+    facts.source_sha256 = stated.get("source_sha256")
+    facts.bundle_config = _literal(stated.get("bundle_config"))
+    facts.data_manifest = prepared_manifest(val_glob(config))
+
+
 def facts_from_log(text: str, source: str) -> RunFacts:
-    """The facts a train log states: a pgolf log's header and budget line, or a record script's lines."""
+    """The facts a train log states: a pgolf log's header, size and budget lines, or a record script's lines."""
     facts = RunFacts(source)
     header = pgolf_header(text)
     if header is not None:
-        stated, config = header
-        facts.val_max_tokens = config.get("eval", {}).get("val_max_tokens")
-        facts.cap_s = config.get("train", {}).get("max_wallclock_seconds")
-        facts.device = stated.get("device")
-        facts.provenance = "bundle" in stated
-        facts.data_manifest = None if stated.get("data_manifest", "None") == "None" else stated["data_manifest"]
-        facts.bundle = _literal(stated.get("bundle"))
+        _from_pgolf_header(facts, *header)
+        if (sizes := list(LOG_CODE_SOURCE.finditer(text))):
+            facts.code_source = sizes[-1]["source"]
     elif (cap := list(LOG_CAP.finditer(text))):
         facts.cap_s = float(cap[-1]["s"])
     if (line := list(LOG_BUDGET.finditer(text))):
@@ -126,24 +143,30 @@ def facts_from_log(text: str, source: str) -> RunFacts:
     return facts
 
 
-def _bundle_findings(facts: RunFacts, shipped_sha256: str) -> list[TrackFinding]:
-    if facts.bundle is None:
+def bundle_source_sha256(name: str, script: bytes) -> str:
+    """What pgolf.runtime.source_hash states for a run of the bundle ``script`` when it was named ``name``."""
+    return hashlib.sha256(name.encode() + script).hexdigest()
+
+
+def _bundle_findings(facts: RunFacts, shipped: bytes) -> list[TrackFinding]:
+    name = facts.bundle_name
+    if name is None:
         return [TrackFinding("bundle", f"{facts.source} was trained by the pgolf package, not by the shipped train_gpt.py",
                              record_only=False, package_run=True)]
-    ran = facts.bundle.get("sha256")
-    if ran != shipped_sha256:
-        return [TrackFinding("bundle", f"{facts.source} was trained by another script (sha256 {str(ran)[:12]}...), "
-                             f"not the shipped train_gpt.py ({shipped_sha256[:12]}...)", record_only=False)]
-    changed = {k: v for k, v in (facts.bundle.get("overrides") or {}).items() if k not in IDENTITY_FIELDS}
+    if facts.source_sha256 != bundle_source_sha256(name, shipped):
+        return [TrackFinding("bundle", f"{facts.source} was trained by another script than the shipped train_gpt.py "
+                             f"(source_sha256 {str(facts.source_sha256)[:12]}... is not the shipped file's)", record_only=False)]
+    changed = config_differences(facts.bundle_config or {}, facts.config or {}, ignore=IDENTITY_FIELDS) if facts.bundle_config else {}
     if changed:
-        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
+        what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
         return [TrackFinding("bundle", f"{facts.source}: the environment changed the shipped train_gpt.py's configuration "
                              f"({what}); the script alone does not reproduce the run", record_only=False)]
     return []
 
 
-def track_findings(facts: RunFacts, shipped_sha256: str | None = None) -> list[TrackFinding]:
-    """Why a run is not comparable with the record track's runs (empty: nothing found)."""
+def track_findings(facts: RunFacts, shipped: bytes | None = None) -> list[TrackFinding]:
+    """Why a run is not comparable with the record track's runs (empty: nothing found). ``shipped``: the
+    bytes of the train_gpt.py that goes with it (None: the script rules are skipped)."""
     out: list[TrackFinding] = []
     if facts.val_max_tokens:
         out.append(TrackFinding("val-prefix", f"{facts.source} was scored on a {facts.val_max_tokens:,}-token prefix of the "
@@ -162,6 +185,14 @@ def track_findings(facts: RunFacts, shipped_sha256: str | None = None) -> list[T
     if facts.data_manifest:
         out.append(TrackFinding("data", f"{facts.source} was trained and scored on shards built by `pgolf data prepare` "
                                 f"({facts.data_manifest}), not the challenge's FineWeb export", record_only=False))
-    if facts.provenance and shipped_sha256 is not None:
-        out += _bundle_findings(facts, shipped_sha256)
+    if facts.pgolf and facts.code_source is not None and shipped is not None:
+        out += _bundle_findings(facts, shipped)
     return out
+
+
+def facts_from_run(run_dir: str | Path, source: str) -> RunFacts:
+    """The facts of a run directory: its train.log, the evidence a records folder ships."""
+    log = Path(run_dir) / LOG
+    if not log.is_file():
+        raise PgolfError(f"{run_dir}: no {LOG}, the evidence the records folder needs")
+    return facts_from_log(log.read_text(encoding="utf-8", errors="replace"), source)

@@ -16,7 +16,6 @@ one, the script is built from the runs' configuration. ``--date`` must be a real
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -72,11 +71,11 @@ def checked_date(text: str) -> str:
     return text
 
 
-def not_comparable(runs: list[Run], shipped_sha256: str | None, bundle_given: bool) -> list[str]:
-    """One line per reason a run does not belong on the record track; ``shipped_sha256`` None: bundle rules skipped."""
+def not_comparable(runs: list[Run], shipped: bytes | None, bundle_given: bool) -> list[str]:
+    """One line per reason a run does not belong on the record track; ``shipped`` None: the script rules skipped."""
     lines = []
     for run in runs:
-        for finding in track_findings(facts_from_run(run.config, run.results, f"seed {run.seed}"), shipped_sha256):
+        for finding in track_findings(facts_from_run(run.path, f"seed {run.seed}"), shipped):
             if finding.package_run and not bundle_given:
                 continue  # the shipped script is built from these runs' configuration
             lines.append(finding.message)
@@ -210,7 +209,7 @@ def write_records_folder(
     record_track = sub.track == RECORD_TRACK
     if record_track:  # before a bundle is built: every rule but the script's, which needs the built one
         given = Path(bundle) if bundle is not None else None
-        shipped = hashlib.sha256(given.read_bytes()).hexdigest() if given is not None and given.is_file() else None
+        shipped = given.read_bytes() if given is not None and given.is_file() else None
         refuse_if_not_comparable(not_comparable(runs, shipped, given is not None))
     sub = Submission(sub.name, sub.author, sub.github_id, sub.track, sub.blurb, date)
     track_dir = Path(records_dir) / f"track_{sub.track}"
@@ -222,8 +221,7 @@ def write_records_folder(
     try:
         script = _stage_bundle(staging, runs, bundle)
         if record_track:
-            shipped = hashlib.sha256((staging / "train_gpt.py").read_bytes()).hexdigest()
-            refuse_if_not_comparable(not_comparable(runs, shipped, bundle is not None))
+            refuse_if_not_comparable(not_comparable(runs, (staging / "train_gpt.py").read_bytes(), bundle is not None))
         bundle_bytes = (staging / "train_gpt.py").stat().st_size
         data = submission_json(sub, runs, bundle_bytes, significance)
         over = [s for s, r in data["seed_results"].items() if r["artifact_bytes"] > SIZE_CAP_BYTES]
