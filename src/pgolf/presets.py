@@ -290,8 +290,13 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     prepare --tokenizer`` that model (the same shards and per-token byte sidecar). val_bpb counts the
     original text's bytes from the sidecar, as the record does.
 
-    Quantization: full-Hessian GPTQ (16 training batches inside the budget, 0.5 s reserve) and
-    LQER, the asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
+    Quantization: full-Hessian GPTQ (16 training batches inside the budget) and LQER, the
+    asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
+
+    Difference from the record: the GPTQ reserve is 8 s, not R44's 0.5 s. R44's seed-42 log
+    stopped training at 599,592 ms and then spent 4.7 s on Hessians, ~604 s in all, past the
+    600 s budget (pgolf.train.budget: an error in record mode). R46 re-ran its stack with 8 s and
+    ended at ~595.5 s (592,054 ms + 3.5 s), so 8 s fits.
 
     Its own ``final_model.pt`` loads as it is saved: its parameter banks become pgolf's per-block
     matrices, ``smear_gate.weight`` and ``smear_lambda`` pgolf's ``smear.gate`` and ``smear.lam``;
@@ -328,7 +333,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
     q.scheme, q.compressor = "embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85", "brotli"
-    q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 0.5, 16
+    q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all
     q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg
 

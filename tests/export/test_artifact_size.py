@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,24 @@ from pgolf.export.loading import load_weights
 from pgolf.quant.int8 import dequantize, quantize_state_dict
 
 
+REFERENCE_SCRIPT_BYTES = 47_686  # /work/shared/oracles/README.md: reference/train_gpt.py, blob 651beb2b89
+
+
+@pytest.fixture()
+def oracles() -> Path:
+    root = Path(os.environ.get("PGOLF_ORACLES", Path(__file__).resolve().parents[2].parent / "shared" / "oracles"))
+    if not (root / "reference" / "train_gpt.py").is_file():
+        pytest.skip(f"oracles not found at {root} (set PGOLF_ORACLES to their folder)")
+    return root
+
+
+def imported_pgolf_files() -> dict[str, int]:
+    """Every pgolf module file in sys.modules now and its size on disk, found here, not by pgolf."""
+    files = {os.path.realpath(m.__file__) for n, m in list(sys.modules.items())
+             if (n == "pgolf" or n.startswith("pgolf.")) and isinstance(getattr(m, "__file__", None), str)}
+    return {f: os.path.getsize(f) for f in files}
+
+
 def small_sd() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(3)
     return {"w": torch.randn(300, 300, generator=g), "g.attn_scale": torch.randn(8, generator=g)}
@@ -34,14 +53,23 @@ def test_cap_is_decimal():
 
 
 def test_code_files_are_the_imported_pgolf_modules():
+    import pgolf.tokenizer.luts  # noqa: F401  (holds non-ASCII text: bytes, not characters, are counted)
+
     files = code_files()
     root = Path(pgolf.__file__).resolve().parent
     names = {str(f.relative_to(root.parent)) for f in files}
     assert {"pgolf/__init__.py", "pgolf/errors.py", "pgolf/quant/int8.py", "pgolf/export/artifact.py"} <= names
     assert all(f.suffix == ".py" and root in f.parents for f in files)
     assert len(set(files)) == len(files) == len(sorted(files))
-    expect = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in files)
-    assert count_code_bytes() == expect == count_code_bytes(files)
+    on_disk = imported_pgolf_files()  # the source files are LF-only UTF-8, so text bytes == file bytes
+    assert {str(f) for f in files} == set(on_disk)
+    assert count_code_bytes() == sum(on_disk.values())
+
+
+def test_code_bytes_are_the_references_own_count(oracles):
+    # the reference counts itself as len(Path(__file__).read_text(encoding="utf-8").encode("utf-8"))
+    script = oracles / "reference" / "train_gpt.py"
+    assert count_code_bytes([script]) == os.path.getsize(script) == REFERENCE_SCRIPT_BYTES
 
 
 def test_code_bytes_are_utf8_text_bytes(tmp_path):
@@ -84,7 +112,7 @@ def test_export_model_writes_and_reports(tmp_path):
     path = tmp_path / "model.pgolf"
     report = export_model(small_sd(), path, {"seed": 1})
     assert report.bytes_model == os.path.getsize(path)
-    assert report.bytes_code == count_code_bytes()
+    assert report.bytes_code == sum(imported_pgolf_files().values())
     assert report.bytes_total == report.bytes_model + report.bytes_code
     assert "pgolf/export/artifact.py" in report.code_files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pgolf"]

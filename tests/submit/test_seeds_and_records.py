@@ -1,8 +1,11 @@
 """`pgolf seeds` runs every seed through the shipped bundle; `pgolf submit` turns them into a
-records folder with the fields records use, refusing runs of different configurations."""
+records folder with the fields records use, refusing runs of different configurations, and refusing
+these toy runs (CPU, a val prefix, no cap, env overrides of the script) for the record track."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import json
 import os
 import shutil
@@ -78,22 +81,43 @@ def test_seeds_runs_each_seed_with_the_bundle(seeded):
         assert config["train"]["seed"] == seed and results["steps"] == 3
         assert results["code_source"] == "bundle train_gpt.py"
         assert results["bytes_code"] == os.path.getsize(seeded / "train_gpt.py")
+        # the log names the script (source_sha256 of a bundle: sha256 of its name, then its bytes) and the
+        # config it was built with, so what the environment changed shows
+        header = dict(line.split(": ", 1) for line in (seeded / "runs" / f"t_seed{seed}" / "train.log").read_text().splitlines()
+                      if ": " in line and not line.startswith(" "))
+        assert header["source_sha256"] == hashlib.sha256(b"train_gpt.py" + (seeded / "train_gpt.py").read_bytes()).hexdigest()
+        built = ast.literal_eval(header["bundle_config"])
+        assert (built["train"]["iterations"], built["eval"]["val_max_tokens"], built["train"]["seed"]) == (50, 0, 1337)
+        assert built["model"] == config["model"]
     scores = {json.loads((seeded / "runs" / f"t_seed{s}" / "results.json").read_text())["val_bpb"] for s in SEEDS}
     assert len(scores) == len(SEEDS)  # the seed reached the model
+
+
+def test_submit_refuses_toy_runs_for_the_record_track(seeded, run_pgolf, tmp_path):
+    runs = [str(seeded / "runs" / f"t_seed{s}") for s in SEEDS]
+    code, _, err = run_pgolf(["submit", *runs, "--name", "Tiny Test", "--author", "A", "--github-id", "a",
+                              "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"), "--bundle", str(seeded / "train_gpt.py")])
+    lines = err.splitlines()
+    assert code == 2 and "not comparable with the 10min_16mb track" in lines[0]
+    seed11 = [line for line in lines[1:] if line.startswith("seed 11")]
+    assert len(seed11) == 4 and len(lines) == 1 + 4 * len(SEEDS)
+    for words in ("4,096-token prefix", "trained on cpu", "no wallclock cap", "train.iterations 50 -> 3"):
+        assert sum(words in line for line in seed11) == 1, words
+    assert not (tmp_path / "records").exists()
 
 
 def test_submit_writes_a_records_folder(seeded, run_pgolf, tmp_path):
     runs = [str(seeded / "runs" / f"t_seed{s}") for s in SEEDS]
     code, out, err = run_pgolf(["submit", *runs, "--name", "Tiny Test", "--author", "A. Golfer", "--github-id", "agolfer",
-                                "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"),
+                                "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"), "--track", "non_record_16mb",
                                 "--bundle", str(seeded / "train_gpt.py"), "--against", "3.9", "4.0", "4.1"])
     assert code == 0, err
-    folder = tmp_path / "records" / "track_10min_16mb" / "2026-11-22_TinyTest"
+    folder = tmp_path / "records" / "track_non_record_16mb" / "2026-11-22_TinyTest"
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["README.md", "submission.json", "requirements.txt", "train_gpt.py"] + [f"train_seed{s}.log" for s in SEEDS])
     sub = json.loads((folder / "submission.json").read_text())
     bundle_bytes = os.path.getsize(seeded / "train_gpt.py")
-    assert sub["seeds"] == list(SEEDS) and sub["track"] == "10min_16mb" and sub["bytes_code"] == bundle_bytes
+    assert sub["seeds"] == list(SEEDS) and sub["track"] == "non_record_16mb" and sub["bytes_code"] == bundle_bytes
     for seed in SEEDS:
         row, results = sub["seed_results"][str(seed)], json.loads(Path(runs[SEEDS.index(seed)], "results.json").read_text())
         assert row["val_bpb"] == results["val_bpb"] and row["artifact_bytes"] == results["bytes_model"] + bundle_bytes
@@ -106,9 +130,10 @@ def test_submit_writes_a_records_folder(seeded, run_pgolf, tmp_path):
     assert "torch==" in (folder / "requirements.txt").read_text()
     # the same folder again is refused, and nothing half-written is left behind
     code, _, err = run_pgolf(["submit", *runs, "--name", "Tiny Test", "--author", "A", "--github-id", "a", "--date", "2026-11-22",
-                              "--records-dir", str(tmp_path / "records"), "--bundle", str(seeded / "train_gpt.py")])
+                              "--records-dir", str(tmp_path / "records"), "--bundle", str(seeded / "train_gpt.py"),
+                              "--track", "non_record_16mb"])
     assert code == 2 and "already exists" in err
-    assert [p.name for p in (tmp_path / "records" / "track_10min_16mb").iterdir()] == ["2026-11-22_TinyTest"]
+    assert [p.name for p in (tmp_path / "records" / "track_non_record_16mb").iterdir()] == ["2026-11-22_TinyTest"]
 
 
 def test_submit_refuses_runs_of_different_configurations(seeded, run_pgolf, tmp_path):
@@ -134,12 +159,15 @@ def test_a_three_seed_records_folder_passes_check_record(seeded, run_pgolf, tmp_
     runs = [seeded / "runs" / f"t_seed{s}" for s in SEEDS]
     code, _, err = run_pgolf(["submit", *map(str, runs), "--name", "Three Seeds", "--author", "A. Golfer",
                               "--github-id", "agolfer", "--date", "2026-11-22", "--records-dir", str(tmp_path / "records"),
-                              "--bundle", str(seeded / "train_gpt.py")])
+                              "--bundle", str(seeded / "train_gpt.py"), "--track", "non_record_16mb"])
     assert code == 0, err
-    folder = tmp_path / "records" / "track_10min_16mb" / "2026-11-22_ThreeSeeds"
+    folder = tmp_path / "records" / "track_non_record_16mb" / "2026-11-22_ThreeSeeds"
     code, out, _ = run_pgolf(["check", "record", str(folder), "--json"])
     [report] = json.loads(out.strip().splitlines()[-1])
-    assert code == 0 and report["ok"] and report["findings"] == []
+    assert code == 0 and report["ok"]
+    # off the record track, what makes these toy scores incomparable is left for review, once per seed's log
+    found = sorted((f["file"], f["rule"], f["severity"]) for f in report["findings"])
+    assert found == sorted((f"train_seed{s}.log", rule, "review") for s in SEEDS for rule in ("val-prefix", "bundle"))
     sub = json.loads((folder / "submission.json").read_text())
     assert SUMMARY_FIELDS <= set(sub) and sub["seeds"] == list(SEEDS)
     results = [json.loads((run / "results.json").read_text()) for run in runs]

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+import pgolf
 from pgolf.presets import build_config
 from pgolf.train.loop import ARTIFACT_NAME, CHECKPOINT_NAME, train
 
@@ -65,7 +68,11 @@ def test_run_directory_is_self_describing(trained):
                 "steps", "train_time_s", "eval_time_s", "tokens_per_s", "device", "versions"):
         assert key in saved, key
     assert saved["bytes_model"] == (run_dir / ARTIFACT_NAME).stat().st_size
-    assert saved["bytes_total"] == saved["bytes_model"] + saved["bytes_code"]
+    # code bytes: the files the run lists, measured on disk here (LF-only UTF-8: file bytes == text bytes)
+    src = Path(pgolf.__file__).resolve().parent.parent
+    assert {"pgolf/train/loop.py", "pgolf/eval/evaluate.py", "pgolf/model/gpt.py", "pgolf/tokenizer/luts.py"} <= set(saved["code_files"])
+    assert saved["bytes_code"] == sum(os.path.getsize(src / name) for name in saved["code_files"])
+    assert saved["bytes_total"] == os.path.getsize(run_dir / ARTIFACT_NAME) + saved["bytes_code"]
     assert abs(saved["post_quant"]["val_bpb"] - saved["pre_quant"]["val_bpb"]) < 0.05
 
 
@@ -118,6 +125,36 @@ def test_run_scores_the_configured_sliding_and_ttt_phases_as_pgolf_eval_does(sha
     for name in ("standard", "sliding", "ttt"):
         assert scored[name]["val_bpb"] == pytest.approx(results["phases"][name]["val_bpb"], rel=1e-9, abs=0), name
         assert scored[name]["tokens"] == results["phases"][name]["tokens"], name
+
+
+# In a fresh process: train, then measure every pgolf module file the process holds on disk.
+MEASURE_AFTER_THE_RUN = textwrap.dedent('''
+    import json, os, sys
+    from pgolf.presets import build_config
+    from pgolf.train.loop import train
+    results = train(build_config("tiny_cpu", json.loads(sys.argv[1]), environ={}), runs_dir=sys.argv[2], echo=False)
+    files = {os.path.realpath(m.__file__) for n, m in list(sys.modules.items())
+             if (n == "pgolf" or n.startswith("pgolf.")) and isinstance(getattr(m, "__file__", None), str)}
+    print(json.dumps({"bytes_code": results["bytes_code"], "on_disk": sum(os.path.getsize(f) for f in files)}))
+''')
+
+
+def test_a_package_run_counts_the_code_its_evaluation_phases_imported(shared_data, tmp_path):
+    """LoRA TTT imports its modules after the export; they are code the run executed and count in bytes_code,
+    results.json, the log's last size line and the cap verdict alike."""
+    overrides = tiny_config_overrides(shared_data, 2, "RUN_ID=lora", "PGOLF_TTT=lora", "TTT_CHUNK_SIZE=128",
+                                      "TTT_EVAL_SEQ_LEN=128", "VAL_MAX_TOKENS=1024")
+    env = {k: v for k, v in os.environ.items() if k != "PGOLF_CODE_FILES"}  # package mode
+    out = subprocess.run([sys.executable, "-c", MEASURE_AFTER_THE_RUN, json.dumps(overrides), str(tmp_path)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    assert measured["bytes_code"] == measured["on_disk"]
+    saved = json.loads((tmp_path / "lora" / "results.json").read_text())
+    assert saved["bytes_code"] == measured["on_disk"]
+    assert saved["bytes_total"] == os.path.getsize(tmp_path / "lora" / ARTIFACT_NAME) + measured["on_disk"]
+    sizes = re.findall(r"^artifact [\d,]+ bytes = model [\d,]+ \+ code ([\d,]+) ", (tmp_path / "lora" / "train.log").read_text(), re.M)
+    assert int(sizes[-1].replace(",", "")) == measured["on_disk"]
 
 
 def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: list[str], single_only: tuple = (),

@@ -6,7 +6,8 @@ script trains exactly the configuration it was built for, while the reference en
 names (``SEED``, ``ITERATIONS``, ``DATA_PATH``, ...) still override it, as in a record's script.
 ``FOLDED`` names (by field) the switches the bundler folded into the code (:mod:`pgolf.bundle.specialise`):
 their env vars can only repeat the built-in value, anything else is refused with one line.
-The size accounting counts the shipped script itself (:data:`pgolf.export.artifact.CODE_FILES_ENV`).
+The size accounting counts the shipped script itself (:data:`pgolf.export.artifact.CODE_FILES_ENV`),
+and the run logs the config the script was built with, so the environment's changes to it show.
 """
 
 from __future__ import annotations
@@ -41,10 +42,11 @@ def main() -> dict:
     if FROZEN_CONFIG or PRESET:  # bundled: the shipped script is the code, and in a bundle __file__ is train_gpt.py
         os.environ.setdefault(CODE_FILES_ENV, os.path.abspath(__file__))
     cfg = Config(preset=PRESET) if PRESET else from_dict(FROZEN_CONFIG)
+    frozen = cfg.to_dict()  # logged by the run: what the environment changed shows (pgolf submit judges it)
     apply_env(cfg)
     check_folded(cfg, FOLDED)
     validate(cfg)
-    results = train(cfg, runs_dir=os.environ.get("PGOLF_RUNS_DIR", "runs"))
+    results = train(cfg, runs_dir=os.environ.get("PGOLF_RUNS_DIR", "runs"), frozen=frozen)
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(results, sort_keys=True))
     return results

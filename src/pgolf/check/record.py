@@ -4,7 +4,11 @@ Checks (challenge.md sec. 4): the required files (README.md, submission.json, tr
 logs); the submission.json fields and their types; the size under the 16,000,000-byte cap, from
 submission.json and from every log's own size lines (code bytes + compressed model bytes); and
 the static findings of :mod:`pgolf.check.static` on the code, decoded first when the script is a
-self-extracting wrapper (:mod:`pgolf.check.selfextract`; never executed).
+self-extracting wrapper (:mod:`pgolf.check.selfextract`; never executed); and whether each log's run
+is comparable with the record track (:mod:`pgolf.check.track`: full validation set, GPUs, a cap of
+at most 600 s with training + calibration inside it, the challenge's data, the shipped script
+unchanged), errors for a folder on the record track (its ``track`` field, else its path, else
+assumed), reviews on other tracks.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 from pgolf.check.selfextract import NotAWrapper, unwrap
 from pgolf.check.static import Finding, scan
+from pgolf.check import track
 from pgolf.errors import PgolfError
 
 SIZE_CAP = 16_000_000
@@ -131,6 +136,27 @@ def check_sizes(folder: Path, logs: list[Path], data: dict, report: RecordReport
                 report.add("train_gpt.py", 0, "code-bytes", "review", f"{source} is {claimed:,} but train_gpt.py has {raw:,} bytes: {why}")
 
 
+def folder_track(folder: Path, data: dict) -> str:
+    """The folder's track: submission.json's ``track``, else a ``track_<name>`` folder above it, else the record track."""
+    if isinstance(data.get("track"), str) and data["track"]:
+        return data["track"]
+    named = [part[len("track_"):] for part in folder.resolve().parts if part.startswith("track_")]
+    return named[-1] if named else track.RECORD_TRACK
+
+
+def check_comparable(folder: Path, logs: list[Path], data: dict, report: RecordReport) -> None:
+    name = folder_track(folder, data)
+    report.facts["track"] = name
+    script = folder / "train_gpt.py"
+    shipped = script.read_bytes() if script.is_file() else None
+    for log in logs:
+        facts = track.facts_from_log(log.read_text(encoding="utf-8", errors="replace"), "its run")
+        for finding in track.track_findings(facts, shipped):
+            level = track.severity(finding, name == track.RECORD_TRACK)
+            if level is not None:
+                report.add(log.name, 0, finding.rule, level, finding.message)
+
+
 def check_code(script: Path, report: RecordReport) -> None:
     source = script.read_text(encoding="utf-8", errors="replace")
     name = script.name
@@ -157,6 +183,7 @@ def check_record(path: str | Path) -> RecordReport:
     logs = check_files(path, report)
     data = check_submission_json(path, report)
     check_sizes(path, logs, data, report)
+    check_comparable(path, logs, data, report)
     if (path / "train_gpt.py").is_file():
         check_code(path / "train_gpt.py", report)
     return report

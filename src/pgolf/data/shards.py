@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -121,6 +122,22 @@ def load_tokens(spec: str | os.PathLike, split: str = "val", vocab_size: int | N
     if len(parts) == 1:
         return np.asarray(parts[0])
     return np.concatenate(parts)
+
+
+def prepared_manifest(spec: str | os.PathLike) -> str | None:
+    """The ``manifest.json`` that ``pgolf data prepare`` (so also ``pgolf demo``) wrote beside these shards, or None.
+
+    Such shards hold whatever text it was given, with a val split of its own, not the challenge's
+    FineWeb export, so a run on them is not comparable with the records. Its manifest is told apart
+    from the challenge's (``OUT/manifest.json``, two folders above the shards) by its ``sources``.
+    """
+    path = Path(spec)
+    manifest = (path if path.is_dir() else path.parent) / "manifest.json"
+    try:
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return str(manifest.resolve()) if isinstance(info, dict) and "sources" in info and "options" in info else None
 
 
 def file_sha256(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:

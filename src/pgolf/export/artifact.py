@@ -10,7 +10,8 @@ The challenge caps code bytes + compressed model bytes at 16,000,000 (decimal) b
   module imported in this process (``sys.modules``: the package ``__init__`` files included,
   CLI modules included when loaded, so the count errs on the high side). Each file is read as
   text and re-encoded, exactly as the reference counts its own script. :func:`code_files` lists
-  them so output can say what was counted.
+  them so output can say what was counted. A training run measures again once its evaluation
+  phases have run (``pgolf.train.loop.final_size``): modules imported after the export count too.
 
 :func:`export_model` quantizes, writes the container to a temp file beside the target, measures
 that file, and only then either renames it into place or deletes it and raises: an over-cap

@@ -6,6 +6,11 @@ table, sizes, timings, config and its diff from the baseline preset, significanc
 ``train_gpt.py`` and ``requirements.txt``. Runs whose configurations differ (other than seed, run id
 and data locations) are refused; every seed given is kept and reported. Code bytes are the
 bundle's bytes, so each seed's total is its artifact bytes plus the shipped script.
+
+The record track (``10min_16mb``) takes only runs comparable with its records
+(:mod:`pgolf.check.track`): any finding refuses the folder, one line per reason. A given
+``--bundle`` must be the script that trained every seed, unchanged by the environment; without
+one, the script is built from the runs' configuration. ``--date`` must be a real YYYY-MM-DD date.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean, stdev
 
+from pgolf.check.track import RECORD_TRACK, facts_from_run, track_findings
 from pgolf.config import from_dict
 from pgolf.errors import PgolfError
 from pgolf.files import check_writable, make_folder, os_error_line, write_failure
@@ -51,6 +57,36 @@ def check_same_configuration(runs: list[Run]) -> None:
         if diff:
             key, (a, b) = next(iter(diff.items()))
             raise PgolfError(f"submit: {run.path} differs from {runs[0].path} in {key} ({a!r} vs {b!r}); one submission is one configuration")
+
+
+def checked_date(text: str) -> str:
+    """``--date`` as given when it is a real YYYY-MM-DD date; today (UTC) when empty."""
+    if not text:
+        return _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
+        _dt.date.fromisoformat(text)
+    except ValueError:
+        raise PgolfError(f"--date {text!r}: not a real date (expected YYYY-MM-DD)") from None
+    return text
+
+
+def not_comparable(runs: list[Run], shipped: bytes | None, bundle_given: bool) -> list[str]:
+    """One line per reason a run does not belong on the record track; ``shipped`` None: the script rules skipped."""
+    lines = []
+    for run in runs:
+        for finding in track_findings(facts_from_run(run.path, f"seed {run.seed}"), shipped):
+            if finding.package_run and not bundle_given:
+                continue  # the shipped script is built from these runs' configuration
+            lines.append(finding.message)
+    return lines
+
+
+def refuse_if_not_comparable(lines: list[str]) -> None:
+    if lines:
+        raise PgolfError(f"submit: not comparable with the {RECORD_TRACK} track's records (fix the runs, or use "
+                         f"--track non_record_16mb):\n" + "\n".join(lines))
 
 
 def folder_name(sub: Submission) -> str:
@@ -168,9 +204,14 @@ def write_records_folder(
     """Write ``records/track_<track>/<date>_<name>/`` atomically; return its path."""
     if sub.track not in TRACKS:
         raise PgolfError(f"--track {sub.track!r}: expected one of {', '.join(TRACKS)}")
+    date = checked_date(sub.date)
     runs = sorted((load_run(p) for p in run_dirs), key=lambda r: r.seed)
     check_same_configuration(runs)
-    date = sub.date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    record_track = sub.track == RECORD_TRACK
+    if record_track:  # before a bundle is built: every rule but the script's, which needs the built one
+        given = Path(bundle) if bundle is not None else None
+        shipped = given.read_bytes() if given is not None and given.is_file() else None
+        refuse_if_not_comparable(not_comparable(runs, shipped, given is not None))
     sub = Submission(sub.name, sub.author, sub.github_id, sub.track, sub.blurb, date)
     track_dir = Path(records_dir) / f"track_{sub.track}"
     target = track_dir / folder_name(sub)
@@ -184,6 +225,8 @@ def write_records_folder(
         raise write_failure(exc, track_dir) from None
     try:
         script = _stage_bundle(staging, runs, bundle)
+        if record_track:
+            refuse_if_not_comparable(not_comparable(runs, (staging / "train_gpt.py").read_bytes(), bundle is not None))
         bundle_bytes = (staging / "train_gpt.py").stat().st_size
         data = submission_json(sub, runs, bundle_bytes, significance)
         over = [s for s, r in data["seed_results"].items() if r["artifact_bytes"] > SIZE_CAP_BYTES]

@@ -39,6 +39,10 @@ def print_summary(results: dict) -> None:
         print("warning: the quant policy quantized no tensor (each is at or under its small= size): the round trip "
               "above is the float model's score; set PGOLF_QUANT_SCHEME with a lower small= (e.g. int8,small=4096)")
     print(f"{results['steps']} steps in {results['train_time_s']:.1f}s on {results['device']}; run dir {results['run_dir']}")
+    budget = results.get("time_budget") or {}
+    if budget.get("verdict", "ok") != "ok":
+        print(f"time budget {budget['verdict'].upper()}: training {budget['train_s']:.1f}s + calibration "
+              f"{budget['calibration_s']:.1f}s is {budget['over_s']:.1f}s over the {budget['cap_s']:g}s cap")
 
 
 def register(subparsers) -> None:

@@ -12,11 +12,18 @@
   validation, so the checkpoint, the artifact and the score all hold the averaged weights.
 * With ``USE_GPTQ`` and a cap, training stops ``GPTQ_RESERVE_SECONDS`` early
   (:func:`training_cap_ms`) and the calibration Hessians are collected right after the loop,
-  inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them.
+  inside the budget (pgolf.quant.calibration); the export GPTQ-rounds with them. Training + calibration
+  over the cap is logged (``time_budget:``) and recorded in results.json, an error in record mode
+  (pgolf.train.budget).
 * After training: checkpoint, export the artifact, reload it from disk and score it on standard
   windows, then run the evaluation phases the config names (sliding windows, score-first TTT:
   pgolf.eval.phases) on the same reloaded weights, on every rank. The last phase's score is the
   run's score, as in the records; eval_time covers all of it.
+* Code bytes are counted again once everything has run (:func:`final_size`): in package mode the
+  evaluation phases import modules after the export, and they are code the run executed. That
+  count is the one results.json, the last size line of the log and the cap verdict use.
+* A bundle's run logs the configuration the bundle was built with (``bundle_config`` in the header),
+  so ``pgolf submit`` and ``pgolf check record`` see what the environment changed.
 """
 
 from __future__ import annotations
@@ -85,7 +92,8 @@ def _sync(rt: Runtime) -> None:
         torch.cuda.synchronize(rt.device)
 
 
-def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
+def setup(cfg: Config, runs_dir: Path, echo: bool = True, frozen: dict | None = None) -> Session:
+    """``frozen``: a bundle's built-in configuration, before the environment overrode it."""
     rt = init_runtime(cfg.train.device)
     if cfg.train.fused_ce or cfg.train.fused_mlp:  # refused before anything is written
         check_fused_kernels(cfg.model, cfg.train.fused_ce, cfg.train.fused_mlp, rt.device)
@@ -118,7 +126,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True) -> Session:
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
                       grad_sync=grad_sync, bos_id=int(sp.bos_id()))
-    _write_header(session, run_id, num_val_tokens=int(val_tokens.shape[0] - 1))
+    _write_header(session, run_id, int(val_tokens.shape[0] - 1), frozen)
     if grad_sync is not None:
         run.log(grad_sync.describe())
     return session
@@ -137,7 +145,7 @@ def _broadcast_run_id(rt: Runtime) -> str:
     return run_id[0]
 
 
-def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
+def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | None) -> None:
     facts = {
         "run_id": run_id,
         "preset": s.cfg.preset,
@@ -151,6 +159,7 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
         "versions": versions(),
         "model_params": count_parameters(s.model),
         "val_tokens": num_val_tokens,
+        "bundle_config": frozen,
     }
     s.run.header(facts, s.cfg.to_json())
     s.run.write_json("config.json", s.cfg.to_dict())
@@ -283,6 +292,7 @@ class TrainStats:
     final_score: Score
     hessians: dict | None = None  # GPTQ calibration Hessians (USE_GPTQ), collected inside the budget
     hessian_time_ms: float = 0.0
+    budget: object | None = None  # pgolf.train.budget.TimeBudget (with calibration and a cap)
 
 
 def training_cap_ms(cfg: Config) -> float | None:
@@ -294,12 +304,14 @@ def training_cap_ms(cfg: Config) -> float | None:
     return 1000.0 * max(t.max_wallclock_seconds - reserve, 0.0)
 
 
-def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float]:
-    """Calibration Hessians for the export (None without USE_GPTQ) and the milliseconds they took."""
+def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float, object]:
+    """Calibration Hessians for the export (None without USE_GPTQ), the milliseconds they took and the
+    time budget they leave (pgolf.train.budget.TimeBudget; None without them or without a cap)."""
     q, t = s.cfg.quant, s.cfg.train
     if not q.gptq_enabled:
-        return None, 0.0
+        return None, 0.0, None
     from pgolf.quant.calibration import calibration_hessians  # only then: counted code
+    from pgolf.train.budget import time_budget
 
     _sync(s.rt)
     t0 = time.perf_counter()
@@ -309,7 +321,10 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
     ms = 1000.0 * (time.perf_counter() - t0)
     s.run.log(f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms "
               f"train_time+hessians:{train_ms + ms:.0f}ms")
-    return hessians, ms
+    budget = time_budget(t.max_wallclock_seconds, train_ms, ms)
+    if budget is not None:
+        s.run.log(budget.line())
+    return hessians, ms, budget
 
 
 def _progress(s: Session):
@@ -365,8 +380,8 @@ def run_training(s: Session) -> TrainStats:
     bar.close()
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
-    hessians, hessian_ms = collect_gptq_hessians(s, train_ms)
-    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms)
+    hessians, hessian_ms, budget = collect_gptq_hessians(s, train_ms)
+    return TrainStats(step, train_ms, stop_after is not None and step < t.iterations, score, hessians, hessian_ms, budget)
 
 
 def swap_in_average(s: Session) -> None:
@@ -482,16 +497,41 @@ def score_configured_phases(s: Session) -> dict[str, dict]:
     return out
 
 
+def final_size(s: Session, exported: dict) -> dict:
+    """The size with every module this run executed counted, and the cap verdict on it.
+
+    At export time the count is short in package mode: the sliding and TTT phases import their
+    modules afterwards. A changed count is logged again (the log's last size line is the run's).
+    Over the cap removes the artifact and raises, as the export does.
+    """
+    from pgolf.export.artifact import SizeReport, check_under_cap, size_report
+
+    path, size = s.run.path / ARTIFACT_NAME, [exported]
+    if s.rt.is_master:
+        report = size_report(path)
+        if report.bytes_code != exported["bytes_code"]:
+            s.run.log(report.summary())
+        size = [dataclasses.asdict(report)]
+    if s.rt.distributed:
+        dist.broadcast_object_list(size, src=0)
+    report = SizeReport(**size[0])
+    if report.over_cap and s.rt.is_master:
+        path.unlink()
+    check_under_cap(report)
+    return size[0]
+
+
 def _peak_memory_mib(rt: Runtime) -> int | None:
     if rt.device.type != "cuda":
         return None
     return int(torch.cuda.max_memory_allocated(rt.device) // (1024 * 1024))
 
 
-def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session: Session | None = None) -> dict:
+def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session: Session | None = None,
+          frozen: dict | None = None) -> dict:
     """Train, export and score one run; return (and write) its results. ``session``: one :func:`setup`
-    already made (pgolf.train.lifecycle does, to record how the run ends)."""
-    s = session or setup(cfg, Path(runs_dir), echo=echo)
+    already made (pgolf.train.lifecycle does, to record how the run ends); ``frozen``: see :func:`setup`."""
+    s = session or setup(cfg, Path(runs_dir), echo=echo, frozen=frozen)
     try:
         compile_warmup(s)
         stats = run_training(s)
@@ -500,6 +540,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
         phases = {"standard": {**post.as_dict(), "eval_time_s": eval_s}}
         if sliding_configured(cfg.eval) or ttt_configured(cfg.eval):  # a bundle without them ships none of their code
             phases.update(score_configured_phases(s))
+        size = final_size(s, size)
         final_phase, final = list(phases.items())[-1]
         eval_s = sum(p["eval_time_s"] for p in phases.values())
         pre = stats.final_score
@@ -519,6 +560,7 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
             "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
             "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
+            "time_budget": stats.budget and stats.budget.as_dict(),
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
