@@ -172,7 +172,7 @@ class TrainConfig:
     ema_decay: float = _f(0.0, "EMA_DECAY", "EMA of the weights every step, exported and scored (R18: 0.997, R43: 0.9965); 0 disables", "in [0, 1)")
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
     swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots", POS)
-    swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2)", UNIT)
+    swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2; above 1: from the first step)", NONNEG)
     loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)", ("sequential", "coprime", "shuffled"))
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)", NONNEG)
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks", POS)
