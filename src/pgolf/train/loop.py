@@ -518,7 +518,7 @@ def final_size(s: Session, exported: dict) -> dict:
     if report.over_cap and s.rt.is_master:
         path.unlink()
     check_under_cap(report)
-    return size[0]
+    return {**exported, **size[0]}  # the export's other fields (quantized_tensors) stay
 
 
 def _peak_memory_mib(rt: Runtime) -> int | None:
