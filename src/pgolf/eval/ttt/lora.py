@@ -19,9 +19,12 @@ share a batch depends on later documents (batches hold documents of similar leng
 document's scores depend on may depend on its batch. Its ``A`` is drawn from its own generator,
 seeded with the seed and the document's start position (:func:`document_generator`); its optimizer
 state is its own rows (the loss is a sum of per-document means, Adam is elementwise, and every
-document of a batch takes its k-th step together); padding sits after a window's last input, which
-a causal model never reads. So a document is adapted exactly as it would be alone, on any rank of
-torch.distributed too, where the batches are dealt to the ranks in turn.
+document of a batch takes its k-th step together); step k's batch is padded to a length fixed by
+k and the settings (:func:`step_length`), after each window's last input, which a causal model never
+reads; its windows start where a full chunk's would, even where the document ends (:func:`chunk_window`);
+with ``ROPE_YARN`` the base is that of the configured window length. So a document is adapted as it
+would be alone, bit for bit on CPU, on any rank of torch.distributed too, where the batches are
+dealt to the ranks in turn.
 """
 
 from __future__ import annotations
@@ -122,20 +125,29 @@ def chunk_window(doc: tuple[int, int], k: int, chunk: int, context: int) -> Wind
     return Window(max(a, first + chunk - context), min(first + chunk, b), first)
 
 
-def stacked_training_batch(ledger: ScoreLedger, windows: list[Window], device):
+def step_length(k: int, chunk: int, context: int) -> int:
+    """The padded length of step ``k``'s batch: the longest window a chunk ``k`` can have.
+
+    A function of ``k`` and the settings alone: padded to the batch's longest window instead, a
+    document's numbers would follow its batch mates' lengths (bit for bit on CPU: attention sums a
+    row's keys in an order that depends on the row's length).
+    """
+    return min((k + 1) * chunk, context)
+
+
+def stacked_training_batch(ledger: ScoreLedger, windows: list[Window], length: int, device):
     """Inputs/targets of already-scored windows, only ever taken from the ledger's training side."""
-    longest = max(w.length for w in windows)
-    x = torch.zeros(len(windows), longest, dtype=torch.int64)
-    y = torch.zeros(len(windows), longest, dtype=torch.int64)
+    x = torch.zeros(len(windows), length, dtype=torch.int64)
+    y = torch.zeros(len(windows), length, dtype=torch.int64)
     for row, w in enumerate(windows):
         toks = ledger.training_tokens(w.start, w.end)
         x[row, : w.length], y[row, : w.length] = toks[:-1], toks[1:]
     return x.to(device), y.to(device)
 
 
-def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], device) -> torch.Tensor:
+def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], length: int, device) -> torch.Tensor:
     """Sum over documents of the mean loss on each one's scored chunk."""
-    x, y = stacked_training_batch(ledger, windows, device)
+    x, y = stacked_training_batch(ledger, windows, length, device)
     with autocast_for(device):
         losses = model(x, y, reduction="none").float()
     rows, cols, _ = scored_positions(windows, device)
@@ -168,13 +180,14 @@ def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimi
     if not windows:
         return False
     rows = sorted(windows)
+    length = step_length(k, s.ttt_chunk_size, context)
     with torch.no_grad(), lora.attached(rows):
-        score_windows(model, ledger, [windows[i] for i in rows], device)
+        score_windows(model, ledger, [windows[i] for i in rows], device, length)
     learners = [i for i in rows if chunk_window(docs[i], k + 1, s.ttt_chunk_size, context)]
     if learners:  # a document's last chunk is never trained on: nothing of it is left to score
         optimizer.zero_grad(set_to_none=True)
         with lora.attached(learners):
-            chunk_loss(model, ledger, [windows[i] for i in learners], device).backward()
+            chunk_loss(model, ledger, [windows[i] for i in learners], length, device).backward()
         optimizer.step()
     return True
 
