@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -33,6 +34,7 @@ def test_flip_and_normalization_pass(run_pgolf, tmp_path, sp1024_model, val_pref
     assert code == 0 and json.loads(out)["max_sum_error"] < 1e-6
 
 
+@pytest.mark.slow
 def test_flip_all_modes_perturbs_document_structure_and_catches_a_planted_lora_leak(
         run_pgolf, tmp_path, sp1024_model, val_prefix_shard, monkeypatch):
     from pgolf.eval.ttt.lora import BatchedLoRA

@@ -44,6 +44,7 @@ def reviewer_streams(val_prefix_shard, sp1024_model):
     return tokens, changed, build_byte_table(sp, 1024).to_torch(), bos
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, extra", [
     ("lora", ()),
     # a global SGD pause after the first document: the second and third are adapted together after it

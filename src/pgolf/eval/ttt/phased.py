@@ -6,7 +6,9 @@ phase's last document is fully scored, LoRA pauses and the base model gets ``GLO
 of full-parameter SGD on every document scored so far (all of them: batches never straddle a
 phase boundary), in chunks of ``GLOBAL_TTT_CHUNK_TOKENS`` with a cosine LR over chunks. Later
 documents are then adapted from the updated base model. The ledger hands the SGD those tokens
-only because they are scored.
+only because they are scored. Stream order, never length order: a document scored after a pause
+then depends only on documents before it in the stream (R44 sorts by length, so its pauses train on
+later documents too).
 
 Under torch.distributed the document batches between two pauses are dealt to the ranks in turn;
 at a pause the ranks share what they scored and run the global SGD data-parallel (:mod:`.sgd`).
