@@ -13,6 +13,7 @@ import torch
 from pgolf.eval.ttt import run_ttt
 from pgolf.eval.ttt.phased import phase_ends
 from pgolf.eval.windows import segments
+from pgolf.model.rope import Rotary, ntk_length_pinned
 
 # The reviewer's experiment on 8,193 tokens takes minutes per LoRA run of the baseline on CPU; the
 # same experiment on the val slice from the BOS at 573,454: documents of 132, 156 and (cut) 32
@@ -109,6 +110,24 @@ def test_yarn_base_is_that_of_the_configured_window_length(trained_tiny, ttt_set
         chunk_alone = model(x[:, :64], y[:, :64], reduction="none")[0].numpy()
     assert np.abs(window_of_128 - chunk_alone).max() > 1e-3  # the base matters here
     np.testing.assert_allclose(lora.token_losses, window_of_128, rtol=0, atol=1e-5)
+
+
+def test_pinned_ntk_length_gives_r22s_tables_of_that_length_to_shorter_calls():
+    """R22's Rotary at its window length L (the base rescaled for L) is the oracle: pinned to L,
+    pgolf's tables for a call of any length T <= L are the first T rows of R22's."""
+    from tests.eval.ttt_oracles import import_r22
+
+    reference = import_r22().Rotary(64, base=10000.0, train_seq_len=16, rope_dims=16)
+    cos_ref, sin_ref = reference(128, torch.device("cpu"), torch.float32)  # [1, T, 1, dims/2]
+    rotary = Rotary(64, base=10000.0, rope_dims=16, ntk_train_seq_len=16)
+    with ntk_length_pinned(torch.nn.ModuleList([rotary]), 128):
+        for length in (20, 64, 128):
+            cos, sin = rotary(length, torch.device("cpu"), torch.float32)  # [1, 1, T, dims/2]
+            assert torch.allclose(cos[0, 0], cos_ref[0, :length, 0], atol=1e-6)
+            assert torch.allclose(sin[0, 0], sin_ref[0, :length, 0], atol=1e-6)
+    cos, _ = rotary(20, torch.device("cpu"), torch.float32)  # unpinned again: the base of 20
+    assert not torch.allclose(cos[0, 0], cos_ref[0, :20, 0], atol=1e-3)
+    assert torch.allclose(cos[0, 0], reference(20, torch.device("cpu"), torch.float32)[0][0, :, 0], atol=1e-6)
 
 
 @pytest.mark.parametrize("prefix, phases", [(2000, 1), (2000, 3), (5, 2), (7, 3)])

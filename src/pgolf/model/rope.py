@@ -7,10 +7,10 @@
   ``s = seq_len / train_seq_len`` and ``d`` the rotated dims, so the lowest frequency stretches to
   the new length while the highest stays put. ``s`` follows the length of the call (training and
   the standard and sliding evaluations always call with their full window length, as R22/R35 pad
-  theirs), unless :func:`ntk_length_pinned` fixes it: the LoRA TTT pads a batch's windows to its
-  longest one, so the padded length would make a document's score depend on its batch (and on where
-  its own document ends); it pins ``s`` to its configured window length instead, as R44 primes its
-  cache at a configured length before TTT.
+  theirs), unless :func:`ntk_length_pinned` fixes it: the LoRA TTT scores windows of many lengths,
+  and a base that followed them (padded to a batch's longest, as it once was) made a document's
+  score depend on its batch; it pins ``s`` to its configured window length instead, as R44 primes
+  its cache at a configured length before TTT.
 """
 
 from __future__ import annotations

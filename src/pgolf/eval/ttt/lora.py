@@ -129,8 +129,8 @@ def step_length(k: int, chunk: int, context: int) -> int:
     """The padded length of step ``k``'s batch: the longest window a chunk ``k`` can have.
 
     A function of ``k`` and the settings alone: padded to the batch's longest window instead, a
-    document's numbers would follow its batch mates' lengths (bit for bit on CPU: attention sums a
-    row's keys in an order that depends on the row's length).
+    document's numbers would follow its batch mates' lengths (in the last bits on CPU, where a
+    position's result can depend on its row's padded length; through the base with ``ROPE_YARN``).
     """
     return min((k + 1) * chunk, context)
 
