@@ -1,44 +1,119 @@
-"""The flip check passes for every production evaluator and fails on a planted leaky TTT;
-the normalization check holds for the model."""
+"""The flip check passes for every production evaluator under every perturbation kind (document
+structure included) and fails on planted leaks in each TTT kind, structure leaks that substitutions
+alone miss; the normalization check holds for the model."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from pgolf.check.flip import evaluator_for, flip_check, pick_flips
+import pgolf.eval.ttt.phased as phased_module
+import pgolf.eval.ttt.sgd as sgd_module
+from pgolf.check.flip import KINDS, Perturbation, evaluator_for, flip_check, perturb, pick_perturbations
 from pgolf.check.normalization import normalization_check
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import evaluate_windows, ledger_result
+from pgolf.eval.ttt.lora import BatchedLoRA
 from pgolf.eval.ttt.sgd import sgd_epochs, trainable_parameters, windows_by_chunk
-from pgolf.eval.windows import plan
+from pgolf.eval.windows import plan, segments
 
 STREAM = 768
 CHUNK = 256
+# the stream starts at the BOS at val position 3872: documents of 173, 515 and (cut) 80 tokens, so
+# perturbations in its second half split, merge, shorten and lengthen documents
+STREAM_START = 3872
 
 
 @pytest.fixture(scope="module")
 def flip_setup(trained_tiny):
     t = trained_tiny
-    tokens = t.val_tokens[: STREAM + 1].copy()
-    # flips inside the second chunk (targets 256..511), away from its first target
-    flips = [(p + 300, new) for p, new in pick_flips(tokens[300:500], 2, 1024, t.bos_id, seed=1)]
-    return t, tokens, flips
+    tokens = t.val_tokens[STREAM_START : STREAM_START + STREAM + 1].copy()
+    assert tokens[0] == t.bos_id and (tokens == t.bos_id).sum() == 3
+    return t, tokens, pick_perturbations(tokens, len(KINDS), 1024, t.bos_id, seed=1)
 
 
-@pytest.mark.parametrize("mode", ["standard", "sliding", "sgd", "lora", "phased"])
+def flip_settings(ttt_settings, *extra):
+    return ttt_settings(f"TTT_CHUNK_TOKENS={CHUNK}", f"GLOBAL_TTT_CHUNK_TOKENS={CHUNK}", "PHASED_TTT_PREFIX_DOCS=2",
+                        "TTT_EPOCHS=1", *extra)
+
+
+def test_perturbations_change_document_structure(flip_setup):
+    t, tokens, perturbations = flip_setup
+    assert [p.kind for p in perturbations] == list(KINDS)
+    docs = segments(tokens, t.bos_id)
+    for p in perturbations:
+        assert np.array_equal(p.stream[: p.position], tokens[: p.position]) and p.stream[p.position] != tokens[p.position]
+        assert p.stream.shape == tokens.shape
+        assert (segments(p.stream, t.bos_id) == docs) == (p.kind == "substitute"), p.kind
+
+
+@pytest.mark.parametrize("mode", ["standard", "sliding", "sliding-doc-isolated", "sgd", "lora", "phased"])
 def test_flip_check_passes_for_production_evaluators(flip_setup, ttt_settings, mode):
-    t, tokens, flips = flip_setup
-    settings = ttt_settings(f"TTT_CHUNK_TOKENS={CHUNK}", f"GLOBAL_TTT_CHUNK_TOKENS={CHUNK}", "PHASED_TTT_PREFIX_DOCS=2",
-                            "TTT_EPOCHS=1")
-    evaluate = evaluator_for(mode, t.model, t.table, settings, 128, t.bos_id, batch_tokens=512)
+    t, tokens, perturbations = flip_setup
+    settings = flip_settings(ttt_settings, *(["PGOLF_EVAL_DOC_ISOLATED=1"] if mode.endswith("doc-isolated") else []))
+    evaluate = evaluator_for(mode.split("-")[0], t.model, t.table, settings, 128, t.bos_id, batch_tokens=512)
     stream = tokens[: 640 + 1] if mode == "standard" else tokens  # standard needs whole windows
-    report = flip_check(evaluate, stream, mode, flips)
+    kept = [p for p in perturbations if p.position < 640] if mode == "standard" else perturbations
+    report = flip_check(evaluate, stream, mode, [Perturbation(p.kind, p.position, p.stream[: stream.shape[0]]) for p in kept])
     assert report.ok, report.as_dict()
     assert all(o.protected > 0 for o in report.outcomes)
+
+
+def lora_init_from_the_batchs_last_document(monkeypatch):
+    """Planted leak: every adapter of a batch starts as the batch's latest document's would."""
+    original = BatchedLoRA.__init__
+
+    def leaky(self, model, doc_starts, rank, targets, seed, device):
+        original(self, model, [max(doc_starts)] * len(doc_starts), rank, targets, seed, device)
+
+    monkeypatch.setattr(BatchedLoRA, "__init__", leaky)
+
+
+def sgd_lr_from_the_document_count(monkeypatch):
+    """Planted leak: the SGD TTT's learning rate follows how many documents the whole stream has."""
+    original = sgd_module.evaluate_sgd_ttt
+
+    def leaky(model, tokens, table, s, seq_len, bos_id, device):
+        docs = int((tokens == bos_id).sum())
+        return original(model, tokens, table, dataclasses.replace(s, ttt_lr=s.ttt_lr * docs), seq_len, bos_id, device)
+
+    monkeypatch.setattr(sgd_module, "evaluate_sgd_ttt", leaky)
+
+
+def phases_spread_over_the_documents_present(monkeypatch):
+    """Planted leak (pgolf's phase ends before issue 16, and R44's): the pauses spread over
+    min(PHASED_TTT_PREFIX_DOCS, documents in the stream), so later documents move them."""
+    def leaky(n_docs, prefix_docs, phases):
+        prefix = min(prefix_docs, n_docs)
+        return sorted({math.ceil(prefix * (i + 1) / phases) for i in range(phases)} - {0})
+
+    monkeypatch.setattr(phased_module, "phase_ends", leaky)
+
+
+@pytest.mark.parametrize("mode, plant, extra", [
+    ("sgd", sgd_lr_from_the_document_count, ()),
+    ("lora", lora_init_from_the_batchs_last_document, ()),
+    ("phased", lora_init_from_the_batchs_last_document, ("PHASED_TTT_PREFIX_DOCS=1",)),
+    ("phased", phases_spread_over_the_documents_present, ("PHASED_TTT_PREFIX_DOCS=2000", "PHASED_TTT_NUM_PHASES=2")),
+])
+def test_flip_check_catches_a_planted_structure_leak_substitutions_miss(flip_setup, ttt_settings, monkeypatch, mode, plant, extra):
+    t, tokens, perturbations = flip_setup
+    plant(monkeypatch)
+    evaluate = evaluator_for(mode, t.model, t.table, flip_settings(ttt_settings, *extra), 128, t.bos_id)
+    rng = np.random.default_rng(2)
+    # the third document vanishes: merged into the second, or overwritten from inside the second
+    structural = [Perturbation(kind, p, perturb(tokens, kind, p, 1024, t.bos_id, rng))
+                  for kind, p in (("delete_bos", 688), ("rewrite_tail", 600))]
+    report = flip_check(evaluate, tokens, mode, [p for p in perturbations if p.kind == "substitute"] + structural)
+    assert not report.ok
+    substituted, *restructured = report.outcomes
+    assert substituted.ok  # the flips of old: blind to it
+    assert all(o.changed > 0 for o in restructured), report.as_dict()
 
 
 def leaky_sgd_ttt(model, table, seq_len=128):
@@ -60,8 +135,8 @@ def leaky_sgd_ttt(model, table, seq_len=128):
 
 
 def test_flip_check_fails_on_leaky_ttt(flip_setup):
-    t, tokens, flips = flip_setup
-    report = flip_check(leaky_sgd_ttt(t.model, t.table), tokens, "leaky-sgd", flips)
+    t, tokens, perturbations = flip_setup
+    report = flip_check(leaky_sgd_ttt(t.model, t.table), tokens, "leaky-sgd", perturbations)
     assert not report.ok
     assert all(o.changed > 0 for o in report.outcomes)
 

@@ -43,11 +43,31 @@ def test_document_isolation_restarts_context_at_each_bos(data):
     windows = plan(tokens, seq_len, stride, bos_id=0)
     assert (coverage(windows, n) == 1).all()
     bos_inputs = np.flatnonzero(tokens[:n] == 0)
+    segment_ends = {b for _, b in segments(tokens, 0)}
     for w in windows:
         # a window never reads across a document start: any BOS inside it is its first input
         inside = bos_inputs[(bos_inputs > w.start) & (bos_inputs < w.end)]
         assert inside.size == 0
-        assert w.start == 0 or tokens[w.start] == 0 or w.length == seq_len
+        # and reaches back seq_len unless that would cross it, or it ends its document (on the grid)
+        assert w.start == 0 or tokens[w.start] == 0 or w.length == seq_len or w.end in segment_ends
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_document_isolated_contexts_never_depend_on_later_tokens(data):
+    """Rewriting tokens[p:] (BOS appearing or vanishing: documents end elsewhere) leaves the context
+    of every target before p - 1 as it was: a target's window depends on the tokens before it only."""
+    n = data.draw(st.integers(2, 300))
+    seq_len = data.draw(st.integers(1, 24))
+    stride = data.draw(st.integers(1, seq_len))
+    p = data.draw(st.integers(1, n))
+    token = st.integers(0, 15)  # BOS (0) one token in 16: documents longer than many windows
+    tokens = np.array(data.draw(st.lists(token, min_size=n + 1, max_size=n + 1)))
+    rewritten = tokens.copy()
+    rewritten[p:] = data.draw(st.lists(token, min_size=n + 1 - p, max_size=n + 1 - p))
+    before = target_context_lengths(plan(tokens, seq_len, stride, bos_id=0), n)
+    after = target_context_lengths(plan(rewritten, seq_len, stride, bos_id=0), n)
+    assert np.array_equal(before[: p - 1], after[: p - 1])
 
 
 def test_stride_equal_to_seq_len_is_the_standard_plan():

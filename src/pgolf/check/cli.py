@@ -1,8 +1,10 @@
 """``pgolf check``: compliance checks a reviewer can rerun.
 
-* ``pgolf check flip``: perturb tokens at random positions of the evaluated stream and verify that
-  every per-token loss scored before the perturbed token could be seen is bit-identical, for
-  standard, sliding and the three score-first TTT kinds (C1 causality, C3 score-before-update).
+* ``pgolf check flip``: perturb the evaluated stream at random positions (substitute a token, insert
+  or delete a BOS, insert or delete a token, rewrite the whole tail: document structure changes
+  too) and verify that every per-token loss before the perturbed token is bit-identical, for
+  standard, sliding and the three score-first TTT kinds (C1 causality, C3 score-before-update,
+  and no later document shaping how an earlier one is scored).
 * ``pgolf check normalization``: the model's distribution sums to 1 over the vocabulary at sampled
   positions and each charged loss is ``-log p(target)`` (C2).
 * ``pgolf check record DIR``: required files, submission.json fields, size under the cap, and
@@ -51,11 +53,16 @@ def _model_and_data(args: argparse.Namespace):
 
 
 def _flip(args: argparse.Namespace) -> int:
-    from pgolf.check.flip import MODES, evaluator_for, flip_check, pick_flips
+    from pgolf.check.flip import KINDS, MODES, evaluator_for, flip_check, pick_perturbations
+    from pgolf.errors import PgolfError
 
+    kinds = tuple(k for k in args.kinds.split(",") if k) if args.kinds else KINDS
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise PgolfError(f"--kinds {args.kinds!r}: expected a comma list of {', '.join(KINDS)}")
     cfg, sp, tokens, table, seq_len, model, device = _model_and_data(args)
     modes = MODES if args.mode == "all" else (args.mode,)
-    flips = pick_flips(tokens, args.flips, cfg.model.vocab_size, int(sp.bos_id()), args.seed)
+    flips = pick_perturbations(tokens, args.flips, cfg.model.vocab_size, int(sp.bos_id()), args.seed, kinds)
     reports = []
     for mode in modes:
         evaluate = evaluator_for(mode, model, table, cfg.eval, seq_len, int(sp.bos_id()), device,
@@ -64,7 +71,7 @@ def _flip(args: argparse.Namespace) -> int:
         reports.append(report.as_dict())
         if not args.json:
             verdict = "PASS" if report.ok else "FAIL"
-            detail = ", ".join(f"p={o.position}: {o.changed}/{o.protected} changed" for o in report.outcomes)
+            detail = ", ".join(f"{o.kind} p={o.position}: {o.changed}/{o.protected} changed" for o in report.outcomes)
             print(f"flip {mode:<8} {verdict}  ({detail})")
     ok = all(r["ok"] for r in reports)
     if args.json:
@@ -117,13 +124,16 @@ def register(subparsers) -> None:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="check", metavar="CHECK", required=True)
     flip = sub.add_parser("flip", help="perturb tokens; earlier per-token losses must stay bit-identical",
-                          description="Perturb tokens at random positions of the evaluated stream and verify that every "
-                          "per-token loss scored before the perturbed token could be seen stays bit-identical (C1, C3). "
+                          description="Perturb the evaluated stream at random positions (substitute, insert or delete a token or a "
+                          "BOS, rewrite the tail: document structure changes too) and verify that every per-token loss "
+                          "of a target before the perturbed position stays bit-identical (C1, C3). "
                           "Exit code 1 when one changes.")
     _add_weights_arguments(flip)
     flip.add_argument("--mode", default="all", choices=("all", "standard", "sliding", "sgd", "lora", "phased"),
                       help="which evaluation to check (default: all)")
-    flip.add_argument("--flips", type=int, default=3, help="perturbed positions (default: 3)")
+    flip.add_argument("--flips", type=int, default=6, help="perturbations, the kinds taken in turn (default: 6, one of each)")
+    flip.add_argument("--kinds", default="", help="comma list of perturbation kinds (default: all of "
+                      "substitute, insert_bos, delete_bos, insert_token, delete_token, rewrite_tail)")
     flip.add_argument("--stride", type=int, default=0, help="sliding stride (default: EVAL_STRIDE, else 64)")
     flip.add_argument("--doc-isolated", action="store_true", help="sliding/TTT restart context at every BOS")
     flip.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")

@@ -1,14 +1,25 @@
-"""The flip check: perturb one token and prove nothing scored before it could see it changed.
+"""The flip check: perturb the stream at one position and prove nothing before it could see it.
 
-For an evaluator (standard, sliding or any TTT kind) the check scores the stream once, then again
-with the token at a random position ``p`` replaced. Target ``t`` predicts ``tokens[t + 1]``, so
-targets ``t >= p - 1`` may legitimately change. Every target with ``t < p - 1`` that was scored no
-later than the first scoring step that read token ``p`` must keep a bit-identical loss: if it
-moved, the evaluator's prediction for it depended on a token it had not yet been charged for (a
-causality leak, C1) or on training that saw token ``p`` before scoring it (C3).
+The legality rule: the loss of target ``t`` (the prediction of ``tokens[t + 1]``) may depend only on
+the artifact and ``tokens[..t]``. For an evaluator (standard, sliding or any TTT kind) the check
+scores the stream once, then again per perturbation at a position ``p`` (``tokens[:p]`` untouched,
+the stream's length kept); every target ``t < p - 1`` must keep a bit-identical loss. If one
+moved, its prediction depended on a later token: a causality leak (C1), training on a token
+before scoring it (C3), or a later document shaping how an earlier one is scored (its batch, its
+adapter's initialisation, a phase boundary).
 
-Flips never touch BOS and never produce one, so document boundaries (and with them batch shapes)
-stay the same between the two runs; bit-identity is then a fair demand on CPU.
+The perturbations (:data:`KINDS`) change a token and, all but the first, the document structure:
+
+* ``substitute``: a non-BOS token becomes another non-BOS token (documents unchanged);
+* ``insert_bos``: a non-BOS token becomes BOS (its document ends there, a new one starts);
+* ``delete_bos``: a BOS becomes a non-BOS token (two documents merge);
+* ``insert_token`` / ``delete_token``: a token is inserted (the last one dropped) or deleted (a
+  token appended): every later document starts elsewhere;
+* ``rewrite_tail``: every token from ``p`` on is replaced by random non-BOS tokens (later BOS
+  vanish: the number of documents and their lengths change).
+
+Structure changes change batch shapes, so bit-identity asks that a document's numbers do not depend
+on which documents share its batch: on CPU, where the check runs, they do not.
 """
 
 from __future__ import annotations
@@ -23,8 +34,19 @@ from pgolf.eval.sliding import LedgerResult
 Evaluator = Callable[[np.ndarray], LedgerResult]
 
 
+KINDS = ("substitute", "insert_bos", "delete_bos", "insert_token", "delete_token", "rewrite_tail")
+
+
+@dataclass(frozen=True)
+class Perturbation:
+    kind: str
+    position: int  # the first changed token; tokens[:position] stay as they are
+    stream: np.ndarray = field(repr=False, compare=False)  # the perturbed stream, same length
+
+
 @dataclass
 class FlipOutcome:
+    kind: str
     position: int
     protected: int  # targets that had to stay bit-identical
     changed: int  # of those, how many did not
@@ -49,44 +71,94 @@ class FlipReport:
         return {"mode": self.mode, "ok": self.ok, "flips": [o.__dict__ | {"ok": o.ok} for o in self.outcomes]}
 
 
-def pick_flips(tokens: np.ndarray, count: int, vocab_size: int, bos_id: int | None, seed: int) -> list[tuple[int, int]]:
-    """(position, replacement) pairs: positions 1..n that hold no BOS, replacements that are not BOS."""
+def _other_token(rng: np.random.Generator, vocab_size: int, bos_id: int | None, avoid: int | None = None) -> int:
+    while True:
+        new = int(rng.integers(0, vocab_size))
+        if new != bos_id and new != avoid:
+            return new
+
+
+def _non_bos_tokens(rng: np.random.Generator, count: int, vocab_size: int, bos_id: int | None) -> np.ndarray:
+    return np.array([_other_token(rng, vocab_size, bos_id) for _ in range(count)], dtype=np.int64)
+
+
+def perturb(tokens: np.ndarray, kind: str, p: int, vocab_size: int, bos_id: int | None,
+            rng: np.random.Generator) -> np.ndarray:
+    """``tokens`` with perturbation ``kind`` at ``p`` (a copy, of the same length and dtype)."""
+    out = tokens.astype(np.int64)
+    if kind == "substitute" or kind == "delete_bos":
+        out[p] = _other_token(rng, vocab_size, bos_id, avoid=int(tokens[p]))
+    elif kind == "insert_bos":
+        out[p] = bos_id
+    elif kind == "insert_token":
+        out[p + 1 :] = out[p:-1].copy()
+        out[p] = _other_token(rng, vocab_size, bos_id, avoid=int(tokens[p]))
+    elif kind == "delete_token":
+        out[p:-1] = out[p + 1 :].copy()
+        out[-1] = _other_token(rng, vocab_size, bos_id)
+    elif kind == "rewrite_tail":
+        out[p:] = _non_bos_tokens(rng, out.shape[0] - p, vocab_size, bos_id)
+        if out[p] == tokens[p]:
+            out[p] = _other_token(rng, vocab_size, bos_id, avoid=int(tokens[p]))
+    else:
+        raise ValueError(f"unknown perturbation {kind!r} (expected one of {', '.join(KINDS)})")
+    return out.astype(tokens.dtype)
+
+
+def candidate_positions(tokens: np.ndarray, kind: str, bos_id: int | None) -> np.ndarray:
+    """Where ``kind`` can act, preferring the stream's second half (more targets to protect) and,
+    for the kinds that shift or rewrite the tail, places before a later BOS (which then moves or
+    vanishes)."""
+    n = tokens.shape[0] - 1
+    late = np.arange(max(2, n // 2), n + 1)
+    bos = np.flatnonzero(tokens == bos_id) if bos_id is not None else np.zeros(0, dtype=np.int64)
+    if kind == "delete_bos":
+        anywhere = bos[bos >= 2]
+        return anywhere[anywhere >= late[0]] if (anywhere >= late[0]).any() else anywhere
+    if kind in ("substitute", "insert_bos"):
+        return np.setdiff1d(late, bos)
+    if kind == "delete_token":
+        late = late[(late < n) & (tokens[late] != tokens[np.minimum(late + 1, n)])]
+    before_a_bos = late[late < bos.max()] if bos.size else late[:0]
+    return before_a_bos if before_a_bos.size else late
+
+
+def pick_perturbations(tokens: np.ndarray, count: int, vocab_size: int, bos_id: int | None, seed: int,
+                       kinds: tuple[str, ...] = KINDS) -> list[Perturbation]:
+    """``count`` perturbations, the kinds taken in turn (a kind with nowhere to act is skipped:
+    ``delete_bos`` on a stream without a later BOS), each at a random position."""
     rng = np.random.default_rng(seed)
-    candidates = np.arange(1, tokens.shape[0])
-    if bos_id is not None:
-        candidates = candidates[tokens[1:] != bos_id]
-    positions = np.sort(rng.choice(candidates, size=min(count, candidates.size), replace=False))
-    flips = []
-    for p in positions.tolist():
-        new = int(tokens[p])
-        while new == int(tokens[p]) or new == bos_id:
-            new = int(rng.integers(0, vocab_size))
-        flips.append((p, new))
-    return flips
+    usable = [k for k in kinds if (k not in ("insert_bos", "delete_bos") or bos_id is not None)
+              and candidate_positions(tokens, k, bos_id).size]
+    out = []
+    for i in range(count if usable else 0):
+        kind = usable[i % len(usable)]
+        p = int(rng.choice(candidate_positions(tokens, kind, bos_id)))
+        out.append(Perturbation(kind, p, perturb(tokens, kind, p, vocab_size, bos_id, rng)))
+    return out
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a.view(np.uint32) == b.view(np.uint32)
 
 
-def compare(base: LedgerResult, flipped: LedgerResult, position: int) -> FlipOutcome:
-    t = np.arange(base.token_losses.shape[0])
-    first_step_seeing_p = int(base.score_step[position - 1 :].min())
-    protected = (t < position - 1) & (base.score_step <= first_step_seeing_p)
-    moved = protected & ~same_bits(base.token_losses, flipped.token_losses)
+def compare(base: LedgerResult, perturbed: LedgerResult, kind: str, position: int) -> FlipOutcome:
+    """Every target before ``position - 1`` must keep its loss, bit for bit."""
+    protected = np.arange(base.token_losses.shape[0]) < position - 1
+    moved = protected & ~same_bits(base.token_losses, perturbed.token_losses)
     changed = np.flatnonzero(moved)
-    flipped_moved = not bool(same_bits(base.token_losses[position - 1 : position], flipped.token_losses[position - 1 : position])[0])
-    return FlipOutcome(position, int(protected.sum()), int(changed.size), int(changed[0]) if changed.size else None, flipped_moved)
+    target = slice(position - 1, position)  # empty where the evaluator scores no such target
+    flipped_moved = not same_bits(base.token_losses[target], perturbed.token_losses[target]).all()
+    return FlipOutcome(kind, position, int(protected.sum()), int(changed.size),
+                       int(changed[0]) if changed.size else None, flipped_moved)
 
 
-def flip_check(evaluate: Evaluator, tokens: np.ndarray, mode: str, flips: list[tuple[int, int]]) -> FlipReport:
-    """Run ``evaluate`` on the stream and on one perturbed copy per flip; compare per-token losses."""
+def flip_check(evaluate: Evaluator, tokens: np.ndarray, mode: str, perturbations: list[Perturbation]) -> FlipReport:
+    """Run ``evaluate`` on the stream and on each perturbed stream; compare per-token losses."""
     base = evaluate(tokens)
     report = FlipReport(mode)
-    for position, new in flips:
-        perturbed = tokens.copy()
-        perturbed[position] = new
-        report.outcomes.append(compare(base, evaluate(perturbed), position))
+    for pert in perturbations:
+        report.outcomes.append(compare(base, evaluate(pert.stream), pert.kind, pert.position))
     return report
 
 

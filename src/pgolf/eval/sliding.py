@@ -47,11 +47,12 @@ def ledger_result(ledger: ScoreLedger, span: tuple[int, int] | None = None) -> L
     return LedgerResult(score, ledger.losses.copy(), ledger.step_of.copy())
 
 
-def stack_windows(ledger: ScoreLedger, windows: list[Window], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and targets [batch, longest window], right-padded with token 0."""
-    longest = max(w.length for w in windows)
-    x = torch.zeros(len(windows), longest, dtype=torch.int64)
-    y = torch.zeros(len(windows), longest, dtype=torch.int64)
+def stack_windows(ledger: ScoreLedger, windows: list[Window], device: torch.device,
+                  length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and targets [batch, ``length`` or the longest window], right-padded with token 0."""
+    length = length or max(w.length for w in windows)
+    x = torch.zeros(len(windows), length, dtype=torch.int64)
+    y = torch.zeros(len(windows), length, dtype=torch.int64)
     for row, w in enumerate(windows):
         x[row, : w.length] = ledger.inputs(w.start, w.end)
         y[row, : w.length] = ledger.targets(w.start, w.end)
@@ -69,9 +70,11 @@ def scored_positions(windows: list[Window], device: torch.device) -> tuple[torch
     return torch.cat(rows).to(device), torch.cat(cols).to(device), torch.cat(idx)
 
 
-def score_windows(model: torch.nn.Module, ledger: ScoreLedger, windows: list[Window], device: torch.device) -> torch.Tensor:
-    """One scoring step: forward the stacked windows, record their scored targets; returns those losses."""
-    x, y = stack_windows(ledger, windows, device)
+def score_windows(model: torch.nn.Module, ledger: ScoreLedger, windows: list[Window], device: torch.device,
+                  length: int | None = None) -> torch.Tensor:
+    """One scoring step: forward the stacked windows (padded to ``length``, default the longest),
+    record their scored targets; returns those losses."""
+    x, y = stack_windows(ledger, windows, device, length)
     with autocast_for(device):
         losses = model(x, y, reduction="none")
     rows, cols, idx = scored_positions(windows, device)

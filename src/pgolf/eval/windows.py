@@ -14,7 +14,11 @@ each target sees at least ``L - s + 1`` tokens once the segment is longer than `
 
 Document isolation splits the stream at every BOS: a segment starts at each BOS input position and
 its windows never read before it, so the context restarts at each document start. The target
-that predicts the next document's BOS belongs to the document it ends.
+that predicts the next document's BOS belongs to the document it ends. Each segment keeps the
+stride grid to its last window (which then reads fewer inputs): reaching back further because the
+document ended would make its last targets' context depend on where the next BOS is, a later token
+(and whether a segment is the stream's last depends on later BOS too). Without isolation the one
+segment's final window reaches back a full ``L``: its end is the stream's, no token.
 """
 
 from __future__ import annotations
@@ -56,8 +60,12 @@ def segments(tokens: np.ndarray, bos_id: int | None) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
-def sliding_windows(seg_start: int, seg_end: int, seq_len: int, stride: int) -> Iterator[Window]:
-    """Windows scoring every target of ``[seg_start, seg_end)`` exactly once, in order."""
+def sliding_windows(seg_start: int, seg_end: int, seq_len: int, stride: int, on_grid: bool = False) -> Iterator[Window]:
+    """Windows scoring every target of ``[seg_start, seg_end)`` exactly once, in order.
+
+    ``on_grid``: the last window starts where the stride grid puts it, whatever the segment's length
+    (a document's end is a later token's position).
+    """
     if seq_len <= 0 or not 0 < stride <= seq_len:
         raise PgolfError(f"sliding window: need 0 < stride ({stride}) <= seq_len ({seq_len})")
     first_end = min(seg_start + seq_len, seg_end)
@@ -65,13 +73,15 @@ def sliding_windows(seg_start: int, seg_end: int, seq_len: int, stride: int) -> 
     scored_to = first_end
     while scored_to < seg_end:
         end = min(scored_to + stride, seg_end)
-        yield Window(max(seg_start, end - seq_len), end, scored_to)
+        reach = scored_to + stride if on_grid else end
+        yield Window(max(seg_start, reach - seq_len), end, scored_to)
         scored_to = end
 
 
 def plan(tokens: np.ndarray, seq_len: int, stride: int, bos_id: int | None = None) -> list[Window]:
     """All windows for the stream, in stream order (``bos_id`` given: document-isolated)."""
-    return [w for a, b in segments(tokens, bos_id) for w in sliding_windows(a, b, seq_len, stride)]
+    isolated = bos_id is not None
+    return [w for a, b in segments(tokens, bos_id) for w in sliding_windows(a, b, seq_len, stride, on_grid=isolated)]
 
 
 def target_context_lengths(windows: list[Window], n_targets: int) -> np.ndarray:

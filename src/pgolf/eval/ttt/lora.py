@@ -12,15 +12,24 @@ random, ``B[doc, out, r]`` zero, so every adapter starts as the identity):
 Each document is cut into chunks of ``TTT_CHUNK_SIZE`` targets. Step k scores chunk k of every
 document still running (context: up to ``TTT_EVAL_SEQ_LEN`` inputs of the same document), then,
 for documents with a chunk k+1, takes one Adam step on the loss of chunk k, whose tokens the
-ledger hands out because they were just scored. Adapters are per document (the loss is a sum of
-per-document means and Adam is elementwise), so documents never influence each other. Each batch's
-adapters start from a generator seeded with the seed and the batch's index, so under
-torch.distributed, where the batches are dealt to the ranks in turn, every document is adapted
-exactly as in one process.
+ledger hands out because they were just scored.
+
+Legality (a target's loss depends only on the artifact and the tokens before it): which documents
+share a batch depends on later documents (batches hold documents of similar length), so nothing a
+document's scores depend on may depend on its batch. Its ``A`` is drawn from its own generator,
+seeded with the seed and the document's start position (:func:`document_generator`); its optimizer
+state is its own rows (the loss is a sum of per-document means, Adam is elementwise, and every
+document of a batch takes its k-th step together); step k's batch is padded to a length fixed by
+k and the settings (:func:`step_length`), after each window's last input, which a causal model never
+reads; its windows start where a full chunk's would, even where the document ends (:func:`chunk_window`);
+with ``ROPE_YARN`` the base is that of the configured window length. So a document is adapted as it
+would be alone, bit for bit on CPU, on any rank of torch.distributed too, where the batches are
+dealt to the ranks in turn.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from contextlib import contextmanager
 
@@ -33,6 +42,7 @@ from pgolf.eval.evaluate import autocast_for, rank_and_world
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult, ledger_result, score_windows, scored_positions
 from pgolf.eval.windows import Window, segments
+from pgolf.model.rope import ntk_length_pinned
 from pgolf.tokenizer.luts import TorchByteTable
 
 
@@ -51,19 +61,32 @@ def target_modules(model: nn.Module, targets: str) -> dict[str, tuple[nn.Module,
     return found
 
 
-class BatchedLoRA(nn.Module):
-    """Independent low-rank adapters for ``n_docs`` documents on the hooked modules."""
+def document_generator(seed: int, doc_start: int) -> torch.Generator:
+    """The generator of one document's adapter initialisation: a function of the seed and where the
+    document starts (a BOS, i.e. earlier tokens) alone, never of the documents that share its batch."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + doc_start)
 
-    def __init__(self, model: nn.Module, n_docs: int, rank: int, targets: str, generator: torch.Generator, device):
+
+def initial_a(fans_in: list[int], rank: int, seed: int, doc_start: int) -> list[torch.Tensor]:
+    """One document's ``A`` of every hooked module, drawn from that document's own generator."""
+    generator = document_generator(seed, doc_start)
+    return [torch.randn(rank, fan_in, generator=generator) / math.sqrt(fan_in) for fan_in in fans_in]
+
+
+class BatchedLoRA(nn.Module):
+    """Independent low-rank adapters for the documents starting at ``doc_starts`` on the hooked modules."""
+
+    def __init__(self, model: nn.Module, doc_starts: list[int], rank: int, targets: str, seed: int, device):
         super().__init__()
         self.modules_by_name = target_modules(model, targets)
+        fans_in = [fan_in for _, fan_in, _ in self.modules_by_name.values()]
+        per_doc = [initial_a(fans_in, rank, seed, start) for start in doc_starts]
         self.a = nn.ParameterList()
         self.b = nn.ParameterList()
-        for _, fan_in, fan_out in self.modules_by_name.values():
-            a = torch.randn(n_docs, rank, fan_in, generator=generator) / math.sqrt(fan_in)
-            self.a.append(nn.Parameter(a.to(device)))
-            self.b.append(nn.Parameter(torch.zeros(n_docs, fan_out, rank, device=device)))
-        self.rows = torch.arange(n_docs, device=device)
+        for m, (_, _, fan_out) in enumerate(self.modules_by_name.values()):
+            self.a.append(nn.Parameter(torch.stack([a[m] for a in per_doc]).to(device)))
+            self.b.append(nn.Parameter(torch.zeros(len(doc_starts), fan_out, rank, device=device)))
+        self.rows = torch.arange(len(doc_starts), device=device)
 
     def _hook(self, index: int, on_output: bool):
         def add_delta(module, inputs, output):
@@ -89,29 +112,42 @@ class BatchedLoRA(nn.Module):
 
 
 def chunk_window(doc: tuple[int, int], k: int, chunk: int, context: int) -> Window | None:
-    """Window scoring chunk ``k`` of ``doc`` with up to ``context`` inputs of that document."""
+    """Window scoring chunk ``k`` of ``doc`` with up to ``context`` inputs of that document.
+
+    A document's last chunk is cut short where the next document starts; its window still starts
+    where a full chunk's would, so no target's context depends on where its document ends (R44
+    reaches back from the cut end instead).
+    """
     a, b = doc
     first = a + k * chunk
     if first >= b:
         return None
-    end = min(first + chunk, b)
-    return Window(max(a, end - context), end, first)
+    return Window(max(a, first + chunk - context), min(first + chunk, b), first)
 
 
-def stacked_training_batch(ledger: ScoreLedger, windows: list[Window], device):
+def step_length(k: int, chunk: int, context: int) -> int:
+    """The padded length of step ``k``'s batch: the longest window a chunk ``k`` can have.
+
+    A function of ``k`` and the settings alone: padded to the batch's longest window instead, a
+    document's numbers would follow its batch mates' lengths (in the last bits on CPU, where a
+    position's result can depend on its row's padded length; through the base with ``ROPE_YARN``).
+    """
+    return min((k + 1) * chunk, context)
+
+
+def stacked_training_batch(ledger: ScoreLedger, windows: list[Window], length: int, device):
     """Inputs/targets of already-scored windows, only ever taken from the ledger's training side."""
-    longest = max(w.length for w in windows)
-    x = torch.zeros(len(windows), longest, dtype=torch.int64)
-    y = torch.zeros(len(windows), longest, dtype=torch.int64)
+    x = torch.zeros(len(windows), length, dtype=torch.int64)
+    y = torch.zeros(len(windows), length, dtype=torch.int64)
     for row, w in enumerate(windows):
         toks = ledger.training_tokens(w.start, w.end)
         x[row, : w.length], y[row, : w.length] = toks[:-1], toks[1:]
     return x.to(device), y.to(device)
 
 
-def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], device) -> torch.Tensor:
+def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], length: int, device) -> torch.Tensor:
     """Sum over documents of the mean loss on each one's scored chunk."""
-    x, y = stacked_training_batch(ledger, windows, device)
+    x, y = stacked_training_batch(ledger, windows, length, device)
     with autocast_for(device):
         losses = model(x, y, reduction="none").float()
     rows, cols, _ = scored_positions(windows, device)
@@ -120,27 +156,40 @@ def chunk_loss(model: nn.Module, ledger: ScoreLedger, windows: list[Window], dev
 
 
 def adapt_documents(
-    model: nn.Module, ledger: ScoreLedger, docs: list[tuple[int, int]], s: EvalConfig, device, generator: torch.Generator
+    model: nn.Module, ledger: ScoreLedger, docs: list[tuple[int, int]], s: EvalConfig, device, seed: int
 ) -> None:
     """Score every target of ``docs`` chunk by chunk with per-document LoRA adapted in between."""
-    lora = BatchedLoRA(model, len(docs), s.ttt_lora_rank, s.ttt_lora_targets, generator, device)
+    lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device)
     optimizer = torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=(0.9, 0.999))
-    context = max(s.ttt_eval_seq_len, s.ttt_chunk_size)
-    k = 0
-    while True:
-        windows = {i: w for i, d in enumerate(docs) if (w := chunk_window(d, k, s.ttt_chunk_size, context))}
-        if not windows:
-            return
-        rows = sorted(windows)
-        with torch.no_grad(), lora.attached(rows):
-            score_windows(model, ledger, [windows[i] for i in rows], device)
-        learners = [i for i in rows if chunk_window(docs[i], k + 1, s.ttt_chunk_size, context)]
-        if learners:  # a document's last chunk is never trained on: nothing of it is left to score
-            optimizer.zero_grad(set_to_none=True)
-            with lora.attached(learners):
-                chunk_loss(model, ledger, [windows[i] for i in learners], device).backward()
-            optimizer.step()
-        k += 1
+    context = lora_context(s)
+    with ntk_length_pinned(model, context):  # ROPE_YARN: the base of the configured window, not the batch's longest
+        for k in itertools.count():
+            if not adapt_chunk(model, ledger, lora, optimizer, docs, k, s, context, device):
+                return
+
+
+def lora_context(s: EvalConfig) -> int:
+    """The longest window a chunk is scored with (inputs of its own document only)."""
+    return max(s.ttt_eval_seq_len, s.ttt_chunk_size)
+
+
+def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimizer: torch.optim.Optimizer,
+                docs: list[tuple[int, int]], k: int, s: EvalConfig, context: int, device) -> bool:
+    """Score chunk ``k`` of every document that has one, then step on it; False when none has."""
+    windows = {i: w for i, d in enumerate(docs) if (w := chunk_window(d, k, s.ttt_chunk_size, context))}
+    if not windows:
+        return False
+    rows = sorted(windows)
+    length = step_length(k, s.ttt_chunk_size, context)
+    with torch.no_grad(), lora.attached(rows):
+        score_windows(model, ledger, [windows[i] for i in rows], device, length)
+    learners = [i for i in rows if chunk_window(docs[i], k + 1, s.ttt_chunk_size, context)]
+    if learners:  # a document's last chunk is never trained on: nothing of it is left to score
+        optimizer.zero_grad(set_to_none=True)
+        with lora.attached(learners):
+            chunk_loss(model, ledger, [windows[i] for i in learners], length, device).backward()
+        optimizer.step()
+    return True
 
 
 def document_batches(docs: list[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int]]]:
@@ -159,11 +208,6 @@ def evaluate_lora_ttt(
     rank, world = rank_and_world()
     for index, batch in enumerate(document_batches(docs, s.ttt_batch_size)):
         if index % world == rank:  # dealt in turn: the long documents come first, so each rank gets some
-            adapt_documents(model, ledger, batch, s, device, batch_generator(seed, index))
+            adapt_documents(model, ledger, batch, s, device, seed)
     ledger.merge_scored()
     return ledger_result(ledger)
-
-
-def batch_generator(seed: int, index: int) -> torch.Generator:
-    """The generator of document batch ``index``'s adapter initialisation (the same on any rank)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + index)

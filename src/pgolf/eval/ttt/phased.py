@@ -6,7 +6,9 @@ phase's last document is fully scored, LoRA pauses and the base model gets ``GLO
 of full-parameter SGD on every document scored so far (all of them: batches never straddle a
 phase boundary), in chunks of ``GLOBAL_TTT_CHUNK_TOKENS`` with a cosine LR over chunks. Later
 documents are then adapted from the updated base model. The ledger hands the SGD those tokens
-only because they are scored.
+only because they are scored. Stream order, never length order: a document scored after a pause
+then depends only on documents before it in the stream (R44 sorts by length, so its pauses train on
+later documents too).
 
 Under torch.distributed the document batches between two pauses are dealt to the ranks in turn;
 at a pause the ranks share what they scored and run the global SGD data-parallel (:mod:`.sgd`).
@@ -24,17 +26,21 @@ from pgolf.config import EvalConfig
 from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult, ledger_result
 from pgolf.eval.evaluate import rank_and_world
-from pgolf.eval.ttt.lora import adapt_documents, batch_generator
+from pgolf.eval.ttt.lora import adapt_documents
 from pgolf.eval.ttt.sgd import cosine_lr, sgd_epochs
 from pgolf.eval.windows import segments
 from pgolf.tokenizer.luts import TorchByteTable
 
 
 def phase_ends(n_docs: int, prefix_docs: int, phases: int) -> list[int]:
-    """Document counts after which global SGD runs (strictly increasing, at most ``n_docs``)."""
-    prefix = min(prefix_docs, n_docs)
-    ends = sorted({math.ceil(prefix * (i + 1) / phases) for i in range(phases)})
-    return [e for e in ends if e > 0]
+    """Document counts after which global SGD runs (strictly increasing, below ``n_docs``).
+
+    Fixed by the configuration alone: were they spread over ``min(prefix_docs, n_docs)`` (as R44
+    does), a short stream's later documents would move the pauses, and with them the scores of the
+    documents before. A pause after the last document would change no score, so it is left out.
+    """
+    ends = sorted({math.ceil(prefix_docs * (i + 1) / phases) for i in range(phases)})
+    return [e for e in ends if 0 < e < n_docs]
 
 
 def batches_within_phases(n_docs: int, batch_size: int, ends: list[int]) -> list[tuple[int, int]]:
@@ -73,7 +79,7 @@ def evaluate_phased_ttt(
     rank, world = rank_and_world()
     for index, (lo, hi) in enumerate(batches_within_phases(len(docs), s.ttt_batch_size, ends)):
         if index % world == rank:
-            adapt_documents(model, ledger, docs[lo:hi], s, device, batch_generator(seed, index))
+            adapt_documents(model, ledger, docs[lo:hi], s, device, seed)
         if hi in ends:
             ledger.merge_scored(0, docs[hi - 1][1])
             global_sgd(model, ledger, docs[hi - 1][1], s, seq_len, device)
