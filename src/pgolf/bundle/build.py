@@ -54,7 +54,7 @@ class BundleReport:
 
     def summary(self) -> str:
         return (
-            f"{self.path}: {self.bytes_wrapped:,} bytes ({self.codec} + base85 of {self.bytes_minified:,} minified bytes; "
+            f"{self.path}: {self.bytes_wrapped:,} bytes ({self.codec} of {self.bytes_minified:,} minified bytes in a 124-symbol bytes literal; "
             f"readable {self.bytes_raw:,} bytes in {self.readable_path}); {len(self.modules)} modules"
         )
 

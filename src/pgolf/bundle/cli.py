@@ -30,7 +30,8 @@ def register(subparsers) -> None:
         "bundle", help="write a single-file train_gpt.py for one configuration",
         description="Inline the pgolf modules a training run needs (found from the import graph) into one script with "
         "the resolved config frozen in (the reference env vars still override it), minify it and wrap it as a "
-        "self-extracting lzma or brotli + base85 file, whichever is smaller. Writes a readable copy beside it. "
+        "self-extracting file (lzma or brotli, whichever is smaller, its payload in a 124-symbol bytes literal). "
+        "Writes a readable copy beside it. "
         "Run it with `python train_gpt.py` or `torchrun --standalone --nproc_per_node=N train_gpt.py`; "
         "its size is the submission's code bytes.",
     )
