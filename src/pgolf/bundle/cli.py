@@ -13,7 +13,8 @@ def _bundle(args: argparse.Namespace) -> int:
 
     from pgolf.bundle.build import build_bundle
 
-    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise)
+    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise,
+                          keep_checks=args.keep_checks)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), sort_keys=True))
         return 0
@@ -40,5 +41,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-shake", action="store_true", help="keep top-level definitions nothing reaches")
     parser.add_argument("--no-specialise", action="store_true",
                         help="keep the code of switches the config leaves off (and let their env vars change them)")
+    parser.add_argument("--keep-checks", action="store_true",
+                        help="keep the package's input checks (one-line errors for bad data, paths or env values); "
+                             "by default a bundle strips them to save code bytes")
     parser.add_argument("--json", action="store_true", help="print the size report as JSON")
     parser.set_defaults(handler=_bundle)

@@ -24,6 +24,7 @@ help strings (the bundle has no CLI to show them) and with checks only for the f
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import Any
 
 from pgolf.bundle.names import walk
@@ -135,11 +136,22 @@ def _drop_unreachable(bodies: list[list[ast.stmt]]) -> None:
     shake_methods(bodies)
 
 
-def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False) -> int:
+def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False,
+               after_folding: Callable[[list[list[ast.stmt]]], int] | None = None) -> int:
     """Fold ``fields`` (bundle class name -> field -> value) and everything they decide; returns the
     number of rewrites. ``bodies`` are the inlined module bodies, changed in place. ``tree_shake``:
     drop unreachable definitions before each round, so that calls from dead code do not keep a
-    parameter from being propagated."""
+    parameter from being propagated. ``after_folding(bodies)`` (returning its number of rewrites)
+    runs once the folding has converged, and the folding then runs again on what it left: the input
+    checks go there (:mod:`pgolf.bundle.checks`), after a switched-off path has become unreachable
+    through the check that refuses it."""
+    total = _fold_to_fixed_point(bodies, fields, tree_shake)
+    if after_folding is not None and after_folding(bodies):
+        total += _fold_to_fixed_point(bodies, fields, tree_shake)
+    return total
+
+
+def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool) -> int:
     total = 0
     for _ in range(MAX_ROUNDS):
         if tree_shake:
