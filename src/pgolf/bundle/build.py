@@ -2,8 +2,9 @@
 
 Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write the resolved config
 into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) while specialising
-the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the entry's
-``FOLDED``, the config schema's defaults set to the resolved values), minify and wrap
+the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the config's
+``FOLDED_FIELDS``, the config schema's defaults set to the resolved values, unread fields left out)
+and stripping its input checks (:mod:`pgolf.bundle.checks`), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 The fused Triton kernels (:data:`SWITCHED_MODULES`) are carried only when the configuration turns
 them on; the script then keeps annotations and registers its source for Triton.
@@ -20,7 +21,9 @@ from pathlib import Path
 from pgolf.bundle.checks import strip_checks
 from pgolf.bundle.graph import Module, collect
 from pgolf.bundle.inline import inline
-from pgolf.bundle.specialise import SECTION_CLASSES, compact_schema, folded_by_name, schema_compactable, section_fields
+from pgolf.bundle.specialise import (
+    SECTION_CLASSES, compact_schema, folded_by_section, folded_envs, schema_compactable, section_fields,
+)
 from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, wrap
 from pgolf.config import Config
@@ -29,7 +32,8 @@ from pgolf.errors import PgolfError
 ENTRY = "pgolf.bundle.entry"
 FROZEN_NAME = "FROZEN_CONFIG"
 PRESET_NAME = "PRESET"
-FOLDED_NAME = "FOLDED"
+FOLDED_NAME = "FOLDED_FIELDS"  # in the config module
+FOLDED_ENV_NAME = "FOLDED_ENV"  # in the entry
 CONFIG_MODULE = "pgolf.config"
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
 ERRORS_MODULE, ERROR_CLASS = "pgolf.errors", "PgolfError"
@@ -98,10 +102,11 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], n
             _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {})
             _set_literal(entry_body, bundle_name(entry, PRESET_NAME), cfg.preset)
         specialise_bodies(bodies, section_fields(cfg, classes), tree_shake, stripped if any(strip) else None)
-        if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_by_name(cfg)):
-            raise PgolfError(f"entry {entry} has no top-level {FOLDED_NAME} assignment")
-        if compact:
+        if compact:  # before the folded values are written: their field names would read as uses
             compact_schema(bodies, cfg, classes, field_fn, bundle_name(CONFIG_MODULE, "RULES"))
+        if not any(_set_literal(b, bundle_name(CONFIG_MODULE, FOLDED_NAME), folded_by_section(cfg)) for b in bodies) \
+                or not _set_literal(entry_body, bundle_name(entry, FOLDED_ENV_NAME), folded_envs(cfg)):
+            raise PgolfError(f"the bundle has no top-level {FOLDED_NAME} (config) or {FOLDED_ENV_NAME} (entry) assignment")
 
     return transform
 
