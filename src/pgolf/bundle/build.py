@@ -90,7 +90,7 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], n
     def transform(bodies: list[list[ast.stmt]], bundle_name) -> None:
         def stripped(bodies: list[list[ast.stmt]]) -> int:
             keep = frozenset(bundle_name(module, fn) for module, fn in KEPT_CHECKS if module in names)
-            return strip_checks([b for b, s in zip(bodies, strip) if s], bundle_name(ERRORS_MODULE, ERROR_CLASS), keep)
+            return strip_checks([b for b, s in zip(bodies, strip) if s], bundle_name(ERRORS_MODULE, ERROR_CLASS), keep, bodies)
 
         classes = {section: bundle_name(CONFIG_MODULE, cls) for section, cls in SECTION_CLASSES.items()}
         entry_body = bodies[-1]

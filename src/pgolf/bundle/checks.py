@@ -15,8 +15,11 @@ runs there, and they are pure cost in code bytes. In every function of the strip
   or ``for`` whose body the removal left empty. A function left with nothing to do is then inlined
   away by :mod:`pgolf.bundle.trivial` and shaken out.
 
-Other exceptions (``ValueError`` a caller may catch, :class:`pgolf.eval.ledger.ScoreFirstViolation`,
-the score-first rule's guard) are never touched. With bad input a stripped bundle fails with the
+The same goes, once the ``PgolfError`` checks are gone, for raises of the builtin exceptions the
+package uses for malformed arguments (:data:`BUILTIN_CHECK_ERRORS`: ``ValueError``...), each only
+where no ``except`` left in the whole bundle could catch it and carry on (a handler that re-raises,
+or one around builtin calls only, cannot see a bundle raise). Subclasses of ``PgolfError``
+(:class:`pgolf.eval.ledger.ScoreFirstViolation`, the score-first rule's guard) are never touched. With bad input a stripped bundle fails with the
 underlying Python error instead of the package's one line; ``pgolf bundle --keep-checks`` keeps
 every check.
 """
@@ -24,18 +27,55 @@ every check.
 from __future__ import annotations
 
 import ast
+import builtins
 
 from pgolf.bundle.names import walk
 
 _BLOCK_FIELDS = ("body", "orelse", "finalbody")
 
 
-def _raises(stmt: ast.stmt, error: str) -> bool:
-    """``raise error(...)`` (or ``raise error``), chained or not."""
+# Builtin exceptions whose raises are stripped as checks too, where nothing in the bundle could catch one
+# and carry on (see :func:`uncaught_builtins`): the package raises them for malformed arguments.
+BUILTIN_CHECK_ERRORS = ("ValueError", "TypeError", "KeyError", "IndexError", "RuntimeError")
+
+
+def _raises(stmt: ast.stmt, errors: frozenset[str]) -> bool:
+    """``raise E(...)`` (or ``raise E``) for an ``E`` in ``errors``, chained or not."""
     if not isinstance(stmt, ast.Raise) or stmt.exc is None:
         return False
     exc = stmt.exc.func if isinstance(stmt.exc, ast.Call) else stmt.exc
-    return isinstance(exc, ast.Name) and exc.id == error
+    return isinstance(exc, ast.Name) and exc.id in errors
+
+
+def _catches(handler: ast.ExceptHandler, error: type) -> bool:
+    """Whether ``handler`` catches ``error`` (a builtin exception): bare, or naming a builtin base of it."""
+    if handler.type is None:
+        return True
+    for node in handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]:
+        base = getattr(builtins, node.id, None) if isinstance(node, ast.Name) else None
+        if isinstance(base, type) and issubclass(error, base):
+            return True
+    return False
+
+
+def _harmless(trial: ast.Try, handler: ast.ExceptHandler) -> bool:
+    """The handler re-raises what it caught, or its ``try`` body calls builtins only (so no bundle
+    code, and none of its checks, runs inside it)."""
+    if handler.body and isinstance(handler.body[-1], ast.Raise) and handler.body[-1].exc is None:
+        return True
+    calls = [n for s in trial.body for n in walk(s) if isinstance(n, ast.Call)]
+    return all(isinstance(c.func, ast.Name) and isinstance(getattr(builtins, c.func.id, None), type) for c in calls)
+
+
+def uncaught_builtins(bodies: list[list[ast.stmt]]) -> frozenset[str]:
+    """The :data:`BUILTIN_CHECK_ERRORS` that no ``except`` in the whole bundle could catch and carry on
+    from (``contextlib.suppress`` anywhere: none of them)."""
+    nodes = [n for body in bodies for s in body for n in walk(s)]
+    if any(isinstance(n, (ast.Name, ast.Attribute)) and getattr(n, "id", getattr(n, "attr", None)) == "suppress" for n in nodes):
+        return frozenset()
+    trials = [n for n in nodes if isinstance(n, ast.Try)]
+    return frozenset(name for name in BUILTIN_CHECK_ERRORS
+                     if not any(_catches(h, getattr(builtins, name)) and not _harmless(t, h) for t in trials for h in t.handlers))
 
 
 def _loaded(nodes) -> set[str]:
@@ -45,8 +85,8 @@ def _loaded(nodes) -> set[str]:
 class _Stripper:
     """Strips one function; ``fed`` collects the names the removed code read."""
 
-    def __init__(self, error: str):
-        self.error = error
+    def __init__(self, errors: frozenset[str]):
+        self.errors = errors
         self.fed: set[str] = set()
         self.count = 0
 
@@ -76,13 +116,13 @@ class _Stripper:
                 out.extend(stmt.body)
                 continue
             out.append(stmt)
-        if function_body and out and _raises(out[-1], self.error):  # reached only by input nothing above accepted
+        if function_body and out and _raises(out[-1], self.errors):  # reached only by input nothing above accepted
             self._drop(out.pop())
         return out
 
     def _refuses(self, body: list[ast.stmt]) -> bool:
         """The block raises the error, having at most computed locals for its message."""
-        return bool(body) and _raises(body[-1], self.error) and all(_single_name_store(s) for s in body[:-1])
+        return bool(body) and _raises(body[-1], self.errors) and all(_single_name_store(s) for s in body[:-1])
 
     def _nested(self, stmt: ast.stmt) -> None:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
@@ -168,15 +208,26 @@ def _drop_what_fed_the_checks(fn: ast.FunctionDef | ast.AsyncFunctionDef, fed: s
     return removed
 
 
-def strip_checks(bodies: list[list[ast.stmt]], error: str, keep: frozenset[str] = frozenset()) -> int:
+def strip_checks(bodies: list[list[ast.stmt]], error: str, keep: frozenset[str] = frozenset(),
+                 whole: list[list[ast.stmt]] | None = None) -> int:
     """Strip ``raise error(...)`` checks from every function in ``bodies`` (changed in place) but
-    the top-level functions named in ``keep``; returns the number of statements removed."""
+    the top-level functions named in ``keep``, then those raising a builtin exception nothing in
+    ``whole`` (the whole bundle, default ``bodies``) could catch and carry on from; returns the
+    number of statements removed."""
+    total = _strip(bodies, frozenset({error}), keep)
+    builtin_errors = uncaught_builtins(bodies if whole is None else whole)
+    if builtin_errors:
+        total += _strip(bodies, builtin_errors, keep)
+    return total
+
+
+def _strip(bodies: list[list[ast.stmt]], errors: frozenset[str], keep: frozenset[str]) -> int:
     total = 0
     for body in bodies:
         kept = [s for s in body if isinstance(s, ast.FunctionDef) and s.name in keep]
         for node in [n for stmt in body if stmt not in kept for n in walk(stmt)]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                stripper = _Stripper(error)
+                stripper = _Stripper(errors)
                 node.body = stripper.block(node.body, function_body=True)
                 total += stripper.count
                 if stripper.count:
