@@ -50,11 +50,11 @@ R15_BATCH_WINDOWS = 32  # SW_EVAL_BATCH's default in R15
 AGREE_REL = {"cpu": 1e-5, "cuda": 1e-3}
 
 
-def load_record(script: str):
+def load_record(path: Path):
     """The record's module, imported as a library (its main() is behind a __main__ guard). Its
     FlashAttention 3 import is stood in for: the model that runs is pgolf's, never the record's."""
     sys.modules.setdefault("flash_attn_interface", types.SimpleNamespace(flash_attn_func=None))
-    spec = importlib.util.spec_from_file_location(f"record_{Path(script).parent.name}", ORACLES / script)
+    spec = importlib.util.spec_from_file_location(f"record_{path.stem}_{abs(hash(str(path)))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -113,7 +113,7 @@ def compare(name: str, args, device: torch.device) -> dict:
     from pgolf.tokenizer.luts import build_byte_table
 
     script, function, preset = RECORDS[name]
-    record = load_record(script)
+    record = load_record(Path(args.script.get(name, ORACLES / script)))
     cfg = build_config(preset, args.set, environ={})
     seq_len, stride = cfg.eval_seq_len, args.stride
     val = args.data / "datasets" / "fineweb10B_sp1024_valprefix" / "fineweb_val_000000.bin"
@@ -173,6 +173,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", nargs="*", default=list(RECORDS), choices=list(RECORDS))
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data", help="shared data folder")
+    parser.add_argument("--script", action="append", default=[], metavar="RECORD=PATH",
+                        help="a record's script elsewhere than the oracles folder, e.g. r15=.ref/r15_train_gpt_v5.py")
     parser.add_argument("--set", action="append", default=[], help="config override for both sides, e.g. NUM_LAYERS=2")
     parser.add_argument("--stride", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=0, help="val tokens to score (0: the whole val prefix)")
@@ -181,6 +183,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/sliding_eval_<device>.json")
     args = parser.parse_args()
+    args.script = dict(item.split("=", 1) for item in args.script)
     sys.path.insert(0, str(REPO / "src"))
     from pgolf.bench.report import device_slug
     from pgolf.runtime import device_name, git_commit, pick_device, versions
