@@ -18,7 +18,7 @@ runs there, and they are pure cost in code bytes. In every function of the strip
 The same goes, once the ``PgolfError`` checks are gone, for raises of the builtin exceptions the
 package uses for malformed arguments (:data:`BUILTIN_CHECK_ERRORS`: ``ValueError``...), each only
 where no ``except`` left in the whole bundle could catch it and carry on (a handler that re-raises,
-or one around builtin calls only, cannot see a bundle raise). Subclasses of ``PgolfError``
+or one around scalar conversions only, ``int(raw)``, cannot see a bundle raise). Subclasses of ``PgolfError``
 (:class:`pgolf.eval.ledger.ScoreFirstViolation`, the score-first rule's guard) are never touched. With bad input a stripped bundle fails with the
 underlying Python error instead of the package's one line; ``pgolf bundle --keep-checks`` keeps
 every check.
@@ -58,13 +58,17 @@ def _catches(handler: ast.ExceptHandler, error: type) -> bool:
     return False
 
 
+# Conversions a ``try`` may call and still run no bundle code (``list(x)`` could iterate a bundle generator).
+_SCALAR_CONVERSIONS = {"int", "float", "complex", "bool", "str", "bytes"}
+
+
 def _harmless(trial: ast.Try, handler: ast.ExceptHandler) -> bool:
-    """The handler re-raises what it caught, or its ``try`` body calls builtins only (so no bundle
-    code, and none of its checks, runs inside it)."""
+    """The handler re-raises what it caught, or its ``try`` body calls only scalar conversions
+    (``int(raw)``), so no bundle code, and none of its checks, runs inside it."""
     if handler.body and isinstance(handler.body[-1], ast.Raise) and handler.body[-1].exc is None:
         return True
     calls = [n for s in trial.body for n in walk(s) if isinstance(n, ast.Call)]
-    return all(isinstance(c.func, ast.Name) and isinstance(getattr(builtins, c.func.id, None), type) for c in calls)
+    return all(isinstance(c.func, ast.Name) and c.func.id in _SCALAR_CONVERSIONS for c in calls)
 
 
 def uncaught_builtins(bodies: list[list[ast.stmt]]) -> frozenset[str]:
