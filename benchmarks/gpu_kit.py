@@ -34,6 +34,7 @@ DATA_FILES = ["tokenizers/fineweb_1024_bpe.model", "datasets/fineweb10B_sp1024_t
 REFERENCE_SCRIPTS = {
     ".ref/train_gpt.py": "train_gpt.py (the challenge's baseline script)",
     ".ref/r15_train_gpt_v5.py": "records/track_10min_16mb/2026-03-19_smeargate_orthoinit_muonwd/train_gpt_v5.py (R15)",
+    ".ref/pr160_train_gpt.py": "records/track_10min_16mb/2026-03-19_ChaseNorton/train_gpt.py at refs/pull/160/head (PR #160)",
 }
 
 

@@ -17,7 +17,7 @@
 #   tests   tests/gpu (backend equivalence, compile without recompilation, bench on CUDA, doctor)
 #           and the reference-parity tests, with PGOLF_REFERENCE_SCRIPT set
 #   train   pgolf bench train --preset baseline against the reference train_gpt.py (target: >= 1.5x tokens/s)
-#   eval    benchmarks/sliding_eval.py and pgolf bench eval, R15 preset at stride 64, against the
+#   eval    benchmarks/sliding_eval.py (PR #160's and R15's own sliding functions beside pgolf's) and pgolf bench eval, R15 preset at stride 64, against the
 #           R15 record script's sliding evaluation (target: >= 3x tokens/s)
 #   parity  benchmarks/train_parity.py: 200 steps of pgolf and of the reference, seeds 1 and 2
 #           (target: pgolf's loss within the reference's run-to-run spread)
@@ -48,7 +48,7 @@ setup() {
 }
 
 part_check() {
-    for f in .ref/train_gpt.py .ref/r15_train_gpt_v5.py "$D/tokenizers/fineweb_1024_bpe.model"; do
+    for f in .ref/train_gpt.py .ref/r15_train_gpt_v5.py .ref/pr160_train_gpt.py "$D/tokenizers/fineweb_1024_bpe.model"; do
         [ -f "$f" ] || { echo "missing $f"; return 1; }
     done
     "$PY" - "$D" <<'PYTHON'
@@ -75,7 +75,7 @@ part_tests() {
 }
 part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out "$OUT"; }
 part_eval() {
-    "$PY" benchmarks/sliding_eval.py --record-script .ref/r15_train_gpt_v5.py --data "$D" --out "$OUT/sliding_eval.json"
+    "$PY" benchmarks/sliding_eval.py --script r15=.ref/r15_train_gpt_v5.py --script pr160=.ref/pr160_train_gpt.py --data "$D" --out "$OUT/sliding_eval.json"
     "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out "$OUT"
 }
 # Four runs of a few minutes each. If a call's time runs out, put the train_parity.json that came

@@ -257,7 +257,10 @@ class Config:
     preset: str = "custom"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        for section, values in FOLDED_FIELDS.items():  # empty but in a bundle
+            out[section] = {**values, **out[section]}
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -268,6 +271,10 @@ class Config:
 
 
 SECTIONS = ("data", "model", "optim", "train", "eval", "quant")
+# Empty but in a bundled train_gpt.py, whose bundler writes here the switches it folded into the code
+# ({section: {field: value}}; the schema there may leave them out), so that the config a run records
+# (config.json, the artifact's meta) is still whole.
+FOLDED_FIELDS: dict = {}
 
 
 def iter_fields(cfg: Config):

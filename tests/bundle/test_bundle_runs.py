@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgolf.bundle.build import build_bundle
+from pgolf.bundle.specialise import folded_fields
 from pgolf.config import Config, iter_fields, override_env
 from pgolf.presets import build_config
 
@@ -100,6 +101,11 @@ def test_bundle_trains_exactly_like_the_package(preset, stock_bundle, shared_dat
     assert bundled["val_bpb"] == package["val_bpb"]
     assert bundled["bytes_code"] == report.bytes_wrapped == os.path.getsize(folder / "train_gpt.py")
     assert bundled["code_source"] == "bundle train_gpt.py"
+    # the recorded config is the package's, less the fields this configuration never reads; folded switches included
+    recorded, full = (json.loads((runs / side / "config.json").read_text()) for side in ("bundle", "package"))
+    assert all(value == full[section][k] for section, values in recorded.items() if isinstance(values, dict)
+               for k, value in values.items() if k != "run_id")
+    assert all(k in recorded[section] for section, k in folded_fields(build_config(preset, environ={})))
 
 
 @pytest.mark.slow
@@ -159,10 +165,15 @@ def test_baseline_bundle_is_smaller_than_the_reference_script_and_readable_copy_
     # checks stay for fields the code reads, and go for the others (TTT is off: its fields are never read)
     assert "num_layers: int = _f(9, None, '> 0')" in readable
     assert "compile: str = _f('auto', 'PGOLF_COMPILE', ('auto', '0', '1'))" in readable
-    assert "ttt_epochs: int = _f(3)\n" in readable and "'in 2..8'" not in readable
+    # fields the code never reads are left out (TTT is off); folded switches live in FOLDED_FIELDS
+    assert "ttt_epochs" not in readable and "'in 2..8'" not in readable and "use_smeargate: bool" not in readable
+    assert "FOLDED_FIELDS: dict = {'model': {'tie_embeddings': True" in readable
     # int8 policy, zlib, v1 layout, no GPTQ/LQER/QAT: none of the other export code ships
     assert not any(f"def {name}(" in readable for name in ("pack_codes", "parse_policy", "gptq_quantize", "enable_qat", "_lrzip_compress", "_entry_from_v2"))
     assert "class BigramHash" not in readable and "class ParallelMuon" not in readable  # switched off: not shipped
+    # input checks are stripped (pgolf.bundle.checks): only the size cap's and the folded-switch refusal's remain
+    raises = [line.strip()[:40] for line in readable.splitlines() if "raise PgolfError(" in line]
+    assert len(raises) == 2 and "bytes over the" in readable and "folded into its code" in readable, raises
     assert 'if __name__ == "__main__":' in readable or "if __name__ == '__main__':" in readable
     compile(readable, "train_gpt_readable.py", "exec")
     assert "pgolf.bundle.cli" not in report.modules and "pgolf.cli" not in report.modules
@@ -185,11 +196,13 @@ def test_check_folded_accepts_the_built_in_value_and_refuses_another():
     from pgolf.bundle.entry import check_folded
     from pgolf.errors import PgolfError
 
-    cfg = build_config("tiny_cpu", ["USE_SMEARGATE=0"], environ={})
-    check_folded(cfg, {"use_smeargate": False, "num_loops": 0})
-    cfg.model.num_loops = 2
-    with pytest.raises(PgolfError, match="NUM_LOOPS=2: this train_gpt.py was bundled with NUM_LOOPS=0"):
-        check_folded(cfg, {"use_smeargate": False, "num_loops": 0})
+    folded = {"model": {"use_smeargate": False, "num_loops": 0, "logit_softcap_kind": "tanh"}, "optim": {"muon_wd": 0.0}}
+    envs = {"logit_softcap_kind": "SOFTCAP_TYPE"}
+    check_folded(folded, envs, {"USE_SMEARGATE": "0", "NUM_LOOPS": "0", "MUON_WD": "0", "SOFTCAP_TYPE": "tanh", "SEED": "3"})
+    with pytest.raises(PgolfError, match="NUM_LOOPS='2': this train_gpt.py was bundled with NUM_LOOPS=0"):
+        check_folded(folded, envs, {"NUM_LOOPS": "2"})
+    with pytest.raises(PgolfError, match="SOFTCAP_TYPE='poly'"):  # a folded field's own env name
+        check_folded(folded, envs, {"SOFTCAP_TYPE": "poly", "LOGIT_SOFTCAP_KIND": "poly"})
 
 
 def test_bundle_cli_reports_sizes(run_pgolf, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 
 from pgolf.bundle.shake import shake, shake_imports
 from pgolf.bundle.simplify import simplify
-from pgolf.bundle.specialise import folded_by_name, folded_fields, specialise
+from pgolf.bundle.specialise import folded_by_section, folded_envs, folded_fields, specialise
 from pgolf.presets import build_config
 
 CONFIG = """
@@ -174,7 +174,8 @@ def test_folded_fields_are_the_switches_of_the_configuration():
     for dynamic in ("iterations", "seed", "max_wallclock_seconds", "device", "compile", "attn_backend", "data_path"):
         assert ("train", dynamic) not in folded and ("data", dynamic) not in folded
     assert ("optim", "matrix_lr") not in folded
-    assert folded_by_name(cfg)["use_smeargate"] is False
+    assert folded_by_section(cfg)["model"]["use_smeargate"] is False and folded_by_section(cfg)["optim"]["muon_wd"] == 0.0
+    assert isinstance(folded_by_section(cfg)["optim"]["muon_wd"], float) and folded_envs(cfg)["logit_softcap_kind"] == "SOFTCAP_TYPE"
     on = build_config("baseline", ["XSA_LAST_N=4", "MUON_WD=0.04"], environ={})
     assert ("model", "xsa_last_n") not in folded_fields(on) and ("optim", "muon_wd") not in folded_fields(on)
 

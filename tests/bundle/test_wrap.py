@@ -85,3 +85,42 @@ def test_minify_for_kernels_keeps_constexpr_parameters_annotations_and_builtins(
     assert "tl.arange(0,BLOCK)" in small and "range(0," in small and "min(" in small  # no short aliases
     plain = minify(KERNEL)
     assert "constexpr" not in plain
+
+
+def test_text_encoding_round_trips_every_byte_and_every_final_chunk_length():
+    import os
+
+    from pgolf.bundle.wrap import CHUNK_BYTES, DECODER, UNSAFE_BYTES, text_decode, text_encode
+
+    namespace: dict = {}
+    exec(DECODER, namespace)  # the stub's own decoder, as the shipped script runs it
+    for n in [*range(2 * CHUNK_BYTES + 1), 1000]:
+        data = (bytes(range(256)) * 4 + os.urandom(n))[-n:] if n else b""
+        text = text_encode(data)
+        assert text.isascii() and not set(text) & set(UNSAFE_BYTES)
+        assert text_decode(text) == namespace["D"](text) == data
+    assert b"\x00" * 5 == text_decode(text_encode(b"\x00" * 5))  # leading zero bytes survive
+
+
+def test_wrapped_payload_is_smaller_than_base85_would_make_it():
+    import base64
+    import lzma
+    import os
+
+    from pgolf.bundle.wrap import _LZMA_FILTERS
+
+    program = "x = %r\n" % os.urandom(12_000).hex()  # a payload of about 12 kB after compression
+    payload = lzma.compress(program.encode(), format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    script = _lzma_script(program.encode(), False)
+    assert script.isascii()
+    assert len(script) < 0.95 * len(base64.b85encode(payload))  # base85 alone, its stub not even counted
+
+
+def test_every_text_symbol_survives_a_script_file_on_each_python(tmp_path):
+    """All 124 symbols in one literal, read back by this Python from a file (newline translation included)."""
+    from pgolf.bundle.wrap import SYMBOLS
+
+    script = tmp_path / "s.py"
+    script.write_bytes(b'import sys\nsys.stdout.write(repr(list(b"""' + SYMBOLS + b'""")))\n')
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    assert out == repr(list(SYMBOLS))

@@ -12,6 +12,7 @@ from pathlib import Path
 import brotli
 import pytest
 
+from pgolf.bundle.wrap import wrap
 from pgolf.check.record import check_record
 from pgolf.check.selfextract import unwrap
 from pgolf.check.static import scan
@@ -102,10 +103,11 @@ def wrappers(source: str, marker: Path) -> dict[str, str]:
                      f"{b85(raw)!r}),format=L.FORMAT_RAW,filters=[{{\"id\":L.FILTER_LZMA2}}]))\n"),
         "zlib": f"import zlib, base64\nexec(zlib.decompress(base64.b64decode({base64.b64encode(zlib.compress(inner)).decode()!r})).decode())\n",
         "brotli": f"import brotli as b, base64 as e\nexec(b.decompress(e.b85decode({b85(brotli.compress(inner))!r})))\n",
+        "pgolf-bundle": wrap(inner.decode()).script,  # pgolf's own: a 124-symbol bytes literal and its small decoder
     }
 
 
-@pytest.mark.parametrize("kind", ["lzma", "lzma-raw", "zlib", "brotli"])
+@pytest.mark.parametrize("kind", ["lzma", "lzma-raw", "zlib", "brotli", "pgolf-bundle"])
 def test_self_extracting_scripts_are_decoded_never_run(tmp_path, kind):
     marker = tmp_path / "ran"
     script = tmp_path / "train_gpt.py"

@@ -117,6 +117,38 @@ def test_batch_layout_maps_every_scored_position_to_its_target():
     np.testing.assert_array_equal(np.concatenate(seen), np.arange(tokens.shape[0] - 1))
 
 
+def test_eager_batches_compute_no_padding_rows_and_a_given_hidden_keeps_one_shape(trained_tiny):
+    from pgolf.eval.sliding import evaluate_windows
+    from pgolf.eval.windows import plan
+
+    t = trained_tiny
+    tokens, seq_len, rows = t.val_tokens[: 1500 + 1], t.cfg.eval_seq_len, 4
+    windows = plan(tokens, seq_len, 64)
+    assert len(windows) % rows  # a ragged last batch
+    shapes: dict[str, list[int]] = {"eager": [], "given": []}
+    original = t.model.hidden
+
+    def counting(name):
+        def hidden(x):
+            shapes[name].append(x.shape[0])
+            return original(x)
+        return hidden
+
+    results = []
+    for name in shapes:
+        ledger = ScoreLedger(tokens, t.table)
+        t.model.hidden = counting(name)  # what evaluate_windows calls when no hidden is given
+        try:
+            evaluate_windows(t.model, ledger, windows, seq_len, rows * seq_len, torch.device("cpu"),
+                             hidden=counting("given") if name == "given" else None)
+        finally:
+            del t.model.hidden  # the instance attribute: the method shows through again
+        results.append(ledger.result())
+    assert sum(shapes["eager"]) == len(windows) and shapes["eager"][-1] == len(windows) % rows
+    assert set(shapes["given"]) == {rows}  # a compiled graph's one shape
+    assert results[0].val_bpb == pytest.approx(results[1].val_bpb, rel=1e-6)
+
+
 def test_compiled_hidden_compiles_nothing_after_a_two_batch_warm_up(trained_tiny):
     from pgolf.bench.recompile import RecompileWatch
     from pgolf.eval.sliding import evaluate_windows

@@ -2,8 +2,9 @@
 
 Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write the resolved config
 into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) while specialising
-the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the entry's
-``FOLDED``, the config schema's defaults set to the resolved values), minify and wrap
+the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the config's
+``FOLDED_FIELDS``, the config schema's defaults set to the resolved values, unread fields left out)
+and stripping its input checks (:mod:`pgolf.bundle.checks`), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 The fused Triton kernels (:data:`SWITCHED_MODULES`) are carried only when the configuration turns
 them on; the script then keeps annotations and registers its source for Triton.
@@ -16,9 +17,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pgolf.bundle.checks import strip_checks
 from pgolf.bundle.graph import Module, collect
 from pgolf.bundle.inline import inline
-from pgolf.bundle.specialise import SECTION_CLASSES, compact_schema, folded_by_name, schema_compactable, section_fields
+from pgolf.bundle.specialise import (
+    SECTION_CLASSES, compact_schema, folded_by_section, folded_envs, schema_compactable, section_fields,
+)
 from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, wrap
 from pgolf.config import Config
@@ -28,9 +32,14 @@ from pgolf.files import atomic_write, check_writable
 ENTRY = "pgolf.bundle.entry"
 FROZEN_NAME = "FROZEN_CONFIG"
 PRESET_NAME = "PRESET"
-FOLDED_NAME = "FOLDED"
+FOLDED_NAME = "FOLDED_FIELDS"  # in the config module
+FOLDED_ENV_NAME = "FOLDED_ENV"  # in the entry
 CONFIG_MODULE = "pgolf.config"
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
+ERRORS_MODULE, ERROR_CLASS = "pgolf.errors", "PgolfError"
+# Checks a bundle keeps: the size cap (an artifact over it is refused, never written); and all of the
+# entry's (it refuses a folded switch set otherwise by env).
+KEPT_CHECKS = (("pgolf.export.artifact", "check_under_cap"),)
 # Modules that only a switch reaches and whose import alone does something (Triton, custom-op
 # registration): a bundle carries one only when its configuration turns the switch on.
 SWITCHED_MODULES = {"pgolf.kernels.softcapped_ce": ("train", "fused_ce"), "pgolf.kernels.mlp": ("train", "fused_mlp")}
@@ -54,7 +63,7 @@ class BundleReport:
 
     def summary(self) -> str:
         return (
-            f"{self.path}: {self.bytes_wrapped:,} bytes ({self.codec} + base85 of {self.bytes_minified:,} minified bytes; "
+            f"{self.path}: {self.bytes_wrapped:,} bytes ({self.codec} of {self.bytes_minified:,} minified bytes in a 124-symbol bytes literal; "
             f"readable {self.bytes_raw:,} bytes in {self.readable_path}); {len(self.modules)} modules"
         )
 
@@ -74,10 +83,15 @@ def freeze_config(entry: Module, cfg: Config) -> None:
         raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
 
 
-def _specialiser(cfg: Config, entry: str, tree_shake: bool):
-    """The inliner transform that folds ``cfg``'s switches and compacts the config schema."""
+def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], names: set[str]):
+    """The inliner transform that folds ``cfg``'s switches, strips the input checks of the modules
+    ``strip`` marks (:mod:`pgolf.bundle.checks`) and compacts the config schema (``names``: the bundle's modules)."""
 
     def transform(bodies: list[list[ast.stmt]], bundle_name) -> None:
+        def stripped(bodies: list[list[ast.stmt]]) -> int:
+            keep = frozenset(bundle_name(module, fn) for module, fn in KEPT_CHECKS if module in names)
+            return strip_checks([b for b, s in zip(bodies, strip) if s], bundle_name(ERRORS_MODULE, ERROR_CLASS), keep, bodies)
+
         classes = {section: bundle_name(CONFIG_MODULE, cls) for section, cls in SECTION_CLASSES.items()}
         entry_body = bodies[-1]
         field_fn = bundle_name(CONFIG_MODULE, FIELD_FN)
@@ -87,25 +101,29 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool):
             # (set before folding, so that the frozen-config reader folds away)
             _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {})
             _set_literal(entry_body, bundle_name(entry, PRESET_NAME), cfg.preset)
-        specialise_bodies(bodies, section_fields(cfg, classes), tree_shake)
-        if not _set_literal(entry_body, bundle_name(entry, FOLDED_NAME), folded_by_name(cfg)):
-            raise PgolfError(f"entry {entry} has no top-level {FOLDED_NAME} assignment")
-        if compact:
+        specialise_bodies(bodies, section_fields(cfg, classes), tree_shake, stripped if any(strip) else None)
+        if compact:  # before the folded values are written: their field names would read as uses
             compact_schema(bodies, cfg, classes, field_fn, bundle_name(CONFIG_MODULE, "RULES"))
+        if not any(_set_literal(b, bundle_name(CONFIG_MODULE, FOLDED_NAME), folded_by_section(cfg)) for b in bodies) \
+                or not _set_literal(entry_body, bundle_name(entry, FOLDED_ENV_NAME), folded_envs(cfg)):
+            raise PgolfError(f"the bundle has no top-level {FOLDED_NAME} (config) or {FOLDED_ENV_NAME} (entry) assignment")
 
     return transform
 
 
-def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, specialise: bool = True) -> tuple[str, tuple[str, ...]]:
+def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, specialise: bool = True,
+                  keep_checks: bool = False) -> tuple[str, tuple[str, ...]]:
     """The readable single-file source for ``cfg`` and the modules it contains. ``specialise``
-    folds the configuration's switches into the code (see :mod:`pgolf.bundle.specialise`)."""
+    folds the configuration's switches into the code (see :mod:`pgolf.bundle.specialise`) and,
+    unless ``keep_checks``, strips the input checks (:mod:`pgolf.bundle.checks`)."""
     from pgolf import __version__
 
     left_out = left_out_modules(cfg)
     modules = collect(entry, leave_out=left_out)
     freeze_config(modules[-1], cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
-    transform = _specialiser(cfg, entry, tree_shake) if specialise else None
+    strip = [not keep_checks and m.name != entry for m in modules]
+    transform = _specialiser(cfg, entry, tree_shake, strip, {m.name for m in modules}) if specialise else None
     return inline(modules, header, tree_shake, transform, left_out), tuple(m.name for m in modules)
 
 
@@ -114,12 +132,12 @@ def readable_path_for(path: Path) -> Path:
 
 
 def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, tree_shake: bool = True,
-                 specialise: bool = True) -> BundleReport:
+                 specialise: bool = True, keep_checks: bool = False) -> BundleReport:
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
     check_writable(out.parent, "bundle folder")
-    source, modules = bundle_source(cfg, entry, tree_shake, specialise)
+    source, modules = bundle_source(cfg, entry, tree_shake, specialise, keep_checks)
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
     # Triton kernels read their parameters' annotations and, through inspect, their own source
     kernels = any(m in SWITCHED_MODULES for m in modules)

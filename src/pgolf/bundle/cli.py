@@ -16,7 +16,8 @@ def _bundle(args: argparse.Namespace) -> int:
     from pgolf.bundle.build import build_bundle
 
     make_out_folder(Path(args.output).parent)
-    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise)
+    report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise,
+                          keep_checks=args.keep_checks)
     if args.json:
         print(json.dumps(dataclasses.asdict(report), sort_keys=True))
         return 0
@@ -33,7 +34,8 @@ def register(subparsers) -> None:
         "bundle", help="write a single-file train_gpt.py for one configuration",
         description="Inline the pgolf modules a training run needs (found from the import graph) into one script with "
         "the resolved config frozen in (the reference env vars still override it), minify it and wrap it as a "
-        "self-extracting lzma or brotli + base85 file, whichever is smaller. Writes a readable copy beside it. "
+        "self-extracting file (lzma or brotli, whichever is smaller, its payload in a 124-symbol bytes literal). "
+        "Writes a readable copy beside it. "
         "Run it with python train_gpt.py or torchrun --standalone --nproc_per_node=N train_gpt.py; "
         "its size is the submission's code bytes.",
     )
@@ -44,5 +46,8 @@ def register(subparsers) -> None:
     parser.add_argument("--no-shake", action="store_true", help="keep top-level definitions nothing reaches")
     parser.add_argument("--no-specialise", action="store_true",
                         help="keep the code of switches the config leaves off (and let their env vars change them)")
+    parser.add_argument("--keep-checks", action="store_true",
+                        help="keep the package's input checks (one-line errors for bad data, paths or env values); "
+                             "by default a bundle strips them to save code bytes")
     parser.add_argument("--json", action="store_true", help="print the size report as JSON")
     parser.set_defaults(handler=_bundle)

@@ -4,8 +4,9 @@ The bundler replaces ``FROZEN_CONFIG`` with the resolved configuration as a lite
 the resolved values the schema's defaults, sets ``PRESET`` to its name), so the shipped
 script trains exactly the configuration it was built for, while the reference environment variable
 names (``SEED``, ``ITERATIONS``, ``DATA_PATH``, ...) still override it, as in a record's script.
-``FOLDED`` names (by field) the switches the bundler folded into the code (:mod:`pgolf.bundle.specialise`):
-their env vars can only repeat the built-in value, anything else is refused with one line.
+:data:`pgolf.config.FOLDED_FIELDS` holds (by section and field) the switches the bundler folded into the
+code (:mod:`pgolf.bundle.specialise`): their env vars can only repeat the built-in value, anything
+else is refused with one line.
 The size accounting counts the shipped script itself (:data:`pgolf.export.artifact.CODE_FILES_ENV`),
 and the run logs the config the script was built with, so the environment's changes to it show.
 """
@@ -16,35 +17,36 @@ import json
 import os
 import sys
 
-from pgolf.config import Config, apply_env, from_dict, iter_fields, validate
+from pgolf.config import FOLDED_FIELDS, Config, apply_env, from_dict, parse_value, validate
 from pgolf.errors import EXIT_USAGE, PgolfError
 from pgolf.export.artifact import CODE_FILES_ENV
 from pgolf.train.loop import train
 
 FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here, or
 PRESET = ""  # where it folded the whole config into the schema's defaults, only the preset's name here
-FOLDED: dict = {}  # the bundler writes {field name: value} of the switches folded into the code here
+FOLDED_ENV: dict = {}  # {field: env name} of the folded switches whose env name is not the field's, upper-cased
 
 
-def check_folded(cfg: Config, folded: dict) -> None:
-    """Refuse a config whose folded switch (``folded``: field name -> value) differs from the value the
-    code was specialised to."""
-    for section, f in iter_fields(cfg):
-        value, env = getattr(getattr(cfg, section), f.name), f.metadata["env"]
-        if f.name in folded and value != folded[f.name]:
-            raise PgolfError(
-                f"{env}={os.environ.get(env, value)!r}: this train_gpt.py was bundled "
-                f"with {env}={folded[f.name]!r} folded into its code; rebuild it with `pgolf bundle ... --set {env}=...`"
-            )
+def check_folded(folded: dict, envs: dict, environ=os.environ) -> None:
+    """Refuse an env var that sets a folded switch (``folded``: section -> field -> value, the values
+    the code was specialised to) to another value; ``envs``: env names that differ from the field's."""
+    for values in folded.values():
+        for name, value in values.items():
+            env = envs.get(name, name.upper())
+            if env in environ and parse_value(environ[env], type(value), env) != value:
+                raise PgolfError(
+                    f"{env}={environ[env]!r}: this train_gpt.py was bundled "
+                    f"with {env}={value!r} folded into its code; rebuild it with `pgolf bundle ... --set {env}=...`"
+                )
 
 
 def main() -> dict:
     if FROZEN_CONFIG or PRESET:  # bundled: the shipped script is the code, and in a bundle __file__ is train_gpt.py
         os.environ.setdefault(CODE_FILES_ENV, os.path.abspath(__file__))
+    check_folded(FOLDED_FIELDS, FOLDED_ENV)
     cfg = Config(preset=PRESET) if PRESET else from_dict(FROZEN_CONFIG)
     frozen = cfg.to_dict()  # logged by the run: what the environment changed shows (pgolf submit judges it)
     apply_env(cfg)
-    check_folded(cfg, FOLDED)
     validate(cfg)
     results = train(cfg, runs_dir=os.environ.get("PGOLF_RUNS_DIR", "runs"), frozen=frozen)
     if os.environ.get("RANK", "0") == "0":

@@ -18,12 +18,15 @@ constants decide tests; :mod:`pgolf.bundle.simplify` prunes the branches they de
 fixed point. A field stored anywhere in the bundle (``x.field = ...``) is never folded, unless every
 store is the literal it folds to. The tree shaker then drops what became unreachable.
 :func:`compact_schema` rewrites the config dataclasses with the frozen values as defaults, without
-help strings (the bundle has no CLI to show them) and with checks only for the fields still read.
+help strings (the bundle has no CLI to show them), with only the fields the code still reads (a
+folded switch is recorded in :data:`pgolf.config.FOLDED_FIELDS` instead; a field of a technique the
+configuration leaves off would change nothing) and checks only for those.
 """
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from typing import Any
 
 from pgolf.bundle.names import walk
@@ -68,10 +71,22 @@ def folded_fields(cfg: Config) -> dict[tuple[str, str], Any]:
     return out
 
 
-def folded_by_name(cfg: Config) -> dict[str, Any]:
-    """Field name (unique across sections) -> value of every folded field: what the bundle entry
-    checks at run time, keyed by the names its schema already spells (they compress to little)."""
-    return {name: value for (_, name), value in folded_fields(cfg).items()}
+def folded_by_section(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Section -> field -> value of every folded field, each of its field's type (``0`` of a float field
+    is ``0.0``): what the bundle entry checks env vars against, and what its recorded config adds to the
+    schema (:data:`pgolf.config.FOLDED_FIELDS`)."""
+    types = {(section, f.name): f.type for section, f in iter_fields(cfg)}
+    out: dict[str, dict[str, Any]] = {}
+    for (section, name), value in folded_fields(cfg).items():
+        out.setdefault(section, {})[name] = float(value) if types[(section, name)] == "float" else value
+    return out
+
+
+def folded_envs(cfg: Config) -> dict[str, str]:
+    """Field -> env name of the folded fields whose env name is not the field's name upper-cased."""
+    folded = folded_fields(cfg)
+    return {f.name: f.metadata["env"] for section, f in iter_fields(cfg)
+            if (section, f.name) in folded and f.metadata["env"] != f.name.upper()}
 
 
 class _FoldReads(ast.NodeTransformer):
@@ -135,11 +150,22 @@ def _drop_unreachable(bodies: list[list[ast.stmt]]) -> None:
     shake_methods(bodies)
 
 
-def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False) -> int:
+def specialise(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool = False,
+               after_folding: Callable[[list[list[ast.stmt]]], int] | None = None) -> int:
     """Fold ``fields`` (bundle class name -> field -> value) and everything they decide; returns the
     number of rewrites. ``bodies`` are the inlined module bodies, changed in place. ``tree_shake``:
     drop unreachable definitions before each round, so that calls from dead code do not keep a
-    parameter from being propagated."""
+    parameter from being propagated. ``after_folding(bodies)`` (returning its number of rewrites)
+    runs once the folding has converged, and the folding then runs again on what it left: the input
+    checks go there (:mod:`pgolf.bundle.checks`), after a switched-off path has become unreachable
+    through the check that refuses it."""
+    total = _fold_to_fixed_point(bodies, fields, tree_shake)
+    if after_folding is not None and after_folding(bodies):
+        total += _fold_to_fixed_point(bodies, fields, tree_shake)
+    return total
+
+
+def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[str, Any]], tree_shake: bool) -> int:
     total = 0
     for _ in range(MAX_ROUNDS):
         if tree_shake:
@@ -221,9 +247,11 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
     for section, name, call in section_calls:
         call.parent_name = name  # type: ignore[attr-defined]
         calls.append((call, getattr(getattr(cfg, section), name)))
-    read = _attributes_read(bodies)
+    read = _attributes_read(bodies) | _strings_outside(bodies, classes_of(bodies, class_names))
     checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)}
     kept_rules: set[str] = set()
+    _drop_unread_fields(bodies, class_names, read)
+    calls = [(call, value) for call, value in calls if call.parent_name in read]  # type: ignore[attr-defined]
     for call, value in calls:
         env = call.args[1]
         name = call.parent_name  # type: ignore[attr-defined]
@@ -256,6 +284,26 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
     if rules is not None:
         _drop_keys(rules.value, lambda key: key not in kept_rules)
     return True
+
+
+def classes_of(bodies: list[list[ast.stmt]], class_names: dict[str, str]) -> list[ast.ClassDef]:
+    wanted = set(class_names.values())
+    return [s for body in bodies for s in body if isinstance(s, ast.ClassDef) and s.name in wanted]
+
+
+def _strings_outside(bodies: list[list[ast.stmt]], skip: list[ast.ClassDef]) -> set[str]:
+    """String constants of the bundle outside the ``skip`` classes (a field may be looked up by name)."""
+    return {n.value for body in bodies for s in body if s not in skip for n in walk(s)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def _drop_unread_fields(bodies: list[list[ast.stmt]], class_names: dict[str, str], read: set[str]) -> None:
+    """Leave out of the section classes every field the code never reads: a folded switch (its reads
+    became literals; :data:`pgolf.config.FOLDED_FIELDS` keeps it in the recorded config) or a field
+    of a technique this configuration does not run (its env var would change nothing)."""
+    for cls in classes_of(bodies, class_names):
+        cls.body = [s for s in cls.body if not (isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                                                and s.target.id not in read)] or [ast.Pass()]
 
 
 def _literal(value: Any) -> ast.expr:

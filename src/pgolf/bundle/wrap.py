@@ -1,4 +1,4 @@
-"""Minify a bundle and wrap it as a self-extracting script: base85 of lzma or brotli, the smaller.
+"""Minify a bundle and wrap it as a self-extracting script: lzma or brotli, the smaller, in a bytes literal.
 
 Minification (python-minifier) keeps asserts, debug branches and class attribute annotations
 (dataclasses need them); docstrings go, and locals and module-level names are shortened (nothing
@@ -6,14 +6,21 @@ imports from the bundle; :data:`PRESERVED_GLOBALS` keeps the entry point's name 
 type names the config schema's annotations are parsed by). The readable
 copy written beside the shipped script keeps every name. The wrapper ``exec``s the decompressed source in its own globals, so
 ``__name__ == "__main__"`` and ``__file__`` are the shipped script's own.
+
+**Text encoding** (:func:`text_encode`). The compressed payload sits raw in a ``b\"\"\"...\"\"\"``
+literal, 124 symbols a character: every ASCII byte but the four a bytes literal cannot hold as they
+are (NUL, which Python refuses in source; CR, which newline translation turns into LF; the quote;
+the backslash). Chunks of 33 bytes become 38 characters, so the payload grows by 15.2% where
+base85 adds 25%; the file stays ASCII, hence UTF-8. The stub's decoder :data:`DECODER` is a small
+function the static unwrapper (:mod:`pgolf.check.selfextract`) recognises by its exact code.
 """
 
 from __future__ import annotations
 
 import ast
-import base64
 import importlib.util
 import lzma
+import math
 from dataclasses import dataclass
 
 from pgolf.errors import PgolfError
@@ -25,6 +32,54 @@ PRESERVED_GLOBALS = ["main", "int", "float", "bool", "str",
 # Builtins a Triton kernel may call: Triton resolves them by name, so they must not become short aliases.
 KERNEL_BUILTINS = ["range", "min", "max", "abs", "len", "isinstance"]
 _LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+
+# bytes a b"""...""" literal cannot hold raw: NUL, CR, the quote, the backslash
+UNSAFE_BYTES = (0, 13, 34, 92)
+SYMBOLS = bytes(c for c in range(128) if c not in UNSAFE_BYTES)
+BASE = len(SYMBOLS)  # 124
+# 124**38 >= 256**33; a final chunk of r bytes takes the fewest characters m that can hold it, ceil(8r / log2(124)),
+# and for every r <= 33 that m gives back r as m * 33 // 38: the decoder needs no length.
+CHUNK_BYTES, CHUNK_CHARS = 33, 38
+DECODER = (
+    "def D(b):\n"
+    " x=b''\n"
+    f" for i in range(0,len(b),{CHUNK_CHARS}):\n"
+    f"  n=0;c=b[i:i+{CHUNK_CHARS}]\n"
+    f"  for d in c:n=n*{BASE}+d-1-(d>13)-(d>34)-(d>92)\n"
+    f"  x+=n.to_bytes(len(c)*{CHUNK_BYTES}//{CHUNK_CHARS},'big')\n"
+    " return x\n"
+)
+
+
+def chunk_chars(n_bytes: int) -> int:
+    """Characters that encode a chunk of ``n_bytes`` bytes."""
+    return math.ceil(8 * n_bytes / math.log2(BASE))
+
+
+def text_encode(data: bytes) -> bytes:
+    """``data`` as :data:`SYMBOLS` characters, chunk by chunk (each chunk a big-endian number)."""
+    out = bytearray()
+    for i in range(0, len(data), CHUNK_BYTES):
+        chunk = data[i:i + CHUNK_BYTES]
+        n, digits = int.from_bytes(chunk, "big"), bytearray()
+        for _ in range(chunk_chars(len(chunk))):
+            n, digit = divmod(n, BASE)
+            digits.append(SYMBOLS[digit])
+        out += digits[::-1]
+    return bytes(out)
+
+
+def text_decode(text: bytes) -> bytes:
+    """Inverse of :func:`text_encode`: what the stub's :data:`DECODER` computes, run here without ``exec``."""
+    index = {c: i for i, c in enumerate(SYMBOLS)}
+    out = bytearray()
+    for i in range(0, len(text), CHUNK_CHARS):
+        chunk = text[i:i + CHUNK_CHARS]
+        n = 0
+        for c in chunk:
+            n = n * BASE + index[c]
+        out += n.to_bytes(len(chunk) * CHUNK_BYTES // CHUNK_CHARS, "big")
+    return bytes(out)
 
 
 def minify(source: str, keep_annotations: bool = False) -> str:
@@ -80,17 +135,22 @@ def _run(source_bytes: str, register_source: bool) -> str:
             "C.cache[f]=(len(s),None,s.splitlines(True),f);exec(compile(s,f,'exec'))\n")
 
 
+def payload_literal(payload: bytes) -> str:
+    """The stub's expression for ``payload``: :data:`DECODER` applied to its text encoding."""
+    return 'D(b"""' + text_encode(payload).decode("ascii") + '""")'
+
+
 def _lzma_script(data: bytes, register_source: bool) -> str:
-    blob = base64.b85encode(lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)).decode()
-    expr = f'L.decompress(B.b85decode("{blob}"),format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])'
-    return "import lzma as L,base64 as B\n" + _run(expr, register_source)
+    payload = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    expr = f'L.decompress({payload_literal(payload)},format=L.FORMAT_RAW,filters=[{{"id":L.FILTER_LZMA2}}])'
+    return "import lzma as L\n" + DECODER + _run(expr, register_source)
 
 
 def _brotli_script(data: bytes, register_source: bool) -> str:
     import brotli
 
-    blob = base64.b85encode(brotli.compress(data, quality=11, lgwin=24)).decode()
-    return "import brotli as R,base64 as B\n" + _run(f'R.decompress(B.b85decode("{blob}"))', register_source)
+    payload = brotli.compress(data, quality=11, lgwin=24)
+    return "import brotli as R\n" + DECODER + _run(f"R.decompress({payload_literal(payload)})", register_source)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Read a self-extracting ``train_gpt.py`` without running it.
 
 Records from R28 on ship code as ``exec(lzma.decompress(base64.b85decode("...")))`` (also zlib,
-brotli, b64/a85, ``.decode()``, raw LZMA with a filter chain). :func:`unwrap` recognises
+brotli, b64/a85, ``.decode()``, raw LZMA with a filter chain; pgolf's own bundles decode a 124-symbol
+bytes literal with the small function :data:`pgolf.bundle.wrap.DECODER`, recognised here by its exact
+code). :func:`unwrap` recognises
 that shape in the AST, applies the same decoders to the literal itself (never ``exec``, never
 ``eval``), and returns the inner source, repeatedly if the inner source is itself a wrapper.
 Decompressed output is capped so a crafted payload cannot exhaust memory.
@@ -85,25 +87,34 @@ def _decompress(kind: str, data: bytes, kwargs: dict) -> bytes:
     return out
 
 
-def _evaluate(node: ast.expr, aliases: dict[str, str], layers: list[str]):
-    """Value of a decode chain ending in a string/bytes literal."""
+def _local_decoders(tree: ast.Module) -> dict[str, object]:
+    """Functions of the module that are pgolf's text decoder, by name."""
+    from pgolf.bundle.wrap import DECODER, text_decode
+
+    model = ast.dump(ast.parse(DECODER).body[0])
+    return {node.name: text_decode for node in tree.body if isinstance(node, ast.FunctionDef) and ast.dump(node) == model}
+
+
+def _evaluate(node: ast.expr, aliases: dict[str, str], layers: list[str], decoders: dict | None = None):
+    """Value of a decode chain ending in a string/bytes literal (``decoders``: extra decoders by local name)."""
+    decoders = {**DECODERS, **(decoders or {})}
     if isinstance(node, ast.Constant) and isinstance(node.value, (str, bytes)):
         return node.value
     if not isinstance(node, ast.Call):
         raise NotAWrapper("not a literal decode chain")
     if isinstance(node.func, ast.Attribute) and node.func.attr in ("decode", "encode") and not node.args:
-        value = _evaluate(node.func.value, aliases, layers)
+        value = _evaluate(node.func.value, aliases, layers, decoders)
         layers.append(node.func.attr)
         return value.decode("utf-8") if node.func.attr == "decode" and isinstance(value, bytes) else (
             value.encode("utf-8") if isinstance(value, str) else value)
     name = _qualname(node.func, aliases)
     if not node.args:
         raise NotAWrapper(f"{name}() without arguments")
-    inner = _evaluate(node.args[0], aliases, layers)
+    inner = _evaluate(node.args[0], aliases, layers, decoders)
     leaf = name.rsplit(".", 1)[-1]
-    if leaf in DECODERS:
-        layers.append(leaf)
-        return DECODERS[leaf](inner)
+    if leaf in decoders:
+        layers.append(leaf if leaf in DECODERS else "pgolf-text")
+        return decoders[leaf](inner)
     module = name.split(".")[0]
     if leaf == "decompress" and module in COMPRESSORS:
         kwargs = {k.arg: _lzma_constant(k.value, aliases) for k in node.keywords if k.arg} if module == "lzma" else {}
@@ -137,7 +148,7 @@ def unwrap(source: str, max_depth: int = 4) -> Unwrapped | None:
         if call is None:
             break
         try:
-            value = _evaluate(call.args[0], _aliases(tree), layers)
+            value = _evaluate(call.args[0], _aliases(tree), layers, _local_decoders(tree))
         except Exception as exc:  # noqa: BLE001 - base64, lzma, zlib and brotli each raise their own error type
             if current is source:
                 return None

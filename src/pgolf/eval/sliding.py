@@ -8,8 +8,9 @@ the windows over the ranks (``pgolf eval`` itself runs in one process).
 Why it is fast (:func:`evaluate_windows`, for any model with ``hidden`` and ``head``, i.e. GPT):
 
 * one shape: every batch is ``[rows, seq_len]``, windows right-padded with token 0 (the model is
-  causal, so padding after a position never changes that position's output) and the last batch
-  padded with empty rows, so a compiled ``hidden`` (``compile_hidden=True``) compiles once;
+  causal, so padding after a position never changes that position's output) and, where ``hidden``
+  is compiled, the last batch padded with empty rows, so that it compiles once (eager, the last
+  batch has only its own rows: an empty row costs a full window);
 * the output head, softcap and cross-entropy run only on the scored positions (``stride`` of
   ``seq_len`` per window), not on every position as a full forward would;
 * inputs are gathered on the device from one copy of the stream and losses stay there until
@@ -184,14 +185,14 @@ def evaluate_windows(
         return
     fast = hasattr(model, "hidden") and hasattr(model, "head")
     rows = sliding_rows(batch_tokens, seq_len)
-    if hidden is None:
-        rows = min(rows, len(windows))
     was_training = model.training
     model.eval()
     try:
         for group in batches(windows, rows):
             if fast:
-                score_layout(model, hidden or model.hidden, ledger, batch_layout(group, rows, seq_len), seq_len, device)
+                # a compiled ``hidden`` keeps its one shape; eager, padding rows would only be computed for nothing
+                shape_rows = rows if hidden is not None else len(group)
+                score_layout(model, hidden or model.hidden, ledger, batch_layout(group, shape_rows, seq_len), seq_len, device)
             else:
                 score_windows(model, ledger, group, device)
             if progress is not None:
