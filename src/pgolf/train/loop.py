@@ -163,7 +163,8 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int) -> None:
 def apply_schedules(s: Session, step: int, scale: float, frac: float) -> None:
     """Set everything scheduled for this step; ``frac`` is the training fraction in [0, 1].
 
-    The hook for schedule-driven switches (e.g. turning on depth recurrence at a fraction).
+    The hook for schedule-driven switches (e.g. turning on depth recurrence at a fraction; train_step
+    also sets the recurrence before its forward, so here it is already in place).
     """
     o = s.cfg.optim
     s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
@@ -183,6 +184,9 @@ def switch_recurrence(s: Session, active: bool, step: int) -> None:
 def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
     """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean train loss."""
     t = s.cfg.train
+    # before the forward, as the records switch it (R35 / R44 before step_fn): otherwise the first
+    # step would run with the loops the model is built with (all on) instead of off until ENABLE_LOOPING_AT
+    switch_recurrence(s, frac >= t.enable_looping_at, step)
     s.opts.zero_grad()
     total = torch.zeros((), device=s.rt.device)
     for micro in range(s.grad_accum_steps):
@@ -193,6 +197,16 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
             loss = s.step_model(x, y)
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
+    apply_update(s, scale, step, frac)
+    if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= s.rt.world_size
+    return float(total.item()) / s.grad_accum_steps
+
+
+def apply_update(s: Session, scale: float, step: int, frac: float) -> None:
+    """What a step does once the gradients are in: schedules, gradient sync and clip, every optimizer's
+    step, zeroed gradients (tests/optim/test_record_optimizers.py runs it against the records' own)."""
     apply_schedules(s, step, scale, frac)
     if s.grad_sync is not None:
         s.grad_sync.reduce()
@@ -201,10 +215,6 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
         clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
     s.opts.step()
     s.opts.zero_grad()
-    if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        total /= s.rt.world_size
-    return float(total.item()) / s.grad_accum_steps
 
 
 def compile_warmup(s: Session) -> None:
