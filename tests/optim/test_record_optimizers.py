@@ -1,24 +1,29 @@
-"""Every preset's optimizers against its record's own code: three steps from the same weights give the same weights.
+"""Every preset's training step against its record's own code: three steps from the same weights give the same weights.
 
-For each preset the record's script (``PGOLF_ORACLES``, see its README) is imported on CPU with its
-run command's environment, and the record builds its model and optimizers with the statements of
-its own ``main()`` / ``train_model()``, executed as written (:func:`record_statements` cuts them out
-of the script by their first words). pgolf builds its model and optimizers from the preset.
+For each preset the record's script (``PGOLF_ORACLES``, see its README) is imported on CPU with the
+environment of its run command, and the record builds its model and optimizers and takes its
+training steps with the statements of its own ``main()`` / ``train_model()`` / ``step_fn``,
+executed as written (:func:`record_statements` cuts them out of the script by their first words).
+pgolf builds its model and optimizers from the preset and steps with ``pgolf.train.loop.train_step``.
 pgolf's initial weights are copied into the record's layout (:class:`Link`: names, R22/R44's
-parameter banks, PR #1090's separate SwiGLU gate/up), and each step feeds both sides the same
-gradients, so the comparison is the optimizer math alone: Muon and its variants (momentum warm-up,
-Nesterov, weight decay, MuonEq-R, Polar Express, banks), the Adam groups (LR, betas, eps, weight
-decay), the LR scale, the gradient clip and the EMA. ``test_full_step_matches_the_record`` also runs
-the forward and backward on both sides for the presets whose forward is the record's.
+parameter banks, PR #1090's separate SwiGLU gate and up), then each step feeds both sides the same
+gradients through a :class:`GradientProbe` in place of the model (a loss whose gradients are
+given), so what is compared is the optimizer math and the step around it: Muon and its variants
+(momentum warm-up, Nesterov, weight decay, MuonEq-R, Polar Express, banks), the Adam groups (LR,
+betas, eps, weight decay), the LR scale, the gradient clip, zeroed gradients and the EMA.
+``test_full_step_matches_the_record`` runs the real forward and backward on both sides instead, for
+the presets whose forward is the record's (baseline, PR #160, R35).
 
-Newton-Schulz runs in fp32 on both sides (the record's function is redefined with its bf16 casts
-turned into fp32, as is the reference Muon's bf16 update buffer; pgolf's ``ns_dtype``), so the bf16
-rounding order of the real runs cannot hide a difference. What the records do in bf16 outside
-Newton-Schulz (R22 / R44 cast gradients to bf16 before the momentum) stays bf16 on both sides.
+``test_three_steps_match_the_record`` runs Newton-Schulz in fp32 on both sides (the record's
+function is redefined with its bf16 cast turned into fp32, as is the reference Muon's bf16 update
+buffer; pgolf's ``ns_dtype``), so the bf16 rounding of the real runs cannot hide a difference, and
+R22 / R44's bf16 gradient cast is made fp32 on both sides (see :func:`run_both`).
+``test_unpatched_records_match_in_bf16`` then runs the records' code unchanged, in bf16 as on the
+GPU, with gradients the clip leaves alone: pgolf rounds where and as the record does.
 
-Widths are cut to MODEL_DIM=128 and the layer count to 2-3 (every parameter kind kept, the
-layer-indexed options moved onto those layers): full-width fp32 Newton-Schulz takes about a second
-per matrix on this CPU.
+Widths are cut to MODEL_DIM=128 (``PGOLF_RECORD_TEST_WIDTH`` sets another) and the layer count to
+2-3, every parameter kind kept and the layer-indexed options moved onto those layers: full-width
+fp32 Newton-Schulz takes about a second per matrix on a busy 2-core CPU.
 """
 
 from __future__ import annotations
@@ -42,60 +47,68 @@ from pgolf.model.gpt import build_model
 from pgolf.optim.averaging import build_averager
 from pgolf.optim.groups import build_optimizers
 from pgolf.presets import PRESETS
+from pgolf.train.loop import train_step
 
+pytestmark = pytest.mark.filterwarnings("ignore:User provided device_type of 'cuda':UserWarning",
+                                        "ignore:CUDA is not available:UserWarning")  # the records' CUDA autocast
 ORACLES = Path(os.environ.get("PGOLF_ORACLES", Path(__file__).resolve().parents[3] / "shared" / "oracles"))
 STEPS = 3
 TOLERANCE = 1e-5
 LR_SCALES = (1.0, 0.6, 0.35)  # as in a warm-down: every group's base_lr times the same scale
+FRACS = (0.0, 0.2, 0.4)  # training fractions: R35 / R44 switch depth recurrence on (0.35) before the third step
 GRAD_STDS = (1e-3, 1e-5, 1e-3)  # global norms ~1, ~0.01, ~1: a 0.3 clip binds at steps 0 and 2 only
 UNCLIPPED_STDS = (1e-5, 1e-5, 1e-5)  # norms ~0.01: no clip binds, so both sides see bit-identical gradients
+WIDTH = int(os.environ.get("PGOLF_RECORD_TEST_WIDTH", 128))
 
+FP32_COPY = "G.to(torch.float32, copy=True)"  # a copy, as .bfloat16() made one: the reference divides X in place
 NS_FP32_REFERENCE = (  # the reference's Newton-Schulz and Muon (flat bf16 update buffer), in fp32
-    ("zeropower_via_newtonschulz5", (("X = G.bfloat16()", "X = G.float()"),)),
+    ("zeropower_via_newtonschulz5", (("X = G.bfloat16()", f"X = {FP32_COPY}"),)),
     ("Muon", (("dtype=torch.bfloat16", "dtype=torch.float32"),)),
 )
-NS_FP32_BANKED = (("zeropower_via_newtonschulz5", (("X = G.bfloat16()", "X = G.float()"),)),)  # R22, R44
+NS_FP32_R35 = (("zeropower_via_newtonschulz5", (("X=G.bfloat16()", f"X={FP32_COPY}"),)),
+               ("Muon", (("dtype=torch.bfloat16", "dtype=torch.float32"),)))
+NS_FP32_BANKED = (("zeropower_via_newtonschulz5", (("X = G.bfloat16()", f"X = {FP32_COPY}"),)),)  # R22, R44
 FP32_GRADS_BANKED = (("Muon", (("g = p.grad.bfloat16()", "g = p.grad.float()"),)),)  # R22, R44's momentum
 
+# The statements each record runs: (function, first words, words of the statement to stop before).
 REFERENCE_SETUP = (("main", "base_model = GPT(", "n_params = sum("), ("main", "def zero_grad_all", None))
-REFERENCE_STEP = ("main", "frac = min(step / args.muon_momentum_warmup_steps", "step += 1")
-REFERENCE_FORWARD_STEP = ("main", "scale = lr_mul(step, elapsed_ms)", "step += 1")
+REFERENCE_STEP = ("main", "scale = lr_mul(step, elapsed_ms)", "step += 1")  # the loop body: forward to update
 R35_FIX_312 = (('{", ".join(', "{', '.join("), ('glob("fineweb_train_*.bin")', "glob('fineweb_train_*.bin')"))
 
 
 @dataclass(frozen=True)
 class Record:
-    """How to run one record's optimizers, and how its parameters sit relative to pgolf's."""
+    """How to run one record's training step, and how its parameters sit relative to pgolf's."""
 
     preset: str
     script: str  # under ORACLES
     env: dict  # the record's run command (its README), then the smaller shape
     pgolf_shape: dict  # the same smaller shape, by pgolf's env names
-    setup: tuple  # (function, first words, stop words) of the statements that build model and optimizers
-    step: tuple  # the statements of one training step after the backward
+    setup: tuple  # statements that build the model and its optimizers
+    step: tuple  # statements of one step of the training loop (forward, backward, update, EMA)
     fp32: tuple  # (function or class, ((old, new), ...)) redefined to run Newton-Schulz in fp32
-    ema_setup: tuple | None = None  # statements that start the EMA (after the weights are copied)
-    ema_name: str = "ema_state"
-    step_fn: tuple | None = None  # R35 / R44: the body of step_fn after the backward, called by ``step``
-    banks: bool = False  # R22 / R44: qo/kv/mlp banks instead of per-layer matrices
+    step_fn: tuple | None = None  # R35 / R44: the body of step_fn, which ``step`` calls
+    ema_setup: tuple | None = None  # statements that start the EMA (run after the weights are copied)
     fp32_grads: tuple = ()  # R22 / R44: redefinitions that keep Muon's gradients and momentum in fp32
-    forward_step: tuple | None = None  # a whole training step, forward and backward included
-    forward_step_fn: tuple | None = None  # R35: the whole body of step_fn, called by ``forward_step``
+    banks: bool = False  # R22 / R44: qo/kv/mlp banks instead of per-layer matrices
     renames: dict = field(default_factory=dict)  # pgolf name -> record name
     source_fixes: tuple = ()
+    loader_extras: int = 0  # R44's loader also returns cu_seqlens and max_seqlen
+    forward_is_the_records: bool = False  # test_full_step_matches_the_record runs it
 
 
-SMALL = {"MODEL_DIM": 128, "NUM_LAYERS": 2}
-R22_SMALL = {**SMALL, "VE_LAYERS": "0,1", "BIGRAM_DIM": 64}  # R22 drops the bigram projection at BIGRAM_DIM = MODEL_DIM
+SMALL = {"MODEL_DIM": WIDTH, "NUM_LAYERS": 2}
+R22_SMALL = {**SMALL, "VE_LAYERS": "0,1", "BIGRAM_DIM": min(128, WIDTH // 2)}  # R22 has no bigram projection at BIGRAM_DIM = MODEL_DIM
+LOOPED_SMALL = {"MODEL_DIM": WIDTH, "NUM_LAYERS": 3, "LOOP_START": 1, "LOOP_END": 1}  # R35 / R44: layers 3-5 of 11
 RECORDS = {
     r.preset: r
     for r in (
         Record("baseline", "reference/train_gpt.py", SMALL, SMALL, REFERENCE_SETUP, REFERENCE_STEP, NS_FP32_REFERENCE,
-               forward_step=REFERENCE_FORWARD_STEP),
+               forward_is_the_records=True),
         Record("mlp3x_int8emb_seq2048", "PR160_mlp3x_int8emb_seq2048/train_gpt.py",
                {"TRAIN_BATCH_TOKENS": 786432, "TRAIN_SEQ_LEN": 2048, "ITERATIONS": 20000, "WARMDOWN_ITERS": 3000,
                 "TIED_EMBED_LR": 0.03, "MATRIX_LR": 0.02, "SCALAR_LR": 0.02, "MUON_MOMENTUM": 0.99, **SMALL},
-               SMALL, REFERENCE_SETUP, REFERENCE_STEP, NS_FP32_REFERENCE, forward_step=REFERENCE_FORWARD_STEP),
+               SMALL, REFERENCE_SETUP, REFERENCE_STEP, NS_FP32_REFERENCE, forward_is_the_records=True),
         Record("smeargate_orthoinit_muonwd", "R15_smeargate_orthoinit_muonwd/train_gpt_v5.py", SMALL, SMALL,
                REFERENCE_SETUP, REFERENCE_STEP, NS_FP32_REFERENCE,
                renames={"bigram.table.weight": "bigram_hash.table.weight", "bigram.proj.weight": "bigram_hash.proj.weight",
@@ -103,7 +116,7 @@ RECORDS = {
         Record("xsa_swiglu_lora_ttt_1xh100", "PR1090_xsa_swiglu_lora_ttt_1xh100/train_gpt.py",
                {"MAX_WALLCLOCK_SECONDS": 4850, "TRAIN_BATCH_TOKENS": 524288, "WARMDOWN_ITERS": 3000, "MUON_WD": 0.04,
                 "TRAIN_SEQ_LEN": 2048, "MLP_MULT": 3, "MATRIX_LR": 0.04, "SCALAR_LR": 0.04, **SMALL},
-               {**SMALL, "MLP_HIDDEN": 256},  # the record's int(2 * 3 * 128 / 3) rounded up to 64
+               {**SMALL, "MLP_HIDDEN": (2 * WIDTH + 63) // 64 * 64},  # the record's int(2 * 3 * d / 3), rounded up to 64
                REFERENCE_SETUP, REFERENCE_STEP, NS_FP32_REFERENCE),
         Record("leakyrelu_ttt_parallel_muon", "R22_leakyrelu_ttt_parallel_muon/train_gpt.py",
                {"NUM_LAYERS": 11, "BIGRAM_VOCAB_SIZE": 1536, "XSA_LAST_N": 4, "EMA_ENABLED": 1, "EMA_DECAY": 0.997,
@@ -117,22 +130,18 @@ RECORDS = {
                (("main", "CastedLinear._qat_enabled = args.qat_enabled", "n_params = sum("),
                 ("main", "def zero_grad_all", None)),
                REFERENCE_STEP, NS_FP32_BANKED, ema_setup=("main", "ema_state = {", "training_time_ms = 0.0"),
-               banks=True, fp32_grads=FP32_GRADS_BANKED,
+               fp32_grads=FP32_GRADS_BANKED, banks=True,
                renames={"bigram.table.weight": "bigram.embed.weight", "ve_shared.table.weight": "ve_shared.embed.weight"}),
         Record("sp8192_recur_parres_ttt", "R35_sp8192_recur_parres_ttt/train_gpt.decompressed.py",
-               {"QK_GAIN_INIT": 5.25, "TTT_ENABLED": 1, "TTT_LR": 0.005, "TTT_EPOCHS": 3, "MODEL_DIM": 128,
-                "EMBEDDING_DIM": 128, "NUM_LAYERS": 3, "LOOP_START": 1, "LOOP_END": 1, "PARALLEL_RESIDUAL_START": 2},
-               {"MODEL_DIM": 128, "NUM_LAYERS": 3, "LOOP_START": 1, "LOOP_END": 1, "PARALLEL_RESIDUAL_START": 2},
+               {"QK_GAIN_INIT": 5.25, "TTT_ENABLED": 1, "TTT_LR": 0.005, "TTT_EPOCHS": 3, **LOOPED_SMALL,
+                "EMBEDDING_DIM": WIDTH, "PARALLEL_RESIDUAL_START": 2},
+               {**LOOPED_SMALL, "PARALLEL_RESIDUAL_START": 2},
                (("train_model", "base_model=GPT(h)", "compiled_model="),
                 ("train_model", "optimizers=Optimizers(h,base_model)", "train_loader=")),
-               ("train_model", "train_loss=step_fn(step,scale)", "step+=1"),
-               (("zeropower_via_newtonschulz5", (("X=G.bfloat16()", "X=G.float()"),)),
-                ("Muon", (("dtype=torch.bfloat16", "dtype=torch.float32"),))),
-               ema_setup=("train_model", "ema_state=", "training_time_ms="),
-               step_fn=("step_fn", "frac=min(step/h.muon_momentum_warmup_steps", "return train_loss"),
-               source_fixes=R35_FIX_312,
-               forward_step=("train_model", "if h.num_loops>0 and not base_model.looping_active", "step+=1"),
-               forward_step_fn=("step_fn", "optimizers.zero_grad_all()", "return train_loss")),
+               ("train_model", "if h.num_loops>0 and not base_model.looping_active", "step+=1"), NS_FP32_R35,
+               step_fn=("step_fn", "optimizers.zero_grad_all()", "return train_loss"),
+               ema_setup=("train_model", "ema_state=", "training_time_ms="), source_fixes=R35_FIX_312,
+               forward_is_the_records=True),
         Record("sp8192_lqer_sparsegate_bossmear", "R44_sp8192_lqer_sparsegate_bossmear/train_gpt.py",
                {"VOCAB_SIZE": 8192, "CASEOPS_ENABLED": 1, "ITERATIONS": 20000, "MAX_WALLCLOCK_SECONDS": 600,
                 "PHASED_TTT_ENABLED": 1, "PHASED_TTT_PREFIX_DOCS": 2500, "PHASED_TTT_NUM_PHASES": 3, "EMBED_BITS": 7,
@@ -142,81 +151,20 @@ RECORDS = {
                 "GPTQ_RESERVE_SECONDS": 0.5, "GPTQ_CALIBRATION_BATCHES": 16, "VAL_LOSS_EVERY": 0,
                 "GATED_ATTN_QUANT_GATE": 1, "SPARSE_ATTN_GATE_ENABLED": 1, "GATE_WINDOW": 12, "SMEAR_GATE_ENABLED": 1,
                 "LQER_ENABLED": 1, "LQER_ASYM_ENABLED": 1, "LQER_RANK": 4, "LQER_FACTOR_BITS": 4, "LQER_ASYM_GROUP": 64,
-                "LQER_TOP_K": 3, "FUSED_CE_ENABLED": 1,
-                "MODEL_DIM": 128, "NUM_LAYERS": 3, "LOOP_START": 1, "LOOP_END": 1, "PARALLEL_START_LAYER": 2},
-               {"MODEL_DIM": 128, "NUM_LAYERS": 3, "LOOP_START": 1, "LOOP_END": 1, "PARALLEL_START_LAYER": 2},
+                "LQER_TOP_K": 3, "FUSED_CE_ENABLED": 1, **LOOPED_SMALL, "PARALLEL_START_LAYER": 2},
+               {**LOOPED_SMALL, "PARALLEL_START_LAYER": 2},
                (("train_model", "base_model = GPT(h)", "compiled_model ="),
                 ("train_model", "optimizers = Optimizers(h, base_model)", "train_loader ="),
                 ("train_model", "_clip_params =", "def step_fn")),
-               ("train_model", "train_loss = step_fn(step, scale)", "step += 1"), NS_FP32_BANKED,
-               ema_setup=("train_model", "_live_state =", "training_time_ms ="),
-               step_fn=("step_fn", "if step <= h.muon_momentum_warmup_steps", "return train_loss"),
-               banks=True, fp32_grads=FP32_GRADS_BANKED,
-               renames={"smear.gate": "smear_gate.weight", "smear.lam": "smear_lambda"}),
+               ("train_model", "if (h.num_loops > 0", "step += 1"), NS_FP32_BANKED,
+               step_fn=("step_fn", "train_loss = torch.zeros(", "return train_loss"),
+               ema_setup=("train_model", "_live_state =", "training_time_ms ="), fp32_grads=FP32_GRADS_BANKED,
+               banks=True, renames={"smear.gate": "smear_gate.weight", "smear.lam": "smear_lambda"}, loader_extras=2),
     )
 }
 
 
-# -- importing a record ---------------------------------------------------------------------
-
-def flash_attn_stand_in() -> types.ModuleType:
-    """``flash_attn_interface`` for CPU: FA3's (B, T, H, D) layout through SDPA, GQA included."""
-    module = types.ModuleType("flash_attn_interface")
-
-    def flash_attn_func(q, k, v, causal=True, **_):
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
-        return y.transpose(1, 2)
-
-    module.flash_attn_func = module.flash_attn_varlen_func = flash_attn_func
-    return module
-
-
-@contextlib.contextmanager
-def environment(values: dict):
-    """The record's env vars set, and the name-pattern overrides it reads at import cleared."""
-    keys = set(values) | {"CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS", "RANK", "WORLD_SIZE"}
-    saved = {k: os.environ.get(k) for k in keys}
-    for k in keys - set(values):
-        os.environ.pop(k, None)
-    os.environ.update({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def import_record(rec: Record, fp32_grads: bool = False) -> types.ModuleType:
-    """The record's script as a fresh module (its Hyperparameters read the env at import), its
-    Newton-Schulz in fp32, and with ``fp32_grads`` its Muon's bf16 gradient cast made fp32."""
-    path = ORACLES / rec.script
-    if not path.is_file():
-        pytest.skip(f"record script {rec.script} not found under {ORACLES} (set PGOLF_ORACLES)")
-    source = path.read_text(encoding="utf-8")
-    for old, new in rec.source_fixes:  # R35 uses Python 3.12 f-strings (nested quotes)
-        assert old in source, f"{rec.script}: {old!r} not found"
-        source = source.replace(old, new)
-    module = types.ModuleType(f"record_{rec.preset}")
-    module.__file__ = str(path)
-    module.__source__ = Source(source)
-    saved = sys.modules.get("flash_attn_interface")
-    sys.modules["flash_attn_interface"] = flash_attn_stand_in()
-    try:
-        with environment(rec.env):
-            exec(compile(source, str(path), "exec"), module.__dict__)
-    finally:
-        if saved is None:
-            sys.modules.pop("flash_attn_interface", None)
-        else:
-            sys.modules["flash_attn_interface"] = saved
-    for name, substitutions in rec.fp32 + (rec.fp32_grads if fp32_grads else ()):
-        redefine(module, name, substitutions)
-    return module
-
+# -- reading a record's script --------------------------------------------------------------
 
 class Source:
     """A script's text and syntax tree, with fast statement text (ast.get_source_segment re-splits
@@ -236,17 +184,6 @@ class Source:
                             self.lines[last][:node.end_col_offset]])
         line = self.lines[first].decode("utf-8")
         return (line[: len(line) - len(line.lstrip())] if padded else "") + raw.decode("utf-8")
-
-
-def redefine(module: types.ModuleType, name: str, substitutions) -> None:
-    """Re-execute a top-level function or class of the script with text substitutions (no decorators)."""
-    source = module.__source__
-    node = next(n for n in source.tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name)
-    text = source.segment(node)
-    for old, new in substitutions:
-        assert old in text, f"{name}: {old!r} not found"
-        text = text.replace(old, new)
-    exec(compile(text, module.__file__, "exec"), module.__dict__)
 
 
 def _squeezed(text: str) -> str:
@@ -280,13 +217,86 @@ def record_statements(module: types.ModuleType, function: str, first: str, stop:
     return "\n".join(textwrap.dedent(source.segment(s, padded=True)) for s in body[i:j])
 
 
-# -- the record's side ----------------------------------------------------------------------
+def redefine(module: types.ModuleType, name: str, substitutions) -> None:
+    """Re-execute a top-level function or class of the script with text substitutions (no decorators)."""
+    source = module.__source__
+    node = next(n for n in source.tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == name)
+    text = source.segment(node)
+    for old, new in substitutions:
+        assert old in text, f"{name}: {old!r} not found"
+        text = text.replace(old, new)
+    exec(compile(text, module.__file__, "exec"), module.__dict__)
 
-class _NoStream:
-    """R44 steps Adam on a side CUDA stream; on CPU there is none."""
 
-    def wait_stream(self, other):
-        pass
+def flash_attn_stand_in() -> types.ModuleType:
+    """``flash_attn_interface`` for CPU: FA3's (B, T, H, D) layout through SDPA, GQA included."""
+    module = types.ModuleType("flash_attn_interface")
+
+    def flash_attn_func(q, k, v, causal=True, **_):
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=k.size(1) != q.size(1))
+        return y.transpose(1, 2)
+
+    module.flash_attn_func = module.flash_attn_varlen_func = flash_attn_func
+    return module
+
+
+@contextlib.contextmanager
+def environment(values: dict):
+    """The record's env vars set, and the name-pattern overrides and ranks it would read cleared."""
+    keys = set(values) | {"CONTROL_TENSOR_NAME_PATTERNS", "INT8_KEEP_FLOAT_FP32_NAME_PATTERNS", "RANK", "WORLD_SIZE"}
+    saved = {k: os.environ.get(k) for k in keys}
+    for k in keys - set(values):
+        os.environ.pop(k, None)
+    os.environ.update({k: str(v) for k, v in values.items()})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def import_record(rec: Record, fp32_ns: bool = True, fp32_grads: bool = False) -> types.ModuleType:
+    """The record's script as a fresh module (its Hyperparameters read the env at import); ``fp32_ns``:
+    its Newton-Schulz in fp32; ``fp32_grads``: its Muon's bf16 gradient cast made fp32."""
+    path = ORACLES / rec.script
+    if not path.is_file():
+        pytest.skip(f"record script {rec.script} not found under {ORACLES} (set PGOLF_ORACLES)")
+    text = path.read_text(encoding="utf-8")
+    for old, new in rec.source_fixes:  # R35 uses Python 3.12 f-strings (nested quotes)
+        assert old in text, f"{rec.script}: {old!r} not found"
+        text = text.replace(old, new)
+    module = types.ModuleType(f"record_{rec.preset}")
+    module.__file__, module.__source__ = str(path), Source(text)
+    saved = sys.modules.get("flash_attn_interface")
+    sys.modules["flash_attn_interface"] = flash_attn_stand_in()
+    try:
+        with environment(rec.env):
+            exec(compile(text, str(path), "exec"), module.__dict__)
+    finally:
+        if saved is None:
+            sys.modules.pop("flash_attn_interface", None)
+        else:
+            sys.modules["flash_attn_interface"] = saved
+    for name, substitutions in (rec.fp32 if fp32_ns else ()) + (rec.fp32_grads if fp32_grads else ()):
+        redefine(module, name, substitutions)
+    return module
+
+
+# -- the two sides --------------------------------------------------------------------------
+
+class GradientProbe:
+    """Stands in for the model: its loss ``sum(p * g)`` has exactly the gradients ``g``, so both sides'
+    own step (zeroing, backward, clip, schedules, update) runs on the same gradients without a forward."""
+
+    def __init__(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.pairs = pairs
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        return sum((p * g).sum() for p, g in self.pairs)
 
 
 class RecordRun:
@@ -295,22 +305,19 @@ class RecordRun:
     def __init__(self, rec: Record, module: types.ModuleType):
         self.rec = rec
         h = module.Hyperparameters()
+        h.grad_accum_steps = 1  # one micro-batch (the records' 8 // WORLD_SIZE is a class attribute)
         self.ns = {**module.__dict__, "args": h, "h": h, "device": torch.device("cpu"), "distributed": False,
-                   "local_rank": 0, "rank": 0, "world_size": 1, "log0": lambda *a, **k: None,
-                   "log": lambda *a, **k: None}
-        self.code = {part: record_statements(module, *part) for part in (*rec.setup, rec.step)}
-        if rec.ema_setup:
-            self.code[rec.ema_setup] = record_statements(module, *rec.ema_setup)
-        for part in (rec.step_fn, rec.forward_step, rec.forward_step_fn):
-            if part:
-                self.code[part] = record_statements(module, *part)
-        if rec.step_fn:
-            self.ns["step_fn"] = self._step_fn
+                   "local_rank": 0, "rank": 0, "world_size": 1, "grad_accum_steps": 1, "grad_scale": 1.0,
+                   "log0": lambda *a, **k: None, "log": lambda *a, **k: None}
+        parts = [*rec.setup, rec.step, *(p for p in (rec.step_fn, rec.ema_setup) if p)]
+        self.code = {part: record_statements(module, *part) for part in parts}
         for part in rec.setup:
-            # its model in fp32, as pgolf's on CPU: the records' .bfloat16() (their CUDA dtype policy,
-            # pgolf's too) also rounds RoPE's inv_freq buffer, which a later .float() cannot undo
+            # the model in fp32, as pgolf's on CPU: the records' .bfloat16() (their CUDA dtype policy,
+            # pgolf's too) would also round RoPE's inv_freq buffer, which the .float() cannot undo
             exec(self.code[part].replace(".bfloat16()", ".float()"), self.ns)
         self.model = self.ns["base_model"].float()
+        if rec.step_fn:
+            self.ns["step_fn"] = self._step_fn
 
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
@@ -320,77 +327,57 @@ class RecordRun:
             exec(self.code[self.rec.ema_setup], self.ns)
 
     def ema(self) -> dict[str, torch.Tensor] | None:
-        return self.ns.get(self.rec.ema_name) if self.rec.ema_setup else None
+        return self.ns.get("ema_state") if self.rec.ema_setup else None
+
+    def step(self, step: int, scale: float, frac: float, model, batch) -> None:
+        """The loop body from the LR scale on (R35 / R44: from the recurrence switch), one micro-batch."""
+        batch = (*batch, *[None] * self.rec.loader_extras)
+        self.ns.update(step=step, scale=scale, frac=frac, lr_mul=lambda *_: scale, elapsed_ms=0.0, model=model,
+                       train_loader=SimpleNamespace(next_batch=lambda *_: batch))
+        exec(self.code[self.rec.step], self.ns)
 
     def _step_fn(self, step, lr_scale):
         self.ns.update(step=step, lr_scale=lr_scale)
         exec(self.code[self.rec.step_fn], self.ns)
-
-    def step(self, step: int, scale: float) -> None:
-        self.ns.update(step=step, scale=scale)
-        exec(self.code[self.rec.step], self.ns)
-
-    def forward_step(self, step: int, scale: float, frac: float, batch) -> None:
-        """The record's loop body from the LR scale on: its forward, backward and update, one micro-batch."""
-        self.ns.update(step=step, scale=scale, frac=frac, lr_mul=lambda *_: scale, elapsed_ms=0.0,
-                       model=self.model, train_loader=SimpleNamespace(next_batch=lambda *_: batch),
-                       grad_accum_steps=1, grad_scale=1.0)
-        self.ns["h"].grad_accum_steps = 1
-        if self.rec.forward_step_fn:
-            self.ns["step_fn"] = self._forward_step_fn
-        exec(self.code[self.rec.forward_step], self.ns)
-
-    def _forward_step_fn(self, step, lr_scale):
-        self.ns.update(step=step, lr_scale=lr_scale)
-        exec(self.code[self.rec.forward_step_fn], self.ns)
         return self.ns["train_loss"]
 
 
-# -- pgolf's side ---------------------------------------------------------------------------
-
 class PgolfRun:
-    """The preset's model and optimizers, stepped by the training loop's own update."""
+    """The preset's model and optimizers, stepped by the training loop's own ``train_step``."""
 
-    def __init__(self, rec: Record):
+    def __init__(self, rec: Record, ns_dtype: torch.dtype, grad_dtype_fp32: bool = False, overrides: dict | None = None):
         cfg = PRESETS[rec.preset]()
-        for key, value in rec.pgolf_shape.items():
+        for key, value in {**rec.pgolf_shape, **(overrides or {})}.items():
             set_value(cfg, key, str(value))
-        cfg.train.device = "cpu"
+        cfg.train.device, cfg.train.grad_accum_steps = "cpu", 1
         validate(cfg)
         self.cfg = cfg
         self.model = build_model(cfg.model, "cpu")
         self.opts = build_optimizers(self.model, cfg.optim, cfg.model.tie_embeddings)
-        self.opts.muon.ns_dtype = torch.float32  # the test's fp32 Newton-Schulz (the reference: bf16)
+        self.opts.muon.ns_dtype = ns_dtype  # the reference's bf16, or the test's fp32
+        if grad_dtype_fp32:
+            self.opts.muon.grad_dtype = None
         self.averager = None
-        self.session = SimpleNamespace(cfg=cfg, opts=self.opts, model=self.model, grad_sync=None,
+        self.session = SimpleNamespace(cfg=cfg, opts=self.opts, model=self.model, grad_sync=None, grad_accum_steps=1,
+                                       rt=SimpleNamespace(distributed=False, device=torch.device("cpu"), world_size=1),
                                        run=SimpleNamespace(log=lambda *a, **k: None))
 
     def params(self) -> dict[str, torch.Tensor]:
         return dict(self.model.named_parameters())
 
     def start_ema(self) -> None:
+        self.initial = {n: p.detach().clone() for n, p in self.params().items()}
         t = self.cfg.train
         self.averager = build_averager(t.ema_decay, t.swa_enabled, t.swa_every, t.swa_start_frac, self.model)
 
     def ema(self) -> dict[str, torch.Tensor] | None:
         return getattr(self.averager, "shadow", None)
 
-    def step(self, step: int, scale: float) -> None:
-        from pgolf.train.loop import apply_update
-
-        apply_update(self.session, scale, step, 0.0)
-        if self.averager is not None:
-            self.averager.update(self.model, step + 1, scale)
-
-    def forward_step(self, step: int, scale: float, frac: float, batch) -> None:
-        """pgolf's training step (forward, backward, update) on one micro-batch, then the EMA."""
-        from pgolf.train.loop import train_step
-
-        s = self.session
-        s.rt = SimpleNamespace(distributed=False, device=torch.device("cpu"), world_size=1)
-        s.step_model, s.grad_accum_steps = self.model, 1
-        s.loader = SimpleNamespace(next_batch=lambda *_: batch)
-        train_step(s, scale, step, frac)
+    def step(self, step: int, scale: float, frac: float, model, batch) -> None:
+        """train_step on one micro-batch, then the averager, as run_training does."""
+        self.session.step_model = model
+        self.session.loader = SimpleNamespace(next_batch=lambda *_: batch)
+        train_step(self.session, scale, step, frac)
         if self.averager is not None:
             self.averager.update(self.model, step + 1, scale)
 
@@ -421,21 +408,20 @@ BANKS = {  # pgolf per-layer name -> (bank, offset in units of num_layers), as R
 
 
 def links_for(rec: Record, pg_params: dict, rec_params: dict, num_layers: int) -> list[Link]:
-    everything = ...
     links = []
     for name, p in pg_params.items():
         layer, _, rest = name.removeprefix("blocks.").partition(".")
         if rec.banks and name.startswith("blocks.") and rest in BANKS:
             bank, offset = BANKS[rest]
-            links.append(Link(name, everything, bank, offset * num_layers + int(layer)))
+            links.append(Link(name, ..., bank, offset * num_layers + int(layer)))
         elif name.startswith("blocks.") and rest == "mlp.fc.weight" and f"blocks.{layer}.mlp.gate.weight" in rec_params:
             half = p.shape[0] // 2  # pgolf's fused SwiGLU fc: gate rows, then up rows
-            links.append(Link(name, slice(0, half), f"blocks.{layer}.mlp.gate.weight", everything))
-            links.append(Link(name, slice(half, None), f"blocks.{layer}.mlp.up.weight", everything))
+            links.append(Link(name, slice(0, half), f"blocks.{layer}.mlp.gate.weight", ...))
+            links.append(Link(name, slice(half, None), f"blocks.{layer}.mlp.up.weight", ...))
         elif name == "ve_layer_scales" and "ve_layer_scales.0" in rec_params:  # R22: one (1,) tensor per layer
-            links += [Link(name, slice(i, i + 1), f"ve_layer_scales.{i}", everything) for i in range(p.numel())]
+            links += [Link(name, slice(i, i + 1), f"ve_layer_scales.{i}", ...) for i in range(p.numel())]
         else:
-            links.append(Link(name, everything, rec.renames.get(name, name), everything))
+            links.append(Link(name, ..., rec.renames.get(name, name), ...))
     return links
 
 
@@ -445,7 +431,7 @@ def check_links_cover(links: list[Link], pg_params: dict, rec_params: dict) -> N
         assert link.rec_name in rec_params, f"{link.pg_name}: the record has no {link.rec_name}"
         assert link.pg(pg_params).shape == link.rec(rec_params).shape, link
     for params, side in ((pg_params, "pg"), (rec_params, "rec")):
-        counted = {}
+        counted: dict[str, int] = {}
         for link in links:
             name = link.pg_name if side == "pg" else link.rec_name
             counted[name] = counted.get(name, 0) + getattr(link, side)(params).numel()
@@ -458,18 +444,13 @@ def copy_weights(links, pg_params, rec_params) -> None:
         link.rec(rec_params).copy_(link.pg(pg_params))
 
 
-def accumulate_grads(links, pg_params, rec_params, step: int, stds) -> None:
-    """The same gradients on both sides, accumulated into ``.grad`` as backward would (a parameter in
-    no optimizer is never zeroed: its gradient sums up, on both sides alike)."""
+def probes(links, pg_params, rec_params, step: int, stds) -> tuple[GradientProbe, GradientProbe]:
+    """The same random gradients for pgolf and, part by part, for the record."""
     gen = torch.Generator().manual_seed(1000 + step)
     grads = {n: torch.randn(p.shape, generator=gen) * stds[step] for n, p in pg_params.items()}
-    for params, side in ((pg_params, "pg"), (rec_params, "rec")):
-        for p in params.values():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-    for link in links:
-        link.pg({n: p.grad for n, p in pg_params.items()}).add_(link.pg(grads))
-        link.rec({n: p.grad for n, p in rec_params.items()}).add_(link.pg(grads))
+    pgolf = GradientProbe([(p, grads[n]) for n, p in pg_params.items()])
+    record = GradientProbe([(link.rec(rec_params), link.pg(grads)) for link in links])
+    return pgolf, record
 
 
 def relative_differences(links, pg: dict, rec: dict, norm: str = "max") -> dict[str, float]:
@@ -486,6 +467,13 @@ def relative_differences(links, pg: dict, rec: dict, norm: str = "max") -> dict[
     return out
 
 
+class _NoStream:
+    """R44 steps Adam on a side CUDA stream; on CPU there is none."""
+
+    def wait_stream(self, other):
+        pass
+
+
 def _no_compile(model=None, **_):
     """``torch.compile`` as the identity: the records compile their model and Newton-Schulz (both
     unused or redefined here), and importing the compiler alone takes seconds."""
@@ -494,23 +482,24 @@ def _no_compile(model=None, **_):
 
 @pytest.fixture()
 def cpu_only(monkeypatch):
+    """No compiler, no CUDA streams, one thread: these matrices are small, and two threads on a
+    busy 2-core machine spend most of each matmul waiting for each other (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     monkeypatch.setattr(torch, "compile", _no_compile)
     monkeypatch.setattr(torch.cuda, "Stream", _NoStream)
     monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _NoStream())
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    yield
+    torch.set_num_threads(threads)
 
 
-def run_both(preset: str, stds=GRAD_STDS, bf16_grads: bool = True):
-    """Both sides from the same weights through STEPS steps of the same gradients. ``bf16_grads=False``
-    makes R22 / R44's bf16 gradient cast fp32 on both sides: with a binding clip the two sides' clip
-    factors differ in the last bit (their norms add up in a different order), and a bf16 cast turns
-    that into a different rounding of some elements."""
+def start_both(preset: str, fp32_ns: bool, fp32_grads: bool, overrides: dict | None = None):
+    """pgolf's preset (with ``overrides``) and the record, the record holding pgolf's initial weights, EMAs started."""
     rec = RECORDS[preset]
-    module = import_record(rec, fp32_grads=not bf16_grads)
+    module = import_record(rec, fp32_ns=fp32_ns, fp32_grads=fp32_grads)
     torch.manual_seed(0)
-    pgolf = PgolfRun(rec)
-    if not bf16_grads:
-        pgolf.opts.muon.grad_dtype = None
+    pgolf = PgolfRun(rec, torch.float32 if fp32_ns else torch.bfloat16, grad_dtype_fp32=fp32_grads, overrides=overrides)
     record = RecordRun(rec, module)
     pg_params, rec_params = pgolf.params(), record.params()
     links = links_for(rec, pg_params, rec_params, pgolf.cfg.model.num_layers)
@@ -518,14 +507,28 @@ def run_both(preset: str, stds=GRAD_STDS, bf16_grads: bool = True):
     copy_weights(links, pg_params, rec_params)
     pgolf.start_ema()
     record.start_ema()
+    return links, pgolf, record
+
+
+def run_both(preset: str, stds=GRAD_STDS, fp32_ns: bool = True, fp32_grads: bool = True, overrides: dict | None = None):
+    """STEPS steps of the same gradients on both sides. ``fp32_grads`` makes R22 / R44's bf16 gradient
+    cast fp32 on both sides: with a binding clip the two sides' clip factors differ in the last bit
+    (their norms add up in another order), and a bf16 cast turns that into another rounding of some
+    elements."""
+    links, pgolf, record = start_both(preset, fp32_ns, fp32_grads, overrides)
+    pg_params, rec_params = pgolf.params(), record.params()
+    dummy = (torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long))
     for step in range(STEPS):
-        accumulate_grads(links, pg_params, rec_params, step, stds)
-        pgolf.step(step, LR_SCALES[step])
-        record.step(step, LR_SCALES[step])
+        pg_probe, rec_probe = probes(links, pg_params, rec_params, step, stds)
+        pgolf.step(step, LR_SCALES[step], FRACS[step], pg_probe, dummy)
+        record.step(step, LR_SCALES[step], FRACS[step], rec_probe, dummy)
     return links, pgolf, record
 
 
 def assert_same_weights_and_ema(preset: str, links, pgolf: PgolfRun, record: RecordRun, norm: str = "max") -> None:
+    trained = {id(p) for opt in pgolf.opts.all for g in opt.param_groups for p in g["params"]}
+    still = [n for n, p in pgolf.params().items() if id(p) in trained and torch.equal(p, pgolf.initial[n])]
+    assert not still, f"{preset}: the steps left {still} as they started (the gradients did not arrive)"
     diffs = relative_differences(links, pgolf.params(), record.params(), norm)
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < TOLERANCE, f"{preset}: {worst} differs by {diffs[worst]:.2e} relative after {STEPS} steps"
@@ -537,18 +540,27 @@ def assert_same_weights_and_ema(preset: str, links, pgolf: PgolfRun, record: Rec
 
 
 @pytest.mark.parametrize("preset", list(RECORDS))
-def test_three_optimizer_steps_match_the_record(preset, cpu_only):
-    """With a clip that binds at two of the three steps (R22 / R44's gradient casts in fp32: see run_both)."""
-    assert_same_weights_and_ema(preset, *run_both(preset, GRAD_STDS, bf16_grads=False))
+def test_three_steps_match_the_record(preset, cpu_only):
+    """fp32 Newton-Schulz, a clip that binds at two of the three steps (see run_both for R22 / R44)."""
+    assert_same_weights_and_ema(preset, *run_both(preset, GRAD_STDS, fp32_ns=True, fp32_grads=True))
 
 
-@pytest.mark.parametrize("preset", [p for p, r in RECORDS.items() if r.fp32_grads])
-def test_bf16_gradients_and_momentum_match_the_record(preset, cpu_only):
-    """R22 / R44 cast each gradient to bf16 before the momentum; the preset does too (no clip binds)."""
-    assert_same_weights_and_ema(preset, *run_both(preset, UNCLIPPED_STDS, bf16_grads=True))
+@pytest.mark.parametrize("preset", list(RECORDS))
+def test_unpatched_records_match_in_bf16(preset, cpu_only):
+    """The records' code exactly as it runs (bf16 Newton-Schulz and update buffers, R22 / R44's bf16
+    gradients and momentum), gradients the clip leaves alone: pgolf rounds where and as the record
+    does (R22 / R44: the momentum, ``c * (A @ A)``, the Muon scale folded into the step size)."""
+    assert_same_weights_and_ema(preset, *run_both(preset, UNCLIPPED_STDS, fp32_ns=False, fp32_grads=False))
 
 
-FRACS = (0.0, 0.2, 0.4)  # training fractions: R35's depth recurrence switches on (0.35) before the third step
+def test_plain_muon_with_bf16_momentum_matches_r44(cpu_only):
+    """PGOLF_MUON_MOMENTUM_BF16 without Parallel Muon: plain Muon's bf16 momentum is R44's too (fp32
+    Newton-Schulz; plain Muon rounds ``(c * A) @ A`` where R44 rounds ``c * (A @ A)``, ~3e-6 apart)."""
+    preset = "sp8192_lqer_sparsegate_bossmear"
+    links, pgolf, record = run_both(preset, UNCLIPPED_STDS, fp32_ns=True, fp32_grads=False,
+                                    overrides={"PGOLF_PARALLEL_MUON": 0})
+    assert type(pgolf.opts.muon).__name__ == "Muon" and pgolf.opts.muon.grad_dtype == torch.bfloat16
+    assert_same_weights_and_ema(preset, links, pgolf, record)
 
 
 def batch(vocab_size: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -557,24 +569,15 @@ def batch(vocab_size: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1], tokens[:, 1:]
 
 
-@pytest.mark.parametrize("preset", [p for p, r in RECORDS.items() if r.forward_step])
+@pytest.mark.parametrize("preset", [p for p, r in RECORDS.items() if r.forward_is_the_records])
 def test_full_step_matches_the_record(preset, cpu_only):
-    """Forward, backward and update on both sides from the same weights and tokens (the presets whose
-    forward is the record's): the step's own order of schedule switches, loss and update. Compared by
-    Frobenius norm: the two forwards round differently in the last bit (RoPE's terms, for one), and
-    Adam's per-element normalisation lifts that to ~1e-5 of the largest entry for tiny gradients."""
-    rec = RECORDS[preset]
-    module = import_record(rec)
-    torch.manual_seed(0)
-    pgolf, record = PgolfRun(rec), RecordRun(rec, module)
-    pg_params, rec_params = pgolf.params(), record.params()
-    links = links_for(rec, pg_params, rec_params, pgolf.cfg.model.num_layers)
-    check_links_cover(links, pg_params, rec_params)
-    copy_weights(links, pg_params, rec_params)
-    pgolf.start_ema()
-    record.start_ema()
+    """Forward, backward and update on both sides from the same weights and tokens: the step's own
+    order of schedule switches (R35's recurrence), loss and update. Compared by Frobenius norm: the
+    two forwards round differently in the last bit (RoPE's terms, for one), which Adam's
+    per-element normalisation lifts to ~1e-5 of the largest entry where gradients are tiny."""
+    links, pgolf, record = start_both(preset, fp32_ns=True, fp32_grads=True)
     for step in range(STEPS):
         tokens = batch(pgolf.cfg.model.vocab_size, step)
-        pgolf.forward_step(step, LR_SCALES[step], FRACS[step], tokens)
-        record.forward_step(step, LR_SCALES[step], FRACS[step], tokens)
+        pgolf.step(step, LR_SCALES[step], FRACS[step], pgolf.model, tokens)
+        record.step(step, LR_SCALES[step], FRACS[step], record.model, tokens)
     assert_same_weights_and_ema(preset, links, pgolf, record, norm="frobenius")

@@ -34,7 +34,8 @@ class MLP(nn.Module):
         self.negative_slope = negative_slope
         fc_out = 2 * hidden if activation == "swiglu" else hidden
         self.fc = CastedLinear(dim, fc_out, bias=False)
-        self.fc.row_blocks = 2 if activation == "swiglu" else 1
+        if activation == "swiglu":
+            self.fc.row_blocks = 2
         self.proj = CastedLinear(hidden, dim, bias=False)
         self.proj._zero_init = True
 

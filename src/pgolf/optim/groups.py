@@ -120,9 +120,10 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_ran
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
     opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused, cfg.embed_wd)
     muon_options = dict(lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
-                        weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule,
-                        grad_dtype=torch.bfloat16 if cfg.muon_momentum_bf16 else None)
-    muon_groups = muon_param_groups(model, matrices)
+                        weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
+    if cfg.muon_momentum_bf16:
+        muon_options["grad_dtype"] = torch.bfloat16
+    muon_groups = muon_param_groups(model, matrices) if model.cfg.mlp_activation == "swiglu" else matrices
     if cfg.muon_parallel:
         muon: Muon = ParallelMuon(muon_groups, reduce_grads=per_rank_grads, **muon_options)
     else:

@@ -186,7 +186,8 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
     t = s.cfg.train
     # before the forward, as the records switch it (R35 / R44 before step_fn): otherwise the first
     # step would run with the loops the model is built with (all on) instead of off until ENABLE_LOOPING_AT
-    switch_recurrence(s, frac >= t.enable_looping_at, step)
+    if s.model.cfg.num_loops:
+        switch_recurrence(s, frac >= t.enable_looping_at, step)
     s.opts.zero_grad()
     total = torch.zeros((), device=s.rt.device)
     for micro in range(s.grad_accum_steps):
@@ -197,16 +198,6 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
             loss = s.step_model(x, y)
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
-    apply_update(s, scale, step, frac)
-    if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
-        dist.all_reduce(total, op=dist.ReduceOp.SUM)
-        total /= s.rt.world_size
-    return float(total.item()) / s.grad_accum_steps
-
-
-def apply_update(s: Session, scale: float, step: int, frac: float) -> None:
-    """What a step does once the gradients are in: schedules, gradient sync and clip, every optimizer's
-    step, zeroed gradients (tests/optim/test_record_optimizers.py runs it against the records' own)."""
     apply_schedules(s, step, scale, frac)
     if s.grad_sync is not None:
         s.grad_sync.reduce()
@@ -215,6 +206,10 @@ def apply_update(s: Session, scale: float, step: int, frac: float) -> None:
         clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
     s.opts.step()
     s.opts.zero_grad()
+    if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        total /= s.rt.world_size
+    return float(total.item()) / s.grad_accum_steps
 
 
 def compile_warmup(s: Session) -> None:
