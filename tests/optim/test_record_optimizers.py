@@ -46,6 +46,7 @@ from pgolf.config import set_value, validate
 from pgolf.model.gpt import build_model
 from pgolf.optim.averaging import build_averager
 from pgolf.optim.groups import build_optimizers
+from pgolf.optim.schedule import lr_scale
 from pgolf.presets import PRESETS
 from pgolf.train.loop import train_step
 
@@ -581,3 +582,38 @@ def test_full_step_matches_the_record(preset, cpu_only):
         pgolf.step(step, LR_SCALES[step], FRACS[step], pgolf.model, tokens)
         record.step(step, LR_SCALES[step], FRACS[step], record.model, tokens)
     assert_same_weights_and_ema(preset, links, pgolf, record, norm="frobenius")
+
+
+def test_swa_snapshots_and_average_are_pr1090s(cpu_only):
+    """PR #1090's SWA (its main(): every 200 steps from the estimated warm-down start, after step 100,
+    applied with more than one snapshot) against the preset's (every SWA_EVERY steps while the LR scale
+    is below SWA_START_FRAC) over its 4,850 s run at 600 ms a step, the weights set to the step number.
+    The two rules can part by one snapshot when the warm-down starts exactly on a multiple of 200 (the
+    record tests ``step >= start``, the LR scale turns below 1 one step later); 600 ms is not such a case."""
+    rec = RECORDS["xsa_swiglu_lora_ttt_1xh100"]
+    module = import_record(rec)
+    cfg = PRESETS[rec.preset]()
+    t = cfg.train
+    step_ms, cap_ms = 600.0, 1000.0 * t.max_wallclock_seconds
+    record_model, pgolf_model = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    ns = {**module.__dict__, "args": module.Hyperparameters(), "base_model": record_model, "max_wallclock_ms": cap_ms,
+          "log0": lambda *a, **k: None}
+    collect = record_statements(module, "main", "_swa_every = 200", "reached_cap =")
+    apply = record_statements(module, "main", "if hasattr(base_model, '_swa_state')", None)
+    averager = build_averager(t.ema_decay, t.swa_enabled, t.swa_every, t.swa_start_frac, pgolf_model)
+    step = 0
+    while step * step_ms < cap_ms:  # both stop after the step that reaches the cap
+        scale = lr_scale(step, step * step_ms, t.iterations, t.warmdown_iters, cap_ms, t.warmdown_frac, t.min_lr)
+        step += 1
+        with torch.no_grad():
+            for model in (record_model, pgolf_model):
+                for p in model.parameters():
+                    p.fill_(float(step))
+        ns.update(step=step, approx_training_time_ms=step * step_ms)
+        exec(collect, ns)
+        averager.update(pgolf_model, step, scale)
+    assert record_model._swa_count == averager.count > 1
+    exec(apply, ns)
+    averaged = averager.averaged_state(pgolf_model)
+    for name, value in record_model.state_dict().items():
+        assert torch.equal(averaged[name], value), name
