@@ -171,15 +171,16 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     matrix/scalar and 0.035 tied embedding, Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD
     0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3, EMA 0.997 (R22 also
     collects an SWA average but exports the EMA), Parallel Muon with bf16 gradients and momentum;
-    the BigramHash and VE projections train with the scalar AdamW, not Muon. Export: int6 attention and MLP
-    with the GPTQ-lite clip search, int8 elsewhere, lzma. Score: legal score-first TTT (SGD lr
+    the BigramHash and VE projections train with the scalar AdamW, not Muon. Export: int6
+    attention and MLP with the GPTQ-lite clip search, int8 elsewhere, lzma. Score: legal score-first TTT (SGD lr
     0.002, momentum 0.9, 3 epochs per 32,768-token chunk, no frozen blocks) on stride-64 windows.
 
     Differences from the record: R22 compresses with lzma preset 6,
     pgolf with preset 9 (extreme). R22 sets LATE_QAT_THRESHOLD=0.15, but its QAT switch reaches only
     the linear layers outside the parameter banks (the BigramHash/VE projections), so its block
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
-    QAT stays off here.
+    QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;
+    pgolf clips the averaged gradient (the same on one GPU).
     """
     cfg = baseline()
     cfg.preset = "leakyrelu_ttt_parallel_muon"
@@ -258,8 +259,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     with the BOS fix, document-isolated attention; 35,945,671 parameters, as its logs report.
     Training: batch 786,432 of 2048, warm-down over the last 85% to a 0.1 LR floor, LRs 0.026
     matrix / 0.02 scalar / 0.03 tied embedding, Polar Express MuonEq-R as Parallel Muon with bf16
-    gradients and momentum, momentum 0.92 -> 0.97 over 1500 steps, Adam beta2 0.99, WD 0.095 Muon / 0.085 embedding / 0.02 scalars, grad clip 0.3,
-    EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
+    gradients and momentum, momentum 0.92 -> 0.97 over 1500 steps, Adam beta2 0.99, WD 0.095 Muon /
+    0.085 embedding / 0.02 scalars, grad clip 0.3, EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
     (k 14). Score: phased TTT, LoRA rank 80 (lr 1e-4, chunks of 48, 2048 context, 64 documents at
     a time), 3 global SGD phases over a 2,500-document prefix (lr 0.001, momentum 0.9).
 
@@ -275,7 +276,10 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     which is not the original-byte count for CaseOps text), TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
     packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
-    off here until a GPU has measured them.
+    off here until a GPU has measured them. Two things it does only under torchrun: it clips each
+    rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
+    kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
+    the momentum of its 40 warm-up steps (pgolf restores the momentum to zero).
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"
