@@ -156,6 +156,9 @@ class OptimConfig:
     muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
     muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)", ("quintic", "polar_express"))
     muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer; multi-rank: no DDP, bank grads reduce-scattered, sharded Newton-Schulz, all-gather; same update")
+    muon_momentum_bf16: bool = _f(False, "PGOLF_MUON_MOMENTUM_BF16", "Muon casts each gradient to bf16 and keeps its momentum in bf16, as R22/R44's Parallel Muon (p.grad.bfloat16())")
+    table_proj_adam: bool = _f(False, "PGOLF_TABLE_PROJ_ADAM", "BigramHash and value-embedding projections trained by the scalar Adam (SCALAR_LR, ADAM_WD) instead of Muon (R22)")
+    smear_frozen: bool = _f(False, "PGOLF_SMEAR_FROZEN", "the SmearGate in no optimizer: it keeps its initial value (PR #1090's script never hands its gate to one)")
     embed_wd: float = _f(0.0, "EMBED_WD", "AdamW decoupled weight decay of the token embedding (R27: 0.085); 0 keeps Adam", NONNEG)
     adam_wd: float = _f(0.0, "ADAM_WD", "AdamW decoupled weight decay of scalars and an untied head (R21: 0.04); 0 keeps Adam", NONNEG)
 

@@ -103,9 +103,10 @@ def smeargate_orthoinit_muonwd() -> Config:
 def mlp3x_int8emb_seq2048() -> Config:
     """PR #160: the 9x512 baseline with MLP 3x, trained and scored at sequence length 2048;
     21,778,504 parameters. Its README lists the options set here: batch 786,432 tokens, warm-down
-    3000 steps, tied-embedding LR 0.03, matrix and scalar LR 0.02, Muon momentum 0.99. It names no
-    momentum warm-up, so the reference one (0.85 over 500 steps) is kept. Export: int8 token
-    embedding, int6 everything else, lzma. Score: sliding windows of 2048, stride 256.
+    3000 steps, tied-embedding LR 0.03, matrix and scalar LR 0.02, Muon momentum 0.99. What it does
+    not list keeps its script's defaults, which the source in its train.log shows: Muon momentum
+    warm-up from 0.92 over 1500 steps and gradient clip 0.3. Export: int8 token embedding, int6
+    everything else, lzma. Score: sliding windows of 2048, stride 256.
 
     QAT was on in its script (from 50% of training), but the timed run stopped at step 7,534, before
     step 10,000 where QAT would have started, so QAT stays off here.
@@ -121,6 +122,7 @@ def mlp3x_int8emb_seq2048() -> Config:
     m, o, t, e, q = cfg.model, cfg.optim, cfg.train, cfg.eval, cfg.quant
     m.mlp_mult = 3
     o.tied_embed_lr, o.matrix_lr, o.scalar_lr, o.muon_momentum = 0.03, 0.02, 0.02, 0.99
+    o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps, o.grad_clip_norm = 0.92, 1500, 0.3
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 786_432, 2048, 3000
     e.eval_stride = 256
     q.scheme, q.compressor = "embed=int8ref,*=int6", "lzma"
@@ -138,8 +140,9 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     stacked into pgolf's ``mlp.fc``; ``pgolf convert`` splits them again), and pgolf computes its
     GPT's logits from it (tests/model/test_record_parity.py).
     Training as its command line: 1 GPU with grad accumulation 8, 4,850 s, batch 524,288 tokens of
-    2048, warm-down 3000 steps, the reference LRs (0.04 matrix/scalar, 0.05 tied embedding). SWA:
-    a uniform average of snapshots every 200 steps during the warm-down.
+    2048, warm-down 3000 steps, the reference LRs (0.04 matrix/scalar, 0.05 tied embedding). Its
+    script hands the SmearGate to no optimizer, so the gate stays at its zero init
+    (``PGOLF_SMEAR_FROZEN``). SWA: a uniform average of snapshots every 200 steps during the warm-down.
     Export: int5 MLP, int6 attention and the rest, int8 token embedding, per-row absmax scales,
     zstd-22. Score: per-document LoRA TTT, rank 8 on Q and V, Adam lr 0.05, chunks of 256 tokens,
     score first, then one step; each chunk sees only its own tokens (TTT_EVAL_SEQ_LEN 256).
@@ -150,8 +153,6 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     * Its train.log reports 27,092,057 parameters, 589,825 more: exactly a BigramHash 4096x128
       with projection and scale (``BIGRAM_VOCAB_SIZE=4096``), which that run had and the shipped
       code does not (its README lists BigramHash among the things that did not help).
-    * The SwiGLU gate and up projections are one fused ``fc`` here, so orthogonal init draws one
-      2048x512 matrix instead of two 1024x512 ones.
 
     Not here yet: its LoRA init (A, B ~ N(0, 0.01), N(0, 0.001), output scaled 1/rank; pgolf
     starts B at zero) and its rule that documents under 32 tokens are scored without TTT.
@@ -162,6 +163,7 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     m.num_layers, m.mlp_activation, m.mlp_hidden, m.xsa_last_n = 11, "swiglu", 1024, 4
     m.use_smeargate, m.smear_gate_init, m.smear_after_norm, m.ortho_init = True, 0.0, True, True
     m.smear_gate_weighs = "previous"  # its gate: (1 - sig(g)) x_t + sig(g) x_{t-1}
+    cfg.optim.smear_frozen = True
     t.max_wallclock_seconds = 4850.0  # grad accumulation: 8 // WORLD_SIZE, so 8 on its one GPU
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 524_288, 2048, 3000
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
@@ -182,16 +184,17 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     Training: batch 786,432 of 2048, warm-down 3500 steps, 9000 iterations at most, LRs 0.025
     matrix/scalar and 0.035 tied embedding, Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD
     0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3, EMA 0.997 (R22 also
-    collects an SWA average but exports the EMA), Parallel Muon. Export: int6 attention and MLP
-    with the GPTQ-lite clip search, int8 elsewhere, lzma. Score: legal score-first TTT (SGD lr
+    collects an SWA average but exports the EMA), Parallel Muon with bf16 gradients and momentum;
+    the BigramHash and VE projections train with the scalar AdamW, not Muon. Export: int6
+    attention and MLP with the GPTQ-lite clip search, int8 elsewhere, lzma. Score: legal score-first TTT (SGD lr
     0.002, momentum 0.9, 3 epochs per 32,768-token chunk, no frozen blocks) on stride-64 windows.
 
-    Differences from the record: R22 trains the BigramHash and VE projections with Adam at the
-    scalar LR; pgolf gives every projection matrix to Muon. R22 compresses with lzma preset 6,
+    Differences from the record: R22 compresses with lzma preset 6,
     pgolf with preset 9 (extreme). R22 sets LATE_QAT_THRESHOLD=0.15, but its QAT switch reaches only
     the linear layers outside the parameter banks (the BigramHash/VE projections), so its block
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
-    QAT stays off here.
+    QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;
+    pgolf clips the averaged gradient (the same on one GPU).
 
     Its own ``final_model.pt`` loads as it is saved: its parameter banks (``qo_bank``, ``kv_bank``,
     ``mlp_up_bank``, ``mlp_down_bank``) become pgolf's per-block matrices, ``bigram.embed`` and
@@ -211,6 +214,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr = 0.025, 0.025, 0.035
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
     o.muon_wd, o.adam_wd, o.embed_wd, o.grad_clip_norm, o.muon_parallel = 0.04, 0.04, 0.04, 0.3, True
+    o.muon_momentum_bf16, o.table_proj_adam = True, True
     t.iterations, t.warmdown_iters, t.train_batch_tokens, t.train_seq_len = 9000, 3500, 786_432, 2048
     t.ema_decay = 0.997
     e.eval_seq_len, e.eval_stride = 2048, 64
@@ -278,9 +282,9 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     residuals from layer 8 (final lane: mean), SparseAttnGate (window 12, scale 0.5), SmearGate v2
     with the BOS fix, document-isolated attention; 35,945,671 parameters, as its logs report.
     Training: batch 786,432 of 2048, warm-down over the last 85% to a 0.1 LR floor, LRs 0.026
-    matrix / 0.02 scalar / 0.03 tied embedding, Polar Express MuonEq-R, momentum 0.92 -> 0.97 over
-    1500 steps, Adam beta2 0.99, WD 0.095 Muon / 0.085 embedding / 0.02 scalars, grad clip 0.3,
-    EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
+    matrix / 0.02 scalar / 0.03 tied embedding, Polar Express MuonEq-R as Parallel Muon with bf16
+    gradients and momentum, momentum 0.92 -> 0.97 over 1500 steps, Adam beta2 0.99, WD 0.095 Muon /
+    0.085 embedding / 0.02 scalars, grad clip 0.3, EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
     (k 14). Score: phased TTT, LoRA rank 80 (lr 1e-4, chunks of 48, 2048 context, 64 documents at
     a time), 3 global SGD phases over a 2,500-document prefix (lr 0.001, momentum 0.9).
 
@@ -307,7 +311,10 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
     packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
-    off here until a GPU has measured them.
+    off here until a GPU has measured them. Two things it does only under torchrun: it clips each
+    rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
+    kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
+    the momentum of its 40 warm-up steps (pgolf restores the momentum to zero).
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"
@@ -323,6 +330,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr, o.beta2 = 0.026, 0.02, 0.03, 0.99
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.97, 0.92, 1500
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
+    o.muon_parallel, o.muon_momentum_bf16 = True, True
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
     t.train_batch_tokens, t.train_seq_len = 786_432, 2048
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965

@@ -82,12 +82,14 @@ def _initial_weights(shared_data):
     return {k: v.float() for k, v in build_model(cfg.model, torch.device("cpu")).state_dict().items()}
 
 
-def test_record_options_parallel_muon_on_two_gloo_ranks_follows_plain_muon_on_one(shared_data, tmp_path):
+def test_record_options_parallel_muon_on_two_gloo_ranks_follows_one_process(shared_data, tmp_path):
     """Every training option at once through the real loop. 2 ranks with Parallel Muon (banks kept out of
     DDP and reduce-scattered, the rest all-reduced, the clip on the averaged gradients) follow one process
-    with plain Muon: same losses, same weights up to bf16 Newton-Schulz noise."""
-    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", *RECORD_OPTIONS]
-    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common, ranks_only=("PGOLF_PARALLEL_MUON=1",))
+    with Parallel Muon: same losses, same weights up to bf16 Newton-Schulz noise. (Not plain Muon on one:
+    Parallel Muon rounds Newton-Schulz as R22/R44 do, plain Muon as the reference, and in bf16 that
+    difference alone is larger than the bugs this test is for.)"""
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", *RECORD_OPTIONS, "PGOLF_PARALLEL_MUON=1"]
+    single, ddp = train_single_and_two_gloo_ranks(shared_data, tmp_path, common)
     assert len(single) == len(ddp) == 4 and single[-1] < single[0]
     assert max(abs(a - b) for a, b in zip(single, ddp)) < LOSS_TOLERANCE
     results = [json.loads((tmp_path / name / "results.json").read_text()) for name in ("single", "ddp")]

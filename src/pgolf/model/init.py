@@ -2,7 +2,9 @@
 
 * Orthogonal init (R15, R19): every non-zero-init linear layer with both sides >= 64 gets
   ``orthogonal_``; those named ``proj`` (attention and MLP outputs, when not zero-init) are then
-  scaled by ``1/sqrt(2 L)`` (muP-style, R19). Zero-init projections stay zero.
+  scaled by ``1/sqrt(2 L)`` (muP-style, R19). Zero-init projections stay zero. A layer with
+  ``row_blocks`` > 1 (the fused SwiGLU ``fc``) gets one orthogonal matrix per row block, as the
+  records' separate gate and up projections (PR #1090).
 * Overtone init (R11): the token embedding keeps its singular vectors and its top singular
   value, and the spectrum is reshaped to ``S_k = S_1 * k^-0.5``; ``resid_mix`` starts on a
   sigmoid schedule over depth (early layers lean on x0, late ones on the residual stream).
@@ -21,9 +23,11 @@ def orthogonal_init_(model: nn.Module, num_layers: int) -> None:
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear) or getattr(module, "_zero_init", False):
             continue
-        if min(module.weight.shape) < 64:
+        blocks = module.weight.chunk(getattr(module, "row_blocks", 1), dim=0)
+        if min(blocks[0].shape) < 64:
             continue
-        nn.init.orthogonal_(module.weight)
+        for block in blocks:
+            nn.init.orthogonal_(block)
         if name.endswith(".proj") or name == "proj":
             module.weight.mul_(1.0 / math.sqrt(2 * num_layers))
 

@@ -4,6 +4,8 @@
 * ``leaky_relu2``: leaky_relu(x, slope)^2 with slope 0.5 (R22, PR #493): negative inputs keep a
   gradient, and the square keeps the output non-negative.
 * ``swiglu``: silu(a) * b with ``fc`` producing both halves (2 x hidden rows), the LLaMA MLP.
+  ``fc.row_blocks = 2`` says that this one tensor is two matrices (gate, then up): orthogonal init
+  and Muon treat each half as a matrix of its own, as the records' separate ``gate`` and ``up``.
 
 With ``FUSED_MLP=1`` a relu2 / leaky_relu2 MLP becomes a :class:`pgolf.model.fused.FusedMLP`,
 whose training forward is one fused Triton op (:mod:`pgolf.kernels.mlp`); evaluation keeps this code.
@@ -32,6 +34,8 @@ class MLP(nn.Module):
         self.negative_slope = negative_slope
         fc_out = 2 * hidden if activation == "swiglu" else hidden
         self.fc = CastedLinear(dim, fc_out, bias=False)
+        if activation == "swiglu":
+            self.fc.row_blocks = 2
         self.proj = CastedLinear(hidden, dim, bias=False)
         self.proj._zero_init = True
 

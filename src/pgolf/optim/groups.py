@@ -8,6 +8,18 @@
 Each param group carries ``base_lr`` so the schedule can scale every LR by one multiplier.
 With EMBED_WD / ADAM_WD > 0 the Adam groups become AdamW (decoupled decay, as R21/R27); at 0 they
 stay plain Adam so the reference step is unchanged.
+
+Record variants of the split (each checked against the record's own optimizer code in
+tests/optim/test_record_optimizers.py):
+
+* PGOLF_TABLE_PROJ_ADAM: the BigramHash and value-embedding projections go to the scalar Adam
+  instead of Muon (R22: "small matrix params not worth banking");
+* PGOLF_SMEAR_FROZEN: the SmearGate is in no optimizer and keeps its initial value (PR #1090's
+  script never hands its gate to one; its gradient still counts in the clip norm, as there);
+* a matrix whose module declares ``row_blocks`` > 1 (the fused SwiGLU ``fc``: gate and up) goes to
+  a Muon group of its own that orthogonalises each row block separately, as the records' two
+  matrices;
+* PGOLF_MUON_MOMENTUM_BF16: Muon's gradients and momentum in bf16 (R22 / R44).
 """
 
 from __future__ import annotations
@@ -70,6 +82,20 @@ def split_block_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch
     return matrices, scalars
 
 
+def table_projections(model: GPT) -> list[torch.nn.Parameter]:
+    """The BigramHash and value-embedding projections (PGOLF_TABLE_PROJ_ADAM gives them to Adam)."""
+    return [m.proj.weight for m in (model.bigram, getattr(model, "ve_shared", None)) if m is not None]
+
+
+def muon_param_groups(model: GPT, matrices: list[torch.nn.Parameter]) -> list[dict]:
+    """One group of plain matrices, then one per ``row_blocks`` count > 1 (fused SwiGLU ``fc``)."""
+    blocks = {id(m.weight): m.row_blocks for m in model.modules() if getattr(m, "row_blocks", 1) > 1}
+    groups = [{"params": [p for p in matrices if id(p) not in blocks]}]
+    for count in sorted(set(blocks.values())):
+        groups.append({"params": [p for p in matrices if blocks.get(id(p)) == count], "row_blocks": count})
+    return [g for g in groups if g["params"]]
+
+
 def _adam(params, lr: float, cfg: OptimConfig, fused: bool, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     groups = [{"params": params, "lr": lr, "base_lr": lr}]
     if weight_decay > 0:
@@ -84,14 +110,24 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_ran
     matrices, scalars = split_block_params(model)
     extra = model.extra_parameter_roles()  # record techniques' tables, projections and gates
     matrices, scalars = matrices + extra["matrix"], scalars + extra["scalar"]
+    if cfg.table_proj_adam:
+        moved = {id(p) for p in table_projections(model)}
+        scalars = scalars + [p for p in matrices if id(p) in moved]
+        matrices = [p for p in matrices if id(p) not in moved]
+    if cfg.smear_frozen and model.smear is not None:
+        frozen = {id(p) for p in model.smear.parameters()}
+        scalars = [p for p in scalars if id(p) not in frozen]
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
     opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused, cfg.embed_wd)
     muon_options = dict(lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
                         weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
+    if cfg.muon_momentum_bf16:
+        muon_options["grad_dtype"] = torch.bfloat16
+    muon_groups = muon_param_groups(model, matrices) if model.cfg.mlp_activation == "swiglu" else matrices
     if cfg.muon_parallel:
-        muon: Muon = ParallelMuon(matrices, reduce_grads=per_rank_grads, **muon_options)
+        muon: Muon = ParallelMuon(muon_groups, reduce_grads=per_rank_grads, **muon_options)
     else:
-        muon = Muon(matrices, **muon_options)
+        muon = Muon(muon_groups, **muon_options)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
     opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused, cfg.adam_wd)

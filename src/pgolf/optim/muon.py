@@ -13,7 +13,13 @@ Record options (challenge.md sec. 2.3), all off by default so the reference step
 * MuonEq-R: each row of the Nesterov update divided by its L2 norm before Newton-Schulz
   (MUON_ROW_NORMALIZE; R28 / PR #1260, arXiv:2603.28254);
 * Polar Express: one minimax (a, b, c) per Newton-Schulz iteration instead of the fixed quintic
-  (R43 / PR #1787, coefficients from PR #1344).
+  (R43 / PR #1787, coefficients from PR #1344);
+* ``grad_dtype=torch.bfloat16``: each gradient cast to bf16 before the momentum, which then lives in
+  bf16 (R22 / R44's Parallel Muon does ``p.grad.bfloat16()``; PGOLF_MUON_MOMENTUM_BF16).
+
+A param group's ``row_blocks`` (default 1) splits each of its matrices into that many equal row
+blocks, each orthogonalised (and scaled) as a matrix of its own: a fused SwiGLU ``fc`` holds the
+gate and up projections, two matrices to the records (PR #1090), one tensor here.
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ def ns_coefficients(schedule: str, steps: int) -> list[tuple[float, float, float
 
 
 def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16,
-                  schedule: str = "quintic") -> Tensor:
+                  schedule: str = "quintic", square_first: bool = False) -> Tensor:
     """Approximately orthogonalise a matrix, or each matrix of a stack ``[..., rows, cols]`` on its own
-    (its singular values pushed towards 1). On one 2-D matrix this is the reference's function bit for bit."""
+    (its singular values pushed towards 1). On one 2-D matrix this is the reference's function bit for bit;
+    ``square_first`` computes ``c * (A @ A)`` as R22 / R44's batched function does instead of the
+    reference's ``(c * A) @ A``: equal in exact arithmetic, rounded differently."""
     X = G.to(dtype)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
     transposed = G.size(-2) > G.size(-1)
@@ -58,7 +66,7 @@ def newton_schulz(G: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dty
         X = X.mT
     for a, b, c in ns_coefficients(schedule, steps):
         A = X @ X.mT
-        B = b * A + c * A @ A
+        B = b * A + (c * (A @ A) if square_first else c * A @ A)
         X = a * X + B @ X
     return X.mT if transposed else X
 
@@ -72,22 +80,25 @@ def normalize_rows(update: Tensor, eps: float = 1e-7) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters; ``ns_dtype`` is bf16 as the reference (float64 for exactness tests).
 
-    Per group: ``weight_decay`` (decoupled, scaled by ``wd_scale``), ``row_normalize`` (MuonEq-R)
-    and ``ns_schedule`` (``quintic`` or ``polar_express``).
+    Per group: ``weight_decay`` (decoupled, scaled by ``wd_scale``), ``row_normalize`` (MuonEq-R),
+    ``ns_schedule`` (``quintic`` or ``polar_express``) and ``row_blocks``. ``grad_dtype``: the dtype
+    of the momentum (None: the gradient's own, as the reference).
     """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int = 5, nesterov: bool = True,
                  ns_dtype: torch.dtype = torch.bfloat16, weight_decay: float = 0.0, row_normalize: bool = False,
-                 ns_schedule: str = "quintic"):
+                 ns_schedule: str = "quintic", grad_dtype: torch.dtype | None = None):
         ns_coefficients(ns_schedule, backend_steps)  # reject a bad schedule before the first step
         defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
-                        weight_decay=weight_decay, wd_scale=1.0, row_normalize=row_normalize, ns_schedule=ns_schedule)
+                        weight_decay=weight_decay, wd_scale=1.0, row_normalize=row_normalize, ns_schedule=ns_schedule,
+                        row_blocks=1)
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
+        self.grad_dtype = grad_dtype
         self.orthogonalize = newton_schulz
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
-        g = p.grad
+        g = p.grad if self.grad_dtype is None else p.grad.to(self.grad_dtype)
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(g)
@@ -97,8 +108,11 @@ class Muon(torch.optim.Optimizer):
             g = g.add(buf, alpha=group["momentum"])
         if group["row_normalize"]:
             g = normalize_rows(g)
-        update = self.orthogonalize(g, steps=group["backend_steps"], dtype=self.ns_dtype, schedule=group["ns_schedule"])
-        return update * max(1, update.size(0) / update.size(1)) ** 0.5
+        rows = g.size(0) // group["row_blocks"]
+        blocks = g.reshape(-1, rows, g.size(1)) if group["row_blocks"] > 1 else g
+        update = self.orthogonalize(blocks, steps=group["backend_steps"], dtype=self.ns_dtype,
+                                    schedule=group["ns_schedule"]).reshape(g.shape)
+        return update * max(1, rows / update.size(1)) ** 0.5
 
     @torch.no_grad()
     def step(self, closure=None):

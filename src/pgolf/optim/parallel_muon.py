@@ -8,15 +8,22 @@ as they are. Per bank of B matrices, padded to a multiple of the world size W:
    still per-rank (``reduce_grads=True``: the training loop keeps the banks out of DDP, see
    :mod:`pgolf.optim.grad_sync`), or a plain slice when they are already averaged;
 2. Nesterov momentum, optional MuonEq-R row normalisation, and one batched Newton-Schulz on the
-   shard (momentum buffers live only on the rank that owns the matrix);
-3. an all-gather of the orthogonalised shards, then every rank applies every update.
+   shard, with R22 / R44's rounding order ``c * (A @ A)`` (momentum buffers live only on the rank
+   that owns the matrix);
+3. an all-gather of the orthogonalised shards, then every rank applies every update, the
+   ``sqrt(max(1, rows/cols))`` scale folded into the step size as R22 does (``alpha=-lr*scale``),
+   so the bf16 update is not rounded a second time by the scaling.
+
+With ``grad_dtype=torch.bfloat16`` the stacked gradients (and so the reduce-scatter and the
+momentum) are bf16, as R22 / R44's ``padded_grad`` and ``shard_mom`` buffers.
 
 Phase 1 can run ahead of :meth:`ParallelMuon.step`: :meth:`ParallelMuon.reduce_grad_shards`
 launches every bank's reduce-scatter asynchronously (the caller overlaps the small all-reduce of
 the other gradients with them), and the global gradient-norm clip can then scale the averaged
 shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
 
-The update equals plain :class:`pgolf.optim.muon.Muon`'s (tests compare them on 1 and 2 gloo ranks).
+The update equals plain :class:`pgolf.optim.muon.Muon`'s up to that rounding (tests compare them on
+1 and 2 gloo ranks; tests/optim/test_record_optimizers.py compares both with R22's and R44's own optimizers).
 Reductions are SUM then divide by W, not ``ReduceOp.AVG``: gloo has no AVG, and one formula keeps
 NCCL and the gloo CPU tests numerically alike. gloo implements ``reduce_scatter_tensor`` (torch >= 2.x),
 so there is no separate CPU path.
@@ -80,8 +87,8 @@ class ParallelMuon(Muon):
                 shard_size = -(-len(bank) // world)
                 owned = range(rank * shard_size, min((rank + 1) * shard_size, len(bank)))
                 if distributed and self.reduce_grads:
-                    shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
                     stacked = self._stack_grads(bank, range(shard_size * world))
+                    shard = torch.empty(shard_size, *bank[0].shape, device=bank[0].device, dtype=stacked.dtype)
                     work = dist.reduce_scatter_tensor(shard, stacked, op=dist.ReduceOp.SUM, async_op=True)
                     self._shards.append(_BankShard(bank, group, shard, owned, work, world, sent=stacked))
                 else:  # gradients already identical on every rank: stack only the owned ones
@@ -123,6 +130,8 @@ class ParallelMuon(Muon):
         bank, group, owned = s.bank, s.group, s.owned
         shard = s.wait()
         present = [p.grad is not None for p in bank]
+        rows, cols = bank[0].shape
+        block_rows = rows // group["row_blocks"]
         updates = torch.zeros(shard.shape[0], *bank[0].shape, device=bank[0].device, dtype=self.ns_dtype)
         nesterov_updates = []
         for j, i in enumerate(owned):
@@ -133,27 +142,27 @@ class ParallelMuon(Muon):
             stacked = torch.stack([u for _, u in nesterov_updates])
             if group["row_normalize"]:
                 stacked = normalize_rows(stacked)
-            ortho = newton_schulz(stacked, group["backend_steps"], dtype=self.ns_dtype,
-                                          schedule=group["ns_schedule"])
-            rows, cols = bank[0].shape
-            updates[idx] = ortho * max(1, rows / cols) ** 0.5
+            blocks = stacked.reshape(-1, block_rows, cols)  # row_blocks > 1: each block is a matrix
+            updates[idx] = newton_schulz(blocks, group["backend_steps"], dtype=self.ns_dtype, schedule=group["ns_schedule"],
+                                         square_first=True).reshape(stacked.shape)  # as R22 / R44 round it
         if distributed:
             full = torch.empty(updates.shape[0] * world, *bank[0].shape, device=updates.device, dtype=updates.dtype)
             dist.all_gather_into_tensor(full, updates)
         else:
             full = updates
         decay = group["lr"] * group["weight_decay"] * group["wd_scale"]
+        step_size = group["lr"] * max(1, block_rows / cols) ** 0.5
         for i, p in enumerate(bank):
             if not present[i]:
                 continue
             if decay != 0.0:
                 p.mul_(1.0 - decay)
-            p.add_(full[i].to(dtype=p.dtype), alpha=-group["lr"])
+            p.add_(full[i].to(dtype=p.dtype), alpha=-step_size)
 
-    @staticmethod
-    def _stack_grads(bank: list[Tensor], indices: range) -> Tensor:
-        """Gradients of ``bank[i]`` for i in ``indices``; zeros past the bank's end (padding) or without a grad."""
-        out = torch.zeros(len(indices), *bank[0].shape, device=bank[0].device, dtype=bank[0].dtype)
+    def _stack_grads(self, bank: list[Tensor], indices: range) -> Tensor:
+        """Gradients of ``bank[i]`` for i in ``indices`` (in ``grad_dtype`` if set); zeros past the bank's
+        end (padding) or without a grad."""
+        out = torch.zeros(len(indices), *bank[0].shape, device=bank[0].device, dtype=self.grad_dtype or bank[0].dtype)
         for j, i in enumerate(indices):
             if i < len(bank) and bank[i].grad is not None:
                 out[j] = bank[i].grad

@@ -172,7 +172,8 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | N
 def apply_schedules(s: Session, step: int, scale: float, frac: float) -> None:
     """Set everything scheduled for this step; ``frac`` is the training fraction in [0, 1].
 
-    The hook for schedule-driven switches (e.g. turning on depth recurrence at a fraction).
+    The hook for schedule-driven switches (e.g. turning on depth recurrence at a fraction; train_step
+    also sets the recurrence before its forward, so here it is already in place).
     """
     o = s.cfg.optim
     s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
@@ -192,6 +193,10 @@ def switch_recurrence(s: Session, active: bool, step: int) -> None:
 def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
     """One optimizer step over ``grad_accum_steps`` micro-batches; returns the mean train loss."""
     t = s.cfg.train
+    # before the forward, as the records switch it (R35 / R44 before step_fn): otherwise the first
+    # step would run with the loops the model is built with (all on) instead of off until ENABLE_LOOPING_AT
+    if s.model.cfg.num_loops:
+        switch_recurrence(s, frac >= t.enable_looping_at, step)
     s.opts.zero_grad()
     total = torch.zeros((), device=s.rt.device)
     for micro in range(s.grad_accum_steps):
