@@ -27,6 +27,10 @@ class ScoreFirstViolation(PgolfError):
 
 
 class ScoreLedger:
+    # A progress display's bar for the phase now running (pgolf.eval.phases.run_phase sets it): every
+    # evaluator, each TTT kind included, builds its own ledger deep inside, so this is the one place to count.
+    progress = None
+
     def __init__(self, tokens: np.ndarray, table: TorchByteTable, device: torch.device | str = "cpu"):
         self._tokens = torch.from_numpy(np.ascontiguousarray(tokens).astype(np.int64))
         self.device = torch.device(device)
@@ -90,6 +94,8 @@ class ScoreLedger:
         self._losses[idx] = losses.float()
         tokens = self._tokens_on_device()
         self.acc.add(losses, tokens[idx], tokens[idx + 1])
+        if ScoreLedger.progress is not None:
+            ScoreLedger.progress.update(idx_np.size)
 
     def merge_scored(self, start: int = 0, end: int | None = None) -> None:
         """Under torch.distributed, a collective: targets ``[start, end)`` scored on any rank count as
