@@ -69,3 +69,32 @@ def test_a_bad_setting_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv(progress.ENV, "loud")
     with pytest.raises(PgolfError, match="PGOLF_PROGRESS='loud': expected one of auto, bar, lines, off"):
         progress.display_mode()
+
+
+def test_run_phases_follow_one_another_and_a_counted_one_ends_itself(monkeypatch, capsys):
+    import contextlib
+
+    import numpy as np
+
+    monkeypatch.setenv(progress.ENV, "lines")
+    held = []
+
+    @contextlib.contextmanager
+    def context(name, shown):
+        held.append(name)
+        yield
+        held.append(f"/{name}")
+
+    run = progress.RunPhases("train: ", {"round trip": "round trip of the artifact"}, world_size=2,
+                             context=lambda name, shown: context(name, shown) if name == "sliding" else None)
+    run("compile warm-up")
+    bar = run("round trip", np.zeros(4097))  # 4096 targets, half of them this rank's
+    bar.update(2048)  # the whole share: done
+    run("sliding", np.zeros(4097))
+    run("")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": done in")[0] for line in lines] == [
+        "train: compile warm-up ...", "train: compile warm-up",
+        "train: round trip of the artifact, 2,048 tokens ...", "train: round trip of the artifact",
+        "train: sliding, 2,048 tokens ...", "train: sliding"]
+    assert held == ["sliding", "/sliding"]

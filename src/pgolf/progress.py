@@ -1,8 +1,8 @@
 """The pgolf CLI's display of its long phases (evaluation, compile warm-up, export, the demo's data), on stderr.
 
-On a terminal a phase that counts its work (tokens scored, steps) shows a transient tqdm bar.
-Elsewhere (a log file, a pipe, a test's capture), and for a phase that counts nothing (an export), a
-phase still running after :data:`DELAY_S` seconds gets one line then (``eval: standard windows, 8,140
+On a terminal a phase that counts its work (tokens scored) shows a transient tqdm bar. Elsewhere (a
+log file, a pipe, a test's capture), and for a phase that counts nothing (a compile warm-up), a phase
+still running after :data:`DELAY_S` seconds gets one line then (``eval: standard windows, 8,140
 windows of 128 ...``) and one when it ends (``eval: standard windows: done in 41.2 s``), so a
 redirected log is never silent for minutes and a short phase prints nothing. stdout is never
 written: a verb's ``--json`` stays its last stdout line.
@@ -11,8 +11,8 @@ written: a verb's ``--json`` stays its last stdout line.
 phase, at once), ``off``; unset or ``auto``: a bar on a terminal, else the delayed lines. (The
 training steps' own bar, in :mod:`pgolf.train.loop`, follows the terminal alone.)
 
-No module of the bundled training path imports this one: ``pgolf train`` hands :func:`phase` to the
-training loop (:attr:`pgolf.train.loop.Session.watch`), and a bundle runs without a display.
+No module of the bundled training path imports this one: ``pgolf train`` hands a :class:`RunPhases`
+to the training loop (:attr:`pgolf.train.loop.Session.watch`), and a bundle runs without a display.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
 from pgolf.errors import PgolfError
@@ -43,26 +43,30 @@ def display_mode() -> str:
     return "bar" if isatty is not None and isatty() else "delayed"
 
 
-class _Silent:
-    """What a phase yields without a bar: ``update`` costs a call and nothing else."""
+class Phase:
+    """One phase on show. ``update(n)`` counts ``n`` more of ``total`` (call it per batch, never per token
+    or window); reaching ``total`` ends the phase, as :meth:`close` does (closing twice is harmless)."""
 
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-class _Lines(_Silent):
-    """The start line (at once, or from a timer after ``delay`` seconds) and, if it was printed, the end line."""
-
-    def __init__(self, start_line: str, label: str, delay: float):
-        self.start_line, self.label, self.shown = start_line, label, False
+    def __init__(self, label: str, total: int, unit: str, detail: str, mode: str):
+        self.label, self.total, self.n = label, total, 0
         self.t0 = time.perf_counter()
-        self.timer = None
-        if delay <= 0:
-            self._show()
+        self.bar, self.timer, self.shown, self.closed = None, None, False, False
+        if mode == "off":
+            self.shown = True  # nothing to show, now or later
+        elif mode == "bar" and total:  # without a total a bar cannot move: the delayed lines say more
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
+                            dynamic_ncols=True, disable=False)
         else:
-            self.timer = threading.Timer(delay, self._show)
-            self.timer.daemon = True
-            self.timer.start()
+            detail = detail or (f"{total:,} {unit}{'s' if total != 1 else ''}" if total else "")
+            self.start_line = f"{label}{', ' + detail if detail else ''} ..."
+            if mode == "lines":
+                self._show()
+            else:
+                self.timer = threading.Timer(DELAY_S, self._show)
+                self.timer.daemon = True
+                self.timer.start()
 
     def _show(self) -> None:
         with _lock:
@@ -70,40 +74,77 @@ class _Lines(_Silent):
                 self.shown = True
                 print(self.start_line, file=sys.stderr, flush=True)
 
-    def close(self, finished: bool) -> None:
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        if self.total and self.n >= self.total:
+            self.close()
+
+    def close(self, finished: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+            return
         if self.timer is not None:
             self.timer.cancel()
         with _lock:
-            if self.shown:
-                seconds = time.perf_counter() - self.t0
-                end = f"done in {seconds:.1f} s" if finished else f"stopped after {seconds:.1f} s"
-                print(f"{self.label}: {end}", file=sys.stderr, flush=True)
-            self.shown = True  # a timer that fires after this prints nothing
+            if not self.shown:
+                self.shown = True  # a timer that fires after this prints nothing
+                return
+        seconds = time.perf_counter() - self.t0
+        end = f"done in {seconds:.1f} s" if finished else f"stopped after {seconds:.1f} s"
+        print(f"{self.label}: {end}", file=sys.stderr, flush=True)
 
 
-@contextmanager
-def phase(label: str, total: int = 0, unit: str = "token", detail: str = "") -> Iterator[_Silent]:
-    """Show phase ``label`` on stderr while the block runs; yields an object whose ``update(n)`` advances
-    the bar by ``n`` of ``total`` ``unit`` (call it per batch, never per token or window).
+def start(label: str, total: int = 0, unit: str = "token", detail: str = "") -> Phase:
+    """Show phase ``label`` on stderr until it is closed or counts ``total`` ``unit``.
 
     ``detail`` (e.g. ``8,140 windows of 128``; default: the total, ``1,040,256 tokens``) goes into the start line.
     """
-    mode = display_mode()
-    if mode == "off":
-        yield _Silent()
-        return
-    if mode == "bar" and total:  # without a total a bar cannot move: the delayed lines say more
-        from tqdm import tqdm
+    return Phase(label, total, unit, detail, display_mode())
 
-        with tqdm(total=total or None, desc=label, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
-                  dynamic_ncols=True, disable=False) as bar:
-            yield bar
-        return
-    detail = detail or (f"{total:,} {unit}{'s' if total != 1 else ''}" if total else "")
-    lines = _Lines(f"{label}{', ' + detail if detail else ''} ...", label, 0.0 if mode == "lines" else DELAY_S)
-    finished = False
+
+@contextmanager
+def phase(label: str, total: int = 0, unit: str = "token", detail: str = "") -> Iterator[Phase]:
+    """:func:`start` for the duration of a block; a block that raises ends it as stopped."""
+    shown = start(label, total, unit, detail)
     try:
-        yield lines
-        finished = True
-    finally:
-        lines.close(finished)
+        yield shown
+    except BaseException:
+        shown.close(finished=False)
+        raise
+    shown.close()
+
+
+class RunPhases:
+    """What ``pgolf train`` hands its loop as :attr:`pgolf.train.loop.Session.watch`: the phases of a run,
+    one after another. ``display(name, stream)`` starts phase ``name``, ending the one before; with the
+    val ``stream`` it scores, it counts this rank's share of the stream's targets and ends itself there.
+    ``display("")`` only ends the phase on show. Names are the loop's (``validation``, ``sliding``, ...),
+    ``labels`` spells them out. ``context(name, phase)``: a context manager held open while phase
+    ``name`` runs (one that counts what the phase's ledgers record, say), or None."""
+
+    def __init__(self, prefix: str, labels: dict[str, str], world_size: int = 1, context=None):
+        self.prefix, self.labels, self.world_size, self.context = prefix, labels, world_size, context
+        self.current: Phase | None = None
+        self.held = ExitStack()
+
+    def __call__(self, name: str, stream=None) -> Phase | None:
+        self.end()
+        if not name:
+            return None
+        total = 0 if stream is None else (len(stream) - 1) // self.world_size  # rank 0's share, about
+        self.current = start(f"{self.prefix}{self.labels.get(name, name)}", total)
+        held = self.context(name, self.current) if self.context is not None else None
+        if held is not None:
+            self.held.enter_context(held)
+        return self.current
+
+    def end(self, finished: bool = True) -> None:
+        self.held.close()
+        if self.current is not None:
+            self.current.close(finished)
+            self.current = None

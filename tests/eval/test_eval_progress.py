@@ -4,7 +4,6 @@ bar through the ledger."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from pgolf import progress
+from pgolf.eval.ledger import counting_into
 from pgolf.eval.phases import run_phase
 from pgolf.model.gpt import GPT
 from pgolf.presets import resolve_preset
@@ -22,32 +22,33 @@ from tests.eval.test_eval_cli import checkpoint, common, run_eval  # noqa: F401 
 
 
 class Counted:
-    """pgolf.progress.phase, recording each phase's total and what its bar was advanced by."""
+    """pgolf.progress.start, recording each phase's total and what its bar was advanced by."""
 
     def __init__(self, real):
         self.real, self.totals, self.counted = real, {}, {}
 
-    @contextlib.contextmanager
-    def phase(self, label, total=0, unit="token", detail=""):
+    def start(self, label, total=0, unit="token", detail=""):
         self.totals[label], self.counted[label] = total, 0
-        with self.real(label, total, unit, detail) as bar:
-            yield CountingBar(self.counted, label, bar)
+        return CountingPhase(self.counted, label, self.real(label, total, unit, detail))
 
 
-class CountingBar:
-    def __init__(self, counted: dict, label: str, bar):
-        self.counted, self.label, self.bar = counted, label, bar
+class CountingPhase:
+    def __init__(self, counted: dict, label: str, shown):
+        self.counted, self.label, self.shown = counted, label, shown
 
     def update(self, n=1):
         self.counted[self.label] += n
-        self.bar.update(n)
+        self.shown.update(n)
+
+    def close(self, finished=True):
+        self.shown.close(finished)
 
 
 def test_eval_shows_every_phase_on_stderr_and_keeps_json_last(capsys, monkeypatch, checkpoint, sp1024_model,
                                                                val_prefix_shard):
-    counted = Counted(progress.phase)
+    counted = Counted(progress.start)
     monkeypatch.setenv(progress.ENV, "lines")
-    monkeypatch.setattr(progress, "phase", counted.phase)
+    monkeypatch.setattr(progress, "start", counted.start)
     code, out, err = run_eval(capsys, "--checkpoint", str(checkpoint), *common(sp1024_model, val_prefix_shard),
                               "--stride", "64", "--json")
     assert code == 0, err
@@ -85,6 +86,7 @@ def test_ttt_scoring_steps_advance_the_bar_through_the_ledger(tiny_stream):
             Bar.n += n
             Bar.calls += 1
 
-    run_phase("ttt", model, tokens, 128, table, settings, bos_id, torch.device("cpu"), progress=Bar())
+    with counting_into(Bar()):
+        run_phase("ttt", model, tokens, 128, table, settings, bos_id, torch.device("cpu"))
     assert Bar.n == tokens.shape[0] - 1  # every target, counted once
     assert 1 < Bar.calls < Bar.n // 16  # per scoring step, not per target

@@ -210,6 +210,7 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     import numpy as np
 
     from pgolf.eval.evaluate import evaluate
+    from pgolf.eval.ledger import counting_into
     from pgolf.eval.phases import PHASE_LABELS, check_stride, configured_phases, run_phase
     from pgolf.eval.sliding import compiled_hidden
     from pgolf.progress import phase
@@ -225,9 +226,9 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     # compiled when the config compiles: its compile time counts, it is part of the evaluation
     hidden = compiled_hidden(model) if compile_enabled(cfg.train.compile, device) else None
     for name in configured_phases(cfg.eval):
-        with timer.phase(name), phase(f"eval: {PHASE_LABELS[name]}", targets) as bar:
+        with timer.phase(name), phase(f"eval: {PHASE_LABELS[name]}", targets) as bar, counting_into(bar):
             p = run_phase(name, model, tokens, seq_len, table, cfg.eval, int(sp.bos_id()), device, cfg.train.seed,
-                          args.batch_tokens, hidden, bar)
+                          args.batch_tokens, hidden)
         phases[name] = {"score": p.result.score.as_dict(), "losses": p.result.token_losses, **p.details}
     for p in phases.values():
         if p["losses"] is not None:

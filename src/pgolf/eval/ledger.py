@@ -12,6 +12,8 @@ which is what the flip check (:mod:`pgolf.check.flip`) compares between two runs
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -27,8 +29,9 @@ class ScoreFirstViolation(PgolfError):
 
 
 class ScoreLedger:
-    # A progress display's bar for the phase now running (pgolf.eval.phases.run_phase sets it): every
-    # evaluator, each TTT kind included, builds its own ledger deep inside, so this is the one place to count.
+    # A progress display's bar while a phase scores through ledgers (:func:`counting_into`, set by the
+    # CLI only): every evaluator, each TTT kind included, builds its own ledger deep inside, so
+    # recording is the one place to count.
     progress = None
 
     def __init__(self, tokens: np.ndarray, table: TorchByteTable, device: torch.device | str = "cpu"):
@@ -133,3 +136,14 @@ class ScoreLedger:
             first = a + int(np.argmin(self.scored[a:b]))
             raise PgolfError(f"evaluation left {missing} of {b - a} targets unscored (first: {first})")
         return self.acc.result()
+
+
+@contextmanager
+def counting_into(bar):
+    """While the block runs, every target any ledger records advances ``bar`` (a progress display's;
+    one update per scoring step)."""
+    ScoreLedger.progress = bar
+    try:
+        yield
+    finally:
+        ScoreLedger.progress = None

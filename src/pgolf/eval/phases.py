@@ -16,13 +16,13 @@ import torch
 
 from pgolf.config import EvalConfig
 from pgolf.errors import PgolfError
-from pgolf.eval.ledger import ScoreLedger
 from pgolf.eval.sliding import LedgerResult
 from pgolf.tokenizer.luts import TorchByteTable
 
 # The names of each phase's log lines at the end of a training run (the records' style).
 LOG_NAMES = {"sliding": "final_sliding_window", "ttt": "final_ttt"}
-# What a progress display calls each phase (pgolf.progress).
+# What a progress display calls each phase (pgolf.progress); its bar counts what the phase's ledgers
+# record (pgolf.eval.ledger.counting_into).
 PHASE_LABELS = {"sliding": "sliding windows", "ttt": "score-first TTT"}
 
 
@@ -65,23 +65,13 @@ def run_phase(
     seed: int = 0,
     batch_tokens: int = 65_536,
     hidden: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    progress=None,
 ) -> PhaseResult:
     """Run phase ``name`` on ``model`` (its weights are never changed: TTT adapts a copy).
 
     ``hidden``: a compiled ``model.hidden`` for the sliding phase
-    (:func:`pgolf.eval.sliding.compiled_hidden`); ``batch_tokens``: this process's sliding batch;
-    ``progress``: a display's bar, advanced by the targets of every scoring step (:attr:`ScoreLedger.progress`).
+    (:func:`pgolf.eval.sliding.compiled_hidden`); ``batch_tokens``: this process's sliding batch.
     """
     check_stride(e, seq_len)
-    ScoreLedger.progress = progress
-    try:
-        return _run_phase(name, model, tokens, seq_len, table, e, bos_id, device, seed, batch_tokens, hidden)
-    finally:
-        ScoreLedger.progress = None
-
-
-def _run_phase(name, model, tokens, seq_len, table, e, bos_id, device, seed, batch_tokens, hidden) -> PhaseResult:
     if name == "sliding":
         from pgolf.eval.sliding import evaluate_sliding
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,15 +77,15 @@ class Session:
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
-    watch: object | None = None  # the CLI's display of long phases (pgolf.progress.phase); a bundle runs without
+    watch: object | None = None  # the CLI's display of long phases (pgolf.progress.RunPhases); a bundle runs without
 
 
-def watched(s: Session, label: str, total: int = 0, unit: str = "token"):
-    """Phase ``label`` shown through the CLI's display (:attr:`Session.watch`), or not at all (a bundle, rank > 0).
-
-    Yields the bar to advance (``update(n)``) or None.
-    """
-    return s.watch(label, total, unit) if s.watch is not None else nullcontext()
+# Each call's arguments are names and constants: with no display (a bundle) the calls fold out of the shipped code.
+def watch(s: Session, name: str, stream=None):
+    """Show phase ``name`` (ending the one before; ``""``: just end it) through the CLI's display, which
+    counts the targets of the scored ``stream``; returns the bar to advance, or None (a bundle, rank > 0)."""
+    if s.watch is not None:
+        return s.watch(name, stream)
 
 
 def _sync(rt: Runtime) -> None:
@@ -229,19 +228,18 @@ def compile_warmup(s: Session) -> None:
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
         return
+    watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
     variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
-    with watched(s, "train: compile warm-up", steps * len(variants), "step") as bar:
-        for variant in variants:
-            label = f" {variant.describe()}" if len(variants) > 1 else ""
-            for i in range(steps):
-                set_variant(s.model, variant, s.cfg.quant)  # train_step's schedules must not move it
-                train_step(s, 1.0, 0, variant.training_frac)
-                if bar is not None:
-                    bar.update(1)
-                if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
-                    s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
-        prime_final_evaluation(s)
+    for variant in variants:
+        label = f" {variant.describe()}" if len(variants) > 1 else ""
+        for i in range(steps):
+            set_variant(s.model, variant, s.cfg.quant)  # train_step's schedules must not move it
+            train_step(s, 1.0, 0, variant.training_frac)
+            if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
+                s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
+    prime_final_evaluation(s)
+    watch(s, "")
     restore(s.model, s.opts, initial)
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
@@ -274,11 +272,11 @@ def sliding_batch_tokens(s: Session) -> int:
     return max(s.cfg.eval.val_batch_size // s.rt.world_size, s.cfg.eval_seq_len)
 
 
-def validate(s: Session, label: str) -> Score:
+def validate(s: Session, bar=None) -> Score:
+    """The standard-window score of the val tokens; ``bar``: a display's, from :func:`watch`."""
     e = s.cfg.eval
-    with watched(s, label, (s.val_tokens.shape[0] - 1) // s.rt.world_size) as bar:  # this rank's share, about
-        return evaluate(s.step_model, s.val_tokens, s.cfg.eval_seq_len, s.table, e.val_batch_size, s.rt.device,
-                        progress=bar).score
+    return evaluate(s.step_model, s.val_tokens, s.cfg.eval_seq_len, s.table, e.val_batch_size, s.rt.device,
+                    progress=bar).score
 
 
 def _reached_cap(s: Session, elapsed_ms: float, cap_ms: float | None) -> bool:
@@ -318,9 +316,10 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
 
     _sync(s.rt)
     t0 = time.perf_counter()
-    with watched(s, "train: GPTQ calibration"):
-        hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, s.loader,
-                                        t.train_batch_tokens, s.grad_accum_steps)
+    watch(s, "GPTQ calibration")
+    hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, s.loader,
+                                    t.train_batch_tokens, s.grad_accum_steps)
+    watch(s, "")
     _sync(s.rt)
     ms = 1000.0 * (time.perf_counter() - t0)
     s.run.log(f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms "
@@ -354,7 +353,7 @@ def run_training(s: Session) -> TrainStats:
             if last:
                 swap_in_average(s)
                 switch_recurrence(s, True, step)  # the artifact is always evaluated with its loops
-            score = validate(s, "train: final validation (before export)" if last else f"train: validation at step {step}")
+            score = validate(s, watch(s, "validation", s.val_tokens))
             s.run.log(
                 f"step:{step}/{t.iterations} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} "
                 f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms"
@@ -446,11 +445,12 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             from pgolf.quant.policy import quantize_for_export
 
             quantized = quantize_for_export(s.model.state_dict(), q, hessians)
-        with watched(s, "train: export"):
-            report = export_model(
-                s.model.state_dict(), path, {"config": s.cfg.to_dict()},
-                codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
-            )
+        watch(s, "export")
+        report = export_model(
+            s.model.state_dict(), path, {"config": s.cfg.to_dict()},
+            codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
+        )
+        watch(s, "")
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
     if s.rt.distributed:
@@ -466,7 +466,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
-    score = validate(s, "train: round trip of the artifact")
+    score = validate(s, watch(s, "round trip", s.val_tokens))
     _sync(s.rt)
     eval_s = time.perf_counter() - t0
     s.run.log(
@@ -481,14 +481,15 @@ def score_configured_phases(s: Session) -> dict[str, dict]:
 
     Returns name -> score fields, phase details and ``eval_time_s``; logs each in the records' style.
     """
-    from pgolf.eval.phases import LOG_NAMES, PHASE_LABELS, configured_phases, run_phase
+    from pgolf.eval.phases import LOG_NAMES, configured_phases, run_phase
     from pgolf.eval.timing import PhaseTimer
 
     e, seq_len, out, timer = s.cfg.eval, s.cfg.eval_seq_len, {}, PhaseTimer(s.rt.device)
     for name in configured_phases(e):
-        with timer.phase(name), watched(s, f"train: {PHASE_LABELS[name]}", (s.val_tokens.shape[0] - 1) // s.rt.world_size) as bar:
+        with timer.phase(name):
+            watch(s, name, s.val_tokens)
             phase = run_phase(name, s.model, s.val_tokens, seq_len, s.table, e, s.bos_id, s.rt.device, s.cfg.train.seed,
-                              sliding_batch_tokens(s), s.sliding_hidden, bar)
+                              sliding_batch_tokens(s), s.sliding_hidden)
         seconds = timer.phases[name]
         score = phase.result.score
         detail = " ".join(f"{k}:{v}" for k, v in phase.details.items())
