@@ -42,7 +42,7 @@ def test_off_a_terminal_a_long_phase_prints_both_lines(monkeypatch, capsys):
     monkeypatch.setattr(progress, "DELAY_S", 0.05)
     with progress.phase("train: round trip of the artifact", 1000) as lines:
         deadline = time.monotonic() + 10.0  # the timer fires after 0.05 s; a loaded machine may take longer
-        while not lines.shown and time.monotonic() < deadline:
+        while not lines.printed and time.monotonic() < deadline:
             time.sleep(0.02)
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "train: round trip of the artifact, 1,000 tokens ..."
@@ -63,6 +63,14 @@ def test_bar_mode_draws_a_tqdm_bar_on_stderr(monkeypatch, capsys):
         bar.update(4096)
     out, err = capsys.readouterr()
     assert out == "" and "eval: standard windows:   0%|" in err and "/4.10k" in err and bar.n == 4096
+
+
+@pytest.mark.parametrize("total", [0, 4096])
+def test_off_prints_nothing(monkeypatch, capsys, total):
+    monkeypatch.setenv(progress.ENV, "off")
+    with progress.phase("eval: standard windows", total) as bar:
+        bar.update(4096)
+    assert capsys.readouterr() == ("", "")
 
 
 def test_a_bad_setting_is_refused_in_one_line(monkeypatch):

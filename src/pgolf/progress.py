@@ -50,9 +50,11 @@ class Phase:
     def __init__(self, label: str, total: int, unit: str, detail: str, mode: str):
         self.label, self.total, self.n = label, total, 0
         self.t0 = time.perf_counter()
-        self.bar, self.timer, self.shown, self.closed = None, None, False, False
+        self.bar, self.timer = None, None
+        self.printed = False  # the start line is out
+        self.closed = False  # no start line may follow
         if mode == "off":
-            self.shown = True  # nothing to show, now or later
+            pass
         elif mode == "bar" and total:  # without a total a bar cannot move: the delayed lines say more
             from tqdm import tqdm
 
@@ -70,8 +72,8 @@ class Phase:
 
     def _show(self) -> None:
         with _lock:
-            if not self.shown:
-                self.shown = True
+            if not self.closed and not self.printed:
+                self.printed = True
                 print(self.start_line, file=sys.stderr, flush=True)
 
     def update(self, n: int = 1) -> None:
@@ -82,18 +84,16 @@ class Phase:
             self.close()
 
     def close(self, finished: bool = True) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self.bar is not None:
-            self.bar.close()
-            return
+        with _lock:  # against the timer: after this, it prints nothing
+            if self.closed:
+                return
+            self.closed = True
         if self.timer is not None:
             self.timer.cancel()
-        with _lock:
-            if not self.shown:
-                self.shown = True  # a timer that fires after this prints nothing
-                return
+        if self.bar is not None:
+            self.bar.close()
+        if not self.printed:
+            return
         seconds = time.perf_counter() - self.t0
         end = f"done in {seconds:.1f} s" if finished else f"stopped after {seconds:.1f} s"
         print(f"{self.label}: {end}", file=sys.stderr, flush=True)
