@@ -53,14 +53,12 @@ class Phase:
         self.bar, self.timer = None, None
         self.printed = False  # the start line is out
         self.closed = False  # no start line may follow
-        if mode == "off":
-            pass
-        elif mode == "bar" and total:  # without a total a bar cannot move: the delayed lines say more
+        if mode == "bar" and total:  # without a total a bar cannot move: the delayed lines say more
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=label, unit=unit, unit_scale=True, file=sys.stderr, leave=False,
                             dynamic_ncols=True, disable=False)
-        else:
+        elif mode != "off":
             detail = detail or (f"{total:,} {unit}{'s' if total != 1 else ''}" if total else "")
             self.start_line = f"{label}{', ' + detail if detail else ''} ..."
             if mode == "lines":
