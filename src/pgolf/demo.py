@@ -127,8 +127,11 @@ def _demo(args: argparse.Namespace) -> int:
         cfg.data.val_files = _check_real_data(data_dir, args.val)
         cfg.model.vocab_size = int(load_tokenizer(tokenizer).vocab_size())
     else:
+        from pgolf.progress import phase
+
         print("pgolf demo: building a corpus from Python's own documentation and training a tokenizer ...")
-        data_dir, tokenizer = build_demo_data(Path(args.work_dir), cfg.model.vocab_size)
+        with phase("demo: corpus, tokenizer and shards"):
+            data_dir, tokenizer = build_demo_data(Path(args.work_dir), cfg.model.vocab_size)
     cfg.data.data_path, cfg.data.tokenizer_path = str(data_dir), str(tokenizer)
     cfg.train.max_wallclock_seconds = args.seconds
     apply_overrides(cfg, args.overrides)

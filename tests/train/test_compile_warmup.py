@@ -143,8 +143,8 @@ def count_graphs(monkeypatch, name: str) -> list[int]:
 def test_compiled_run_compiles_nothing_after_the_warm_up(shared_data, tmp_path, monkeypatch, compile_with_eager_backend):
     graphs_per_step = count_graphs(monkeypatch, "train_step")
     # validation is outside the clock and this test: score the plain module rather than trace its graph too
-    monkeypatch.setattr(loop, "validate", lambda s: evaluate(s.model, s.val_tokens, s.cfg.eval_seq_len, s.table,
-                                                             s.cfg.eval.val_batch_size, s.rt.device).score)
+    monkeypatch.setattr(loop, "validate", lambda s, bar=None: evaluate(s.model, s.val_tokens, s.cfg.eval_seq_len, s.table,
+                                                                       s.cfg.eval.val_batch_size, s.rt.device).score)
     # 2 steps per variant: the base graph recompiles once on its second call (the filled RoPE cache)
     _, log = run_steps(switching_config(shared_data, "RUN_ID=c", "WARMUP_STEPS=2", "PGOLF_COMPILE=1"), tmp_path)
     assert "recurrence:on step:2" in log and "qat:on step:3" in log

@@ -91,12 +91,14 @@ def _resolve_config(args: argparse.Namespace, embedded: dict | None):
 
 def _eval(args: argparse.Namespace) -> int:
     from pgolf.eval.timing import PhaseTimer, limit_comparison
+    from pgolf.progress import display_mode
     from pgolf.runtime import device_name, pick_device
 
     if args.token_losses:  # refused before the evaluation, not after it
         from pgolf.files import check_writable
 
         check_writable(Path(args.token_losses).parent, "--token-losses folder")
+    display_mode()  # a bad PGOLF_PROGRESS is refused before any work
     device = pick_device(args.device)
     timer = PhaseTimer(device)
     args.preset_given = args.preset is not None
@@ -206,19 +208,23 @@ def _run_phases(args, cfg, model, sp, tokens, table, seq_len, device, timer) -> 
     import numpy as np
 
     from pgolf.eval.evaluate import evaluate
-    from pgolf.eval.phases import check_stride, configured_phases, run_phase
+    from pgolf.eval.ledger import counting_into
+    from pgolf.eval.phases import PHASE_LABELS, check_stride, configured_phases, run_phase
     from pgolf.eval.sliding import compiled_hidden
+    from pgolf.progress import phase
     from pgolf.runtime import compile_enabled
 
     check_stride(cfg.eval, seq_len)
     phases: dict = {}
-    with timer.phase("standard"):
-        result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses))
+    targets, windows = tokens.shape[0] - 1, (tokens.shape[0] - 1) // seq_len
+    with timer.phase("standard"), phase("eval: standard windows", targets, detail=f"{windows:,} windows of {seq_len}") as bar:
+        result = evaluate(model, tokens, seq_len, table, args.batch_tokens, device, keep_token_losses=bool(args.token_losses),
+                          progress=bar)
     phases["standard"] = {"score": result.score.as_dict(), "losses": result.token_losses}
     # compiled when the config compiles: its compile time counts, it is part of the evaluation
     hidden = compiled_hidden(model) if compile_enabled(cfg.train.compile, device) else None
     for name in configured_phases(cfg.eval):
-        with timer.phase(name):
+        with timer.phase(name), phase(f"eval: {PHASE_LABELS[name]}", targets) as bar, counting_into(bar):
             p = run_phase(name, model, tokens, seq_len, table, cfg.eval, int(sp.bos_id()), device, cfg.train.seed,
                           args.batch_tokens, hidden)
         phases[name] = {"score": p.result.score.as_dict(), "losses": p.result.token_losses, **p.details}

@@ -12,6 +12,8 @@ which is what the flip check (:mod:`pgolf.check.flip`) compares between two runs
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -27,6 +29,11 @@ class ScoreFirstViolation(PgolfError):
 
 
 class ScoreLedger:
+    # A progress display's bar while a phase scores through ledgers (:func:`counting_into`, set by the
+    # CLI only): every evaluator, each TTT kind included, builds its own ledger deep inside, so
+    # recording is the one place to count.
+    progress = None
+
     def __init__(self, tokens: np.ndarray, table: TorchByteTable, device: torch.device | str = "cpu"):
         self._tokens = torch.from_numpy(np.ascontiguousarray(tokens).astype(np.int64))
         self.device = torch.device(device)
@@ -90,6 +97,8 @@ class ScoreLedger:
         self._losses[idx] = losses.float()
         tokens = self._tokens_on_device()
         self.acc.add(losses, tokens[idx], tokens[idx + 1], idx + 1)
+        if ScoreLedger.progress is not None:
+            ScoreLedger.progress.update(idx_np.size)
 
     def merge_scored(self, start: int = 0, end: int | None = None) -> None:
         """Under torch.distributed, a collective: targets ``[start, end)`` scored on any rank count as
@@ -127,3 +136,14 @@ class ScoreLedger:
             first = a + int(np.argmin(self.scored[a:b]))
             raise PgolfError(f"evaluation left {missing} of {b - a} targets unscored (first: {first})")
         return self.acc.result()
+
+
+@contextmanager
+def counting_into(bar):
+    """While the block runs, every target any ledger records advances ``bar`` (a progress display's;
+    one update per scoring step)."""
+    ScoreLedger.progress = bar
+    try:
+        yield
+    finally:
+        ScoreLedger.progress = None

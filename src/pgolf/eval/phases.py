@@ -21,6 +21,9 @@ from pgolf.tokenizer.luts import TorchByteTable
 
 # The names of each phase's log lines at the end of a training run (the records' style).
 LOG_NAMES = {"sliding": "final_sliding_window", "ttt": "final_ttt"}
+# What a progress display calls each phase (pgolf.progress); its bar counts what the phase's ledgers
+# record (pgolf.eval.ledger.counting_into).
+PHASE_LABELS = {"sliding": "sliding windows", "ttt": "score-first TTT"}
 
 
 @dataclass

@@ -14,6 +14,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,13 +82,16 @@ def run_sweep(preset: str, shared: list[str], combos: list[list[str]], runs_dir:
         cmd = [*launcher, "-m", "pgolf.cli", "train", "--preset", preset, "--runs-dir", str(runs_dir), *sets,
                *(["--replace"] if replace else [])]
         echo(f"[{i + 1}/{len(combos)}] {' '.join(combo)}")
+        t0 = time.perf_counter()
+        # its log lines are in its train.log; its stderr (progress of its long phases, errors) is the sweep's
         code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
+        seconds = time.perf_counter() - t0
         run = None
         if run_state(runs_dir / run_id) is not None:  # failed runs too: `pgolf runs list --sweep` shows why
             register(runs_dir, runs_dir / run_id, sweep=name)
         if code == 0:
             run = load_run(runs_dir / run_id)
-        echo(f"    -> " + (f"val_bpb {run.metric('val_bpb'):.6f}" if run else f"FAILED (exit code {code})"))
+        echo(f"    -> " + (f"val_bpb {run.metric('val_bpb'):.6f}" if run else f"FAILED (exit code {code})") + f" in {seconds:.1f} s")
         results.append(SweepResult(tuple(combo), run_id, code, run))
     return results
 

@@ -8,6 +8,7 @@ did not finish is not appended to. Only an explicit replace (``pgolf train --rep
 While it trains, the run's ``status.json`` says ``running`` (with pid and host); at the end
 ``finished``, ``interrupted`` (Ctrl-C) or ``failed`` with the reason, which is also the last line
 of its ``train.log``. :func:`run_state` reads that back for ``pgolf runs`` and ``pgolf report``.
+Rank 0 shows the run's long phases on stderr (:mod:`pgolf.progress`).
 
 Kept out of the bundled ``train_gpt.py`` (it is not on the path of :func:`pgolf.train.loop.train`),
 so it costs the submission no code bytes.
@@ -139,10 +140,12 @@ def train_recorded(cfg: Config, runs_dir: str | Path = "runs", replace: bool = F
     Every rank checks before the process group forms (``init_runtime``'s barrier), so no rank can
     see the folder rank 0 is about to create; only rank 0 replaces and records.
     """
+    from pgolf.progress import display_mode
     from pgolf.runtime import pick_device
     from pgolf.train.loop import setup, train
     from pgolf.train.preflight import checkpoint_bytes, disk_problem, first_problem
 
+    display_mode()  # a bad PGOLF_PROGRESS is refused before anything is written
     runs_dir = Path(runs_dir)
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
     device = pick_device(cfg.train.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -152,13 +155,33 @@ def train_recorded(cfg: Config, runs_dir: str | Path = "runs", replace: bool = F
     if replace and rank == 0 and cfg.train.run_id:
         clear_run_dir(runs_dir / cfg.train.run_id)
     s = setup(cfg, runs_dir, echo=echo)
+    if s.rt.is_master:  # its long phases (validation, round trip, warm-up) shown on stderr
+        s.watch = run_phases(s.rt.world_size)
     set_status(s.run, "running", f"pid {os.getpid()} on {socket.gethostname()}", pid=os.getpid(), host=socket.gethostname())
     try:
         results = train(cfg, session=s)
     except BaseException as exc:
+        if s.watch is not None:
+            s.watch.end(finished=False)
         record_outcome(s.run, exc)
         if isinstance(exc, OSError):  # a write error that names no file: name the run's folder
             raise write_failure(exc, s.run.path) from None
         raise
+    if s.watch is not None:
+        s.watch.end()
     record_outcome(s.run)
     return results
+
+
+def run_phases(world_size: int):
+    """The display of a run's long phases (pgolf.progress), the loop's phase names spelled out; the
+    sliding and TTT phases count what their ledgers record."""
+    from pgolf.eval.ledger import counting_into
+    from pgolf.eval.phases import PHASE_LABELS
+    from pgolf.progress import RunPhases
+
+    def ledger_counting(name: str, shown):
+        return counting_into(shown) if name in PHASE_LABELS else None
+
+    labels = {"round trip": "round trip of the artifact", **PHASE_LABELS}
+    return RunPhases("train: ", labels, world_size, ledger_counting)

@@ -85,6 +85,15 @@ class Session:
     grad_sync: BankedGradSync | None = None  # multi-rank Parallel Muon: gradients reduced by hand, not by DDP
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
+    watch: object | None = None  # the CLI's display of long phases (pgolf.progress.RunPhases); a bundle runs without
+
+
+# Each call's arguments are names and constants: with no display (a bundle) the calls fold out of the shipped code.
+def watch(s: Session, name: str, stream=None):
+    """Show phase ``name`` (ending the one before; ``""``: just end it) through the CLI's display, which
+    counts the targets of the scored ``stream``; returns the bar to advance, or None (a bundle, rank > 0)."""
+    if s.watch is not None:
+        return s.watch(name, stream)
 
 
 def _sync(rt: Runtime) -> None:
@@ -233,6 +242,7 @@ def compile_warmup(s: Session) -> None:
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
         return
+    watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
     variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
     for variant in variants:
@@ -243,6 +253,7 @@ def compile_warmup(s: Session) -> None:
             if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
                 s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
     prime_final_evaluation(s)
+    watch(s, "")
     restore(s.model, s.opts, initial)
     if s.rt.distributed:
         s.step_model.require_backward_grad_sync = True
@@ -275,9 +286,11 @@ def sliding_batch_tokens(s: Session) -> int:
     return max(s.cfg.eval.val_batch_size // s.rt.world_size, s.cfg.eval_seq_len)
 
 
-def validate(s: Session) -> Score:
+def validate(s: Session, bar=None) -> Score:
+    """The standard-window score of the val tokens; ``bar``: a display's, from :func:`watch`."""
     e = s.cfg.eval
-    return evaluate(s.step_model, s.val_tokens, s.cfg.eval_seq_len, s.table, e.val_batch_size, s.rt.device).score
+    return evaluate(s.step_model, s.val_tokens, s.cfg.eval_seq_len, s.table, e.val_batch_size, s.rt.device,
+                    progress=bar).score
 
 
 def _reached_cap(s: Session, elapsed_ms: float, cap_ms: float | None) -> bool:
@@ -320,8 +333,10 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
 
     _sync(s.rt)
     t0 = time.perf_counter()
+    watch(s, "GPTQ calibration")
     hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, s.loader,
                                     t.train_batch_tokens, s.grad_accum_steps)
+    watch(s, "")
     _sync(s.rt)
     ms = 1000.0 * (time.perf_counter() - t0)
     s.run.log(f"gptq:collected {len(hessians)} Hessians from {'self' if q.gptq_ar_selfgen else 'train'} data in {ms:.0f}ms "
@@ -358,7 +373,7 @@ def run_training(s: Session) -> TrainStats:
             if last:
                 swap_in_average(s)
                 switch_recurrence(s, True, step)  # the artifact is always evaluated with its loops
-            score = validate(s)
+            score = validate(s, watch(s, "validation", s.val_tokens))
             s.run.log(
                 f"step:{step}/{t.iterations} val_loss:{score.val_loss:.4f} val_bpb:{score.val_bpb:.4f} "
                 f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms"
@@ -450,10 +465,12 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             from pgolf.quant.policy import quantize_for_export
 
             quantized = quantize_for_export(s.model.state_dict(), q, hessians)
+        watch(s, "export")
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
             codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
         )
+        watch(s, "")
         size = dataclasses.asdict(report)
         s.run.log(report.summary())
     if s.rt.distributed:
@@ -469,7 +486,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
     s.model.load_state_dict(state, strict=True)
-    score = validate(s)
+    score = validate(s, watch(s, "round trip", s.val_tokens))
     _sync(s.rt)
     eval_s = time.perf_counter() - t0
     s.run.log(
@@ -490,6 +507,7 @@ def score_configured_phases(s: Session) -> dict[str, dict]:
     e, seq_len, out, timer = s.cfg.eval, s.cfg.eval_seq_len, {}, PhaseTimer(s.rt.device)
     for name in configured_phases(e):
         with timer.phase(name):
+            watch(s, name, s.val_tokens)
             phase = run_phase(name, s.model, s.val_tokens, seq_len, s.table, e, s.bos_id, s.rt.device, s.cfg.train.seed,
                               sliding_batch_tokens(s), s.sliding_hidden)
         seconds = timer.phases[name]
