@@ -196,3 +196,33 @@ def test_config_refuses_pruning_without_intn_codes():
     with pytest.raises(PgolfError, match="scope is empty"):
         build_config("tiny_cpu", ["PGOLF_PRUNE_ONES=1", "PGOLF_QUANT_SCHEME=int6", "PGOLF_PRUNE_SCOPE= , "], environ={})
     validate(build_config("tiny_cpu", ["PGOLF_PRUNE_ONES=1", "PGOLF_QUANT_SCHEME=int6"], environ={}))
+
+
+def test_a_training_run_with_prune_ones_writes_the_pruned_artifact(shared_data, tmp_path):
+    from pgolf.train.loop import ARTIFACT_NAME, compile_warmup, export_and_score, run_training, setup
+
+    data = shared_data / "datasets"
+    cfg = build_config("tiny_cpu", [
+        f"DATA_PATH={data / 'fineweb10B_sp1024_trainsample'}",
+        f"VAL_FILES={data / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+        f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+        "ITERATIONS=2", "VAL_MAX_TOKENS=2048", "TRAIN_LOG_EVERY=0", "RUN_ID=p",
+        "PGOLF_QUANT_SCHEME=embed=int6,*=int4,small=4096", "PGOLF_COMPRESSOR=zlib",
+        "PGOLF_PRUNE_ONES=1", "PGOLF_PRUNE_TARGET_BYTES=1", "PGOLF_PRUNE_SCOPE=mlp",
+    ], environ={})
+    s = setup(cfg, tmp_path, echo=False)
+    compile_warmup(s)
+    run_training(s)
+    float_state = {k: v.detach().clone() for k, v in s.model.state_dict().items()}
+    export_and_score(s)
+    on_disk, _ = read_artifact(tmp_path / "p" / ARTIFACT_NAME)
+    rtn = quantize_state_dict_policy(float_state, cfg.quant.scheme)
+    mlp = [e.name for e in rtn if e.kind == KIND_INTN and ".mlp." in e.name]
+    assert mlp and all((rtn.entry(n).values.abs() == 1).any() for n in mlp)
+    for e in rtn:  # an unreachable target: every in-scope +-1 code zeroed, nothing else touched
+        expected = e.values.clone()
+        if e.name in mlp:
+            expected[expected.abs() == 1] = 0
+        assert torch.equal(on_disk.entry(e.name).values, expected), e.name
+    log = (tmp_path / "p" / "train.log").read_text()
+    assert "selective_prune:" in log and "does NOT fit" in log
