@@ -25,7 +25,7 @@ from pgolf.quant.lowbit import dequantize_weight
 from pgolf.quant.policy import parse_policy, quantize_for_export
 
 PRESETS = ["sp8192_recur_parres_ttt", "sp8192_lqer_sparsegate_bossmear"]
-BATCHES, SEQ = 2, 48
+BATCHES, SEQ = 2, 24
 ROWS = 1024  # GPTQ rounds each row on its own (errors flow along a row), so a block of rows is exact
 
 
