@@ -247,6 +247,11 @@ class QuantConfig:
     lqer_factor_bits: int = _f(4, "LQER_FACTOR_BITS", "LQER sym: factor bits", "in 2..8")
     lqer_asym_enabled: bool = _f(True, "LQER_ASYM_ENABLED", "LQER asym: A int2, B int4 per group")
     lqer_asym_group: int = _f(64, "LQER_ASYM_GROUP", "LQER asym: B group size", POS)
+    # Selective +-1 pruning (pgolf.quant.prune; README "GPTQ, calibration and LQER"), R24's.
+    prune_ones: bool = _f(False, "PGOLF_PRUNE_ONES", "zero the cheapest +-1 codes (cost scale^2) until the artifact fits the target (R24)")
+    prune_target_bytes: int = _f(
+        16_000_000, "PGOLF_PRUNE_TARGET_BYTES", "with PGOLF_PRUNE_ONES: model + code bytes to fit (default the cap)", POS)
+    prune_scope: str = _f("attn,mlp", "PGOLF_PRUNE_SCOPE", "with PGOLF_PRUNE_ONES: roles or globs whose intN codes may be zeroed")
 
 
 @dataclass
@@ -450,6 +455,12 @@ def _validate_quant(q: QuantConfig) -> None:
         parse_policy(q.scheme)
     if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS:  # literals fold in a bundle
         raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
+    if q.prune_ones:
+        from pgolf.quant.prune import parse_scope
+
+        if q.scheme == "int8":
+            raise PgolfError("PGOLF_PRUNE_ONES=1 needs an intN quant policy (PGOLF_QUANT_SCHEME=int8 stores no intN codes)")
+        parse_scope(q.prune_scope)
 
 
 def _validate_optim(o: "OptimConfig") -> None:

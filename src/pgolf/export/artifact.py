@@ -107,6 +107,18 @@ def make_size_report(bytes_model: int, bytes_code: int, code_source: str, files:
     return SizeReport(bytes_model, bytes_code, total, SIZE_CAP_BYTES - total, code_source, tuple(files))
 
 
+def _counted_code(files: Iterable[str | os.PathLike[str]] | None) -> tuple[tuple[Path, ...], str]:
+    """The code files a size report counts (see the module docstring) and how to name them."""
+    bundle = bundle_files() if files is None else None
+    if bundle is not None:
+        return bundle, f"bundle {', '.join(p.name for p in bundle)}"
+    if files is None:
+        paths = code_files()
+        return paths, f"{len(paths)} pgolf module files imported"
+    paths = tuple(Path(f) for f in files)
+    return paths, f"{len(paths)} given code files"
+
+
 def size_report(
     artifact_path: str | os.PathLike[str], files: Iterable[str | os.PathLike[str]] | None = None
 ) -> SizeReport:
@@ -114,15 +126,7 @@ def size_report(
     path = Path(artifact_path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
-    bundle = bundle_files() if files is None else None
-    if bundle is not None:
-        paths, source = bundle, f"bundle {', '.join(p.name for p in bundle)}"
-    elif files is None:
-        paths = code_files()
-        source = f"{len(paths)} pgolf module files imported"
-    else:
-        paths = tuple(Path(f) for f in files)
-        source = f"{len(paths)} given code files"
+    paths, source = _counted_code(files)
     return make_size_report(
         os.path.getsize(path), count_code_bytes(paths), source, (_display_name(p) for p in paths)
     )
@@ -164,3 +168,20 @@ def export_model(
         report = size_report(tmp, files)
         check_under_cap(report)
     return report
+
+
+def prune_to_fit_artifact(
+    quantized: QuantizedState, meta: dict[str, Any], target_bytes: int, scope: str, *,
+    files: Iterable[str | os.PathLike[str]] | None = None, codec: str = "zlib", shuffle: bool = False,
+):
+    """R24's selective +-1 pruning (pgolf.quant.prune) against this module's byte count: each
+    candidate state costs its encoded artifact (as :func:`export_model` writes it) plus the code."""
+    from pgolf.export.container import encode_artifact
+    from pgolf.quant.prune import parse_scope, prune_to_fit
+
+    code_bytes = count_code_bytes(_counted_code(files)[0])  # pgolf.quant.prune is imported: it counts
+
+    def size_of(q: QuantizedState) -> int:
+        return len(encode_artifact(q, meta, codec, shuffle=shuffle)) + code_bytes
+
+    return prune_to_fit(quantized, size_of, target_bytes, parse_scope(scope))

@@ -96,10 +96,12 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scheme: Scheme) -> tuple[Tensor, T
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    # The records' order (R24, R35, R44): damp, then sort the damped diagonal, so the damping's
+    # float sum and any ties it makes in the order are theirs.
+    h.diagonal().add_(DAMP * torch.diagonal(h).mean())
     perm = torch.argsort(torch.diagonal(h), descending=True)
     inv = torch.argsort(perm)
     w, h, s = w[:, perm], h[perm][:, perm], col_scale[:, perm]
-    h += DAMP * torch.diagonal(h).mean() * torch.eye(cols)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.zeros_like(w)
     for b0 in range(0, cols, BLOCK):

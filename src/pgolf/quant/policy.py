@@ -57,6 +57,11 @@ def tensor_role(name: str) -> str:
     return "other"
 
 
+def pattern_matches(pattern: str, name: str) -> bool:
+    """Whether a policy pattern (``*``, a role, or a glob on the name) matches tensor ``name``."""
+    return pattern == "*" or pattern == tensor_role(name) or (pattern not in ROLES and fnmatch.fnmatchcase(name, pattern))
+
+
 @dataclass(frozen=True)
 class Policy:
     """Ordered ``(pattern, scheme)`` rules plus the keep-float size threshold."""
@@ -65,9 +70,8 @@ class Policy:
     small_numel: int = KEEP_FLOAT_MAX_NUMEL
 
     def scheme_for(self, name: str) -> Scheme:
-        role = tensor_role(name)
         for pattern, scheme in self.rules:
-            if pattern == "*" or pattern == role or (pattern not in ROLES and fnmatch.fnmatchcase(name, pattern)):
+            if pattern_matches(pattern, name):
                 return scheme
         return Scheme(FAMILY_REF)
 

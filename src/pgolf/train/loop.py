@@ -465,6 +465,17 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             from pgolf.quant.policy import quantize_for_export
 
             quantized = quantize_for_export(s.model.state_dict(), q, hessians)
+        if q.prune_ones:  # R24's selective +-1 pruning, against the export's own byte count
+            from pgolf.export.artifact import prune_to_fit_artifact
+            from pgolf.quant.policy import quantize_state_dict_policy
+
+            if quantized is None:
+                quantized = quantize_state_dict_policy(s.model.state_dict(), q.scheme)
+            watch(s, "selective prune")
+            pruned = prune_to_fit_artifact(quantized, {"config": s.cfg.to_dict()}, q.prune_target_bytes, q.prune_scope,
+                                           codec=q.compressor, shuffle=q.byte_shuffle)
+            quantized = pruned.state
+            s.run.log(pruned.summary(q.prune_target_bytes))
         watch(s, "export")
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
