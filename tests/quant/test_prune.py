@@ -1,9 +1,10 @@
-"""Selective +-1 pruning (pgolf.quant.prune) against R24's own code: same quantized tensors and the
-same size measure give the same zeroed set; through the export, the artifact fits with the fewest
+"""Selective +-1 pruning (pgolf.quant.prune) against R24's rule restated here: same quantized tensors
+and the same size measure give the same zeroed set; through the export, the artifact fits with the fewest
 codes zeroed, and what is on disk is the pruned state."""
 
 from __future__ import annotations
 
+import bisect
 import io
 import lzma
 
@@ -22,50 +23,37 @@ from pgolf.quant.prune import plus_minus_one_candidates, prune_to_fit, zero_firs
 POLICY = "embed=int8:sd20,attn=int6:sd12.85,mlp=int6:sd12.85,small=0"
 
 
-def r24_selective_prune(quant_result: dict, quant_meta: dict, target_mb: float, code_bytes_est: int) -> dict:
-    """R24's selective +-1 pruning, transcribed line for line (R24 is not among the oracles, whose
-    folder is read-only here) from openai/parameter-golf @ 4908dc46f2, records/track_10min_16mb/
-    2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072/train_gpt.py (blob 72c213f638), main(), lines
-    1995-2041; only its log0 calls are dropped and the function returns ``quant_result``."""
-    ones_info = []  # (tensor_key, flat_idx, error)
-    for name, info in quant_meta.items():
-        if not (isinstance(info, dict) and info.get("type") == "int6"): continue
-        qk, sk = name + ".q", name + ".scale"
-        if qk not in quant_result or sk not in quant_result: continue
-        q, s = quant_result[qk], quant_result[sk]
-        if s.ndim > 0:
-            ones_mask = (q.abs() == 1)
-            if ones_mask.any():
-                row_idx = torch.arange(q.shape[0]).unsqueeze(1).expand_as(q)[ones_mask]
-                flat_idx = torch.arange(q.numel()).reshape(q.shape)[ones_mask]
-                errors = s.float()[row_idx].pow(2)
-                for fi, err in zip(flat_idx.tolist(), errors.tolist()):
-                    ones_info.append((qk, fi, err))
-    if ones_info:
-        ones_info.sort(key=lambda x: x[2])
-        def _try_prune(n):
-            tmp = {k: v.clone() for k, v in quant_result.items()}
-            for i in range(min(n, len(ones_info))):
-                tmp[ones_info[i][0]].view(-1)[ones_info[i][1]] = 0
-            buf = io.BytesIO(); torch.save({"w": tmp, "m": quant_meta}, buf)
-            return len(lzma.compress(buf.getvalue(), preset=9)) + code_bytes_est, tmp
-        no_sz, _ = _try_prune(0)
-        target_bytes = int(target_mb * 1024 * 1024)
-        if no_sz <= target_bytes:
-            pass
-        else:
-            full_sz, _ = _try_prune(len(ones_info))
-            if full_sz > target_bytes:
-                _, quant_result = _try_prune(len(ones_info))
-            else:
-                lo, hi = 0, len(ones_info)
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    sz, _ = _try_prune(mid)
-                    if sz <= target_bytes: hi = mid
-                    else: lo = mid + 1
-                _, quant_result = _try_prune(lo)
-    return quant_result
+def r24_pruned_count(fits, candidates: int) -> int:
+    """How many of the cheapest +-1 codes R24's selective pruning zeroes (2026-03-25 ValCalib GPTQ
+    record, ``main()``; R24 is not among the oracles), restated from its rule: none when the artifact
+    already fits, all when even zeroing all does not fit, else a bisection over the prefix length in
+    [0, candidates) for the first that fits; ``fits(n)`` measures the artifact with n zeroed."""
+    if fits(0):
+        return 0
+    if not fits(candidates):
+        return candidates
+    return bisect.bisect_left(range(candidates + 1), True, lo=0, hi=candidates, key=fits)
+
+
+def r24_candidates(q: QuantizedState) -> list[tuple[str, int]]:
+    """R24's pruning candidates in its order: every |q| == 1 code of its int6 tensors, cost the row's
+    scale squared, stably sorted by cost (ties keep tensor order, then position)."""
+    listed = []
+    for e in q:
+        if e.bits == 6:
+            flat = e.values.reshape(-1)
+            for f in torch.nonzero(flat.abs() == 1).flatten().tolist():
+                listed.append((e.name, f, e.scale.float()[f // e.values.shape[1]].pow(2).item()))
+    listed.sort(key=lambda x: x[2])
+    return [(n, f) for n, f, _ in listed]
+
+
+def r24_prune(q: QuantizedState, first: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+    """The codes of ``q`` with the listed codes zeroed."""
+    codes = {e.name: e.values.clone() for e in q}
+    for name, f in first:
+        codes[name].view(-1)[f] = 0
+    return codes
 
 
 def r24_layout(q: QuantizedState) -> tuple[dict, dict]:
@@ -78,9 +66,11 @@ def r24_layout(q: QuantizedState) -> tuple[dict, dict]:
     return result, meta
 
 
-def r24_size(q: QuantizedState, code_bytes: int) -> int:
-    """What R24's ``_try_prune`` measures, for a pgolf state."""
+def r24_size(q: QuantizedState, code_bytes: int, codes: dict[str, torch.Tensor] | None = None) -> int:
+    """What R24 measures for each try: lzma preset 9 of ``torch.save`` of its layout, plus code bytes."""
     result, meta = r24_layout(q)
+    for name, values in (codes or {}).items():
+        result[name + ".q"] = values
     buf = io.BytesIO()
     torch.save({"w": result, "m": meta}, buf)
     return len(lzma.compress(buf.getvalue(), preset=9)) + code_bytes
@@ -121,15 +111,7 @@ def test_candidates_are_r24s_in_r24s_order(quantized):
     cand = plus_minus_one_candidates(quantized)
     names = quantized.names()
     listed = [(names[int(i)], int(f)) for i, f in zip(cand.entry, cand.flat)]
-    # R24's list: every |q| == 1 code of its int6 tensors, cost scale^2, stable sort by cost.
-    expected = []
-    for e in quantized:
-        if e.bits == 6:
-            q = e.values
-            for f in torch.nonzero(q.reshape(-1).abs() == 1).flatten().tolist():
-                expected.append((e.name, f, e.scale.float()[f // q.shape[1]].pow(2).item()))
-    expected.sort(key=lambda x: x[2])
-    assert listed == [(n, f) for n, f, _ in expected]
+    assert listed == r24_candidates(quantized)
     assert len({c for c in cand.cost.tolist()}) < len(cand)  # ties exist, so their order was checked
 
 
@@ -143,10 +125,14 @@ def test_pruned_set_is_r24s(quantized, where):
     target_mb = target / (1024 * 1024)
     target_bytes = int(target_mb * 1024 * 1024)  # R24's own rounding of its MiB target
     ours = prune_to_fit(quantized, lambda q: r24_size(q, code_bytes), target_bytes)
-    result, meta = r24_layout(quantized)
-    theirs = r24_selective_prune(result, meta, target_mb, code_bytes)
+    listed = r24_candidates(quantized)
+
+    def fits(n: int) -> bool:
+        return r24_size(quantized, code_bytes, r24_prune(quantized, listed[:n])) <= target_bytes
+
+    theirs = r24_prune(quantized, listed[: r24_pruned_count(fits, len(listed))])
     ours_zeroed = zeroed(quantized, lambda n: ours.state.entry(n).values)
-    theirs_zeroed = zeroed(quantized, lambda n: theirs[n + ".q"])
+    theirs_zeroed = zeroed(quantized, lambda n: theirs[n])
     assert ours_zeroed == theirs_zeroed
     assert len(ours_zeroed) == ours.pruned
     assert ours.fits == (where != "never_fits")
