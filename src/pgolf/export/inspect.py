@@ -114,3 +114,11 @@ def role_totals(rows: list[ByteRow]) -> dict[str, int]:
         role = CONTAINER_GROUP if not name else first if first in ROLES else tensor_role(name)
         out[role] = out.get(role, 0) + r.file_bytes
     return out
+
+
+def ordered_roles(totals: dict[str, int]) -> dict[str, int]:
+    """Role totals in one fixed order (:data:`pgolf.quant.policy.ROLES`, then the container), as every verb shows them."""
+    from pgolf.quant.policy import ROLES
+
+    order = [*ROLES, CONTAINER_GROUP]
+    return {role: totals[role] for role in sorted(totals, key=lambda r: order.index(r) if r in order else len(order))}
