@@ -31,7 +31,7 @@ from pgolf.config import from_dict
 from pgolf.errors import PgolfError
 from pgolf.files import check_writable, make_folder, os_error_line, write_failure
 from pgolf.export.artifact import (
-    BUNDLE_KIND, CODE_KIND_NOTES, SIZE_CAP_BYTES, SizeReport, count_code_bytes, make_size_report, recorded_size_report, size_report,
+    BUNDLE_KIND, CODE_KIND_NOTES, SIZE_CAP_BYTES, SizeReport, count_code_bytes, make_size_report, size_report,
 )
 from pgolf.experiments.read import IDENTITY_FIELDS, LOG, Run, config_differences, load_run
 
@@ -107,8 +107,7 @@ def seed_size(run: Run, script: Path) -> SizeReport:
     artifact = run.path / ARTIFACT_NAME
     if artifact.is_file():
         return size_report(artifact, [script])
-    model = recorded_size_report(run.results).bytes_model
-    return make_size_report(model, count_code_bytes([script]), f"bundle {script.name}", [script.name])
+    return make_size_report(int(run.results["bytes_model"]), count_code_bytes([script]), f"bundle {script.name}", [script.name])
 
 
 def seed_row(run: Run, size: SizeReport) -> dict:
