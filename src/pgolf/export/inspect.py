@@ -12,7 +12,9 @@ Attribution rule (exact by construction):
   the group's largest tensor. The last prefix is the whole payload, so the rows sum to the file.
 
 A group is a tensor key's prefix before ``/`` (v2: role.part.layout, e.g. ``mlp.codes.int5``;
-v1: ``values`` or ``scale``).
+v1: ``values`` or ``scale``). A role (:func:`role_totals`) is the tensor's job in the model (embed,
+head, attn, mlp, other) whatever its layout, plus ``container`` (header and metadata): the split
+``pgolf quant inspect`` and ``pgolf report`` show for every artifact, the reference int8 one included.
 """
 
 from __future__ import annotations
