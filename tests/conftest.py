@@ -82,6 +82,24 @@ def stock_bundle(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def finished_run(shared_data, tmp_path_factory) -> Path:
+    """``runs/w``: a finished tiny_cpu run on the real data (3 steps, a 4,096-token val prefix), its
+    artifact int8 with ``small=4096`` (so its matrices and embedding hold int8 values and scales, as a
+    real export does). Shared by the tests that read a run; none of them may change it."""
+    from pgolf.presets import build_config
+    from pgolf.train.loop import train
+
+    d = shared_data / "datasets"
+    runs = tmp_path_factory.mktemp("runs")
+    sets = [f"DATA_PATH={d / 'fineweb10B_sp1024_trainsample'}",
+            f"VAL_FILES={d / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+            f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+            "ITERATIONS=3", "VAL_MAX_TOKENS=4096", "TRAIN_LOG_EVERY=0", "PGOLF_QUANT_SCHEME=int8,small=4096", "RUN_ID=w"]
+    train(build_config("tiny_cpu", sets, environ={}), runs_dir=runs, echo=False)
+    return runs / "w"
+
+
 # -- oracles: the reference and record scripts (../shared/oracles or PGOLF_ORACLES), imported on CPU,
 # never copied (tests/oracles.py); where absent, the test using them is skipped in one line.
 

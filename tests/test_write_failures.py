@@ -107,17 +107,6 @@ def data_sets(shared_data: Path) -> list[str]:
             "--set=ITERATIONS=3", "--set=VAL_MAX_TOKENS=4096", "--set=TRAIN_LOG_EVERY=0"]
 
 
-@pytest.fixture(scope="module")
-def finished_run(shared_data, tmp_path_factory) -> Path:
-    from pgolf.presets import build_config
-    from pgolf.train.loop import train
-
-    runs = tmp_path_factory.mktemp("runs")
-    sets = [s.removeprefix("--set=") for s in data_sets(shared_data)]
-    train(build_config("tiny_cpu", [*sets, "RUN_ID=w"], environ={}), runs_dir=runs, echo=False)
-    return runs / "w"
-
-
 def eval_inputs(shared_data: Path) -> list[str]:
     return ["--tokenizer", str(shared_data / "tokenizers" / "fineweb_1024_bpe.model"),
             "--val", str(shared_data / "datasets" / "fineweb10B_sp1024_valprefix" / "fineweb_val_000000.bin"),

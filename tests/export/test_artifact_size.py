@@ -91,7 +91,7 @@ def test_size_report_measures_the_file(tmp_path):
     r = size_report(path, [code])
     assert (r.bytes_model, r.bytes_code, r.bytes_total) == (1234, 5, 1239)
     assert r.headroom == SIZE_CAP_BYTES - 1239 and not r.over_cap
-    assert r.code_files == (str(code),) and r.code_source == "1 given code files"
+    assert r.code_files == (str(code),) and r.code_source == "bundle c.py" and r.code_kind == "bundle"
     line = r.summary()
     assert "\n" not in line and "1,239" in line and "1,234" in line and "15,998,761 bytes under" in line
     with pytest.raises(PgolfError, match="not found"):

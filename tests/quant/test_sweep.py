@@ -42,7 +42,8 @@ def test_sweep_writes_every_pair_with_measured_sizes(shared_data, tmp_path, run_
     for i, r in enumerate(rows):
         path = tmp_path / f"sweep_{i // 2}_{r['compressor']}.pgolf"
         assert r["bytes_model"] == os.path.getsize(path)
-        assert r["bytes_total"] > r["bytes_model"] and r["headroom"] == 16_000_000 - r["bytes_total"]
+        assert r["bytes_total"] == r["bytes_model"] + r["bytes_code"] and r["headroom"] == 16_000_000 - r["bytes_total"]
+        assert r["code_kind"] == "package"  # a loose checkpoint: no run recorded its code, this process's modules count
     # int4 on every matrix loses more than int8 (which keeps these small matrices as fp16).
     assert rows[2]["quant_gap_bpb"] > rows[0]["quant_gap_bpb"]
     assert len(list(csv.DictReader((tmp_path / "sweep.csv").open()))) == 4
@@ -61,7 +62,7 @@ def test_the_plot_zooms_to_the_points_and_labels_each_one():
     from pgolf.quant.sweep import SweepRow, draw_sweep
 
     # a small model: every artifact about 100 KB, far under the 16 MB cap
-    rows = [SweepRow(policy, codec, size, size + 50_000, 16_000_000 - size - 50_000, bpb, bpb - 2.0, 10)
+    rows = [SweepRow(policy, codec, size, 50_000, size + 50_000, 16_000_000 - size - 50_000, "package", "x", bpb, bpb - 2.0, 10)
             for policy, codec, size, bpb in [("int8", "zlib", 61_000, 2.01), ("int8", "zstd", 58_000, 2.01),
                                               ("int6", "zlib", 47_000, 2.05), ("int4", "zlib", 33_000, 2.3)]]
     fig, ax = plt.subplots()

@@ -148,8 +148,8 @@ def test_submit_refuses_runs_of_different_configurations(seeded, run_pgolf, tmp_
     assert not (tmp_path / "records" / "track_10min_16mb").exists() or not any((tmp_path / "records" / "track_10min_16mb").iterdir())
 
 
-SEED_FIELDS = {"val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes", "bytes_model", "bytes_code", "steps",
-               "step_avg_ms", "train_time_s", "eval_time_s", "run_id"}
+SEED_FIELDS = {"val_bpb", "val_loss", "pre_quant_val_bpb", "artifact_bytes", "bytes_model", "bytes_code", "code_kind",
+               "code_source", "headroom", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "run_id"}
 SUMMARY_FIELDS = {"val_bpb", "val_loss", "val_bpb_std", "val_loss_std", "bytes_total", "artifact_bytes_mean",
                   "train_steps_mean", "step_avg_ms_mean", "train_time_s_mean", "eval_time_s_mean", "hardware",
                   "pytorch_version", "python_version", "pgolf_version"}

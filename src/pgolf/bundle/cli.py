@@ -15,18 +15,42 @@ def _bundle(args: argparse.Namespace) -> int:
 
     from pgolf.bundle.build import build_bundle
 
+    from pgolf.export.artifact import checked_bundle
+
+    if args.artifact is not None:
+        checked_bundle(args.artifact, "--artifact")  # one line, before the build
     make_out_folder(Path(args.output).parent)
     report = build_bundle(config_from_args(args), args.output, tree_shake=not args.no_shake, specialise=not args.no_specialise,
                           keep_checks=args.keep_checks)
+    size = bundled_size(report, args.artifact)
     if args.json:
-        print(json.dumps(dataclasses.asdict(report), sort_keys=True))
+        print(json.dumps({**dataclasses.asdict(report), "size": size.breakdown() if size else None}, sort_keys=True))
         return 0
     print(report.summary())
     tried = ", ".join(f"{codec} {size:,}" for codec, size in report.candidates)
     print(f"code bytes: raw {report.bytes_raw:,} -> minified {report.bytes_minified:,} -> wrapped {report.bytes_wrapped:,} ({tried})")
     if report.codec == "brotli":
         print("note: the script imports brotli, so it must be installed where it runs (add it to requirements.txt)")
+    for line in size_lines(report, size, args.artifact):
+        print(line)
     return 0
+
+
+def bundled_size(report, artifact: str | None):
+    """The size of ``artifact`` with this bundle as its code (the one accounting), or None without one."""
+    from pgolf.export.artifact import size_report
+
+    return size_report(artifact, [report.path]) if artifact is not None else None
+
+
+def size_lines(report, size, artifact: str | None) -> list[str]:
+    """The breakdown every verb prints; without --artifact only its bytes_code line and what it counts."""
+    from pgolf.export.artifact import BUNDLE_KIND, CODE_KIND_NOTES, code_line
+
+    if size is not None:
+        return size.lines(artifact)
+    return [code_line(report.bytes_wrapped, BUNDLE_KIND, f"bundle {Path(report.path).name}"), CODE_KIND_NOTES[BUNDLE_KIND],
+            "(--artifact runs/<run_id>/model.pgolf adds a model: bytes_model, bytes_total and headroom with this bundle as the code)"]
 
 
 def register(subparsers) -> None:
@@ -49,5 +73,7 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-checks", action="store_true",
                         help="keep the package's input checks (one-line errors for bad data, paths or env values); "
                              "by default a bundle strips them to save code bytes")
+    parser.add_argument("--artifact", metavar="PATH",
+                        help="an artifact (model.pgolf): print its size with this bundle as the code bytes")
     parser.add_argument("--json", action="store_true", help="print the size report as JSON")
     parser.set_defaults(handler=_bundle)

@@ -83,13 +83,18 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from pgolf.experiments.index import resolve
-    from pgolf.experiments.report import write_report
+    from pgolf.experiments.report import report_sizes, write_report
 
     runs = [resolve(args.runs_dir, name, finished=False) for name in args.runs]
     written = write_report(runs, args.output)
+    sizes = report_sizes(runs)
     if args.json:
-        print(json.dumps({"files": [str(p) for p in written]}))
+        print(json.dumps({"files": [str(p) for p in written], "sizes": {r: s.breakdown() for r, s in sizes.items()}}))
         return 0
+    for run_id, size in sizes.items():
+        print(f"{run_id}:")
+        for line in size.lines(f"{run_id}'s artifact file"):
+            print(f"  {line}")
     for path in written:
         print(path)
     return 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from pgolf.export.artifact import SIZE_CAP_BYTES
+from pgolf.export.artifact import CODE_KIND_NOTES, SIZE_CAP_BYTES, SizeReport, recorded_size_report, size_report
 from pgolf.experiments.read import Run, config_differences
 from pgolf.files import atomic_target, atomic_write, check_writable, make_folder
 
@@ -83,15 +83,24 @@ GROUP_COLORS = {"embed": "tab:blue", "head": "tab:cyan", "attn": "tab:orange", "
                 "container": "tab:gray", "model": "tab:olive", "code": "tab:red"}
 
 
-def artifact_groups(run: Run) -> dict[str, int]:
-    """The run's artifact bytes by tensor role (exact, :func:`pgolf.export.inspect.role_totals`) plus
-    ``code``; one ``model`` total when the artifact file is not in the run folder."""
-    from pgolf.export.inspect import attribute_bytes, role_totals
+def run_size(run: Run) -> SizeReport:
+    """The run's size as every verb shows it: its artifact file measured now, its code as the run counted
+    it (results.json); the recorded numbers alone when the artifact is not in the run folder."""
     from pgolf.train.loop import ARTIFACT_NAME
 
     artifact = run.path / ARTIFACT_NAME
-    groups = role_totals(attribute_bytes(artifact)) if artifact.is_file() else {"model": run.results["bytes_model"]}
-    return {**groups, "code": run.results["bytes_code"]}
+    return size_report(artifact, recorded=run.results) if artifact.is_file() else recorded_size_report(run.results)
+
+
+def artifact_groups(run: Run) -> dict[str, int]:
+    """The run's artifact bytes by tensor role (exact, :func:`pgolf.export.inspect.role_totals`) plus
+    ``code`` (:func:`run_size`'s); one ``model`` total when the artifact file is not in the run folder."""
+    from pgolf.export.inspect import attribute_bytes, ordered_roles, role_totals
+    from pgolf.train.loop import ARTIFACT_NAME
+
+    artifact, size = run.path / ARTIFACT_NAME, run_size(run)
+    groups = ordered_roles(role_totals(attribute_bytes(artifact))) if artifact.is_file() else {"model": size.bytes_model}
+    return {**groups, "code": size.bytes_code}
 
 
 def _sizes(plt, runs: list[Run], path: Path) -> dict[str, dict[str, int]]:
@@ -131,8 +140,18 @@ def _groups_table(groups: dict[str, dict[str, int]]) -> str:
     return f"<h2>Artifact bytes by tensor group</h2><table><tr>{head}</tr>{rows}</table>"
 
 
-def _html(runs: list[Run], groups: dict[str, dict[str, int]], plots: list[str]) -> str:
-    cols = ("status", "val_bpb", "val_loss", "quant_gap_bpb", "bytes_total", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
+def _sizes_table(sizes: dict[str, SizeReport]) -> str:
+    """Each run's size under the labels and in the order of every verb, and what its code count is."""
+    fields = ("bytes_model", "bytes_code", "code_kind", "bytes_total", "headroom")
+    head = "".join(f"<th>{f}</th>" for f in ("run", *fields))
+    rows = "".join(f"<tr><td>{html.escape(run_id)}</td>" + "".join(
+        f"<td>{html.escape(_fmt(size.breakdown()[f]))}</td>" for f in fields) + "</tr>" for run_id, size in sizes.items())
+    notes = "".join(f"<p>{html.escape(CODE_KIND_NOTES[kind])}.</p>" for kind in dict.fromkeys(s.code_kind for s in sizes.values()))
+    return f"<h2>Artifact size (cap {SIZE_CAP_BYTES:,} bytes)</h2><table><tr>{head}</tr>{rows}</table>{notes}"
+
+
+def _html(runs: list[Run], groups: dict[str, dict[str, int]], plots: list[str], sizes: dict[str, SizeReport]) -> str:
+    cols = ("status", "val_bpb", "val_loss", "quant_gap_bpb", "steps", "step_avg_ms", "train_time_s", "eval_time_s", "device")
     head = "".join(f"<th>{c}</th>" for c in ("run",) + cols)
     body = []
     for run in runs:
@@ -148,6 +167,7 @@ def _html(runs: list[Run], groups: dict[str, dict[str, int]], plots: list[str]) 
         "img{max-width:100%}</style></head><body><h1>pgolf report</h1>"
         f"<table><tr>{head}</tr>{''.join(body)}</table>"
         + (f"<h2>Config: {html.escape(runs[0].run_id)} vs {html.escape(runs[-1].run_id)}</h2><table>{diff_rows}</table>" if diffs else "")
+        + (_sizes_table(sizes) if sizes else "")
         + (_groups_table(groups) if groups else "")
         + f"{images}</body></html>\n"
     )
@@ -179,5 +199,10 @@ def write_report(runs: list[Run], out_dir: str | Path) -> list[Path]:
         groups = _sizes(plt, finished, out / PLOTS[3])
     plots = list(PLOTS if finished else PLOTS[:2])
     page = out / "index.html"
-    atomic_write(page, _html(runs, groups, plots).encode())
+    atomic_write(page, _html(runs, groups, plots, report_sizes(runs)).encode())
     return [out / p for p in plots] + [page]
+
+
+def report_sizes(runs: list[Run]) -> dict[str, SizeReport]:
+    """:func:`run_size` of each finished run, by run id."""
+    return {run.run_id: run_size(run) for run in runs if run.results}

@@ -12,7 +12,9 @@ Attribution rule (exact by construction):
   the group's largest tensor. The last prefix is the whole payload, so the rows sum to the file.
 
 A group is a tensor key's prefix before ``/`` (v2: role.part.layout, e.g. ``mlp.codes.int5``;
-v1: ``values`` or ``scale``).
+v1: ``values`` or ``scale``). A role (:func:`role_totals`) is the tensor's job in the model (embed,
+head, attn, mlp, other) whatever its layout, plus ``container`` (header and metadata): the split
+``pgolf quant inspect`` and ``pgolf report`` show for every artifact, the reference int8 one included.
 """
 
 from __future__ import annotations
@@ -114,3 +116,11 @@ def role_totals(rows: list[ByteRow]) -> dict[str, int]:
         role = CONTAINER_GROUP if not name else first if first in ROLES else tensor_role(name)
         out[role] = out.get(role, 0) + r.file_bytes
     return out
+
+
+def ordered_roles(totals: dict[str, int]) -> dict[str, int]:
+    """Role totals in one fixed order (:data:`pgolf.quant.policy.ROLES`, then the container), as every verb shows them."""
+    from pgolf.quant.policy import ROLES
+
+    order = [*ROLES, CONTAINER_GROUP]
+    return {role: totals[role] for role in sorted(totals, key=lambda r: order.index(r) if r in order else len(order))}

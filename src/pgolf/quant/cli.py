@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from pgolf.cli_vocab import add_json_flag, make_out_folder
@@ -13,18 +12,20 @@ from pgolf.config_cli import add_config_arguments
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from pgolf.export.artifact import SIZE_CAP_BYTES  # imported here: `pgolf --help` must not import torch
+    from pgolf.export.artifact import checked_bundle, size_for  # imported here: `pgolf --help` must not import torch
     from pgolf.export.codecs import CODECS
-    from pgolf.export.inspect import attribute_bytes, group_totals
+    from pgolf.export.inspect import attribute_bytes, group_totals, ordered_roles, role_totals
 
+    checked_bundle(args.bundle)
     rows = attribute_bytes(args.artifact)
-    size = os.path.getsize(args.artifact)
+    size = size_for(args.artifact, args.bundle)
     with open(args.artifact, "rb") as f:
         codec = CODECS[f.read(10)[9]].name
     total = sum(r.file_bytes for r in rows)
+    roles, groups = ordered_roles(role_totals(rows)), group_totals(rows)
     if args.json:
-        print(json.dumps({"artifact": args.artifact, "codec": codec, "file_bytes": size, "attributed_bytes": total,
-                          "headroom_model_only": SIZE_CAP_BYTES - size, "groups": group_totals(rows),
+        print(json.dumps({"artifact": args.artifact, "codec": codec, "file_bytes": size.bytes_model, "attributed_bytes": total,
+                          "roles": roles, "groups": groups, "size": size.breakdown(),
                           "tensors": [] if args.groups_only else [vars(r) for r in rows]}, sort_keys=True))
         return 0
     if not args.groups_only:
@@ -32,10 +33,17 @@ def _inspect(args: argparse.Namespace) -> int:
         for r in rows:
             print(f"{r.file_bytes:>12,} {r.stored_bytes:>12,}  {r.key}")
         print()
-    print(f"{'file bytes':>12}  group")
-    for group, b in group_totals(rows).items():
-        print(f"{b:>12,}  {group}")
-    print(f"{total:>12,}  total ({codec}; file size {size:,}; model-only headroom {SIZE_CAP_BYTES - size:,} of {SIZE_CAP_BYTES:,})")
+    print(f"{'file bytes':>12}  role")
+    for role, b in roles.items():
+        print(f"{b:>12,}  {role}")
+    print(f"{total:>12,}  total ({codec}; the file's size, bytes_model)")
+    if any("." in g for g in groups):  # v2 keys name their storage (role.part.layout): worth a second split
+        print(f"\n{'file bytes':>12}  storage group")
+        for group, b in groups.items():
+            print(f"{b:>12,}  {group}")
+    print()
+    for line in size.lines(args.artifact):
+        print(line)
     return 0
 
 
@@ -43,6 +51,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pgolf.eval.cli import _load_into, _load_state, _resolve_config, eval_tokenizer_path, eval_val_spec
     from pgolf.eval.evaluate import evaluate
     from pgolf.eval.valdata import load_validation
+    from pgolf.export.artifact import checked_bundle, size_for
     from pgolf.files import check_writable
     from pgolf.model.gpt import build_model
     from pgolf.quant.policy import nothing_quantized_warning
@@ -52,6 +61,7 @@ def _sweep(args: argparse.Namespace) -> int:
     from pgolf.runtime import pick_device
 
     specs = [parse_sweep_spec(p) for p in args.schemes]  # refuse bad input before the slow loading
+    checked_bundle(args.bundle)
     check_compressors(args.compressors.split(","))
     out = make_out_folder(args.out)
     check_writable(out, "--out")
@@ -76,7 +86,8 @@ def _sweep(args: argparse.Namespace) -> int:
         return _calibration_hessians(model, cfg, args, device)
 
     float_bpb, rows = run_sweep(
-        state, args.schemes, args.compressors.split(","), score, out, hessians if any(sp.gptq for sp in specs) else None, cfg.quant
+        state, args.schemes, args.compressors.split(","), score, out, hessians if any(sp.gptq for sp in specs) else None, cfg.quant,
+        size_of=lambda path: size_for(path, args.bundle, run_file=args.checkpoint),
     )
     written = write_outputs(float_bpb, rows, out)
     for policy in nothing_quantized_policies(rows):
@@ -119,12 +130,16 @@ def register(subparsers) -> None:
                               description="Look inside an artifact's bytes, or try quantization policies and compressors "
                               "on a checkpoint by a real round trip.")
     sub = p.add_subparsers(dest="quant_verb", metavar="ACTION", required=True)
-    ins = sub.add_parser("inspect", help="bytes per tensor and per group, summing exactly to the file size",
+    ins = sub.add_parser("inspect", help="bytes per tensor and per tensor role, summing exactly to the file size",
                          description="Attribute every byte of an artifact file to a tensor (or to the container's header "
-                         "and metadata) and total them per group; the totals sum to the file size.")
+                         "and metadata) and total them per tensor role (embed, head, attn, mlp, other, container; v2 "
+                         "artifacts also per storage group); the totals sum to the file size. Then the artifact's size "
+                         "against the cap: its code bytes are --bundle's, else those its run counted (results.json "
+                         "beside the file), else the pgolf modules this command imported.")
     ins.add_argument("artifact", help="a pgolf artifact (model.pgolf)")
-    ins.add_argument("--groups-only", action="store_true", help="print only the per-group totals")
-    add_json_flag(ins, "the per-tensor and per-group bytes")
+    ins.add_argument("--groups-only", action="store_true", help="print only the per-role (and per-group) totals")
+    ins.add_argument("--bundle", metavar="PATH", help="count this shipped train_gpt.py as the code bytes")
+    add_json_flag(ins, "the per-tensor, per-role and per-group bytes and the size")
     ins.set_defaults(handler=_inspect)
     sw = sub.add_parser("sweep", help="evaluate quantization policies x compressors by round trip",
                         description="Quantize a checkpoint with each policy, write it with each compressor, read it back "
@@ -145,6 +160,9 @@ def register(subparsers) -> None:
     sw.add_argument("--max-tokens", type=int, default=0, help="score only the first N val tokens (default: all)")
     sw.add_argument("--batch-tokens", type=int, default=65_536, help="tokens per forward batch")
     sw.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto)")
+    sw.add_argument("--bundle", metavar="PATH",
+                    help="count this shipped train_gpt.py as the code bytes (default: the code the checkpoint's run "
+                    "counted, from results.json beside it; else the pgolf modules this command imported)")
     sw.add_argument("--out", default=".", metavar="DIR",
                     help="folder for the artifacts and sweep.csv/.json/.png, created when missing (default: .)")
     add_json_flag(sw, "the float score and every row")

@@ -2,7 +2,9 @@
 
 For each policy the checkpoint is quantized once; for each compressor the artifact is written
 (export/artifact.py sizes it: bytes_model is the file, bytes_total adds the code, headroom to the
-16,000,000-byte cap), read back from disk and dequantized. Decoded weights must equal the
+16,000,000-byte cap; the code count is the one the checkpoint's run recorded, or a given bundle's,
+and is measured once every artifact is written, so every row counts the same code), read back from
+disk and dequantized. Decoded weights must equal the
 in-memory quantized weights bit for bit (checked for every pair), so val_bpb is evaluated once per
 policy with eval/evaluate.py; the quantization gap is that minus the float checkpoint's val_bpb.
 Results go to a table on stdout plus ``sweep.csv``, ``sweep.json`` and ``sweep.png`` (val_bpb
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.export.artifact import SIZE_CAP_BYTES, size_report
+from pgolf.export.artifact import CODE_KIND_NOTES, SIZE_CAP_BYTES, SizeReport, size_report
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS
 from pgolf.export.container import read_artifact, write_artifact
 from pgolf.files import atomic_target, atomic_write
@@ -63,8 +65,11 @@ class SweepRow:
     policy: str
     compressor: str
     bytes_model: int
+    bytes_code: int
     bytes_total: int
     headroom: int
+    code_kind: str  # "package" or "bundle" (pgolf.export.artifact.CODE_KIND_NOTES)
+    code_source: str  # what was counted: "bundle train_gpt.py", "85 pgolf module files imported, by its run", ...
     val_bpb: float
     quant_gap_bpb: float
     quantized_tensors: int  # 0: the policy kept every tensor as it was (all at or under its small= size)
@@ -87,12 +92,13 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], where:
 
 def run_sweep(
     state: dict, policies: list[str], compressors: list[str], score, out_dir: Path, hessians=None,
-    quant: QuantConfig | None = None,
+    quant: QuantConfig | None = None, size_of=size_report,
 ) -> tuple[float, list[SweepRow]]:
     """``score(state_dict) -> val_bpb``; artifacts are written to ``out_dir``.
 
     ``hessians() -> {name: H}`` provides the calibration Hessians of ``gptq:`` entries (called at
-    most once); ``quant`` gives the LQER settings of ``lqer:`` entries (default: QuantConfig()).
+    most once); ``quant`` gives the LQER settings of ``lqer:`` entries (default: QuantConfig());
+    ``size_of(path) -> SizeReport`` sizes each artifact (default: this process's code count).
     """
     specs = [parse_sweep_spec(p) for p in policies]
     check_compressors(compressors)
@@ -100,7 +106,7 @@ def run_sweep(
         raise PgolfError("a gptq: sweep entry needs calibration Hessians")
     quant = quant or QuantConfig()
     float_bpb = score(state)
-    rows = []
+    scored = []
     cached: dict = {}
     for i, (policy, spec) in enumerate(zip(policies, specs)):
         if spec.gptq and "h" not in cached:
@@ -114,24 +120,34 @@ def run_sweep(
         for codec in compressors:
             path = out_dir / f"sweep_{i}_{codec}.pgolf"
             write_artifact(path, quantized, {"policy": policy}, codec)
-            report = size_report(path)
             loaded = dequantize(read_artifact(path)[0])
             _same_weights(expected, loaded, str(path))
             if bpb is None:
                 bpb = score(loaded)
-            rows.append(SweepRow(policy, codec, report.bytes_model, report.bytes_total, report.headroom, bpb, bpb - float_bpb,
-                                 count))
+            scored.append((path, policy, codec, bpb, count))
+    # sized last: modules imported on the way (GPTQ, LQER) count in every row alike
+    rows = [sweep_row(policy, codec, size_of(path), bpb, bpb - float_bpb, count) for path, policy, codec, bpb, count in scored]
     return float_bpb, rows
 
 
+def sweep_row(policy: str, codec: str, size: SizeReport, bpb: float, gap: float, count: int) -> SweepRow:
+    return SweepRow(policy, codec, size.bytes_model, size.bytes_code, size.bytes_total, size.headroom, size.code_kind,
+                    size.code_source, bpb, gap, count)
+
+
 def format_table(float_bpb: float, rows: list[SweepRow]) -> str:
-    head = f"{'bytes_model':>12} {'bytes_total':>12} {'headroom':>12} {'val_bpb':>10} {'gap':>9} {'quantized':>9}  compressor  policy"
+    """The rows, with the size columns in the order and under the labels of every verb
+    (:data:`pgolf.export.artifact.SIZE_FIELDS`), then what the code count is."""
+    head = (f"{'bytes_model':>12} {'bytes_code':>12} {'bytes_total':>12} {'headroom':>12} {'val_bpb':>10} {'gap':>9} "
+            f"{'quantized':>9}  compressor  policy")
     lines = [f"float checkpoint val_bpb {float_bpb:.6f}; cap {SIZE_CAP_BYTES:,} bytes", head]
     for r in rows:
         lines.append(
-            f"{r.bytes_model:>12,} {r.bytes_total:>12,} {r.headroom:>12,} {r.val_bpb:>10.6f} {r.quant_gap_bpb:>+9.6f} "
-            f"{r.quantized_tensors:>9}  {r.compressor:<10}  {r.policy}"
+            f"{r.bytes_model:>12,} {r.bytes_code:>12,} {r.bytes_total:>12,} {r.headroom:>12,} {r.val_bpb:>10.6f} "
+            f"{r.quant_gap_bpb:>+9.6f} {r.quantized_tensors:>9}  {r.compressor:<10}  {r.policy}"
         )
+    for kind, source in dict.fromkeys((r.code_kind, r.code_source) for r in rows):
+        lines.append(f"bytes_code: {kind}: {source}; {CODE_KIND_NOTES[kind]}")
     return "\n".join(lines)
 
 

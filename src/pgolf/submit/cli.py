@@ -84,12 +84,25 @@ def _submit(args: argparse.Namespace) -> int:
     sub = Submission(args.name, args.author, args.github_id, args.track, args.blurb, args.date)
     path = write_records_folder(args.runs, sub, args.records_dir, bundle=args.bundle, significance=sig, significance_text=text)
     if args.json:
-        print(json.dumps({"path": str(path), "files": sorted(p.name for p in path.iterdir())}))
+        print(json.dumps({"path": str(path), "files": sorted(p.name for p in path.iterdir()),
+                          "sizes": {seed: size.breakdown() for seed, size in submitted_sizes(path).items()}}))
         return 0
     print(f"wrote {path}")
     for name in sorted(p.name for p in path.iterdir()):
         print(f"  {name}")
+    for seed, size in submitted_sizes(path).items():
+        print(f"seed {seed}:")
+        for line in size.lines(f"seed {seed}'s artifact file"):
+            print(f"  {line}")
     return 0
+
+
+def submitted_sizes(folder) -> dict:
+    """Each seed's size as submission.json holds it, through the one size accounting (pgolf.export.artifact)."""
+    from pgolf.export.artifact import recorded_size_report
+
+    data = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
+    return {seed: recorded_size_report(row) for seed, row in data["seed_results"].items()}
 
 
 def register(subparsers) -> None:

@@ -5,7 +5,8 @@ table, sizes, timings, config and its diff from the baseline preset, significanc
 ``submission.json`` (the fields records use), every seed's ``train_seed<N>.log``, the bundled
 ``train_gpt.py`` and ``requirements.txt``. Runs whose configurations differ (other than seed, run id
 and data locations) are refused; every seed given is kept and reported. Code bytes are the
-bundle's bytes, so each seed's total is its artifact bytes plus the shipped script.
+bundle's bytes, so each seed's total is its artifact bytes plus the shipped script
+(:func:`seed_size`, through the one size accounting of :mod:`pgolf.export.artifact`).
 
 The record track (``10min_16mb``) takes only runs comparable with its records
 (:mod:`pgolf.check.track`): any finding refuses the folder, one line per reason. A given
@@ -29,7 +30,9 @@ from pgolf.check.track import RECORD_TRACK, facts_from_run, track_findings
 from pgolf.config import from_dict
 from pgolf.errors import PgolfError
 from pgolf.files import check_writable, make_folder, os_error_line, write_failure
-from pgolf.export.artifact import SIZE_CAP_BYTES
+from pgolf.export.artifact import (
+    BUNDLE_KIND, CODE_KIND_NOTES, SIZE_CAP_BYTES, SizeReport, count_code_bytes, make_size_report, size_report,
+)
 from pgolf.experiments.read import IDENTITY_FIELDS, LOG, Run, config_differences, load_run
 
 TRACKS = ("10min_16mb", "non_record_16mb")
@@ -96,13 +99,25 @@ def folder_name(sub: Submission) -> str:
     return f"{sub.date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()}_{slug}"
 
 
-def seed_row(run: Run, bundle_bytes: int) -> dict:
+def seed_size(run: Run, script: Path) -> SizeReport:
+    """A seed's size with the shipped ``script`` as its code: its artifact file when the run folder has
+    it, else the model bytes the run recorded."""
+    from pgolf.train.loop import ARTIFACT_NAME
+
+    artifact = run.path / ARTIFACT_NAME
+    if artifact.is_file():
+        return size_report(artifact, [script])
+    return make_size_report(int(run.results["bytes_model"]), count_code_bytes([script]), f"bundle {script.name}", [script.name])
+
+
+def seed_row(run: Run, size: SizeReport) -> dict:
     r = run.results
     return {
         "val_loss": r["val_loss"], "val_bpb": r["val_bpb"],
         "pre_quant_val_bpb": r["pre_quant"]["val_bpb"],
-        "artifact_bytes": r["bytes_model"] + bundle_bytes,
-        "bytes_model": r["bytes_model"], "bytes_code": bundle_bytes,
+        "artifact_bytes": size.bytes_total,  # the records' name for bytes_total
+        "bytes_model": size.bytes_model, "bytes_code": size.bytes_code, "code_kind": size.code_kind,
+        "code_source": size.code_source, "headroom": size.headroom,
         "steps": r["steps"], "step_avg_ms": round(r["step_avg_ms"], 2),
         "train_time_s": round(r["train_time_s"], 2), "eval_time_s": round(r["eval_time_s"], 2),
         "run_id": run.run_id,
@@ -113,8 +128,10 @@ def _std(values: list[float]) -> float | None:
     return stdev(values) if len(values) >= 2 else None
 
 
-def submission_json(sub: Submission, runs: list[Run], bundle_bytes: int, significance: dict | None) -> dict:
-    rows = {str(run.seed): seed_row(run, bundle_bytes) for run in runs}
+def submission_json(sub: Submission, runs: list[Run], sizes: list[SizeReport], significance: dict | None) -> dict:
+    """``sizes``: each run's :func:`seed_size`, in the order of ``runs``."""
+    rows = {str(run.seed): seed_row(run, size) for run, size in zip(runs, sizes)}
+    bundle_bytes = sizes[0].bytes_code
     bpb = [row["val_bpb"] for row in rows.values()]
     loss = [row["val_loss"] for row in rows.values()]
     sizes = [row["artifact_bytes"] for row in rows.values()]
@@ -168,7 +185,8 @@ def readme(sub: Submission, data: dict, runs: list[Run], bundle_name: str, signi
         lines += [sub.blurb, ""]
     lines += ["## Results", "", *_table(data["seed_results"]), "",
               f"Every seed that was run is listed. Code bytes: {data['bytes_code']:,} (`{bundle_name}`, the shipped single-file "
-              f"bundle); each artifact = model bytes + code bytes, against the {SIZE_CAP_BYTES:,}-byte cap.", ""]
+              f"bundle); each artifact = model bytes + code bytes, against the {SIZE_CAP_BYTES:,}-byte cap. "
+              f"The {CODE_KIND_NOTES[BUNDLE_KIND]}.", ""]
     if significance_text:
         lines += ["## Significance", "", "```", significance_text, "```", ""]
     seeds = " ".join(str(s) for s in data["seeds"])
@@ -227,8 +245,8 @@ def write_records_folder(
         script = _stage_bundle(staging, runs, bundle)
         if record_track:
             refuse_if_not_comparable(not_comparable(runs, (staging / "train_gpt.py").read_bytes(), bundle is not None))
-        bundle_bytes = (staging / "train_gpt.py").stat().st_size
-        data = submission_json(sub, runs, bundle_bytes, significance)
+        sizes = [seed_size(run, staging / "train_gpt.py") for run in runs]
+        data = submission_json(sub, runs, sizes, significance)
         over = [s for s, r in data["seed_results"].items() if r["artifact_bytes"] > SIZE_CAP_BYTES]
         if over:  # both tracks cap the artifact at 16,000,000 bytes
             raise PgolfError(f"submit: seed {over[0]} is {data['seed_results'][over[0]]['artifact_bytes'] - SIZE_CAP_BYTES:,} bytes over the cap")

@@ -31,10 +31,11 @@ def print_summary(results: dict) -> None:
     else:
         print(f"val_bpb {results['val_bpb']:.4f} ({final_phase} evaluation of the artifact; standard windows "
               f"{post['val_bpb']:.4f}, {pre['val_bpb']:.4f} before quantization)")
-    print(
-        f"artifact {results['bytes_total']:,} bytes = model {results['bytes_model']:,} + code {results['bytes_code']:,}"
-        f" ({results['headroom']:,} bytes under the 16,000,000 cap)"
-    )
+    from pgolf.export.artifact import recorded_size_report
+    from pgolf.train.loop import ARTIFACT_NAME
+
+    for line in recorded_size_report(results).lines(f"{results['run_dir']}/{ARTIFACT_NAME}"):
+        print(line)
     if results.get("quantized_tensors") == 0:
         print("warning: the quant policy quantized no tensor (each is at or under its small= size): the round trip "
               "above is the float model's score; set PGOLF_QUANT_SCHEME with a lower small= (e.g. int8,small=4096)")

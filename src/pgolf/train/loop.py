@@ -552,7 +552,7 @@ def final_size(s: Session, exported: dict) -> dict:
     if report.over_cap and s.rt.is_master:
         path.unlink()
     check_under_cap(report)
-    return {**exported, **size[0]}  # the export's other fields (quantized_tensors) stay
+    return {**exported, **size[0], "code_kind": report.code_kind}  # the export's other fields (quantized_tensors) stay
 
 
 def _peak_memory_mib(rt: Runtime) -> int | None:
