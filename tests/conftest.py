@@ -15,6 +15,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Off a terminal, a phase that outlasts a few seconds prints progress lines on stderr, so how many
+# stderr lines a verb prints would depend on the machine's load; the progress tests choose the mode
+# themselves (PGOLF_PROGRESS), every other test sees none.
+os.environ.setdefault("PGOLF_PROGRESS", "off")
+
 
 def shared_data_dir() -> Path:
     """PGOLF_SHARED_DATA, defaulting to ../shared/data beside the checkout."""
