@@ -35,7 +35,7 @@ from oracles import RECORDS, hyperparameters, no_orthogonal_init, randomise_
 from pgolf.errors import PgolfError
 from pgolf.export.codecs import lrzip_available
 from pgolf.export.loading import FORMAT_RECORD, load_weights
-from pgolf.export.record_artifact import decode_record_artifact, record_dtype
+from pgolf.export.record_artifact import byte_unshuffle, decode_record_artifact, record_dtype
 from pgolf.presets import build_config
 
 CAP = 1 << 30
@@ -291,6 +291,17 @@ def test_the_dtype_rule_is_each_records_own(preset, oracle):
     _, _, model = _record_model(oracle, preset)
     for name, t in model.state_dict().items():
         assert record_dtype(name) == t.dtype, name
+
+
+@pytest.mark.parametrize("stride", [2, 3, 4])
+def test_byte_unshuffle_undoes_r35s_own_shuffle(oracle, stride):
+    mod = oracle(RECORDS["sp8192_recur_parres_ttt"].script)
+    rng = np.random.default_rng(stride)
+    for n in (stride, stride + 1, 7, 8, 1000, 1001, 1002, 1003):
+        data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
+        shuffled = mod._byte_shuffle(data, stride)
+        assert shuffled[:5] == b"BSHF" + bytes([stride])
+        assert byte_unshuffle(shuffled, "x") == data == mod._byte_unshuffle(shuffled), n
 
 
 # -- bad input: one line naming the file -------------------------------------------------------
