@@ -8,8 +8,9 @@ the weights to the final number, compared with the 600 s evaluation limit (see p
 Accepted weights: a pgolf artifact (``model.pgolf``, carries its config), a pgolf checkpoint
 (``checkpoint.safetensors``, carries its config), the reference's ``final_model.pt`` /
 ``final_model.int8.ptz``, or a record's own ``final_model.pt`` as its script saves it (banked
-or not, its key names; give the record's ``--preset``; see pgolf.export.record_layout). Torch
-files are read with ``torch.load(weights_only=True)``: nothing loaded here can execute code.
+or not, its key names; give the record's ``--preset``; see pgolf.export.record_layout), or a
+record's own shipped ``final_model.*.ptz`` (see pgolf.export.record_artifact). Torch files are
+read with ``torch.load(weights_only=True)``: nothing loaded here can execute code.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ weights to the final number, compared with the 600 s evaluation limit. An artifa
 quantized no tensor is named in a warning: its score is the float model's.
 
 Accepted weights: a pgolf artifact (model.pgolf, carries its config), a pgolf checkpoint
-(checkpoint.safetensors, carries its config), or the reference's final_model.pt or
-final_model.int8.ptz (give --preset). Nothing loaded here can execute code. The tokenizer and val
+(checkpoint.safetensors, carries its config), or the reference's or a record's own final_model.pt
+or final_model.*.ptz (give its --preset). Nothing loaded here can execute code. The tokenizer and val
 paths stored in a config are as given when it trained (relative to that folder); from elsewhere,
 pass --tokenizer and --val.
 """
@@ -278,7 +279,7 @@ def _save_npy(path: Path, array) -> None:
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
     """What to score and on what: the weights, their config, the val shards and tokenizer, the window."""
     weights = parser.add_mutually_exclusive_group(required=True)
-    weights.add_argument("--artifact", help="a pgolf artifact or the reference's final_model.int8.ptz")
+    weights.add_argument("--artifact", help="a pgolf artifact, or a record's own final_model.*.ptz (with its --preset)")
     weights.add_argument("--checkpoint", help="a pgolf checkpoint.safetensors, or the reference's or a record's own "
                                                "final_model.pt (with that record's --preset)")
     add_config_arguments(parser, default_preset=None)

@@ -7,7 +7,10 @@ Three formats, told apart by their first bytes:
   with ``torch.load(weights_only=True)``;
 * a zlib stream, e.g. the reference's ``final_model.int8.ptz``: inflated with a size cap, then a
   ``torch.load(weights_only=True)`` of the ``int8_clean_per_row_v1`` dict, dequantized as the
-  reference does.
+  reference does;
+* any other record's own artifact (lzma, zstd, brotli or R44's per-group lrzip; torch zip,
+  byte-shuffled or PR #160's QGv3; each record's quantisation): read by
+  :mod:`pgolf.export.record_artifact`, which also reads the zlib streams.
 
 ``weights_only=True`` restricts unpickling to tensors and plain containers, so a pickle that
 would call a function (``os.system`` via ``__reduce__``) is refused before anything runs. Raw
@@ -17,7 +20,6 @@ the file holds (``torch.save`` stores them uncompressed), which keeps a zip bomb
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import zipfile
@@ -29,15 +31,18 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError, one_line
-from pgolf.export.container import MAX_PAYLOAD_BYTES, is_artifact_header, read_artifact, zlib_decompress_capped
-from pgolf.quant.int8 import QUANT_FORMAT, dequantize, dequantize_reference_object
+from pgolf.export.container import MAX_PAYLOAD_BYTES, is_artifact_header, read_artifact
+from pgolf.export.record_artifact import is_record_artifact_head, is_zlib_header, read_record_artifact
+from pgolf.quant.int8 import QUANT_FORMAT, dequantize
 from pgolf.quant.policy import quantized_count
 
 FORMAT_ARTIFACT = "pgolf-artifact"
 FORMAT_TORCH = "torch-state-dict"
 FORMAT_REFERENCE_INT8 = "reference-int8-zlib"
+FORMAT_RECORD = "record-artifact"  # any other record's own .ptz (the exact layers: WeightsInfo.meta)
 COMPILE_PREFIX = "_orig_mod."
 _ZIP_MAGIC = b"PK\x03\x04"
+_SNIFF_BYTES = 4096  # enough for a brotli stream to show what it holds
 
 
 @dataclass(frozen=True)
@@ -50,25 +55,22 @@ class WeightsInfo:
     quantized_tensors: int | None = None  # a pgolf artifact's tensors stored as integer codes (None: not known)
 
 
-def _is_zlib_header(head: bytes) -> bool:
-    # RFC 1950: CM = 8 (deflate), CINFO <= 7, and the first two bytes are a multiple of 31.
-    return len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and ((head[0] << 8) | head[1]) % 31 == 0
-
-
 def sniff_format(path: str | os.PathLike[str]) -> str:
     """The format of the weights file at ``path`` (one of the FORMAT_* names) or PgolfError."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: weights file not found")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(_SNIFF_BYTES)
     if is_artifact_header(head):
         return FORMAT_ARTIFACT
     if head.startswith(_ZIP_MAGIC):
         return FORMAT_TORCH
-    if _is_zlib_header(head):
+    if is_zlib_header(head):
         return FORMAT_REFERENCE_INT8
-    raise PgolfError(f"{path}: not a pgolf artifact, torch zip state dict or zlib-compressed reference .ptz")
+    if is_record_artifact_head(head):
+        return FORMAT_RECORD
+    raise PgolfError(f"{path}: not a pgolf artifact, torch zip state dict, reference .ptz or record artifact")
 
 
 def _check_zip(stream: BinaryIO, total_bytes: int, source: str) -> None:
@@ -126,25 +128,18 @@ def _load_torch_zip(path: Path) -> tuple[dict[str, Tensor], WeightsInfo]:
     return state, WeightsInfo(str(path), FORMAT_TORCH)
 
 
-def _load_reference_ptz(path: Path, max_bytes: int) -> tuple[dict[str, Tensor], WeightsInfo]:
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise PgolfError(f"{path}: {size} bytes is far too large for a reference .ptz")
-    raw = zlib_decompress_capped(path.read_bytes(), max_bytes, str(path))
-    if not raw.startswith(_ZIP_MAGIC):
-        # Only torch's zip format is accepted inside; a bare pickle is never handed to torch.load.
-        raise PgolfError(f"{path}: zlib stream does not hold a torch zip file")
-    stream = io.BytesIO(raw)
-    _check_zip(stream, len(raw), str(path))
-    obj = _torch_load(stream, str(path))
-    state = _strip_compile_prefix(dequantize_reference_object(obj, str(path)), str(path))
-    return state, WeightsInfo(str(path), FORMAT_REFERENCE_INT8, {"quant_format": QUANT_FORMAT})
+def _load_record_artifact(path: Path, max_bytes: int) -> tuple[dict[str, Tensor], WeightsInfo]:
+    art = read_record_artifact(path, max_bytes)
+    state = _strip_compile_prefix(art.state, str(path))
+    if (art.compressor, art.serialisation, art.quant_format) == ("zlib", "torch", QUANT_FORMAT):
+        return state, WeightsInfo(str(path), FORMAT_REFERENCE_INT8, {"quant_format": QUANT_FORMAT})
+    return state, WeightsInfo(str(path), FORMAT_RECORD, {"record_format": art.format})
 
 
 def load_weights(
     path: str | os.PathLike[str], max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> tuple[dict[str, Tensor], WeightsInfo]:
-    """Load a float state dict from a pgolf artifact, a torch ``.pt`` or a reference ``.ptz``.
+    """Load a float state dict from a pgolf artifact, a torch ``.pt``, or a reference's or record's ``.ptz``.
 
     ``max_bytes`` caps any decompressed payload. Every failure is a PgolfError naming the file.
     """
@@ -155,4 +150,4 @@ def load_weights(
         return dequantize(quantized), WeightsInfo(str(path), FORMAT_ARTIFACT, meta, quantized_count(quantized))
     if fmt == FORMAT_TORCH:
         return _load_torch_zip(path)
-    return _load_reference_ptz(path, max_bytes)
+    return _load_record_artifact(path, max_bytes)
