@@ -103,12 +103,33 @@ def lenient(x):
         return 0
 """
 
+CONVERTS_AND_RAISES = """
+def converted(x):
+    try:
+        return other_errors(x)
+    except BaseException as exc:
+        raise RuntimeError(str(exc)) if isinstance(exc, OSError) else exc
+"""
+CONVERTS_OR_RETURNS = """
+def sometimes(x):
+    try:
+        return other_errors(x)
+    except ValueError as exc:
+        if x < -5:
+            return 0
+        raise TypeError(str(exc))
+"""
+
 
 def test_a_builtin_error_is_stripped_only_where_nothing_could_catch_it_and_carry_on():
     # parse() catches ValueError around a builtin call only: no raise of the bundle can reach it
     assert "ValueError" not in functions(stripped(SOURCE + CATCHES_A_BUILTIN_CALL)[0])["other_errors"]
     # lenient() catches the ValueError other_errors() raises and carries on: there, that raise is behaviour
     assert "raise ValueError('x < 0')" in functions(stripped(SOURCE + CATCHES_BUNDLE_CODE)[0])["other_errors"]
+    # a handler that always ends by raising (the same error or another) does not carry on either
+    assert "ValueError" not in functions(stripped(SOURCE + CONVERTS_AND_RAISES)[0])["other_errors"]
+    # one that may return instead does
+    assert "raise ValueError('x < 0')" in functions(stripped(SOURCE + CONVERTS_OR_RETURNS)[0])["other_errors"]
 
 
 def test_of_a_refusing_if_the_other_branch_stays():

@@ -63,9 +63,11 @@ _SCALAR_CONVERSIONS = {"int", "float", "complex", "bool", "str", "bytes"}
 
 
 def _harmless(trial: ast.Try, handler: ast.ExceptHandler) -> bool:
-    """The handler re-raises what it caught, or its ``try`` body calls only scalar conversions
-    (``int(raw)``), so no bundle code, and none of its checks, runs inside it."""
-    if handler.body and isinstance(handler.body[-1], ast.Raise) and handler.body[-1].exc is None:
+    """The handler ends by raising (what it caught, or another error: either way it does not carry
+    on), or its ``try`` body calls only scalar conversions (``int(raw)``), so no bundle code, and none
+    of its checks, runs inside it."""
+    if handler.body and isinstance(handler.body[-1], ast.Raise) \
+            and not any(isinstance(n, (ast.Return, ast.Break, ast.Continue)) for s in handler.body for n in walk(s)):
         return True
     calls = [n for s in trial.body for n in walk(s) if isinstance(n, ast.Call)]
     return all(isinstance(c.func, ast.Name) and c.func.id in _SCALAR_CONVERSIONS for c in calls)
