@@ -236,7 +236,8 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
     ``field_fn(value, env, check)`` with the resolved value; ``env`` becomes None where it is the
     field's name upper-cased (a statement after the classes fills those in), and ``check`` is kept
     only for a field the bundle's code still reads (a folded or unused field's value changes nothing,
-    so checking it is dead code); trailing Nones go. The ``help`` parameter leaves ``field_fn``, and
+    so checking it is dead code), and not at all when nothing but ``field_fn`` names ``"check"`` (the
+    input checks were stripped: :mod:`pgolf.bundle.checks`); trailing Nones go. The ``help`` parameter leaves ``field_fn``, and
     the rules no kept check names leave the ``rules_name`` dict. Run it after folding.
     False (nothing changed) when the schema does not have that shape (:func:`schema_compactable`)."""
     found = _schema_calls(bodies, class_names, field_fn)
@@ -248,7 +249,9 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
         call.parent_name = name  # type: ignore[attr-defined]
         calls.append((call, getattr(getattr(cfg, section), name)))
     read = _attributes_read(bodies) | _strings_outside(bodies, classes_of(bodies, class_names))
-    checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)}
+    # with the input checks stripped, nothing but the field function itself names "check": the checks go too
+    checks_read = "check" in _strings_outside(bodies, [*classes_of(bodies, class_names), fn])
+    checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)} if checks_read else {}
     kept_rules: set[str] = set()
     _drop_unread_fields(bodies, class_names, read)
     calls = [(call, value) for call, value in calls if call.parent_name in read]  # type: ignore[attr-defined]
@@ -264,8 +267,9 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
         while len(args) > 1 and isinstance(args[-1], ast.Constant) and args[-1].value is None:
             args.pop()
         call.args = [ast.copy_location(a, call.args[0]) for a in args]
-    fn.args.args = [a for a in fn.args.args if a.arg != "help"]
-    fn.args.defaults = [ast.Constant(None), ast.Constant(None)]  # env None: the field's name upper-cased (set below)
+    dropped = {"help"} if checks_read else {"help", "check"}
+    fn.args.args = [a for a in fn.args.args if a.arg not in dropped]
+    fn.args.defaults = [ast.Constant(None)] * (len(fn.args.args) - 1)  # env None: the field's name upper-cased (set below)
     classes = ", ".join(class_names[s] for s in SECTIONS)
     fixup = ast.parse(
         f"for _schema_cls in ({classes}):\n"
@@ -278,7 +282,7 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
             break
     for node in walk(fn):
         if isinstance(node, ast.Dict):
-            _drop_keys(node, lambda key: key == "help")
+            _drop_keys(node, lambda key: key in dropped)
     rules = next((s for body in bodies for s in body if isinstance(s, ast.Assign) and len(s.targets) == 1
                   and isinstance(s.targets[0], ast.Name) and s.targets[0].id == rules_name and isinstance(s.value, ast.Dict)), None)
     if rules is not None:
