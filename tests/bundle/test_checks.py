@@ -60,6 +60,22 @@ def resolve(spec):
         return "/home" + spec[1:]
     raise PgolfError(f"{spec}: no such path")
 
+def cached_digest(files, tokenizer):
+    digest = None
+    for path in files:
+        recorded = path.upper()
+        digest = digest or tokenizer.lower()
+        if digest != recorded:
+            raise PgolfError(f"{tokenizer} (sha256 {digest[:12]}) is not {recorded}")
+
+def digest_returned(files, tokenizer):
+    digest = None
+    for path in files:
+        digest = digest or tokenizer.lower()
+        if digest != path:
+            raise PgolfError(f"{digest} is not {path}")
+    return digest
+
 def side_effect_kept(log, x):
     n = log.append(x)
     if x is None:
@@ -86,6 +102,9 @@ def test_checks_and_what_only_fed_them_go():
     assert "int(path[-1])" in fns["read"] and "try" not in fns["read"]
     assert ast.unparse(ast.parse(fns["checked_loop"]).body[0].body) == "pass"  # the loop only checked
     assert ast.unparse(ast.parse(fns["check_range"]).body[0].body) == "pass"  # the early exit only skipped the check
+    # a local that only feeds itself and the check goes, and the loop it was in with it; one read elsewhere stays
+    assert ast.unparse(ast.parse(fns["cached_digest"]).body[0].body) == "pass"
+    assert "digest = digest or tokenizer.lower()" in fns["digest_returned"] and "PgolfError" not in fns["digest_returned"]
 
 
 CATCHES_A_BUILTIN_CALL = """
