@@ -351,3 +351,15 @@ def test_optional_parameters_or_a_constructor_give_a_known_receiver():
         Layer().forward(1)
     """)
     assert "'flag'" not in out and "return x" in out
+
+
+@pytest.mark.parametrize("preset", ["baseline", "sp8192_lqer_sparsegate_bossmear"])
+def test_the_entry_reads_every_folded_fields_env_name_back_from_folded_envs(preset):
+    from pgolf.bundle.entry import folded_env
+    from pgolf.config import iter_fields
+
+    cfg = build_config(preset, environ={})
+    folded, envs = folded_fields(cfg), folded_envs(cfg)
+    assert any(env.endswith("_") for env in envs.values())  # some are given as a prefix only
+    assert {f.name: folded_env(f.name, envs) for s, f in iter_fields(cfg) if (s, f.name) in folded} == \
+        {f.name: f.metadata["env"] for s, f in iter_fields(cfg) if (s, f.name) in folded}

@@ -83,10 +83,13 @@ def folded_by_section(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 def folded_envs(cfg: Config) -> dict[str, str]:
-    """Field -> env name of the folded fields whose env name is not the field's name upper-cased."""
+    """Field -> env name of the folded fields whose env name is not the field's name upper-cased; an
+    env name that is a prefix and the field's name upper-cased (``PGOLF_LOADER``) is given as the
+    prefix only (``PGOLF_``, ending in ``_``, as no env name does): :func:`pgolf.bundle.entry.folded_env` reads both."""
     folded = folded_fields(cfg)
-    return {f.name: f.metadata["env"] for section, f in iter_fields(cfg)
+    envs = {f.name: f.metadata["env"] for section, f in iter_fields(cfg)
             if (section, f.name) in folded and f.metadata["env"] != f.name.upper()}
+    return {name: env.removesuffix(name.upper()) if env.endswith("_" + name.upper()) else env for name, env in envs.items()}
 
 
 class _FoldReads(ast.NodeTransformer):
