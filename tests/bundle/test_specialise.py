@@ -363,3 +363,52 @@ def test_the_entry_reads_every_folded_fields_env_name_back_from_folded_envs(pres
     assert any(env.endswith("_") for env in envs.values())  # some are given as a prefix only
     assert {f.name: folded_env(f.name, envs) for s, f in iter_fields(cfg) if (s, f.name) in folded} == \
         {f.name: f.metadata["env"] for s, f in iter_fields(cfg) if (s, f.name) in folded}
+
+
+def test_an_attribute_only_ever_one_literal_folds_through_known_receivers_and_stores_through_it_do_not_spoil_it():
+    out = run("""
+        class Head:
+            pass
+        class Net:
+            def __init__(self):
+                self.head = None
+                self.layers = ()
+                if self.head is not None:
+                    self.head.zero = True
+                if self.layers:
+                    self.extra = Head()
+            def project(self, x):
+                return x if self.head is None else self.head(x)
+        class Other:
+            def __init__(self):
+                self.head = None
+                self.count = 0
+            def reset(self):
+                del self.head
+                self.count += 1
+        def optimizers(model: Net, other: Other):
+            groups = ['all']
+            if model.head is not None:
+                groups.append('head')
+            if other.head is not None:
+                groups.append('other')
+            return groups
+        optimizers(Net(), Other())
+    """)
+    assert "self.head.zero" not in out and "Head()" not in out and "return x\n" in out  # folded inside Net
+    assert "'head'" not in out  # and through a receiver known to be a Net
+    assert "'other'" in out and "other.head is not None" in out  # a del of the attribute: not folded
+
+
+def test_a_tuple_read_through_a_known_receiver_decides_a_test():
+    out = run("""
+        class Net:
+            def __init__(self):
+                self.layers = ()
+        def build(model: Net):
+            if model.layers:
+                return 'layers'
+            return 'none'
+        build(Net())
+    """)
+    assert "'layers'" not in out and "return 'none'" in out

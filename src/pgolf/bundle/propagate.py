@@ -235,6 +235,19 @@ def drop_empty_kwargs(bodies: list[list[ast.stmt]], uses) -> int:
     return total
 
 
+def _stored(target: ast.expr) -> Iterator[ast.expr]:
+    """The expressions a store to ``target`` rebinds: the target, or each element of an unpacking.
+    ``self.a.x = v`` and ``self.a[i] = v`` store *through* ``self.a``: they do not rebind it (and
+    :func:`literal_value`'s values are immutable: a store through one would raise)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _stored(element)
+    elif isinstance(target, ast.Starred):
+        yield from _stored(target.value)
+    else:
+        yield target
+
+
 def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | None]]:
     """(attribute, assigned value or None when not a plain assignment) for every ``self.a`` store."""
     for m in methods(cls):
@@ -247,7 +260,7 @@ def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | 
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
                 targets = [(node.target, None)]
             for target, value in targets:
-                for sub in walk(target):
+                for sub in _stored(target):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == me:
                         yield sub.attr, value if sub is target else None
 
@@ -265,25 +278,46 @@ class _SelfAttributes(ast.NodeTransformer):
         return node
 
 
+def _constant_self_attributes(cls: ast.ClassDef, types: Types) -> dict[str, Any]:
+    """The attributes of ``cls`` (not subclassed) whose every store is the same literal, stored by
+    its own methods only."""
+    if types.subclassed(cls.name):
+        return {}
+    class_level = set(types.class_body_names(cls))
+    values: dict[str, Any] = {}
+    spoiled: set[str] = set()
+    for attr, value in _self_attribute_stores(cls):
+        ok, lit = literal_value(value) if value is not None else (False, None)
+        if not ok or attr in types.outside_stores or attr in class_level or attr in _FRAMEWORK_SET:
+            spoiled.add(attr)
+        elif attr in values and (type(values[attr]) is not type(lit) or values[attr] != lit):
+            spoiled.add(attr)
+        else:
+            values[attr] = lit
+    return {k: v for k, v in values.items() if k not in spoiled}
+
+
+def self_attribute_constants(bodies: list[list[ast.stmt]], types: Types) -> dict[str, dict[str, Any]]:
+    """Class name -> its :func:`_constant_self_attributes`: for reads through a receiver of known type
+    outside the class (``model.lm_head`` where ``GPT.__init__`` only ever sets ``self.lm_head = None``)."""
+    out = {}
+    for body in bodies:
+        for cls in body:
+            if isinstance(cls, ast.ClassDef):
+                values = _constant_self_attributes(cls, types)
+                if values:
+                    out[cls.name] = values
+    return out
+
+
 def propagate_self_attributes(bodies: list[list[ast.stmt]], types: Types) -> int:
     """``self.a`` reads in a class whose every store of ``a`` is the same literal."""
     total = 0
     for body in bodies:
         for cls in body:
-            if not isinstance(cls, ast.ClassDef) or types.subclassed(cls.name):
+            if not isinstance(cls, ast.ClassDef):
                 continue
-            class_level = set(types.class_body_names(cls))
-            values: dict[str, Any] = {}
-            spoiled: set[str] = set()
-            for attr, value in _self_attribute_stores(cls):
-                ok, lit = literal_value(value) if value is not None else (False, None)
-                if not ok or attr in types.outside_stores or attr in class_level or attr in _FRAMEWORK_SET:
-                    spoiled.add(attr)
-                elif attr in values and (type(values[attr]) is not type(lit) or values[attr] != lit):
-                    spoiled.add(attr)
-                else:
-                    values[attr] = lit
-            values = {k: v for k, v in values.items() if k not in spoiled}
+            values = _constant_self_attributes(cls, types)
             if not values:
                 continue
             for m in methods(cls):

@@ -32,7 +32,8 @@ from typing import Any
 from pgolf.bundle.names import walk
 from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
+    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, literal_node, name_uses, propagate_arguments, propagate_locals,
+    propagate_self_attributes, self_attribute_constants,
 )
 from pgolf.bundle.simplify import is_const, simplify
 from pgolf.bundle.trivial import inline_trivial_calls, substitute_constants_in_tests
@@ -108,7 +109,7 @@ class _FoldReads(ast.NodeTransformer):
         if table is None or node.attr not in table or self.types.stored(owner, node.attr, unless=table[node.attr]):
             return node
         self.count += 1
-        return ast.copy_location(ast.Constant(table[node.attr]), node)
+        return literal_node(table[node.attr], node)  # a tuple as a tuple display, which the simplifier knows
 
     def _shadowed(self, node, names):
         saved = self.env
@@ -178,6 +179,8 @@ def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[st
         constants = {cls: dict(values) for cls, values in fields.items()}
         for cls, values in dataclass_field_constants(bodies, types, uses).items():
             constants.setdefault(cls, {}).update(values)
+        for cls, values in self_attribute_constants(bodies, types).items():
+            constants[cls] = {**values, **constants.get(cls, {})}
         changed = _fold_reads(bodies, types, constants)
         changed += propagate_arguments(bodies, types, uses)
         changed += drop_empty_kwargs(bodies, uses)
