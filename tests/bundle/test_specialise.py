@@ -412,3 +412,43 @@ def test_a_tuple_read_through_a_known_receiver_decides_a_test():
         build(Net())
     """)
     assert "'layers'" not in out and "return 'none'" in out
+
+
+UNUSED_PARAMETERS = """
+    log = []
+    def note(x):
+        log.append(x)
+        return x
+    def scale(step, total, frac=0.0, floor=0.0, *, mode='a'):
+        return step / total
+    def middle(a, unused, b):
+        return a + b
+    def effect(a, unused=None):
+        return a
+    def escapes(a, unused=1):
+        return a
+    class Rotary:
+        def __init__(self, dim, base=10.0, extra=0):
+            self.dim = dim * base
+    def run(n):
+        r = Rotary(n, 2.0, extra=n)
+        return [scale(n, 4, 0.5, floor=n, mode='b'), scale(n, 2), middle(n, n, r.dim), effect(n, note(n)),
+                [escapes][0](n), escapes(n, 5), r.dim]
+    RESULT = run(int('3'))
+"""
+
+
+def test_parameters_nothing_reads_go_with_the_arguments_calls_pass_for_them():
+    body = ast.parse(textwrap.dedent(UNUSED_PARAMETERS)).body
+    bodies = [ast.parse(textwrap.dedent(CONFIG)).body, body]
+    specialise(bodies, FOLD)
+    out = ast.unparse(ast.Module(body=bodies[1], type_ignores=[]))
+    assert "def scale(step, total):" in out and "scale(n, 4)" in out  # positional last, keyword, keyword-only
+    assert "def __init__(self, dim):" in out and "Rotary(n)" in out  # base: propagated (2.0), then unused too
+    assert "def middle(a, unused, b):" in out  # passed positionally before another argument: kept
+    assert "def effect(a, unused=None):" in out and "note(n)" in out  # its argument has an effect: kept
+    assert "def escapes(a, unused=1):" in out  # used as a value: its calls are not all known
+    before, after = {}, {}
+    exec(compile(textwrap.dedent(UNUSED_PARAMETERS), "before", "exec"), before)
+    exec(compile(out, "after", "exec"), after)
+    assert after["RESULT"] == before["RESULT"] and after["log"] == before["log"] == [3]

@@ -361,3 +361,91 @@ def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) 
             if agreed:
                 out[cls.name] = agreed
     return out
+
+
+def _bound_in_bundle(bodies: list[list[ast.stmt]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for body in bodies:
+        for node in walk(ast.Module(body=body, type_ignores=[])):
+            for name in names_bound_by(node):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _drop_argument(call: ast.Call, fn: ast.FunctionDef, param: str, skip_first: bool) -> bool | None:
+    """Remove what ``call`` passes for ``param`` (True if it passed something); None when that cannot
+    be done without moving another argument (passed positionally, not last) or losing an effect."""
+    positional = [p.arg for p in [*fn.args.posonlyargs, *fn.args.args][1 if skip_first else 0:]]
+    keyword = next((k for k in call.keywords if k.arg == param), None)
+    if keyword is not None:
+        if not is_pure(keyword.value):
+            return None
+        call.keywords.remove(keyword)
+        return True
+    if param in positional and positional.index(param) < len(call.args):
+        if positional.index(param) != len(call.args) - 1 or not is_pure(call.args[-1]):
+            return None
+        call.args.pop()
+        return True
+    return False
+
+
+def _unused_parameters(fn: ast.FunctionDef, skip_first: bool) -> list[str]:
+    """Parameters nothing in ``fn`` names, the last first (so that positional arguments come off the end)."""
+    a = fn.args
+    named = {n.id for n in walk(fn) if isinstance(n, ast.Name)}
+    params = [p.arg for p in [*a.posonlyargs, *a.args][1 if skip_first else 0:]] + [p.arg for p in a.kwonlyargs]
+    return [p for p in reversed(params) if p not in named and _bound_anywhere(fn).get(p) == 1]
+
+
+def _remove_parameter(fn: ast.FunctionDef, param: str) -> None:
+    a = fn.args
+    positional = [*a.posonlyargs, *a.args]
+    names = [p.arg for p in positional]
+    if param in names:
+        i = names.index(param)
+        first_default = len(positional) - len(a.defaults)
+        if i >= first_default:
+            del a.defaults[i - first_default]
+        if i < len(a.posonlyargs):
+            del a.posonlyargs[i]
+        else:
+            del a.args[i - len(a.posonlyargs)]
+        return
+    i = [p.arg for p in a.kwonlyargs].index(param)
+    del a.kwonlyargs[i], a.kw_defaults[i]
+
+
+def drop_unused_parameters(bodies: list[list[ast.stmt]], types: Types, uses) -> int:
+    """Parameters of top-level functions and class constructors that nothing in the function reads
+    (the folding left many: ``lr_scale(..., warmdown_frac=0.0)`` once the schedule is fixed) go, with
+    what every call passes for them, where the function's name is bound once in the bundle and used
+    only to call it, and each argument dropped is free of effects (``uses``: :func:`name_uses`)."""
+    calls, escaped = uses
+    bound = _bound_in_bundle(bodies)
+    total = 0
+    for body in bodies:
+        for stmt in body:
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls \
+                    or bound.get(stmt.name) != 1:
+                continue
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                fn, skip_first = stmt, False
+            elif isinstance(stmt, ast.ClassDef) and not types.subclassed(stmt.name) and not is_dataclass(stmt):
+                fn = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
+                skip_first = True
+                if fn is None or any(n.name == "__new__" for n in methods(stmt)):
+                    continue
+            else:
+                continue
+            if fn.args.vararg or fn.args.kwarg or any(call_bindings(fn, c, skip_first) is None for c in calls[stmt.name]):
+                continue
+            for param in _unused_parameters(fn, skip_first):
+                trial = [(c, list(c.args), list(c.keywords)) for c in calls[stmt.name]]
+                if any(_drop_argument(c, fn, param, skip_first) is None for c in calls[stmt.name]):
+                    for c, args, keywords in trial:  # put back what the calls before the refusing one lost
+                        c.args, c.keywords = args, keywords
+                    continue
+                _remove_parameter(fn, param)
+                total += 1
+    return total

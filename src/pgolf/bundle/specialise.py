@@ -32,7 +32,7 @@ from typing import Any
 from pgolf.bundle.names import walk
 from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, literal_node, name_uses, propagate_arguments, propagate_locals,
+    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
     propagate_self_attributes, self_attribute_constants,
 )
 from pgolf.bundle.simplify import is_const, simplify
@@ -184,6 +184,7 @@ def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[st
         changed = _fold_reads(bodies, types, constants)
         changed += propagate_arguments(bodies, types, uses)
         changed += drop_empty_kwargs(bodies, uses)
+        changed += drop_unused_parameters(bodies, types, uses)
         changed += propagate_self_attributes(bodies, types)
         changed += propagate_locals(bodies)
         changed += inline_trivial_calls(bodies, uses)  # the round's uses: stale only towards caution
