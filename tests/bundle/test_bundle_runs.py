@@ -162,9 +162,9 @@ def test_baseline_bundle_is_smaller_than_the_reference_script_and_readable_copy_
     readable = (tmp_path / "train_gpt_readable.py").read_text()
     assert "import pgolf" not in readable and "from pgolf" not in readable
     # the schema's defaults are the frozen config; env names equal to the upper-cased field name are derived;
-    # checks stay for fields the code reads, and go for the others (TTT is off: its fields are never read)
-    assert "num_layers: int = _f(9, None, '> 0')" in readable
-    assert "compile: str = _f('auto', 'PGOLF_COMPILE', ('auto', '0', '1'))" in readable
+    # the input checks are stripped, so the fields' own checks (nothing reads them any more) go too
+    assert "num_layers: int = _f(9)" in readable and "'> 0'" not in readable
+    assert "compile: str = _f('auto', 'PGOLF_COMPILE')" in readable
     # fields the code never reads are left out (TTT is off); folded switches live in FOLDED_FIELDS
     assert "ttt_epochs" not in readable and "'in 2..8'" not in readable and "use_smeargate: bool" not in readable
     assert "FOLDED_FIELDS: dict = {'model': {'tie_embeddings': True" in readable
@@ -177,6 +177,15 @@ def test_baseline_bundle_is_smaller_than_the_reference_script_and_readable_copy_
     assert 'if __name__ == "__main__":' in readable or "if __name__ == '__main__':" in readable
     compile(readable, "train_gpt_readable.py", "exec")
     assert "pgolf.bundle.cli" not in report.modules and "pgolf.cli" not in report.modules
+
+
+def test_a_bundle_with_its_checks_kept_keeps_the_fields_own_checks_and_refuses_a_bad_value(tmp_path):
+    build_bundle(build_config("baseline", environ={}), tmp_path / "train_gpt.py", keep_checks=True)
+    readable = (tmp_path / "train_gpt_readable.py").read_text()
+    assert "num_layers: int = _f(9, None, '> 0')" in readable
+    proc = subprocess.run([sys.executable, str(tmp_path / "train_gpt.py")], capture_output=True, text=True,
+                          cwd=tmp_path, env=clean_env(NUM_LAYERS="0"), timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "NUM_LAYERS=0: must be > 0" in proc.stderr, proc.stderr
 
 
 def test_baseline_bundle_meets_the_25000_byte_target(baseline_bundle):

@@ -60,6 +60,22 @@ def resolve(spec):
         return "/home" + spec[1:]
     raise PgolfError(f"{spec}: no such path")
 
+def cached_digest(files, tokenizer):
+    digest = None
+    for path in files:
+        recorded = path.upper()
+        digest = digest or tokenizer.lower()
+        if digest != recorded:
+            raise PgolfError(f"{tokenizer} (sha256 {digest[:12]}) is not {recorded}")
+
+def digest_returned(files, tokenizer):
+    digest = None
+    for path in files:
+        digest = digest or tokenizer.lower()
+        if digest != path:
+            raise PgolfError(f"{digest} is not {path}")
+    return digest
+
 def side_effect_kept(log, x):
     n = log.append(x)
     if x is None:
@@ -86,6 +102,9 @@ def test_checks_and_what_only_fed_them_go():
     assert "int(path[-1])" in fns["read"] and "try" not in fns["read"]
     assert ast.unparse(ast.parse(fns["checked_loop"]).body[0].body) == "pass"  # the loop only checked
     assert ast.unparse(ast.parse(fns["check_range"]).body[0].body) == "pass"  # the early exit only skipped the check
+    # a local that only feeds itself and the check goes, and the loop it was in with it; one read elsewhere stays
+    assert ast.unparse(ast.parse(fns["cached_digest"]).body[0].body) == "pass"
+    assert "digest = digest or tokenizer.lower()" in fns["digest_returned"] and "PgolfError" not in fns["digest_returned"]
 
 
 CATCHES_A_BUILTIN_CALL = """
@@ -103,12 +122,33 @@ def lenient(x):
         return 0
 """
 
+CONVERTS_AND_RAISES = """
+def converted(x):
+    try:
+        return other_errors(x)
+    except BaseException as exc:
+        raise RuntimeError(str(exc)) if isinstance(exc, OSError) else exc
+"""
+CONVERTS_OR_RETURNS = """
+def sometimes(x):
+    try:
+        return other_errors(x)
+    except ValueError as exc:
+        if x < -5:
+            return 0
+        raise TypeError(str(exc))
+"""
+
 
 def test_a_builtin_error_is_stripped_only_where_nothing_could_catch_it_and_carry_on():
     # parse() catches ValueError around a builtin call only: no raise of the bundle can reach it
     assert "ValueError" not in functions(stripped(SOURCE + CATCHES_A_BUILTIN_CALL)[0])["other_errors"]
     # lenient() catches the ValueError other_errors() raises and carries on: there, that raise is behaviour
     assert "raise ValueError('x < 0')" in functions(stripped(SOURCE + CATCHES_BUNDLE_CODE)[0])["other_errors"]
+    # a handler that always ends by raising (the same error or another) does not carry on either
+    assert "ValueError" not in functions(stripped(SOURCE + CONVERTS_AND_RAISES)[0])["other_errors"]
+    # one that may return instead does
+    assert "raise ValueError('x < 0')" in functions(stripped(SOURCE + CONVERTS_OR_RETURNS)[0])["other_errors"]
 
 
 def test_of_a_refusing_if_the_other_branch_stays():

@@ -351,3 +351,104 @@ def test_optional_parameters_or_a_constructor_give_a_known_receiver():
         Layer().forward(1)
     """)
     assert "'flag'" not in out and "return x" in out
+
+
+@pytest.mark.parametrize("preset", ["baseline", "sp8192_lqer_sparsegate_bossmear"])
+def test_the_entry_reads_every_folded_fields_env_name_back_from_folded_envs(preset):
+    from pgolf.bundle.entry import folded_env
+    from pgolf.config import iter_fields
+
+    cfg = build_config(preset, environ={})
+    folded, envs = folded_fields(cfg), folded_envs(cfg)
+    assert any(env.endswith("_") for env in envs.values())  # some are given as a prefix only
+    assert {f.name: folded_env(f.name, envs) for s, f in iter_fields(cfg) if (s, f.name) in folded} == \
+        {f.name: f.metadata["env"] for s, f in iter_fields(cfg) if (s, f.name) in folded}
+
+
+def test_an_attribute_only_ever_one_literal_folds_through_known_receivers_and_stores_through_it_do_not_spoil_it():
+    out = run("""
+        class Head:
+            pass
+        class Net:
+            def __init__(self):
+                self.head = None
+                self.layers = ()
+                if self.head is not None:
+                    self.head.zero = True
+                if self.layers:
+                    self.extra = Head()
+            def project(self, x):
+                return x if self.head is None else self.head(x)
+        class Other:
+            def __init__(self):
+                self.head = None
+                self.count = 0
+            def reset(self):
+                del self.head
+                self.count += 1
+        def optimizers(model: Net, other: Other):
+            groups = ['all']
+            if model.head is not None:
+                groups.append('head')
+            if other.head is not None:
+                groups.append('other')
+            return groups
+        optimizers(Net(), Other())
+    """)
+    assert "self.head.zero" not in out and "Head()" not in out and "return x\n" in out  # folded inside Net
+    assert "'head'" not in out  # and through a receiver known to be a Net
+    assert "'other'" in out and "other.head is not None" in out  # a del of the attribute: not folded
+
+
+def test_a_tuple_read_through_a_known_receiver_decides_a_test():
+    out = run("""
+        class Net:
+            def __init__(self):
+                self.layers = ()
+        def build(model: Net):
+            if model.layers:
+                return 'layers'
+            return 'none'
+        build(Net())
+    """)
+    assert "'layers'" not in out and "return 'none'" in out
+
+
+UNUSED_PARAMETERS = """
+    log = []
+    def note(x):
+        log.append(x)
+        return x
+    def scale(step, total, frac=0.0, floor=0.0, *, mode='a'):
+        return step / total
+    def middle(a, unused, b):
+        return a + b
+    def effect(a, unused=None):
+        return a
+    def escapes(a, unused=1):
+        return a
+    class Rotary:
+        def __init__(self, dim, base=10.0, extra=0):
+            self.dim = dim * base
+    def run(n):
+        r = Rotary(n, 2.0, extra=n)
+        return [scale(n, 4, 0.5, floor=n, mode='b'), scale(n, 2), middle(n, n, r.dim), effect(n, note(n)),
+                [escapes][0](n), escapes(n, 5), r.dim]
+    RESULT = run(int('3'))
+"""
+
+
+def test_parameters_nothing_reads_go_with_the_arguments_calls_pass_for_them():
+    body = ast.parse(textwrap.dedent(UNUSED_PARAMETERS)).body
+    bodies = [ast.parse(textwrap.dedent(CONFIG)).body, body]
+    specialise(bodies, FOLD)
+    out = ast.unparse(ast.Module(body=bodies[1], type_ignores=[]))
+    assert "def scale(step, total):" in out and "scale(n, 4)" in out  # positional last, keyword, keyword-only
+    assert "def __init__(self, dim):" in out and "Rotary(n)" in out  # base: propagated (2.0), then unused too
+    assert "def middle(a, unused, b):" in out  # passed positionally before another argument: kept
+    assert "def effect(a, unused=None):" in out and "note(n)" in out  # its argument has an effect: kept
+    assert "def escapes(a, unused=1):" in out  # used as a value: its calls are not all known
+    before, after = {}, {}
+    exec(compile(textwrap.dedent(UNUSED_PARAMETERS), "before", "exec"), before)
+    exec(compile(out, "after", "exec"), after)
+    assert after["RESULT"] == before["RESULT"] and after["log"] == before["log"] == [3]

@@ -124,3 +124,45 @@ def test_every_text_symbol_survives_a_script_file_on_each_python(tmp_path):
     script.write_bytes(b'import sys\nsys.stdout.write(repr(list(b"""' + SYMBOLS + b'""")))\n')
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
     assert out == repr(list(SYMBOLS))
+
+
+ANNOTATED = '''
+import dataclasses
+from dataclasses import InitVar, dataclass, field
+from typing import ClassVar
+
+@dataclass
+class Schema:
+    width: int = 4
+    name: str = "x"
+
+@dataclass
+class Record:
+    items: list[dict[str, float]] = field(default_factory=list)
+    label: str | None = None
+    count: ClassVar[int] = 0
+    seed: InitVar[int] = 0
+
+    def __post_init__(self, seed):
+        self.items.append({"seed": float(seed)})
+
+FIELDS = {c.__name__: [(f.name, f.type) for f in dataclasses.fields(c)] for c in (Schema, Record)}
+VALUE = dataclasses.asdict(Record(label="a", seed=3))
+'''
+
+
+def test_class_annotations_become_int_but_the_kept_classes_classvar_and_initvar():
+    from pgolf.bundle.wrap import plain_class_annotations
+
+    plain = plain_class_annotations(ANNOTATED, frozenset({"Schema"}))
+    assert "list[dict" not in plain and "label: int = None" in plain and "count: ClassVar[int]" in plain
+    before, after = {}, {}
+    exec(compile(ANNOTATED, "before", "exec", dont_inherit=True), before)  # not under this file's __future__ import
+    exec(compile(plain, "after", "exec", dont_inherit=True), after)
+    # the same fields (the ClassVar is still none, the InitVar still init-only), the same values;
+    # only the unkept classes' field types changed
+    assert [n for n, _ in after["FIELDS"]["Record"]] == [n for n, _ in before["FIELDS"]["Record"]] == ["items", "label"]
+    assert after["FIELDS"]["Schema"] == before["FIELDS"]["Schema"] == [("width", int), ("name", str)]
+    assert after["VALUE"] == before["VALUE"] == {"items": [{"seed": 3.0}], "label": "a"}
+    # a kept class the source does not define (renamed?): nothing changes
+    assert plain_class_annotations(ANNOTATED, frozenset({"Missing"})) == ANNOTATED

@@ -24,7 +24,7 @@ from pgolf.bundle.specialise import (
     SECTION_CLASSES, compact_schema, folded_by_section, folded_envs, schema_compactable, section_fields,
 )
 from pgolf.bundle.specialise import specialise as specialise_bodies
-from pgolf.bundle.wrap import minify, wrap
+from pgolf.bundle.wrap import minify, plain_class_annotations, wrap
 from pgolf.config import Config
 from pgolf.errors import PgolfError
 from pgolf.files import atomic_write, check_writable
@@ -141,7 +141,9 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     compile(source, str(out), "exec")  # a bundling bug must fail here, not on the training machine
     # Triton kernels read their parameters' annotations and, through inspect, their own source
     kernels = any(m in SWITCHED_MODULES for m in modules)
-    small = minify(source, keep_annotations=kernels)
+    # (the schema's classes keep theirs: the config parses env values by them)
+    small = minify(source if kernels else plain_class_annotations(source, frozenset(SECTION_CLASSES.values())),
+                   keep_annotations=kernels)
     wrapped = wrap(small, register_source=kernels)
     readable = readable_path_for(out)
     atomic_write(readable, source.encode())

@@ -10,8 +10,9 @@ runs there, and they are pure cost in code bytes. In every function of the strip
 * ``try: <body> except ...: raise PgolfError(...)`` becomes ``<body>``: the original exception
   then propagates instead of the one-line error;
 * ``assert`` statements go, as under ``python -O``;
-* what only fed those checks goes with them: a local assigned once and read only by a removed
-  check (its value is taken to be a query: checks ask, they do not change things), and an ``if``
+* what only fed those checks goes with them: a local assigned (once, or from itself only:
+  ``digest = digest or sha256(path)``) and read only by a removed check (its value is taken to be a
+  query: checks ask, they do not change things), and an ``if``
   or ``for`` whose body the removal left empty. A function left with nothing to do is then inlined
   away by :mod:`pgolf.bundle.trivial` and shaken out.
 
@@ -63,9 +64,11 @@ _SCALAR_CONVERSIONS = {"int", "float", "complex", "bool", "str", "bytes"}
 
 
 def _harmless(trial: ast.Try, handler: ast.ExceptHandler) -> bool:
-    """The handler re-raises what it caught, or its ``try`` body calls only scalar conversions
-    (``int(raw)``), so no bundle code, and none of its checks, runs inside it."""
-    if handler.body and isinstance(handler.body[-1], ast.Raise) and handler.body[-1].exc is None:
+    """The handler ends by raising (what it caught, or another error: either way it does not carry
+    on), or its ``try`` body calls only scalar conversions (``int(raw)``), so no bundle code, and none
+    of its checks, runs inside it."""
+    if handler.body and isinstance(handler.body[-1], ast.Raise) \
+            and not any(isinstance(n, (ast.Return, ast.Break, ast.Continue)) for s in handler.body for n in walk(s)):
         return True
     calls = [n for s in trial.body for n in walk(s) if isinstance(n, ast.Call)]
     return all(isinstance(c.func, ast.Name) and c.func.id in _SCALAR_CONVERSIONS for c in calls)
@@ -155,6 +158,19 @@ def _single_name_store(stmt: ast.stmt) -> str | None:
     return None
 
 
+def _only_feeds_itself(fn: ast.FunctionDef | ast.AsyncFunctionDef, name: str) -> bool:
+    """Every store of ``name`` in ``fn`` is a plain ``name = value`` and nothing reads ``name`` but
+    those values (``digest = digest or sha256(f)``): once a check that read it is gone, its stores
+    compute nothing anyone sees."""
+    assigns = [s for s in walk(fn) if isinstance(s, ast.stmt) and _single_name_store(s) == name]
+    stores = _stores(fn).get(name, 0)
+    if not assigns or stores != len(assigns) or any(isinstance(n, (ast.Global, ast.Nonlocal)) and name in n.names for n in walk(fn)):
+        return False
+    inside = {id(n) for a in assigns for n in walk(a.value)}
+    return not any(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) and id(n) not in inside
+                   for n in walk(fn))
+
+
 def _early_exit(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.If) and not stmt.orelse and len(stmt.body) == 1 \
         and isinstance(stmt.body[0], ast.Return) and stmt.body[0].value is None
@@ -173,9 +189,8 @@ def _drop_what_fed_the_checks(fn: ast.FunctionDef | ast.AsyncFunctionDef, fed: s
     statements the removals left empty, and a bare early return left last. Returns how many statements went."""
     removed = 0
     while True:
-        loads, stores = _loaded([fn]), _stores(fn)
         params = {a.arg for a in walk(fn.args) if isinstance(a, ast.arg)}
-        dead = {n for n in fed if n not in loads and stores.get(n) == 1 and n not in params}
+        dead = {n for n in fed if n not in params and _only_feeds_itself(fn, n)}
         dropped = [0]
 
         def prune(body: list[ast.stmt]) -> list[ast.stmt]:

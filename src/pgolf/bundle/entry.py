@@ -24,7 +24,14 @@ from pgolf.train.loop import train
 
 FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here, or
 PRESET = ""  # where it folded the whole config into the schema's defaults, only the preset's name here
-FOLDED_ENV: dict = {}  # {field: env name} of the folded switches whose env name is not the field's, upper-cased
+FOLDED_ENV: dict = {}  # {field: env name, or its prefix} of the folded switches whose env name is not the field's, upper-cased
+
+
+def folded_env(name: str, envs: dict) -> str:
+    """The env name of folded field ``name``: ``envs``' entry, where one ending in ``_`` is a prefix of
+    the field's name upper-cased (``PGOLF_`` for ``loader``: ``PGOLF_LOADER``), else the name upper-cased."""
+    env = envs.get(name, "")
+    return env + name.upper() if env[-1:] in "_" else env  # "" is in "_": no entry
 
 
 def check_folded(folded: dict, envs: dict, environ=os.environ) -> None:
@@ -32,7 +39,7 @@ def check_folded(folded: dict, envs: dict, environ=os.environ) -> None:
     the code was specialised to) to another value; ``envs``: env names that differ from the field's."""
     for values in folded.values():
         for name, value in values.items():
-            env = envs.get(name, name.upper())
+            env = folded_env(name, envs)
             if env in environ and parse_value(environ[env], type(value), env) != value:
                 raise PgolfError(
                     f"{env}={environ[env]!r}: this train_gpt.py was bundled "

@@ -235,6 +235,19 @@ def drop_empty_kwargs(bodies: list[list[ast.stmt]], uses) -> int:
     return total
 
 
+def _stored(target: ast.expr) -> Iterator[ast.expr]:
+    """The expressions a store to ``target`` rebinds: the target, or each element of an unpacking.
+    ``self.a.x = v`` and ``self.a[i] = v`` store *through* ``self.a``: they do not rebind it (and
+    :func:`literal_value`'s values are immutable: a store through one would raise)."""
+    if isinstance(target, (ast.Tuple, ast.List)):
+        for element in target.elts:
+            yield from _stored(element)
+    elif isinstance(target, ast.Starred):
+        yield from _stored(target.value)
+    else:
+        yield target
+
+
 def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | None]]:
     """(attribute, assigned value or None when not a plain assignment) for every ``self.a`` store."""
     for m in methods(cls):
@@ -247,7 +260,7 @@ def _self_attribute_stores(cls: ast.ClassDef) -> Iterator[tuple[str, ast.expr | 
             elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
                 targets = [(node.target, None)]
             for target, value in targets:
-                for sub in walk(target):
+                for sub in _stored(target):
                     if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id == me:
                         yield sub.attr, value if sub is target else None
 
@@ -265,25 +278,46 @@ class _SelfAttributes(ast.NodeTransformer):
         return node
 
 
+def _constant_self_attributes(cls: ast.ClassDef, types: Types) -> dict[str, Any]:
+    """The attributes of ``cls`` (not subclassed) whose every store is the same literal, stored by
+    its own methods only."""
+    if types.subclassed(cls.name):
+        return {}
+    class_level = set(types.class_body_names(cls))
+    values: dict[str, Any] = {}
+    spoiled: set[str] = set()
+    for attr, value in _self_attribute_stores(cls):
+        ok, lit = literal_value(value) if value is not None else (False, None)
+        if not ok or attr in types.outside_stores or attr in class_level or attr in _FRAMEWORK_SET:
+            spoiled.add(attr)
+        elif attr in values and (type(values[attr]) is not type(lit) or values[attr] != lit):
+            spoiled.add(attr)
+        else:
+            values[attr] = lit
+    return {k: v for k, v in values.items() if k not in spoiled}
+
+
+def self_attribute_constants(bodies: list[list[ast.stmt]], types: Types) -> dict[str, dict[str, Any]]:
+    """Class name -> its :func:`_constant_self_attributes`: for reads through a receiver of known type
+    outside the class (``model.lm_head`` where ``GPT.__init__`` only ever sets ``self.lm_head = None``)."""
+    out = {}
+    for body in bodies:
+        for cls in body:
+            if isinstance(cls, ast.ClassDef):
+                values = _constant_self_attributes(cls, types)
+                if values:
+                    out[cls.name] = values
+    return out
+
+
 def propagate_self_attributes(bodies: list[list[ast.stmt]], types: Types) -> int:
     """``self.a`` reads in a class whose every store of ``a`` is the same literal."""
     total = 0
     for body in bodies:
         for cls in body:
-            if not isinstance(cls, ast.ClassDef) or types.subclassed(cls.name):
+            if not isinstance(cls, ast.ClassDef):
                 continue
-            class_level = set(types.class_body_names(cls))
-            values: dict[str, Any] = {}
-            spoiled: set[str] = set()
-            for attr, value in _self_attribute_stores(cls):
-                ok, lit = literal_value(value) if value is not None else (False, None)
-                if not ok or attr in types.outside_stores or attr in class_level or attr in _FRAMEWORK_SET:
-                    spoiled.add(attr)
-                elif attr in values and (type(values[attr]) is not type(lit) or values[attr] != lit):
-                    spoiled.add(attr)
-                else:
-                    values[attr] = lit
-            values = {k: v for k, v in values.items() if k not in spoiled}
+            values = _constant_self_attributes(cls, types)
             if not values:
                 continue
             for m in methods(cls):
@@ -327,3 +361,91 @@ def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) 
             if agreed:
                 out[cls.name] = agreed
     return out
+
+
+def _bound_in_bundle(bodies: list[list[ast.stmt]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for body in bodies:
+        for node in walk(ast.Module(body=body, type_ignores=[])):
+            for name in names_bound_by(node):
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def _drop_argument(call: ast.Call, fn: ast.FunctionDef, param: str, skip_first: bool) -> bool | None:
+    """Remove what ``call`` passes for ``param`` (True if it passed something); None when that cannot
+    be done without moving another argument (passed positionally, not last) or losing an effect."""
+    positional = [p.arg for p in [*fn.args.posonlyargs, *fn.args.args][1 if skip_first else 0:]]
+    keyword = next((k for k in call.keywords if k.arg == param), None)
+    if keyword is not None:
+        if not is_pure(keyword.value):
+            return None
+        call.keywords.remove(keyword)
+        return True
+    if param in positional and positional.index(param) < len(call.args):
+        if positional.index(param) != len(call.args) - 1 or not is_pure(call.args[-1]):
+            return None
+        call.args.pop()
+        return True
+    return False
+
+
+def _unused_parameters(fn: ast.FunctionDef, skip_first: bool) -> list[str]:
+    """Parameters nothing in ``fn`` names, the last first (so that positional arguments come off the end)."""
+    a = fn.args
+    named = {n.id for n in walk(fn) if isinstance(n, ast.Name)}
+    params = [p.arg for p in [*a.posonlyargs, *a.args][1 if skip_first else 0:]] + [p.arg for p in a.kwonlyargs]
+    return [p for p in reversed(params) if p not in named and _bound_anywhere(fn).get(p) == 1]
+
+
+def _remove_parameter(fn: ast.FunctionDef, param: str) -> None:
+    a = fn.args
+    positional = [*a.posonlyargs, *a.args]
+    names = [p.arg for p in positional]
+    if param in names:
+        i = names.index(param)
+        first_default = len(positional) - len(a.defaults)
+        if i >= first_default:
+            del a.defaults[i - first_default]
+        if i < len(a.posonlyargs):
+            del a.posonlyargs[i]
+        else:
+            del a.args[i - len(a.posonlyargs)]
+        return
+    i = [p.arg for p in a.kwonlyargs].index(param)
+    del a.kwonlyargs[i], a.kw_defaults[i]
+
+
+def drop_unused_parameters(bodies: list[list[ast.stmt]], types: Types, uses) -> int:
+    """Parameters of top-level functions and class constructors that nothing in the function reads
+    (the folding left many: ``lr_scale(..., warmdown_frac=0.0)`` once the schedule is fixed) go, with
+    what every call passes for them, where the function's name is bound once in the bundle and used
+    only to call it, and each argument dropped is free of effects (``uses``: :func:`name_uses`)."""
+    calls, escaped = uses
+    bound = _bound_in_bundle(bodies)
+    total = 0
+    for body in bodies:
+        for stmt in body:
+            if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls \
+                    or bound.get(stmt.name) != 1:
+                continue
+            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+                fn, skip_first = stmt, False
+            elif isinstance(stmt, ast.ClassDef) and not types.subclassed(stmt.name) and not is_dataclass(stmt):
+                fn = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
+                skip_first = True
+                if fn is None or any(n.name == "__new__" for n in methods(stmt)):
+                    continue
+            else:
+                continue
+            if fn.args.vararg or fn.args.kwarg or any(call_bindings(fn, c, skip_first) is None for c in calls[stmt.name]):
+                continue
+            for param in _unused_parameters(fn, skip_first):
+                trial = [(c, list(c.args), list(c.keywords)) for c in calls[stmt.name]]
+                if any(_drop_argument(c, fn, param, skip_first) is None for c in calls[stmt.name]):
+                    for c, args, keywords in trial:  # put back what the calls before the refusing one lost
+                        c.args, c.keywords = args, keywords
+                    continue
+                _remove_parameter(fn, param)
+                total += 1
+    return total

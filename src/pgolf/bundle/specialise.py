@@ -32,7 +32,8 @@ from typing import Any
 from pgolf.bundle.names import walk
 from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, name_uses, propagate_arguments, propagate_locals, propagate_self_attributes,
+    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
+    propagate_self_attributes, self_attribute_constants,
 )
 from pgolf.bundle.simplify import is_const, simplify
 from pgolf.bundle.trivial import inline_trivial_calls, substitute_constants_in_tests
@@ -83,10 +84,13 @@ def folded_by_section(cfg: Config) -> dict[str, dict[str, Any]]:
 
 
 def folded_envs(cfg: Config) -> dict[str, str]:
-    """Field -> env name of the folded fields whose env name is not the field's name upper-cased."""
+    """Field -> env name of the folded fields whose env name is not the field's name upper-cased; an
+    env name that is a prefix and the field's name upper-cased (``PGOLF_LOADER``) is given as the
+    prefix only (``PGOLF_``, ending in ``_``, as no env name does): :func:`pgolf.bundle.entry.folded_env` reads both."""
     folded = folded_fields(cfg)
-    return {f.name: f.metadata["env"] for section, f in iter_fields(cfg)
+    envs = {f.name: f.metadata["env"] for section, f in iter_fields(cfg)
             if (section, f.name) in folded and f.metadata["env"] != f.name.upper()}
+    return {name: env.removesuffix(name.upper()) if env.endswith("_" + name.upper()) else env for name, env in envs.items()}
 
 
 class _FoldReads(ast.NodeTransformer):
@@ -105,7 +109,7 @@ class _FoldReads(ast.NodeTransformer):
         if table is None or node.attr not in table or self.types.stored(owner, node.attr, unless=table[node.attr]):
             return node
         self.count += 1
-        return ast.copy_location(ast.Constant(table[node.attr]), node)
+        return literal_node(table[node.attr], node)  # a tuple as a tuple display, which the simplifier knows
 
     def _shadowed(self, node, names):
         saved = self.env
@@ -175,9 +179,12 @@ def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[st
         constants = {cls: dict(values) for cls, values in fields.items()}
         for cls, values in dataclass_field_constants(bodies, types, uses).items():
             constants.setdefault(cls, {}).update(values)
+        for cls, values in self_attribute_constants(bodies, types).items():
+            constants[cls] = {**values, **constants.get(cls, {})}
         changed = _fold_reads(bodies, types, constants)
         changed += propagate_arguments(bodies, types, uses)
         changed += drop_empty_kwargs(bodies, uses)
+        changed += drop_unused_parameters(bodies, types, uses)
         changed += propagate_self_attributes(bodies, types)
         changed += propagate_locals(bodies)
         changed += inline_trivial_calls(bodies, uses)  # the round's uses: stale only towards caution
@@ -236,7 +243,8 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
     ``field_fn(value, env, check)`` with the resolved value; ``env`` becomes None where it is the
     field's name upper-cased (a statement after the classes fills those in), and ``check`` is kept
     only for a field the bundle's code still reads (a folded or unused field's value changes nothing,
-    so checking it is dead code); trailing Nones go. The ``help`` parameter leaves ``field_fn``, and
+    so checking it is dead code), and not at all when nothing but ``field_fn`` names ``"check"`` (the
+    input checks were stripped: :mod:`pgolf.bundle.checks`); trailing Nones go. The ``help`` parameter leaves ``field_fn``, and
     the rules no kept check names leave the ``rules_name`` dict. Run it after folding.
     False (nothing changed) when the schema does not have that shape (:func:`schema_compactable`)."""
     found = _schema_calls(bodies, class_names, field_fn)
@@ -248,7 +256,9 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
         call.parent_name = name  # type: ignore[attr-defined]
         calls.append((call, getattr(getattr(cfg, section), name)))
     read = _attributes_read(bodies) | _strings_outside(bodies, classes_of(bodies, class_names))
-    checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)}
+    # with the input checks stripped, nothing but the field function itself names "check": the checks go too
+    checks_read = "check" in _strings_outside(bodies, [*classes_of(bodies, class_names), fn])
+    checks = {f.name: f.metadata.get("check") for _, f in iter_fields(cfg)} if checks_read else {}
     kept_rules: set[str] = set()
     _drop_unread_fields(bodies, class_names, read)
     calls = [(call, value) for call, value in calls if call.parent_name in read]  # type: ignore[attr-defined]
@@ -264,8 +274,9 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
         while len(args) > 1 and isinstance(args[-1], ast.Constant) and args[-1].value is None:
             args.pop()
         call.args = [ast.copy_location(a, call.args[0]) for a in args]
-    fn.args.args = [a for a in fn.args.args if a.arg != "help"]
-    fn.args.defaults = [ast.Constant(None), ast.Constant(None)]  # env None: the field's name upper-cased (set below)
+    dropped = {"help"} if checks_read else {"help", "check"}
+    fn.args.args = [a for a in fn.args.args if a.arg not in dropped]
+    fn.args.defaults = [ast.Constant(None)] * (len(fn.args.args) - 1)  # env None: the field's name upper-cased (set below)
     classes = ", ".join(class_names[s] for s in SECTIONS)
     fixup = ast.parse(
         f"for _schema_cls in ({classes}):\n"
@@ -278,7 +289,7 @@ def compact_schema(bodies: list[list[ast.stmt]], cfg: Config, class_names: dict[
             break
     for node in walk(fn):
         if isinstance(node, ast.Dict):
-            _drop_keys(node, lambda key: key == "help")
+            _drop_keys(node, lambda key: key in dropped)
     rules = next((s for body in bodies for s in body if isinstance(s, ast.Assign) and len(s.targets) == 1
                   and isinstance(s.targets[0], ast.Name) and s.targets[0].id == rules_name and isinstance(s.value, ast.Dict)), None)
     if rules is not None:

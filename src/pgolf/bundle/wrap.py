@@ -102,6 +102,26 @@ def minify(source: str, keep_annotations: bool = False) -> str:
         clean_shared_parser_nodes()
 
 
+def plain_class_annotations(source: str, keep: frozenset[str]) -> str:
+    """``source`` with every class attribute's annotation but those of the classes in ``keep`` made
+    ``int``. A dataclass needs each field annotated, but nothing reads what with (the config
+    schema's classes, ``keep``, excepted: env values are parsed by their fields' annotations);
+    ``ClassVar`` and ``InitVar`` annotations, which make a name no field or an init-only one, stay.
+    The minifier keeps class attribute annotations as they are, and ``list[torch.optim.Optimizer]``
+    costs bytes that ``int`` does not."""
+    tree = ast.parse(source)
+    if not keep <= {n.name for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}:
+        return source  # a kept class not found (renamed?): its annotations could be lost, so change nothing
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name not in keep):
+        for stmt in cls.body:
+            if isinstance(stmt, ast.AnnAssign) and not any(
+                    isinstance(n, (ast.Name, ast.Attribute)) and getattr(n, "id", getattr(n, "attr", "")) in ("ClassVar", "InitVar")
+                    or isinstance(n, ast.Constant) and isinstance(n.value, str) and ("ClassVar" in n.value or "InitVar" in n.value)
+                    for n in ast.walk(stmt.annotation)):
+                stmt.annotation = ast.copy_location(ast.Name("int", ast.Load()), stmt.annotation)
+    return ast.unparse(tree)
+
+
 def constexpr_parameters(source: str) -> list[str]:
     """Parameters annotated ``tl.constexpr``. The minifier must leave them alone: it would copy a
     renamed parameter into a short local, and Triton's interpreter forgets that a local copy of a
