@@ -85,11 +85,11 @@ def smeargate_orthoinit_muonwd() -> Config:
     pgolf's ``bigram.*`` and ``smear.gate``; ``pgolf convert`` writes it back), and pgolf computes its
     GPT's logits from it (tests/model/test_record_parity.py).
 
-    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation. It loads the val
-    stream cut to whole windows of 1024, and its ``eval_val_sliding_window`` scores only the last 64
-    targets of each full window: never the first 960 targets nor the stream's tail. pgolf scores
-    every target once (the first window's and the tail's too), and on exactly R15's targets gives
-    R15's score, each target with the context R15 gives it.
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 1024, and its ``eval_val_sliding_window`` scores
+    only the last 64 targets of each full window: never the first 960 targets nor the stream's tail.
+    pgolf scores every target once (the first window's and the tail's too), and on exactly R15's targets
+    gives R15's score, each target with the context R15 gives it.
     """
     cfg = baseline()
     cfg.preset = "smeargate_orthoinit_muonwd"
@@ -122,8 +122,8 @@ def mlp3x_int8emb_seq2048() -> Config:
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
     from it (tests/model/test_record_parity.py).
 
-    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation; its
-    ``eval_val_sliding`` reads the whole stream and scores every target once, with pgolf's windows,
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation;
+    its ``eval_val_sliding`` reads the whole stream and scores every target once, with pgolf's windows,
     the final partial window included, so ``--stride 256`` gives its number on the same targets.
 
     Not here yet: the "QGv3" grouped serialization (pgolf writes its own container). The int6
@@ -215,12 +215,12 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     writes the banked file back. pgolf computes its GPT's logits from it
     (tests/model/test_record_parity.py).
 
-    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation. It loads the val
-    stream cut to whole windows of 2048; its ``eval_val_sliding`` scores every target of that stream
-    once with pgolf's windows and then scores the last 64 targets again in each of the 31 shorter
-    windows that start past the last full one (6,080 scores for 4,096 targets at two windows).
-    pgolf scores each target once (the tail past
-    the last whole window too) and agrees, target by target, with R22's first score of each.
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores every target
+    of that stream once with pgolf's windows and then scores the last 64 targets again in each of the 31
+    shorter windows that start past the last full one (6,080 scores for 4,096 targets at two windows).
+    pgolf scores each target once (the tail past the last whole window too) and agrees, target by
+    target, with R22's first score of each.
     """
     cfg = baseline()
     cfg.preset = "leakyrelu_ttt_parallel_muon"
@@ -269,10 +269,10 @@ def sp8192_recur_parres_ttt() -> Config:
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
     from it, loops on as evaluated (tests/model/test_record_parity.py).
 
-    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation. It loads the val
-    stream cut to whole windows of 2048; its ``eval_val_sliding`` scores each target of that stream
-    once, with pgolf's windows: the same per-target losses. pgolf also scores the tail past the last
-    whole window.
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores each target of
+    that stream once, with pgolf's windows: the same per-target losses. pgolf also scores the tail past
+    the last whole window.
 
     Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
@@ -332,13 +332,15 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     ``pgolf convert`` writes the banked file back. pgolf computes its GPT's logits from it, with its
     BOS-delimited varlen attention and loops on as evaluated (tests/model/test_record_parity.py).
 
-    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is not pgolf's standard evaluation. It packs each
-    batch of windows into one sequence cut at every BOS and every 2048 tokens from a document's
-    start, so a document crossing a window edge keeps its context (pgolf's standard windows restart
-    it at every edge), and it drops the last partial batch (its "TODO: Don't truncate this"), unscored. ``--stride 2048 --doc-isolated`` reads exactly its
-    contexts and scores every target once: on R44's targets the per-target losses agree. Its script
-    has no sliding evaluation (its EVAL_STRIDE is read and never used); the preset's EVAL_STRIDE 64
-    phase is pgolf's, between its standard evaluation and the phased TTT that gives its score.
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is not pgolf's standard
+    evaluation. It packs each batch of windows into one sequence cut at every BOS and every 2048 tokens
+    from a document's start, so a document crossing a window edge keeps its context (pgolf's standard
+    windows restart it at every edge), and it drops the last partial batch (its "TODO: Don't truncate
+    this"), unscored. A batch's start cuts a document too (the test puts a BOS there). ``--stride 2048
+    --doc-isolated`` reads exactly its contexts otherwise and scores every target once: on R44's
+    targets the per-target losses agree. Its script has no sliding evaluation (its
+    EVAL_STRIDE is read and never used); the preset's EVAL_STRIDE 64 phase is pgolf's, between its
+    standard evaluation and the phased TTT that gives its score.
 
     Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here),
     TTT LoRA on K, O and the MLP, the TTT
