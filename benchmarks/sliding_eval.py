@@ -20,7 +20,11 @@ Each side gets one untimed warm-up call, then ``--runs`` timed calls in alternat
 process CPU seconds are recorded (the CPU time is less disturbed by other load on a shared machine),
 medians compared. Writes ``benchmarks/results/sliding_eval_<device>.json``.
 
-    PYTHONPATH=src python benchmarks/sliding_eval.py [--max-tokens N] [--set NUM_LAYERS=2 ...]
+    PYTHONPATH=src python benchmarks/sliding_eval.py [--max-tokens N] [--set NUM_LAYERS=2 ...] [--device cuda]
+
+Defaults: each record's preset stride (PR #160 256, R15 64) and the first 4,096 (PR #160: 9 windows
+of 2048) or 2,048 (R15: 17 windows of 1024) val targets; one window alone would be the same work on
+both sides.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ RECORDS = {  # name -> (script, function, pgolf preset)
     "pr160": ("PR160_mlp3x_int8emb_seq2048/train_gpt.py", "eval_val_sliding", "mlp3x_int8emb_seq2048"),
     "r15": ("R15_smeargate_orthoinit_muonwd/train_gpt_v5.py", "eval_val_sliding_window", "smeargate_orthoinit_muonwd"),
 }
+# val targets scored by default: several windows each (one window is the same work on both sides),
+# small enough for a 2-core CPU at full width
+DEFAULT_TARGETS = {"pr160": 4096, "r15": 2048}
 R15_BATCH_WINDOWS = 32  # SW_EVAL_BATCH's default in R15
 # same targets, same model: the scores differ only by summation order (fp32 on CPU) or by bf16 kernels
 # that depend on the batch shape (CUDA autocast, both sides)
@@ -105,7 +112,7 @@ def compare(name: str, args, device: torch.device) -> dict:
     import sentencepiece as spm
 
     from pgolf.data.shards import load_tokens
-    from pgolf.eval.evaluate import trim_to_windows
+    from pgolf.eval.evaluate import val_stream
     from pgolf.eval.sliding import compiled_hidden, evaluate_sliding
     from pgolf.model.gpt import build_model
     from pgolf.presets import build_config
@@ -115,10 +122,12 @@ def compare(name: str, args, device: torch.device) -> dict:
     script, function, preset = RECORDS[name]
     record = load_record(Path(args.script.get(name, ORACLES / script)))
     cfg = build_config(preset, args.set, environ={})
-    seq_len, stride = cfg.eval_seq_len, args.stride
+    seq_len, stride = cfg.eval_seq_len, args.stride or cfg.eval.eval_stride
     val = args.data / "datasets" / "fineweb10B_sp1024_valprefix" / "fineweb_val_000000.bin"
     sp = spm.SentencePieceProcessor(model_file=str(args.data / "tokenizers" / "fineweb_1024_bpe.model"))
-    tokens = trim_to_windows(load_tokens(str(val), "val", cfg.model.vocab_size), seq_len, args.max_tokens)
+    # the stream as pgolf eval scores it (pgolf.eval.valdata): every target, a tail past whole windows too
+    tokens = val_stream(load_tokens(str(val), "val", cfg.model.vocab_size), seq_len,
+                        args.max_tokens if args.max_tokens >= 0 else DEFAULT_TARGETS[name])
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, device).eval()
     table = build_byte_table(sp, cfg.model.vocab_size).to_torch(device)
@@ -176,11 +185,13 @@ def main() -> int:
     parser.add_argument("--script", action="append", default=[], metavar="RECORD=PATH",
                         help="a record's script elsewhere than the oracles folder, e.g. r15=.ref/r15_train_gpt_v5.py")
     parser.add_argument("--set", action="append", default=[], help="config override for both sides, e.g. NUM_LAYERS=2")
-    parser.add_argument("--stride", type=int, default=64)
-    parser.add_argument("--max-tokens", type=int, default=0, help="val tokens to score (0: the whole val prefix)")
+    parser.add_argument("--stride", type=int, default=0, help="sliding stride (0: each record's preset's, PR #160 256, R15 64)")
+    parser.add_argument("--max-tokens", type=int, default=-1,
+                        help="val targets to score (0: the whole val prefix; default: PR #160 4096, R15 2048)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where both sides run (cuda: bf16 autocast on both, pgolf's hidden states compiled)")
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/sliding_eval_<device>.json")
     args = parser.parse_args()
     args.script = dict(item.split("=", 1) for item in args.script)
@@ -195,7 +206,7 @@ def main() -> int:
     load_before = os.getloadavg()
     comparisons = {name: compare(name, args, device) for name in args.records}
     report = {
-        "what": f"sliding-window evaluation, stride {args.stride}: pgolf's evaluate_sliding vs PR #160's and R15's own "
+        "what": "sliding-window evaluation at each record's stride: pgolf's evaluate_sliding vs PR #160's and R15's own "
                 "functions, each on pgolf's model of the record's preset, the same weights and targets",
         "commit": git_commit(), "device": device_name(device), "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_before": load_before,

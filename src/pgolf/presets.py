@@ -30,7 +30,9 @@ def preset(name: str, source: str):
 @preset("baseline", "records/track_10min_16mb/2026-03-17_NaiveBaseline: 1.2244 val_bpb on 8xH100")
 def baseline() -> Config:
     """The challenge's reference train_gpt.py, defaults unchanged: 9x512, sp1024, 17,059,912 params.
-    Its ``final_model.pt`` loads as it is and gives its GPT's logits (tests/model/test_record_parity.py)."""
+    Its ``final_model.pt`` loads as it is and gives its GPT's logits (tests/model/test_record_parity.py).
+    Its ``eval_val`` (whole windows; the tail that fills no window is not scored) is pgolf's standard
+    evaluation: same targets, same score (tests/eval/test_record_eval_parity.py)."""
     cfg = Config()
     cfg.preset = "baseline"
     return cfg
@@ -82,6 +84,12 @@ def smeargate_orthoinit_muonwd() -> Config:
     Its own ``final_model.pt`` loads as it is saved (``bigram_hash.*`` and ``smeargate.gate`` are
     pgolf's ``bigram.*`` and ``smear.gate``; ``pgolf convert`` writes it back), and pgolf computes its
     GPT's logits from it (tests/model/test_record_parity.py).
+
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 1024, and its ``eval_val_sliding_window`` scores
+    only the last 64 targets of each full window: never the first 960 targets nor the stream's tail.
+    pgolf scores every target once (the first window's and the tail's too), and on exactly R15's targets
+    gives R15's score, each target with the context R15 gives it.
     """
     cfg = baseline()
     cfg.preset = "smeargate_orthoinit_muonwd"
@@ -114,6 +122,10 @@ def mlp3x_int8emb_seq2048() -> Config:
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
     from it (tests/model/test_record_parity.py).
 
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation;
+    its ``eval_val_sliding`` reads the whole stream and scores every target once, with pgolf's windows,
+    the final partial window included, so ``--stride 256`` gives its number on the same targets.
+
     Not here yet: the "QGv3" grouped serialization (pgolf writes its own container). The int6
     clip rule of PR #160 is not stated, so pgolf's default percentile clip is used.
     """
@@ -138,7 +150,8 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     U-Net skips, orthogonal init; 26,502,232 parameters with the train_gpt.py the PR ships.
     Its own ``final_model.pt`` loads as it is saved (its SwiGLU ``mlp.gate`` and ``mlp.up`` are
     stacked into pgolf's ``mlp.fc``; ``pgolf convert`` splits them again), and pgolf computes its
-    GPT's logits from it (tests/model/test_record_parity.py).
+    GPT's logits from it (tests/model/test_record_parity.py). Its ``eval_val`` (it has no sliding
+    evaluation) is pgolf's standard evaluation: same targets, same score (tests/eval/test_record_eval_parity.py).
     Training as its command line: 1 GPU with grad accumulation 8, 4,850 s, batch 524,288 tokens of
     2048, warm-down 3000 steps, the reference LRs (0.04 matrix/scalar, 0.05 tied embedding). Its
     script hands the SmearGate to no optimizer, so the gate stays at its zero init
@@ -201,6 +214,13 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     ``ve_shared.embed`` its ``.table``, the ``ve_layer_scales`` list one vector; ``pgolf convert``
     writes the banked file back. pgolf computes its GPT's logits from it
     (tests/model/test_record_parity.py).
+
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores every target
+    of that stream once with pgolf's windows and then scores the last 64 targets again in each of the 31
+    shorter windows that start past the last full one (6,080 scores for 4,096 targets at two windows).
+    pgolf scores each target once (the tail past the last whole window too) and agrees, target by
+    target, with R22's first score of each.
     """
     cfg = baseline()
     cfg.preset = "leakyrelu_ttt_parallel_muon"
@@ -248,6 +268,11 @@ def sp8192_recur_parres_ttt() -> Config:
 
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
     from it, loops on as evaluated (tests/model/test_record_parity.py).
+
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
+    It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores each target of
+    that stream once, with pgolf's windows: the same per-target losses. pgolf also scores the tail past
+    the last whole window.
 
     Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
@@ -306,6 +331,16 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     matrices, ``smear_gate.weight`` and ``smear_lambda`` pgolf's ``smear.gate`` and ``smear.lam``;
     ``pgolf convert`` writes the banked file back. pgolf computes its GPT's logits from it, with its
     BOS-delimited varlen attention and loops on as evaluated (tests/model/test_record_parity.py).
+
+    Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is not pgolf's standard
+    evaluation. It packs each batch of windows into one sequence cut at every BOS and every 2048 tokens
+    from a document's start, so a document crossing a window edge keeps its context (pgolf's standard
+    windows restart it at every edge), and it drops the last partial batch (its "TODO: Don't truncate
+    this"), unscored. A batch's start cuts a document too (the test puts a BOS there). ``--stride 2048
+    --doc-isolated`` reads exactly its contexts otherwise and scores every target once: on R44's
+    targets the per-target losses agree. Its script has no sliding evaluation (its
+    EVAL_STRIDE is read and never used); the preset's EVAL_STRIDE 64 phase is pgolf's, between its
+    standard evaluation and the phased TTT that gives its score.
 
     Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here),
     TTT LoRA on K, O and the MLP, the TTT

@@ -1,7 +1,8 @@
 """Standard evaluation, exactly as the challenge's ``eval_val``.
 
-The validation stream is cut into non-overlapping windows of ``seq_len`` tokens (the tail that does
-not fill a window is dropped, keeping the one extra token that the last target needs). Every window
+The validation stream is cut into non-overlapping windows of ``seq_len`` tokens; the tail that does
+not fill a window is not scored here, as in the challenge's ``eval_val`` (the stream itself keeps it:
+:func:`val_stream`; sliding windows and TTT score it). Every window
 predicts its ``seq_len`` next tokens; windows are split evenly over ranks and batched. Scores go
 through :class:`pgolf.eval.bpb.BpbAccumulator`, the only place nats and bytes are summed.
 """
@@ -28,6 +29,17 @@ def trim_to_windows(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> np
     if usable <= 0:
         raise PgolfError(f"validation data has {tokens.shape[0]} tokens, too few for one window of {seq_len}")
     return tokens[: usable + 1]
+
+
+def val_stream(tokens: np.ndarray, seq_len: int, max_tokens: int = 0) -> np.ndarray:
+    """The stream every evaluation scores: all targets (or the first ``max_tokens``), the tail past the
+    last whole window kept. Standard windows drop that tail themselves (:func:`evaluate`); sliding
+    windows and TTT score every target, the tail included, as the records' sliding evaluations do."""
+    if max_tokens > 0:
+        tokens = tokens[: max_tokens + 1]
+    if tokens.shape[0] - 1 < seq_len:
+        raise PgolfError(f"validation data has {tokens.shape[0]} tokens, too few for one window of {seq_len}")
+    return tokens
 
 
 def autocast_for(device: torch.device):
@@ -99,7 +111,7 @@ def evaluate(
     keep_token_losses: bool = False,
     progress=None,
 ) -> EvalResult:
-    """Score ``tokens`` (already trimmed by :func:`trim_to_windows`) with non-overlapping windows.
+    """Score ``tokens`` with non-overlapping windows (a tail shorter than ``seq_len`` is not scored).
 
     ``batch_tokens`` is the global batch; each rank scores ``batch_tokens // world_size`` tokens
     at a time (the reference additionally divides by its grad-accum factor; batching does not

@@ -26,7 +26,7 @@ from pgolf.tokenizer.luts import TorchByteTable
 @dataclass
 class ValData:
     sp: object  # the SentencePieceProcessor
-    tokens: np.ndarray  # the val stream, trimmed to whole windows
+    tokens: np.ndarray  # the val stream, every target (its tail past the last whole window too)
     table: TorchByteTable
     files: list[Path]
 
@@ -63,15 +63,16 @@ def scoring_table(sp, vocab_size: int, files: list[Path], tokens: np.ndarray,
 
 def load_validation(tokenizer: str | os.PathLike, val_spec: str | os.PathLike, vocab_size: int, seq_len: int,
                     max_tokens: int = 0, device: torch.device | str = "cpu") -> ValData:
-    """Tokenizer, val stream (whole windows of ``seq_len``, optionally only ``max_tokens``) and its byte table."""
+    """Tokenizer, val stream (all of it, or its first ``max_tokens`` targets; at least one window of
+    ``seq_len``) and its byte table."""
     from pgolf.data.identity import check_tokenizer
     from pgolf.data.shards import load_tokens, resolve_shards
-    from pgolf.eval.evaluate import trim_to_windows
+    from pgolf.eval.evaluate import val_stream
     from pgolf.tokenizer.spm import check_vocab_size, load_tokenizer
 
     sp = load_tokenizer(tokenizer)
     check_vocab_size(sp, vocab_size, str(tokenizer))
     files = resolve_shards(val_spec, "val")
     check_tokenizer(files, tokenizer)
-    tokens = trim_to_windows(load_tokens(val_spec, "val", vocab_size), seq_len, max_tokens)
+    tokens = val_stream(load_tokens(val_spec, "val", vocab_size), seq_len, max_tokens)
     return ValData(sp, tokens, scoring_table(sp, vocab_size, files, tokens, device), files)
