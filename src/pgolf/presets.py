@@ -95,7 +95,9 @@ def smeargate_orthoinit_muonwd() -> Config:
     t.warmdown_iters = 3000
     cfg.eval.eval_stride = 64
     q = cfg.quant
-    q.scheme, q.compressor, q.qat_enabled = "embed=fp16,bigram.table.weight=fp16,*=int6", "zstd", True
+    q.scheme = "embed=fp16,bigram.table.weight=fp16,smear.gate=fp16,*=int6:ref"  # its int6: the reference rule at 6 bits
+    q.compressor, q.qat_enabled = "zstd", True
+    q.byte_shuffle = True  # fp16 tables byte-plane by byte-plane: pgolf's, smaller than R15's torch.save
     return cfg
 
 
@@ -125,7 +127,7 @@ def mlp3x_int8emb_seq2048() -> Config:
     o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps, o.grad_clip_norm = 0.92, 1500, 0.3
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 786_432, 2048, 3000
     e.eval_stride = 256
-    q.scheme, q.compressor = "embed=int8ref,*=int6", "lzma"
+    q.scheme, q.compressor = "embed=int8ref,*=int6:ref", "lzma"
     return cfg
 
 
@@ -169,7 +171,8 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "lora", 8, 0.05, "q,v"
     e.ttt_chunk_size, e.ttt_eval_seq_len = 256, 256
-    q.scheme, q.compressor = "embed=int8:max,mlp=int5:max,*=int6:max", "zstd"
+    q.scheme = "embed=int8:max,*resid_mix=fp16,skip_weights=fp16,mlp=int5:max,*=int6:max,small=896,keep=fp16"
+    q.compressor = "zstd"
     return cfg
 
 
@@ -220,7 +223,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.002, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
-    q.scheme, q.compressor = "embed=int8ref,attn=int6:mse,mlp=int6:mse", "lzma"
+    q.scheme, q.compressor = "embed=int8ref,attn=int6:refmse,mlp=int6:refmse,keep=fp16", "lzma"
     return cfg
 
 
@@ -267,7 +270,7 @@ def sp8192_recur_parres_ttt() -> Config:
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.005, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
-    q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85", "brotli"
+    q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85,keep=fp16", "brotli"
     q.gptq_enabled, q.gptq_reserve_seconds = True, 12.0
     return cfg
 
@@ -340,7 +343,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.phased_ttt_prefix_docs, e.phased_ttt_num_phases = 2500, 3
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
-    q.scheme, q.compressor = "embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85", "brotli"
+    q.scheme = "*.attn_gate_w=int8:max,embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85,keep=fp16"
+    q.compressor = "brotli"
     q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all
     q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg
