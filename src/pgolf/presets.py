@@ -271,6 +271,7 @@ def sp8192_recur_parres_ttt() -> Config:
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.005, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
     q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85,keep=fp16", "brotli"
+    q.stream_shuffle = 2  # R35's byte shuffle of the whole serialized stream (stride 2) before brotli
     q.gptq_enabled, q.gptq_reserve_seconds = True, 12.0
     return cfg
 

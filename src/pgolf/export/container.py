@@ -6,8 +6,8 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
     0       8     magic b"PGOLF\\x00AR"
     8       1     format version (1)
     9       1     compressor id (pgolf.export.codecs: 1 zlib-9, 2 lzma, 3 zstd-22, 4 brotli-11, 5 lrzip)
-    10      8     uncompressed payload length, u64
-    18      4     CRC32 of the uncompressed payload, u32
+    10      8     uncompressed payload length, u64 (of the shuffled stream, when shuffled)
+    18      4     CRC32 of the uncompressed payload, u32 (likewise)
     22      ...   compressed payload, to the end of the file
 
 The payload is a safetensors file (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError, one_line
 from pgolf.files import atomic_write
-from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
+from pgolf.export.bitpack import pack_codes, shuffle_bytes, shuffle_stream, unpack_codes, unshuffle_bytes, unshuffle_stream
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
@@ -69,11 +69,16 @@ LQER_PARTS = ("a_codes", "a_scale", "b_codes", "b_scale")
 # ---------------------------------------------------------------------------------------------
 
 
-def pack_container(payload: bytes, codec: str = "zlib") -> bytes:
+def pack_container(payload: bytes, codec: str = "zlib", stream_shuffle: int = 0) -> bytes:
     """Frame ``payload``: header (magic, version, codec, length, CRC32) + compressed bytes.
 
     ``codec`` is a compressor name or ``"auto"``: every available compressor, smallest output wins.
+    ``stream_shuffle`` (a stride >= 2): the payload is byte-shuffled as a whole before compressing,
+    in R35's ``BSHF`` framing (pgolf.export.bitpack); length and CRC are then those of the shuffled
+    bytes, and reading undoes the shuffle after checking them.
     """
+    if stream_shuffle:
+        payload = shuffle_stream(payload, stream_shuffle)
     if codec == "auto":  # AUTO, spelled as a literal so that a bundle can fold it
         c, body = compress_best(payload)
     else:
@@ -114,7 +119,7 @@ def unpack_container(
         raise PgolfError(f"{source}: payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
         raise PgolfError(f"{source}: payload CRC32 mismatch (corrupt artifact)")
-    return payload
+    return unshuffle_stream(payload)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,10 +371,11 @@ def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[
 
 def encode_artifact(
     q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False,
-    v1_only: bool = False,
+    v1_only: bool = False, stream_shuffle: int = 0,
 ) -> bytes:
-    """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins)."""
-    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only), codec)
+    """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins;
+    ``stream_shuffle``: see :func:`pack_container`)."""
+    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only), codec, stream_shuffle)
 
 
 def decode_artifact(
@@ -389,12 +395,14 @@ def write_artifact(
     *,
     shuffle: bool = False,
     v1_only: bool = False,
+    stream_shuffle: int = 0,
 ) -> int:
     """Write the artifact atomically; return its exact size on disk in bytes."""
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    atomic_write(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only))
+    atomic_write(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only,
+                                       stream_shuffle=stream_shuffle))
     return os.path.getsize(path)
 
 

@@ -96,10 +96,12 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scheme: Scheme) -> tuple[Tensor, T
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    # Damped as the records damp: the mean of diag() (a contiguous copy; the mean of the strided
+    # torch.diagonal view sums in another order, and a few dozen codes of an int8 table differed).
+    h.diagonal().add_(DAMP * h.diag().mean())
     perm = torch.argsort(torch.diagonal(h), descending=True)
     inv = torch.argsort(perm)
     w, h, s = w[:, perm], h[perm][:, perm], col_scale[:, perm]
-    h += DAMP * torch.diagonal(h).mean() * torch.eye(cols)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.zeros_like(w)
     for b0 in range(0, cols, BLOCK):
