@@ -129,6 +129,8 @@ def scaled_config(preset: str):
     cfg = build_config(preset, environ={})
     m = cfg.model
     m.vocab_size = min(m.vocab_size, VOCAB)
+    if cfg.quant.gptq_enabled:  # GPTQ walks the input columns one by one: a 2x MLP halves the walk
+        m.mlp_mult = min(m.mlp_mult, 2)
     m.num_layers = LAYERS
     m.xsa_last_n = min(m.xsa_last_n, LAYERS)
     if m.ve_enabled:
