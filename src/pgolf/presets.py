@@ -127,7 +127,7 @@ def mlp3x_int8emb_seq2048() -> Config:
     o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps, o.grad_clip_norm = 0.92, 1500, 0.3
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 786_432, 2048, 3000
     e.eval_stride = 256
-    q.scheme, q.compressor = "embed=int8ref,*=int6:ref", "lzma"
+    q.scheme, q.compressor, q.serializer = "embed=int8ref,*=int6:ref", "lzma", "qgv3"
     return cfg
 
 
