@@ -224,6 +224,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.002, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
     q.scheme, q.compressor = "embed=int8ref,attn=int6:refmse,mlp=int6:refmse,keep=fp16", "lzma"
+    q.byte_shuffle = True  # pgolf's: fp16 scales and tensors byte-plane by byte-plane, smaller than R22's file
     return cfg
 
 
