@@ -106,3 +106,18 @@ def test_pr160s_preset_switches_it_on():
     q = build_config("mlp3x_int8emb_seq2048", environ={}).quant
     assert q.serializer == "qgv3" and q.compressor == "lzma"
     assert build_config("baseline", environ={}).quant.serializer == "pgolf"
+
+
+@pytest.mark.parametrize("kind", ["qgv3", "stream shuffle"])
+def test_byte_attribution_names_what_it_cannot_read(tmp_path, kind):
+    from pgolf.export.container import write_artifact
+    from pgolf.export.inspect import attribute_bytes
+
+    q = quantize_state_dict_policy(_state(), POLICY)
+    path = tmp_path / "a.ptz"
+    if kind == "qgv3":
+        write_artifact(path, q, {}, "zlib", serializer="qgv3")
+    else:
+        write_artifact(path, q, {}, "zlib", stream_shuffle=2)
+    with pytest.raises(PgolfError, match="QGv3 payload" if kind == "qgv3" else "whole-stream byte shuffle"):
+        attribute_bytes(path)
