@@ -230,6 +230,11 @@ class QuantConfig:
     )
     compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor: zlib (reference, level 9), lzma, zstd, brotli, lrzip or auto (smallest)")
     byte_shuffle: bool = _f(False, "PGOLF_BYTE_SHUFFLE", "store fp16/fp32 tensors byte-plane by byte-plane in the artifact")
+    serializer: str = _f(
+        "pgolf", "PGOLF_SERIALIZER", "artifact payload layout: pgolf (safetensors) or qgv3 (PR #160's grouped raw bytes)",
+        ("pgolf", "qgv3"))
+    stream_shuffle: int = _f(
+        0, "PGOLF_STREAM_SHUFFLE", "byte-shuffle the whole payload with this stride before compressing (R35: 2); 0 off", NONNEG)
     qat_enabled: bool = _f(False, "QAT_ENABLED", "straight-through fake quantization of linear weights by the export policy")
     late_qat_threshold: float = _f(
         0.0, "LATE_QAT_THRESHOLD", "with QAT_ENABLED: switch QAT on once the LR scale drops below this (0: from the first step)", UNIT)

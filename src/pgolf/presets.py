@@ -77,9 +77,13 @@ def smeargate_orthoinit_muonwd() -> Config:
     """R15: 9x512, MLP 3x, BigramHash 4096x128 (R15's multiplicative hash), SmearGate v1,
     orthogonal init; 22,368,840 parameters, as its train.log reports. Its LRs (0.03 tied embedding,
     0.02 matrix/scalar), Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD 0.01, warm-down 3000.
-    Export: per-row int6 at the reference's percentile clip, the token embedding and the BigramHash
-    table as fp16, zstd-22; int6 straight-through QAT of every linear from the first step (the same
-    scheme as the export). Score: sliding windows of 1024, stride 64.
+    Export: R15's own int6, the reference's per-row rule at 6 bits (``int6:ref``: percentile
+    clip, scale floored at 1/31, codes from the fp32 scale), the token embedding, the BigramHash
+    table and the SmearGate gate as fp16, zstd-22, fp16 tensors byte-shuffled (pgolf's layout, smaller
+    than R15's ``torch.save``); dequantised bit for bit as R15's own quantizer
+    (tests/export/test_record_export_parity.py). int6 straight-through QAT of every linear from the
+    first step, by pgolf's ``pct`` rule (R15's QAT has neither the floor nor fp16 scales).
+    Score: sliding windows of 1024, stride 64.
 
     Its own ``final_model.pt`` loads as it is saved (``bigram_hash.*`` and ``smeargate.gate`` are
     pgolf's ``bigram.*`` and ``smear.gate``; ``pgolf convert`` writes it back), and pgolf computes its
@@ -103,7 +107,9 @@ def smeargate_orthoinit_muonwd() -> Config:
     t.warmdown_iters = 3000
     cfg.eval.eval_stride = 64
     q = cfg.quant
-    q.scheme, q.compressor, q.qat_enabled = "embed=fp16,bigram.table.weight=fp16,*=int6", "zstd", True
+    q.scheme = "embed=fp16,bigram.table.weight=fp16,smear.gate=fp16,*=int6:ref"  # its int6: the reference rule at 6 bits
+    q.compressor, q.qat_enabled = "zstd", True
+    q.byte_shuffle = True  # fp16 tables byte-plane by byte-plane: pgolf's, smaller than R15's torch.save
     return cfg
 
 
@@ -114,7 +120,11 @@ def mlp3x_int8emb_seq2048() -> Config:
     3000 steps, tied-embedding LR 0.03, matrix and scalar LR 0.02, Muon momentum 0.99. What it does
     not list keeps its script's defaults, which the source in its train.log shows: Muon momentum
     warm-up from 0.92 over 1500 steps and gradient clip 0.3. Export: int8 token embedding, int6
-    everything else, lzma. Score: sliding windows of 2048, stride 256.
+    everything else by its script's rule (``int6:ref``: percentile clip, scale floored at 1/31), in
+    its "QGv3" grouped serialization (``PGOLF_SERIALIZER=qgv3``, inside pgolf's container), lzma:
+    the payload decodes with PR #160's own loader (tests/export/test_qgv3.py), dequantised bit for
+    bit as its ``quantize_state_dict_lowbit`` with TOK_EMBED_BITS=8, FP16_EMBED=0 and no fp16
+    late-K layers (tests/export/test_record_export_parity.py). Score: sliding windows of 2048, stride 256.
 
     QAT was on in its script (from 50% of training), but the timed run stopped at step 7,534, before
     step 10,000 where QAT would have started, so QAT stays off here.
@@ -125,9 +135,6 @@ def mlp3x_int8emb_seq2048() -> Config:
     Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation;
     its ``eval_val_sliding`` reads the whole stream and scores every target once, with pgolf's windows,
     the final partial window included, so ``--stride 256`` gives its number on the same targets.
-
-    Not here yet: the "QGv3" grouped serialization (pgolf writes its own container). The int6
-    clip rule of PR #160 is not stated, so pgolf's default percentile clip is used.
     """
     cfg = baseline()
     cfg.preset = "mlp3x_int8emb_seq2048"
@@ -137,7 +144,7 @@ def mlp3x_int8emb_seq2048() -> Config:
     o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps, o.grad_clip_norm = 0.92, 1500, 0.3
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 786_432, 2048, 3000
     e.eval_stride = 256
-    q.scheme, q.compressor = "embed=int8ref,*=int6", "lzma"
+    q.scheme, q.compressor, q.serializer = "embed=int8ref,*=int6:ref", "lzma", "qgv3"
     return cfg
 
 
@@ -156,8 +163,10 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     2048, warm-down 3000 steps, the reference LRs (0.04 matrix/scalar, 0.05 tied embedding). Its
     script hands the SmearGate to no optimizer, so the gate stays at its zero init
     (``PGOLF_SMEAR_FROZEN``). SWA: a uniform average of snapshots every 200 steps during the warm-down.
-    Export: int5 MLP, int6 attention and the rest, int8 token embedding, per-row absmax scales,
-    zstd-22. Score: per-document LoRA TTT, rank 8 on Q and V, Adam lr 0.05, chunks of 256 tokens,
+    Export: int5 MLP, int6 attention and the rest, int8 token embedding, per-row absmax scales;
+    as its script, float tensors of at most 896 elements and its ``resid_mix`` and ``skip_weights``
+    as fp16; zstd-22; dequantised bit for bit as its ``quantize_state_dict_mixed``
+    (tests/export/test_record_export_parity.py). Score: per-document LoRA TTT, rank 8 on Q and V, Adam lr 0.05, chunks of 256 tokens,
     score first, then one step; each chunk sees only its own tokens (TTT_EVAL_SEQ_LEN 256).
 
     Differences from the record:
@@ -182,7 +191,8 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "lora", 8, 0.05, "q,v"
     e.ttt_chunk_size, e.ttt_eval_seq_len = 256, 256
-    q.scheme, q.compressor = "embed=int8:max,mlp=int5:max,*=int6:max", "zstd"
+    q.scheme = "embed=int8:max,*resid_mix=fp16,skip_weights=fp16,mlp=int5:max,*=int6:max,small=896,keep=fp16"
+    q.compressor = "zstd"
     return cfg
 
 
@@ -199,7 +209,10 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3, EMA 0.997 (R22 also
     collects an SWA average but exports the EMA), Parallel Muon with bf16 gradients and momentum;
     the BigramHash and VE projections train with the scalar AdamW, not Muon. Export: int6
-    attention and MLP with the GPTQ-lite clip search, int8 elsewhere, lzma. Score: legal score-first TTT (SGD lr
+    attention and MLP with R22's GPTQ-lite clip search (``int6:refmse``: one percentile per tensor,
+    scale floored at 1/31), int8 elsewhere, small tensors fp16 (control tensors too), lzma, fp16
+    tensors byte-shuffled; dequantised bit for bit as its ``mixed_quantize_int6``
+    (tests/export/test_record_export_parity.py). Score: legal score-first TTT (SGD lr
     0.002, momentum 0.9, 3 epochs per 32,768-token chunk, no frozen blocks) on stride-64 windows.
 
     Differences from the record: R22 compresses with lzma preset 6,
@@ -240,7 +253,8 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.002, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
-    q.scheme, q.compressor = "embed=int8ref,attn=int6:mse,mlp=int6:mse", "lzma"
+    q.scheme, q.compressor = "embed=int8ref,attn=int6:refmse,mlp=int6:refmse,keep=fp16", "lzma"
+    q.byte_shuffle = True  # pgolf's: fp16 scales and tensors byte-plane by byte-plane, smaller than R22's file
     return cfg
 
 
@@ -255,7 +269,8 @@ def sp8192_recur_parres_ttt() -> Config:
     Training: batch 786,432 of 2048, shuffled-window loader, warm-down over the last 72%, LRs 0.022
     matrix / 0.02 scalar / 0.03 tied embedding, MuonEq-R, momentum 0.92 -> 0.99 over 1500 steps,
     WD 0.095 Muon / 0.085 embedding / 0.02 scalars, grad clip 0.3, EMA 0.9965. Export: SDClip int6
-    (k 12.85) matrices, int8 (k 20) embedding, brotli. Score: legal score-first TTT (SGD lr 0.005,
+    (k 12.85) matrices, int8 (k 20) embedding, small tensors fp16, the whole stream byte-shuffled
+    (stride 2, R35's ``BSHF`` framing) before brotli. Score: legal score-first TTT (SGD lr 0.005,
     momentum 0.9, 3 epochs per 32,768-token chunk, all blocks) on stride-64 windows.
 
     Needs the sp8192 data, which is not in the repo's default download: shards and tokenizer
@@ -264,7 +279,8 @@ def sp8192_recur_parres_ttt() -> Config:
     --variant sp8192`` in the challenge repo), at the paths set below.
 
     GPTQ: full-Hessian rounding of the int6/int8 tensors (tied embedding included) from training
-    batches collected inside the time budget, with its 12 s reserve.
+    batches collected inside the time budget, with its 12 s reserve; given the same Hessians, the
+    same codes as its ``gptq_mixed_quantize`` (tests/export/test_record_export_parity.py).
 
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
     from it, loops on as evaluated (tests/model/test_record_parity.py).
@@ -273,8 +289,6 @@ def sp8192_recur_parres_ttt() -> Config:
     It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores each target of
     that stream once, with pgolf's windows: the same per-target losses. pgolf also scores the tail past
     the last whole window.
-
-    Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
     cfg = baseline()
     cfg.preset = "sp8192_recur_parres_ttt"
@@ -292,7 +306,8 @@ def sp8192_recur_parres_ttt() -> Config:
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lr, e.ttt_epochs, e.ttt_chunk_tokens, e.ttt_freeze_blocks = "sgd", 0.005, 3, 32_768, 0
     e.ttt_momentum, e.ttt_batch_seqs, e.ttt_grad_clip = 0.9, 32, 1.0
-    q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85", "brotli"
+    q.scheme, q.compressor = "embed=int8:sd20,*=int6:sd12.85,keep=fp16", "brotli"
+    q.stream_shuffle = 2  # R35's byte shuffle of the whole serialized stream (stride 2) before brotli
     q.gptq_enabled, q.gptq_reserve_seconds = True, 12.0
     return cfg
 
@@ -320,7 +335,10 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     original text's bytes from the sidecar, as the record does.
 
     Quantization: full-Hessian GPTQ (16 training batches inside the budget) and LQER, the
-    asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64).
+    asymmetric rank-4 correction of the top-3 tensors (A int2, B int4 per group of 64), the
+    attention-gate weights as int8 per row (GATED_ATTN_QUANT_GATE), small tensors fp16; given the
+    same Hessians, dequantised bit for bit as its ``gptq_mixed_quantize``
+    (tests/export/test_record_export_parity.py).
 
     Difference from the record: the GPTQ reserve is 8 s, not R44's 0.5 s. R44's seed-42 log
     stopped training at 599,592 ms and then spent 4.7 s on Hessians, ~604 s in all, past the
@@ -342,8 +360,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     EVAL_STRIDE is read and never used); the preset's EVAL_STRIDE 64 phase is pgolf's, between its
     standard evaluation and the phased TTT that gives its score.
 
-    Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here),
-    TTT LoRA on K, O and the MLP, the TTT
+    Not here yet: the per-group lrzip serializer with similarity sort (brotli here: its artifact is
+    compared with R44's brotli path), TTT LoRA on K, O and the MLP, the TTT
     AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
     packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
     off here until a GPU has measured them. Two things it does only under torchrun: it clips each
@@ -375,7 +393,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.phased_ttt_prefix_docs, e.phased_ttt_num_phases = 2500, 3
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
-    q.scheme, q.compressor = "embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85", "brotli"
+    q.scheme = "*.attn_gate_w=int8:max,embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85,keep=fp16"
+    q.compressor = "brotli"
     q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all
     q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg

@@ -249,6 +249,8 @@ def export_model(
     shuffle: bool = False,
     quantized: QuantizedState | None = None,
     v1_only: bool = False,
+    stream_shuffle: int = 0,
+    serializer: str = "pgolf",
 ) -> SizeReport:
     """Quantize by ``policy`` (or take an already ``quantized`` state), write the artifact to
     ``path`` with ``codec`` (``"auto"``: smallest) and return its size report.
@@ -261,7 +263,8 @@ def export_model(
     if quantized is None:
         quantized = quantize_state_dict_policy(state_dict, policy)
     with atomic_target(path) as tmp:
-        write_artifact(tmp, quantized, meta, codec, shuffle=shuffle, v1_only=v1_only)
+        write_artifact(tmp, quantized, meta, codec, shuffle=shuffle, v1_only=v1_only, stream_shuffle=stream_shuffle,
+                       serializer=serializer)
         report = size_report(tmp, files)
         check_under_cap(report)
     return report

@@ -68,3 +68,35 @@ def unshuffle_bytes(stored: Tensor, dtype: torch.dtype, shape: tuple[int, ...], 
         raise PgolfError(f"{source}: shuffled data of {stored.numel()} bytes does not hold {n} x {item}-byte values")
     planes = stored.reshape(item, n).t().contiguous().reshape(-1)
     return planes.view(dtype).reshape(shape).clone()
+
+
+# Whole-stream byte shuffle, R35's framing: b"BSHF", the stride, then byte 0 of every stride-byte
+# word, then byte 1, ... (a tail shorter than a word joins the planes it falls in). A pgolf payload
+# cannot start with these bytes: a safetensors file starts with its header length, and one that
+# starts so would claim a header of over 9 GB.
+STREAM_SHUFFLE_MAGIC = b"BSHF"
+
+
+def shuffle_stream(data: bytes, stride: int) -> bytes:
+    """``data`` plane by plane with R35's ``BSHF`` framing (``stride`` < 2 or a shorter ``data``: as is)."""
+    if stride <= 1 or len(data) < stride:
+        return data
+    src = np.frombuffer(data, dtype=np.uint8)
+    return STREAM_SHUFFLE_MAGIC + bytes([stride]) + b"".join(src[pos::stride].tobytes() for pos in range(stride))
+
+
+def unshuffle_stream(data: bytes) -> bytes:
+    """Inverse of :func:`shuffle_stream`; data without the framing comes back unchanged."""
+    if len(data) < 5 or data[:4] != STREAM_SHUFFLE_MAGIC:
+        return data
+    stride = data[4]
+    body = np.frombuffer(data, dtype=np.uint8, offset=5)
+    if stride < 2:
+        return body.tobytes()
+    out = np.empty(len(body), dtype=np.uint8)
+    start = 0
+    for pos in range(stride):
+        plane = len(body) // stride + (1 if pos < len(body) % stride else 0)
+        out[pos::stride] = body[start : start + plane]
+        start += plane
+    return out.tobytes()

@@ -6,11 +6,12 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
     0       8     magic b"PGOLF\\x00AR"
     8       1     format version (1)
     9       1     compressor id (pgolf.export.codecs: 1 zlib-9, 2 lzma, 3 zstd-22, 4 brotli-11, 5 lrzip)
-    10      8     uncompressed payload length, u64
-    18      4     CRC32 of the uncompressed payload, u32
+    10      8     uncompressed payload length, u64 (of the shuffled stream, when shuffled)
+    18      4     CRC32 of the uncompressed payload, u32 (likewise)
     22      ...   compressed payload, to the end of the file
 
-The payload is a safetensors file (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
+The payload is a safetensors file (or, under ``PGOLF_SERIALIZER=qgv3``, PR #160's grouped layout:
+pgolf.export.qgv3) (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
 key ``"pgolf"`` holds JSON: the entries in state-dict order (name, kind, restore dtype) and the
 caller's ``meta``. A v2 entry with an LQER correction (pgolf.quant.lqer) adds an ``lqer`` record
 (mode, bits, group size and the keys of its four tensors ``<role>.lqer.<part>.<dtype>/<name>``). Reading checks everything (magic, version, codec, length, CRC, the safetensors
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from pgolf.errors import PgolfError, one_line
 from pgolf.files import atomic_write
-from pgolf.export.bitpack import pack_codes, shuffle_bytes, unpack_codes, unshuffle_bytes
+from pgolf.export.bitpack import pack_codes, shuffle_bytes, shuffle_stream, unpack_codes, unshuffle_bytes, unshuffle_stream
 from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
@@ -69,11 +70,16 @@ LQER_PARTS = ("a_codes", "a_scale", "b_codes", "b_scale")
 # ---------------------------------------------------------------------------------------------
 
 
-def pack_container(payload: bytes, codec: str = "zlib") -> bytes:
+def pack_container(payload: bytes, codec: str = "zlib", stream_shuffle: int = 0) -> bytes:
     """Frame ``payload``: header (magic, version, codec, length, CRC32) + compressed bytes.
 
     ``codec`` is a compressor name or ``"auto"``: every available compressor, smallest output wins.
+    ``stream_shuffle`` (a stride >= 2): the payload is byte-shuffled as a whole before compressing,
+    in R35's ``BSHF`` framing (pgolf.export.bitpack); length and CRC are then those of the shuffled
+    bytes, and reading undoes the shuffle after checking them.
     """
+    if stream_shuffle:
+        payload = shuffle_stream(payload, stream_shuffle)
     if codec == "auto":  # AUTO, spelled as a literal so that a bundle can fold it
         c, body = compress_best(payload)
     else:
@@ -114,7 +120,7 @@ def unpack_container(
         raise PgolfError(f"{source}: payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
         raise PgolfError(f"{source}: payload CRC32 mismatch (corrupt artifact)")
-    return payload
+    return unshuffle_stream(payload)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +178,8 @@ def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
 
 
 def encode_payload(
-    q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False, v1_only: bool = False
+    q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False, v1_only: bool = False,
+    serializer: str = "pgolf",
 ) -> bytes:
     """The safetensors bytes holding ``q`` and, in its metadata, ``extra_meta`` (JSON).
 
@@ -182,9 +189,12 @@ def encode_payload(
     intN codes are stored one per byte unless ``pack`` (then bit-packed: smallest raw, but it
     hides the byte structure from compressors, so packed files usually compress worse).
     ``v1_only``: a state that needs v2 is an error (the caller knows from its config that it cannot).
+    ``serializer="qgv3"``: PR #160's grouped layout instead (pgolf.export.qgv3).
     """
     if not isinstance(extra_meta, dict):
         raise PgolfError(f"artifact metadata must be a dict, got {type(extra_meta).__name__}")
+    if serializer != "pgolf":
+        return _encode_other(q, extra_meta, serializer)
     if not _needs_v2(q, shuffle):
         doc = {
             "schema": SCHEMA,
@@ -214,6 +224,17 @@ def encode_payload(
             spec["lqer"] = _lqer_spec(e, tensors)
         specs.append(spec)
     return _save(tensors, _dump_doc({"schema": SCHEMA_V2, "entries": specs, "meta": extra_meta}))
+
+
+SERIALIZERS = ("pgolf", "qgv3")
+
+
+def _encode_other(q: QuantizedState, extra_meta: dict[str, Any], serializer: str) -> bytes:
+    if serializer == "qgv3":
+        from pgolf.export.qgv3 import encode_qgv3
+
+        return encode_qgv3(q, extra_meta)
+    raise PgolfError(f"unknown serializer {serializer!r} (known: {', '.join(SERIALIZERS)})")
 
 
 def _read_metadata(payload: bytes, source: str) -> dict[str, Any]:
@@ -338,7 +359,13 @@ def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: s
 
 def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[QuantizedState, dict[str, Any]]:
     """Inverse of :func:`encode_payload`, validating that tensors and metadata agree (``v1_only``:
-    a v2 payload is refused)."""
+    a v2 payload is refused). A QGv3 payload (pgolf.export.qgv3) is read as such."""
+    if payload[:4] == b"QGv3":
+        if v1_only:
+            raise PgolfError(f"{source}: a QGv3 artifact where a v1 one was expected")
+        from pgolf.export.qgv3 import decode_qgv3
+
+        return decode_qgv3(payload, source)
     doc = _read_metadata(payload, source)
     tensors = _load_tensors(payload, source)
     if doc["schema"] == SCHEMA:
@@ -366,10 +393,12 @@ def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[
 
 def encode_artifact(
     q: QuantizedState, extra_meta: dict[str, Any], codec: str = "zlib", *, shuffle: bool = False, pack: bool = False,
-    v1_only: bool = False,
+    v1_only: bool = False, stream_shuffle: int = 0, serializer: str = "pgolf",
 ) -> bytes:
-    """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins)."""
-    return pack_container(encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only), codec)
+    """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins;
+    ``stream_shuffle``: see :func:`pack_container`; ``serializer``: :func:`encode_payload`)."""
+    payload = encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only, serializer=serializer)
+    return pack_container(payload, codec, stream_shuffle)
 
 
 def decode_artifact(
@@ -389,12 +418,15 @@ def write_artifact(
     *,
     shuffle: bool = False,
     v1_only: bool = False,
+    stream_shuffle: int = 0,
+    serializer: str = "pgolf",
 ) -> int:
     """Write the artifact atomically; return its exact size on disk in bytes."""
     path = Path(path)
     if not path.parent.is_dir():
         raise PgolfError(f"{path}: folder {path.parent} does not exist")
-    atomic_write(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only))
+    atomic_write(path, encode_artifact(quantized_state, extra_meta, codec, shuffle=shuffle, v1_only=v1_only,
+                                       stream_shuffle=stream_shuffle, serializer=serializer))
     return os.path.getsize(path)
 
 

@@ -96,9 +96,9 @@ def gptq_quantize(w: Tensor, hessian: Tensor, scheme: Scheme) -> tuple[Tensor, T
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    # The records' order (R24, R35, R44): damp, then sort the damped diagonal, so the damping's
-    # float sum and any ties it makes in the order are theirs.
-    h.diagonal().add_(DAMP * torch.diagonal(h).mean())
+    # The records' order (R24, R35, R44): damp, then sort the damped diagonal; the mean of diag() (a
+    # contiguous copy: the mean of the strided torch.diagonal view sums in another order).
+    h.diagonal().add_(DAMP * h.diag().mean())
     perm = torch.argsort(torch.diagonal(h), descending=True)
     inv = torch.argsort(perm)
     w, h, s = w[:, perm], h[perm][:, perm], col_scale[:, perm]

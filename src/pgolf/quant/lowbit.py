@@ -22,7 +22,16 @@ Clip rules (``clip`` is the largest magnitude that maps to the top code, per row
   mean(d))`` divided by its mean over rows. Needs the input Hessian ``H`` (on both the
   round-to-nearest and the GPTQ path); falls back to plain SDClip without one. With groups, the
   row's factor multiplies each group's SDClip;
-* ``absmean``: the mean of ``|w|`` (ternary's rule).
+* ``absmean``: the mean of ``|w|`` (ternary's rule);
+* ``ref``: the reference's per-row int8 rule at N bits, as R15 and PR #160 export int6: the
+  99.99984th percentile clip (``torch.quantile``), ``w`` clamped to it, ``scale = clip / qmax``
+  floored at ``1 / qmax`` (for weights under 1 in magnitude the floor is the scale), the codes
+  computed from that fp32 scale and only the stored copy rounded to fp16. ``int8:ref`` is the
+  reference's rule for a matrix exactly. GPTQ (pgolf.quant.gptq) rounds the scale to fp16 first;
+* ``refmse``: R22's GPTQ-lite: the ``mse`` percentiles (the last, 100%, as the maximum), each
+  giving ``scale = clip / qmax`` floored at ``1 / qmax`` and rounded to fp16, codes
+  ``round(w / scale)`` without clamping ``w``; one percentile for the whole tensor, the one with
+  the smallest mean squared error (the first of equals).
 
 Scales are rounded to fp16 *before* the codes are computed, so the stored scale is exactly the
 one the codes were fitted to, and :func:`fake_quantize` (used by QAT) reproduces the export to the
@@ -39,12 +48,12 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
-from pgolf.quant.int8 import CLIP_Q
+from pgolf.quant.int8 import CLIP_Q, quantile_linear
 
 FAMILY_REF = "int8ref"
 FAMILY_FLOAT = "float"
 FAMILY_INT = "int"
-CLIP_RULES = ("pct", "max", "mse", "sd", "hsd", "absmean")
+CLIP_RULES = ("pct", "max", "mse", "sd", "hsd", "absmean", "ref", "refmse")
 MSE_CANDIDATE_QUANTILES = (0.999, 0.9995, 0.9999, 0.99999, 1.0)
 HSD_LAMBDA = 0.175
 # GPTQ's damping (pgolf.quant.gptq): R31 reads diag(H) after it, on the GPTQ and the plain path alike.
@@ -53,7 +62,7 @@ TERNARY_DEFAULT_GROUP = 128
 # The smallest normal fp16: a scale that rounds below it would make x / scale overflow.
 MIN_SCALE = 2.0**-14
 
-_INT_RE = re.compile(r"^int([2-8])(?:g(\d+))?(?::(pct|max|mse|absmean|sd|hsd)(\d+(?:\.\d+)?)?)?$")
+_INT_RE = re.compile(r"^int([2-8])(?:g(\d+))?(?::(pct|max|mse|absmean|refmse|ref|sd|hsd)(\d+(?:\.\d+)?)?)?$")
 _TERNARY_RE = re.compile(r"^ternary(?:g(\d+))?$")
 
 
@@ -98,7 +107,7 @@ def parse_scheme(text: str) -> Scheme:
     m = _INT_RE.match(t)
     if not m:
         raise PgolfError(
-            f"quant scheme {text!r}: expected int8ref, fp16, fp32, ternary[gG] or int<2-8>[gG][:pct|max|mse|absmean|sd<k>|hsd<k>]"
+            f"quant scheme {text!r}: expected int8ref, fp16, fp32, ternary[gG] or int<2-8>[gG][:pct|max|mse|absmean|ref|refmse|sd<k>|hsd<k>]"
         )
     bits, group, clip, k = int(m.group(1)), int(m.group(2) or 0), m.group(3) or "pct", m.group(4)
     if clip in ("sd", "hsd") and k is None:
@@ -206,6 +215,10 @@ def _hsd_row_factor(w: Tensor, hessian_diag: Tensor) -> Tensor:
 def clip_per_unit(w: Tensor, scheme: Scheme, hessian_diag: Tensor | None = None) -> Tensor:
     """The clip magnitude of every row (or group, row-major) of the 2-D fp32 tensor ``w``."""
     units = _units(w, scheme.group_size)
+    if scheme.clip == "ref":
+        return quantile_linear(units.abs(), CLIP_Q)  # torch.quantile, as the records call it
+    if scheme.clip == "refmse":
+        return _reference_mse_clip(units, scheme.qmax)
     if scheme.clip == "pct":
         return _TopOrder(units.abs(), CLIP_Q).quantile(CLIP_Q)
     if scheme.clip == "max":
@@ -231,11 +244,59 @@ def quantize_weight(w: Tensor, scheme: Scheme, hessian_diag: Tensor | None = Non
     if scheme.family != FAMILY_INT or not fits(scheme, tuple(w.shape)):
         raise PgolfError(f"scheme {scheme} cannot store a tensor of shape {tuple(w.shape)}")
     w32 = w.detach().float()
+    if scheme.clip == "ref":
+        return _reference_rule(w32, scheme)
+    if scheme.clip == "refmse":
+        return _reference_mse_rule(w32, scheme)
     scale = _scale_for(clip_per_unit(w32, scheme, hessian_diag), scheme.qmax)
     codes = _codes(_units(w32, scheme.group_size), scale, scheme.qmax).to(torch.int8).reshape(w.shape)
     rows = w.shape[0]
     scale16 = scale.to(torch.float16)
     return codes.contiguous(), (scale16 if scheme.group_size == 0 else scale16.reshape(rows, -1)).contiguous()
+
+
+def _reference_rule(w32: Tensor, scheme: Scheme) -> tuple[Tensor, Tensor]:
+    """The ``ref`` clip rule (module docstring): the reference's int8 arithmetic at ``scheme.bits``."""
+    units = _units(w32, scheme.group_size)
+    clip = clip_per_unit(w32, scheme)
+    clipped = torch.maximum(torch.minimum(units, clip[:, None]), -clip[:, None])
+    scale = (clip / float(scheme.qmax)).clamp_min(1.0 / float(scheme.qmax))  # fp32: the codes see this one
+    codes = torch.clamp(torch.round(clipped / scale[:, None]), -scheme.qmax, scheme.qmax).to(torch.int8)
+    scale16 = scale.to(torch.float16)
+    rows = w32.shape[0]
+    return (codes.reshape(w32.shape).contiguous(),
+            (scale16 if scheme.group_size == 0 else scale16.reshape(rows, -1)).contiguous())
+
+
+def _reference_mse_candidates(units: Tensor, qmax: int):
+    """(clip, fp16 scale as fp32, codes) for each of R22's percentiles, in its order."""
+    for q in MSE_CANDIDATE_QUANTILES:
+        clip = quantile_linear(units.abs(), q) if q < 1.0 else units.abs().amax(dim=-1)
+        scale = (clip / qmax).clamp_min(1.0 / qmax).to(torch.float16).float()
+        yield clip, scale, torch.clamp(torch.round(units / scale[:, None]), -qmax, qmax)
+
+
+def _reference_mse_best(units: Tensor, qmax: int):
+    best, best_err = None, float("inf")
+    for clip, scale, codes in _reference_mse_candidates(units, qmax):
+        err = (units - codes * scale[:, None]).pow(2).mean().item()  # one choice for the whole tensor
+        if err < best_err:
+            best, best_err = (clip, scale, codes), err
+    assert best is not None
+    return best
+
+
+def _reference_mse_clip(units: Tensor, qmax: int) -> Tensor:
+    return _reference_mse_best(units, qmax)[0]
+
+
+def _reference_mse_rule(w32: Tensor, scheme: Scheme) -> tuple[Tensor, Tensor]:
+    """The ``refmse`` clip rule (module docstring)."""
+    _, scale, codes = _reference_mse_best(_units(w32, scheme.group_size), scheme.qmax)
+    scale16 = scale.to(torch.float16)
+    rows = w32.shape[0]
+    return (codes.to(torch.int8).reshape(w32.shape).contiguous(),
+            (scale16 if scheme.group_size == 0 else scale16.reshape(rows, -1)).contiguous())
 
 
 def dequantize_weight(codes: Tensor, scale: Tensor, group_size: int) -> Tensor:

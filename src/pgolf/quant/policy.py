@@ -12,6 +12,12 @@ A policy string is a comma-separated list of rules, first match wins::
   ``int8,small=4096`` is the reference rule with a lower threshold. Non-float tensors are always
   kept; under a low-bit scheme so are tensors that are not 2-D, up to 65,536 elements (past it
   they take the reference's per-tensor int8);
+* ``keep=fp16`` stores every kept float tensor as fp16, control tensors included (R22, R35, R44
+  and PR #1090 do; the reference keeps control tensors in fp32, ``keep=ref``, the default);
+* a rule whose pattern is a glob (not a role, not ``*``) applies to the tensors it names whatever
+  their size: ``*.attn_gate_w=int8:max`` quantizes R44's 96-element gates, ``smear.gate=fp16``
+  stores a control tensor as fp16; a float scheme there stores the tensor in that dtype whatever
+  its shape;
 * a bare scheme (``int6``) means ``*=int6``; tensors no rule matches get ``int8ref``.
 
 The policy ``int8`` (or ``int8ref``) is the reference export exactly.
@@ -68,22 +74,33 @@ class Policy:
 
     rules: tuple[tuple[str, Scheme], ...]
     small_numel: int = KEEP_FLOAT_MAX_NUMEL
+    keep_fp16: bool = False  # ``keep=fp16``: kept float tensors are fp16, control tensors too
+
+    def rule_for(self, name: str) -> tuple[Scheme, bool]:
+        """The scheme for ``name``, and whether a glob rule named it (then its size does not matter)."""
+        role = tensor_role(name)
+        for pattern, scheme in self.rules:
+            if pattern == "*" or pattern == role:
+                return scheme, False
+            if pattern not in ROLES and fnmatch.fnmatchcase(name, pattern):
+                return scheme, True
+        return Scheme(FAMILY_REF), False
 
     def scheme_for(self, name: str) -> Scheme:
-        for pattern, scheme in self.rules:
-            if pattern_matches(pattern, name):
-                return scheme
-        return Scheme(FAMILY_REF)
+        return self.rule_for(name)[0]
 
     def __str__(self) -> str:
         parts = [f"{p}={s}" for p, s in self.rules]
         if self.small_numel != KEEP_FLOAT_MAX_NUMEL:
             parts.append(f"small={self.small_numel}")
+        if self.keep_fp16:
+            parts.append("keep=fp16")
         return ",".join(parts)
 
     @property
     def is_reference(self) -> bool:
-        return self.small_numel == KEEP_FLOAT_MAX_NUMEL and all(s.family == FAMILY_REF for _, s in self.rules)
+        return (self.small_numel == KEEP_FLOAT_MAX_NUMEL and not self.keep_fp16
+                and all(s.family == FAMILY_REF for _, s in self.rules))
 
 
 def parse_policy(text: str) -> Policy:
@@ -91,7 +108,7 @@ def parse_policy(text: str) -> Policy:
     if not isinstance(text, str) or not text.strip():
         raise PgolfError("quant policy is empty")
     rules: list[tuple[str, Scheme]] = []
-    small = KEEP_FLOAT_MAX_NUMEL
+    small, keep_fp16 = KEEP_FLOAT_MAX_NUMEL, False
     for raw in text.split(","):
         rule = raw.strip()
         if not rule:
@@ -110,21 +127,29 @@ def parse_policy(text: str) -> Policy:
             if small < 0:
                 raise PgolfError(f"quant policy rule {rule!r}: small= must be >= 0")
             continue
+        if pattern == "keep":
+            if scheme_text.strip() not in ("fp16", "ref"):
+                raise PgolfError(f"quant policy rule {rule!r}: keep= takes fp16 or ref")
+            keep_fp16 = scheme_text.strip() == "fp16"
+            continue
         rules.append((pattern, parse_scheme(scheme_text)))
-    return Policy(tuple(rules), small)
+    return Policy(tuple(rules), small, keep_fp16)
 
 
 def quantize_with_scheme(
     name: str, tensor: Tensor, scheme: Scheme, small_numel: int, fp32_patterns: tuple[str, ...],
-    hessian_diag: Tensor | None = None,
+    hessian_diag: Tensor | None = None, named: bool = False,
 ) -> QuantEntry:
-    """One tensor's entry under ``scheme`` (small, non-float and non-2-D tensors: reference rule)."""
+    """One tensor's entry under ``scheme`` (small, non-float and non-2-D tensors: reference rule;
+    ``named``: a glob rule chose ``scheme``, which then applies to small tensors too)."""
     t = tensor.detach().to("cpu").contiguous()
     if scheme.family == FAMILY_REF:
-        return quantize_tensor(name, t, fp32_patterns, small_numel)
+        return quantize_tensor(name, t, fp32_patterns, 0 if named else small_numel)
     if not t.is_floating_point():
         return QuantEntry(name, KIND_PASSTHROUGH, t.clone(), None, t.dtype)
-    if t.numel() <= small_numel:
+    if named and scheme.family == FAMILY_FLOAT:
+        return QuantEntry(name, KIND_PASSTHROUGH, t.to(scheme.float_dtype).contiguous(), None, t.dtype)
+    if t.numel() <= small_numel and not named:
         return _keep_float(name, t, fp32_patterns)
     if t.ndim != 2:
         if t.numel() > KEEP_FLOAT_MAX_NUMEL and scheme.family == FAMILY_INT:
@@ -174,12 +199,13 @@ def quantize_state_dict_policy(
     if policy == "int8":  # the reference rule for every tensor, spelled as a literal so a bundle can fold it
         return quantize_state_dict(state_dict)
     rules = parse_policy(policy) if isinstance(policy, str) else policy
-    fp32_patterns = keep_float_fp32_patterns()
+    fp32_patterns = () if rules.keep_fp16 else keep_float_fp32_patterns()
     entries = []
     for name, tensor in checked_state_items(state_dict):
         h = hessians.get(name) if hessians else None
         diag = torch.diagonal(h).float() if h is not None else None
-        entry = quantize_with_scheme(name, tensor, rules.scheme_for(name), rules.small_numel, fp32_patterns, diag)
+        scheme, named = rules.rule_for(name)
+        entry = quantize_with_scheme(name, tensor, scheme, rules.small_numel, fp32_patterns, diag, named)
         if gptq and h is not None and entry.kind == KIND_INTN:
             entry = _gptq_entry(entry, tensor, h, rules.scheme_for(name))
         entries.append(entry)

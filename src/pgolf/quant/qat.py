@@ -5,6 +5,9 @@
 :func:`pgolf.quant.policy.quantize_state_dict_policy` will apply to that weight (same name, same
 size rules), so the forward pass sees exactly the dequantized artifact weights. Weights the policy
 keeps as floats or as reference int8 (and the token embedding, not a linear) are left alone.
+The records' own clip rules ``ref`` and ``refmse`` (R15, PR #160, R22) are exported as the records
+export, but fake-quantized by ``pct`` and ``mse``, as before they existed: none of those records
+fake-quantizes by its export rule (R15's QAT has neither the 1/qmax scale floor nor fp16 scales).
 
 :func:`update_qat` is called once per step with the LR scale: with ``QAT_ENABLED`` it switches QAT
 on at the first step (threshold 0) or once the scale drops below ``LATE_QAT_THRESHOLD``; it never
@@ -23,13 +26,17 @@ from pgolf.quant.lowbit import FAMILY_INT, Scheme, fake_quantize, fits
 from pgolf.quant.policy import Policy, parse_policy
 
 
+QAT_CLIP = {"ref": "pct", "refmse": "mse"}  # see the module docstring
+
+
 def _export_scheme(policy: Policy, name: str, module: CastedLinear) -> Scheme | None:
     w = module.weight
     scheme = policy.scheme_for(f"{name}.weight")
     if scheme.family != FAMILY_INT or w.ndim != 2 or w.numel() <= policy.small_numel:
         return None
+    clip = QAT_CLIP.get(scheme.clip, scheme.clip)
     # Same fallback as the export: a group that does not divide the columns becomes per row.
-    return scheme if fits(scheme, tuple(w.shape)) else Scheme(FAMILY_INT, scheme.bits, 0, scheme.clip, scheme.k)
+    return Scheme(FAMILY_INT, scheme.bits, scheme.group_size if fits(scheme, tuple(w.shape)) else 0, clip, scheme.k)
 
 
 def enable_qat(model: nn.Module, policy: Policy | str) -> list[str]:

@@ -458,7 +458,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     q = s.cfg.quant
     # the reference layout (v1) by configuration: int8 policy, no byte shuffle, no GPTQ or LQER
     # (literals, so that a bundle for such a config ships no v2 code)
-    v1_only = q.scheme == "int8" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
+    v1_only = q.scheme == "int8" and q.serializer == "pgolf" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
     if s.rt.is_master:
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
@@ -480,6 +480,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
         report = export_model(
             s.model.state_dict(), path, {"config": s.cfg.to_dict()},
             codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
+            stream_shuffle=q.stream_shuffle, serializer=q.serializer,
         )
         watch(s, "")
         size = dataclasses.asdict(report)
