@@ -154,8 +154,17 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
       with projection and scale (``BIGRAM_VOCAB_SIZE=4096``), which that run had and the shipped
       code does not (its README lists BigramHash among the things that did not help).
 
-    Not here yet: its LoRA init (A, B ~ N(0, 0.01), N(0, 0.001), output scaled 1/rank; pgolf
-    starts B at zero) and its rule that documents under 32 tokens are scored without TTT.
+    TTT: its LoRA init (``PGOLF_TTT_LORA_INIT=pr1090``: A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output
+    scaled 1/rank) and its rule that documents under 32 tokens are scored without adapters
+    (``TTT_MIN_DOC_LEN=32``); its own TTT and pgolf's give the same per-token losses
+    (tests/eval/test_ttt_record_parity.py). Differences, each for legality or for scoring every
+    target once: pgolf draws a document's initial adapters from a generator seeded by where the
+    document starts (PR #1090 from the global generator, so a document's init depends on every
+    document before it); whether a document is short depends on where the next BOS is, a later
+    token, so pgolf scores the first 31 targets of every document without adapters (all of a short
+    one's, as PR #1090; of a long one, PR #1090 scores them with its freshly initialised adapters,
+    which moved them by up to 4e-4 nats in the test); PR #1090 never scores a document's last target (the next BOS), documents under
+    5 tokens or a last chunk of one target, pgolf scores every target once.
     """
     cfg = baseline()
     cfg.preset = "xsa_swiglu_lora_ttt_1xh100"
@@ -168,7 +177,7 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 524_288, 2048, 3000
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "lora", 8, 0.05, "q,v"
-    e.ttt_chunk_size, e.ttt_eval_seq_len = 256, 256
+    e.ttt_chunk_size, e.ttt_eval_seq_len, e.ttt_lora_init, e.ttt_min_doc_len = 256, 256, "pr1090", 32
     q.scheme, q.compressor = "embed=int8:max,mlp=int5:max,*=int6:max", "zstd"
     return cfg
 
@@ -195,6 +204,11 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
     QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;
     pgolf clips the averaged gradient (the same on one GPU).
+
+    TTT: R22's own ``eval_val_sliding_ttt`` and pgolf's give the same per-token losses on its
+    model's checkpoint (tests/eval/test_ttt_record_parity.py), except that R22's window plan scores
+    the stream's last ``stride`` targets a second time, from a window of only those (its score
+    averages both); pgolf scores every target once, as R22's first score of it.
 
     Its own ``final_model.pt`` loads as it is saved: its parameter banks (``qo_bank``, ``kv_bank``,
     ``mlp_up_bank``, ``mlp_down_bank``) become pgolf's per-block matrices, ``bigram.embed`` and

@@ -63,8 +63,8 @@ def record_luts(sp1024_model, oracle):
     return mod.build_sentencepiece_luts(spm.SentencePieceProcessor(model_file=str(sp1024_model)), 1024, torch.device("cpu"))
 
 
-def record_and_pgolf(oracle, preset: str, seed: int, *overrides: str):
-    """(config, record module, the record's GPT, pgolf's GPT on the same weights)."""
+def record_and_pgolf(oracle, preset: str, seed: int, *overrides: str, dtype=torch.float32):
+    """(config, record module, the record's GPT, pgolf's GPT on the same weights, both in ``dtype``)."""
     record = RECORDS[preset]
     mod = oracle(record.script)
     cfg = build_config(preset, list(overrides), environ={})
@@ -74,7 +74,7 @@ def record_and_pgolf(oracle, preset: str, seed: int, *overrides: str):
     randomise_(theirs, seed)
     state = {k: v.detach().clone() for k, v in theirs.state_dict().items()}
     ours.load_state_dict(in_pgolf_layout(state, ours.state_dict(), preset), strict=True)
-    return cfg, mod, theirs.eval(), ours.eval()
+    return cfg, mod, theirs.to(dtype).eval(), ours.to(dtype).eval()
 
 
 class ScoringCapture:
@@ -215,3 +215,136 @@ def test_sgd_ttt_gives_the_records_per_token_losses(oracle, val_stream, table, r
     delta = np.abs(got - expected).max()
     print(f"{preset}: max |delta loss| {delta:.3g} over {SGD_TOKENS} targets")
     assert delta < TOLERANCE
+
+
+# -- PR #1090: per-document LoRA on Q and V ------------------------------------------------------
+PR1090_CHUNK = 32  # both sides: chunk = window (PR #1090 scores a chunk with the chunk alone as context)
+
+
+def pr1090_ttt_block(mod) -> str:
+    """The LoRA TTT of PR #1090's ``main()`` (inline there, not a function): its source from the
+    ``LoRALinear`` class to the end of its long-document loop, dedented, to run as it is."""
+    import inspect
+    import textwrap
+
+    source = inspect.getsource(mod.main)
+    start = source.index("            # LoRA adapter\n")
+    end = source.index("            # All-reduce across GPUs")
+    return textwrap.dedent(source[start:end])
+
+
+class SeededInit:
+    """``nn.init`` for PR #1090's ``LoRALinear.reset``: before each document's first draw the global
+    generator is seeded as pgolf seeds that document's (seed 0: its BOS position), so both sides
+    draw the same initial adapters; the draws themselves are the record's."""
+
+    def __init__(self, doc_seeds: list[int], draws_per_doc: int):
+        self.seeds, self.per_doc, self.calls = list(doc_seeds), draws_per_doc, 0
+
+    def normal_(self, tensor, mean=0.0, std=1.0, **kwargs):
+        if self.calls % self.per_doc == 0:
+            torch.manual_seed(self.seeds.pop(0))
+        self.calls += 1
+        return torch.nn.init.normal_(tensor, mean, std, **kwargs)
+
+
+class EveryLoss:
+    """The record module's ``F`` keeping the per-token losses of every ``cross_entropy`` call (PR #1090's
+    GPT returns the mean; its TTT scores each chunk with it, then steps on it)."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def cross_entropy(self, logits, target, *args, **kwargs):
+        self.calls.append(self.real.cross_entropy(logits.detach().float(), target, reduction="none"))
+        return self.real.cross_entropy(logits, target, *args, **kwargs)
+
+
+def pr1090_stream(val_stream) -> np.ndarray:
+    """241 real val tokens with a BOS planted at 20 (the val prefix has no document under 32 tokens)
+    and at 170: documents of 20 (short), 150 and, cut by the stream's end, 71 tokens."""
+    tokens = val_stream[:241].copy()
+    assert tokens[0] == 1 and not (tokens[1:] == 1).any()
+    tokens[[20, 170]] = 1
+    return tokens
+
+
+def pr1090_targets(tokens: np.ndarray, chunk: int, min_doc_len: int):
+    """PR #1090's scored targets, in the order of its scoring calls: documents from a BOS to the next
+    (none under 5 tokens), each predicting its tokens after the BOS but not the next BOS; documents
+    under ``min_doc_len`` tokens first, whole, then the others chunk by chunk (chunks of one
+    target skipped)."""
+    bos = np.flatnonzero(tokens == 1).tolist()
+    docs = [(ds, de - ds) for ds, de in zip(bos, bos[1:] + [tokens.shape[0]]) if de - ds >= 5]
+    calls = [np.arange(ds, ds + dl - 1) for ds, dl in docs if dl < min_doc_len]
+    for ds, dl in docs:
+        if dl >= min_doc_len:
+            calls += [np.arange(ds + c, ds + min(c + chunk, dl - 1)) for c in range(0, dl - 1, chunk)
+                      if min(c + chunk, dl - 1) - c >= 2]
+    return docs, calls
+
+
+def test_lora_ttt_gives_pr1090s_per_token_losses(oracle, val_stream, table, record_luts):
+    """PR #1090's own LoRA TTT (its ``LoRALinear`` on every block's Q and V, its init, 1/rank
+    scale, Adam per document, chunks scored then stepped on, short documents without TTT) and
+    pgolf's ``lora`` with the preset's PGOLF_TTT_LORA_INIT=pr1090 and TTT_MIN_DOC_LEN=32 give the
+    same loss on every target PR #1090 scores. It never scores a document's last target (the next
+    BOS), nor documents under 5 tokens, nor a last chunk of one target; pgolf scores every target
+    once (the preset's docstring).
+
+    The models run in float64 (the adapters and Adam stay fp32 on both sides): Adam's first steps
+    move every adapter weight by about the learning rate whatever its gradient's size, so in fp32
+    the last bits of tiny gradients, summed in another order, moved losses by 1.3e-4 after four
+    steps."""
+    cfg, mod, theirs, ours = record_and_pgolf(oracle, "xsa_swiglu_lora_ttt_1xh100", 12,
+                                              f"TTT_CHUNK_SIZE={PR1090_CHUNK}", f"TTT_EVAL_SEQ_LEN={PR1090_CHUNK}",
+                                              dtype=torch.float64)
+    s = cfg.eval
+    assert (s.ttt, s.ttt_lora_targets, s.ttt_lora_init, s.ttt_min_doc_len, s.ttt_lora_rank) == ("lora", "q,v", "pr1090", 32, 8)
+    tokens = pr1090_stream(val_stream)
+    got = run_ttt("lora", ours, tokens, table, s, SEQ, cfg.model.bos_id).token_losses
+    docs, calls = pr1090_targets(tokens, PR1090_CHUNK, s.ttt_min_doc_len)
+    long_starts = [ds for ds, dl in docs if dl >= s.ttt_min_doc_len]
+    losses = EveryLoss(mod.F)
+    namespace = dict(
+        torch=torch, F=torch.nn.functional, math=math, time=__import__("time"), device=torch.device("cpu"),
+        nn=SimpleNamespace(Module=torch.nn.Module, Parameter=torch.nn.Parameter,
+                           init=SeededInit(long_starts, 2 * 2 * cfg.model.num_layers)),
+        base_model=theirs, val_tokens=torch.from_numpy(tokens.astype(np.int64)), rank=0, world_size=1,
+        distributed=False, log0=lambda *_: None, ttt_rank_r=s.ttt_lora_rank, ttt_lr=s.ttt_lora_lr,
+        ttt_chunk_size=PR1090_CHUNK, ttt_max_docs=0, ttt_min_doc_len=s.ttt_min_doc_len,
+        base_bytes_lut=record_luts[0], has_leading_space_lut=record_luts[1], is_boundary_token_lut=record_luts[2])
+    with mock.patch.object(mod, "F", losses), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA autocast, off on CPU
+        exec(compile(pr1090_ttt_block(mod), mod.__file__, "exec"), namespace)
+    assert len(losses.calls) == len(calls)
+    expected = np.full(tokens.shape[0] - 1, np.nan, dtype=np.float32)
+    for targets, nll in zip(calls, losses.calls):
+        expected[targets] = nll.reshape(-1).numpy()
+    scored = ~np.isnan(expected)
+    record_mean = (namespace["ttt_nll"] / namespace["ttt_tokens"]).item()
+    assert expected[scored].astype(np.float64).mean() == pytest.approx(record_mean, rel=1e-6)  # its own scoring
+    assert scored.sum() == 19 + 149 + 70 and not scored[[19, 169]].any()
+    unadapted = run_ttt("lora", ours, tokens, table, dataclasses_replace(s, ttt_lora_lr=0.0), SEQ, cfg.model.bos_id)
+    assert np.abs(expected - unadapted.token_losses)[scored].max() > 0.05  # its adaptation moves losses past the tolerance
+    scored[first_targets(long_starts, s.ttt_min_doc_len)] = False  # compared below
+    delta = np.abs(got - expected)[scored].max()
+    print(f"PR #1090 LoRA: max |delta loss| {delta:.3g} over {scored.sum()} targets")
+    first = first_targets(long_starts, s.ttt_min_doc_len)
+    init_effect = np.abs(got - expected)[first].max()  # pgolf: no adapters yet; PR #1090: its initial ones
+    print(f"PR #1090 LoRA: on long documents' first {s.ttt_min_doc_len - 1} targets {init_effect:.3g}")
+    assert init_effect < 1e-3
+    assert delta < TOLERANCE
+
+
+def first_targets(doc_starts: list[int], min_doc_len: int) -> np.ndarray:
+    return np.concatenate([np.arange(ds, ds + min_doc_len - 1) for ds in doc_starts])
+
+
+def dataclasses_replace(obj, **changes):
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
