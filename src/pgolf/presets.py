@@ -261,7 +261,8 @@ def sp8192_recur_parres_ttt() -> Config:
     batches collected inside the time budget, with its 12 s reserve.
 
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
-    from it, loops on as evaluated (tests/model/test_record_parity.py).
+    from it, loops on as evaluated (tests/model/test_record_parity.py). Its own ``eval_val_ttt`` and
+    pgolf's ``sgd`` TTT give the same per-token losses on it (tests/eval/test_ttt_record_parity.py).
 
     Not here yet: R35's byte-shuffle of the whole serialized stream before brotli.
     """
@@ -322,9 +323,14 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     BOS-delimited varlen attention and loops on as evaluated (tests/model/test_record_parity.py).
 
     Not here yet: int8 storage of the attention-gate weights, the per-group lrzip serializer (brotli here),
-    TTT LoRA on K, O and the MLP, the TTT
-    AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
-    packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
+    R44's TTT LoRA, the varlen document packing loader. R44's adapters are not pgolf's q/v/head with
+    more targets: one per virtual layer (17 with the loops, where pgolf's hooks adapt a block's
+    passes alike), on Q, K, V, O and the MLP, all reading the block's normed input (O's too), a head
+    adapter on the logits (vocab side), A ~ U(+-1/sqrt(in)) kept across documents (only B is reset,
+    so a document's start depends on the documents before it in its length-sorted order), output
+    scaled alpha/rank (144/80), AdamW (beta1 0, beta2 0.99, eps 1e-10, weight decay 0.5). Its global
+    SGD trains on the scored documents concatenated in that order (each with the next BOS, so every
+    boundary BOS twice), whole sequences only, and skips its last chunk. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
     off here until a GPU has measured them. Two things it does only under torchrun: it clips each
     rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
     kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
