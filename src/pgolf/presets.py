@@ -176,8 +176,17 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
       with projection and scale (``BIGRAM_VOCAB_SIZE=4096``), which that run had and the shipped
       code does not (its README lists BigramHash among the things that did not help).
 
-    Not here yet: its LoRA init (A, B ~ N(0, 0.01), N(0, 0.001), output scaled 1/rank; pgolf
-    starts B at zero) and its rule that documents under 32 tokens are scored without TTT.
+    TTT: its LoRA init (``PGOLF_TTT_LORA_INIT=pr1090``: A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output
+    scaled 1/rank) and its rule that documents under 32 tokens are scored without adapters
+    (``TTT_MIN_DOC_LEN=32``); its own TTT and pgolf's give the same per-token losses
+    (tests/eval/test_ttt_record_parity.py). Differences, each for legality or for scoring every
+    target once: pgolf draws a document's initial adapters from a generator seeded by where the
+    document starts (PR #1090 from the global generator, so a document's init depends on every
+    document before it); whether a document is short depends on where the next BOS is, a later
+    token, so pgolf scores the first 31 targets of every document without adapters (all of a short
+    one's, as PR #1090; of a long one, PR #1090 scores them with its freshly initialised adapters,
+    which moved them by up to 4e-4 nats in the test); PR #1090 never scores a document's last target (the next BOS), documents under
+    5 tokens or a last chunk of one target, pgolf scores every target once.
     """
     cfg = baseline()
     cfg.preset = "xsa_swiglu_lora_ttt_1xh100"
@@ -190,7 +199,7 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
     t.train_batch_tokens, t.train_seq_len, t.warmdown_iters = 524_288, 2048, 3000
     t.swa_enabled, t.swa_every, t.swa_start_frac = True, 200, 1.0
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "lora", 8, 0.05, "q,v"
-    e.ttt_chunk_size, e.ttt_eval_seq_len = 256, 256
+    e.ttt_chunk_size, e.ttt_eval_seq_len, e.ttt_lora_init, e.ttt_min_doc_len = 256, 256, "pr1090", 32
     q.scheme = "embed=int8:max,*resid_mix=fp16,skip_weights=fp16,mlp=int5:max,*=int6:max,small=896,keep=fp16"
     q.compressor = "zstd"
     return cfg
@@ -221,6 +230,11 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
     QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;
     pgolf clips the averaged gradient (the same on one GPU).
+
+    TTT: R22's own ``eval_val_sliding_ttt`` and pgolf's give the same per-token losses on its
+    model's checkpoint (tests/eval/test_ttt_record_parity.py), except that R22's window plan scores
+    the stream's last ``stride`` targets a second time, from a window of only those (its score
+    averages both); pgolf scores every target once, as R22's first score of it.
 
     Its own ``final_model.pt`` loads as it is saved: its parameter banks (``qo_bank``, ``kv_bank``,
     ``mlp_up_bank``, ``mlp_down_bank``) become pgolf's per-block matrices, ``bigram.embed`` and
@@ -283,7 +297,8 @@ def sp8192_recur_parres_ttt() -> Config:
     same codes as its ``gptq_mixed_quantize`` (tests/export/test_record_export_parity.py).
 
     Its ``final_model.pt`` has pgolf's key names and loads as it is; pgolf computes its GPT's logits
-    from it, loops on as evaluated (tests/model/test_record_parity.py).
+    from it, loops on as evaluated (tests/model/test_record_parity.py). Its own ``eval_val_ttt`` and
+    pgolf's ``sgd`` TTT give the same per-token losses on it (tests/eval/test_ttt_record_parity.py).
 
     Evaluation (tests/eval/test_record_eval_parity.py): its ``eval_val`` is pgolf's standard evaluation.
     It loads the val stream cut to whole windows of 2048; its ``eval_val_sliding`` scores each target of
@@ -361,9 +376,15 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     standard evaluation and the phased TTT that gives its score.
 
     Not here yet: the per-group lrzip serializer with similarity sort (brotli here: its artifact is
-    compared with R44's brotli path), TTT LoRA on K, O and the MLP, the TTT
-    AdamW settings (beta1 0, beta2 0.99, weight decay 0.5) and LoRA alpha 144, the varlen document
-    packing loader. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
+    compared with R44's brotli path),
+    R44's TTT LoRA, the varlen document packing loader. R44's adapters are not pgolf's q/v/head with
+    more targets: one per virtual layer (17 with the loops, where pgolf's hooks adapt a block's
+    passes alike), on Q, K, V, O and the MLP, all reading the block's normed input (O's too), a head
+    adapter on the logits (vocab side), A ~ U(+-1/sqrt(in)) kept across documents (only B is reset,
+    so a document's start depends on the documents before it in its length-sorted order), output
+    scaled alpha/rank (144/80), AdamW (beta1 0, beta2 0.99, eps 1e-10, weight decay 0.5). Its global
+    SGD trains on the scored documents concatenated in that order (each with the next BOS, so every
+    boundary BOS twice), whole sequences only, and skips its last chunk. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
     off here until a GPU has measured them. Two things it does only under torchrun: it clips each
     rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
     kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with

@@ -73,19 +73,42 @@ def initial_a(fans_in: list[int], rank: int, seed: int, doc_start: int) -> list[
     return [torch.randn(rank, fan_in, generator=generator) / math.sqrt(fan_in) for fan_in in fans_in]
 
 
+def initial_adapters(shapes: list[tuple[int, int]], rank: int, seed: int, doc_start: int,
+                     init: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One document's ``(A, B)`` of every hooked module ((fan in, fan out) each), from its own generator.
+
+    ``identity``: A ~ N(0, 1/fan_in), every A first, and B = 0, so the adapted model starts as the
+    model. ``pr1090``: PR #1090's ``LoRALinear.reset``, module by module A ~ N(0, 0.01^2) then
+    B ~ N(0, 0.001^2) (its draws, in its order, from the document's generator instead of the global
+    one, which would tie a document's start to every document before it)."""
+    if init == "identity":
+        a = initial_a([fan_in for fan_in, _ in shapes], rank, seed, doc_start)
+        return [(a_m, torch.zeros(fan_out, rank)) for a_m, (_, fan_out) in zip(a, shapes)]
+    generator = document_generator(seed, doc_start)
+    return [(torch.empty(rank, fan_in).normal_(0.0, 0.01, generator=generator),
+             torch.empty(fan_out, rank).normal_(0.0, 0.001, generator=generator)) for fan_in, fan_out in shapes]
+
+
+def adapter_scale(init: str, rank: int) -> float:
+    """The factor on every adapter's output: PR #1090 scales by 1/rank."""
+    return 1.0 / rank if init == "pr1090" else 1.0
+
+
 class BatchedLoRA(nn.Module):
     """Independent low-rank adapters for the documents starting at ``doc_starts`` on the hooked modules."""
 
-    def __init__(self, model: nn.Module, doc_starts: list[int], rank: int, targets: str, seed: int, device):
+    def __init__(self, model: nn.Module, doc_starts: list[int], rank: int, targets: str, seed: int, device,
+                 init: str = "identity"):
         super().__init__()
         self.modules_by_name = target_modules(model, targets)
-        fans_in = [fan_in for _, fan_in, _ in self.modules_by_name.values()]
-        per_doc = [initial_a(fans_in, rank, seed, start) for start in doc_starts]
+        shapes = [(fan_in, fan_out) for _, fan_in, fan_out in self.modules_by_name.values()]
+        per_doc = [initial_adapters(shapes, rank, seed, start, init) for start in doc_starts]
+        self.scale = adapter_scale(init, rank)
         self.a = nn.ParameterList()
         self.b = nn.ParameterList()
-        for m, (_, _, fan_out) in enumerate(self.modules_by_name.values()):
-            self.a.append(nn.Parameter(torch.stack([a[m] for a in per_doc]).to(device)))
-            self.b.append(nn.Parameter(torch.zeros(len(doc_starts), fan_out, rank, device=device)))
+        for m in range(len(shapes)):
+            self.a.append(nn.Parameter(torch.stack([doc[m][0] for doc in per_doc]).to(device)))
+            self.b.append(nn.Parameter(torch.stack([doc[m][1] for doc in per_doc]).to(device)))
         self.rows = torch.arange(len(doc_starts), device=device)
 
     def _hook(self, index: int, on_output: bool):
@@ -93,7 +116,10 @@ class BatchedLoRA(nn.Module):
             a, b = self.a[index][self.rows], self.b[index][self.rows]
             # a linear layer's adapter reads its input; the head's reads the normed hidden state
             x = output if on_output else inputs[0]
-            delta = torch.bmm(torch.bmm(x.to(a.dtype), a.transpose(1, 2)), b.transpose(1, 2))
+            dtype = torch.promote_types(x.dtype, a.dtype)  # fp32 adapters on a bf16 model; fp64 in the parity tests
+            delta = torch.bmm(torch.bmm(x.to(dtype), a.to(dtype).transpose(1, 2)), b.to(dtype).transpose(1, 2))
+            if self.scale != 1.0:
+                delta = delta * self.scale
             return output + delta.to(output.dtype)
 
         return add_delta
@@ -159,7 +185,7 @@ def adapt_documents(
     model: nn.Module, ledger: ScoreLedger, docs: list[tuple[int, int]], s: EvalConfig, device, seed: int
 ) -> None:
     """Score every target of ``docs`` chunk by chunk with per-document LoRA adapted in between."""
-    lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device)
+    lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device, s.ttt_lora_init)
     optimizer = torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=(0.9, 0.999))
     context = lora_context(s)
     with ntk_length_pinned(model, context):  # ROPE_YARN: the base of the configured window, not the batch's longest
@@ -181,8 +207,13 @@ def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimi
         return False
     rows = sorted(windows)
     length = step_length(k, s.ttt_chunk_size, context)
-    with torch.no_grad(), lora.attached(rows):
-        score_windows(model, ledger, [windows[i] for i in rows], device, length)
+    plain, adapted = split_at_min_doc_len({i: docs[i][0] for i in rows}, windows, s.ttt_min_doc_len)
+    with torch.no_grad():
+        if plain:  # a document's first targets: scored by the model alone (PR #1090's short documents)
+            score_windows(model, ledger, [plain[i] for i in sorted(plain)], device, length)
+        if adapted:
+            with lora.attached(sorted(adapted)):
+                score_windows(model, ledger, [adapted[i] for i in sorted(adapted)], device, length)
     learners = [i for i in rows if chunk_window(docs[i], k + 1, s.ttt_chunk_size, context)]
     if learners:  # a document's last chunk is never trained on: nothing of it is left to score
         optimizer.zero_grad(set_to_none=True)
@@ -190,6 +221,27 @@ def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimi
             chunk_loss(model, ledger, [windows[i] for i in learners], length, device).backward()
         optimizer.step()
     return True
+
+
+def split_at_min_doc_len(doc_starts: dict[int, int], windows: dict[int, Window],
+                         min_doc_len: int) -> tuple[dict[int, Window], dict[int, Window]]:
+    """Each window's targets before its document's target ``min_doc_len - 1`` (scored without
+    adapters) and from there on (scored with them), as two windows over the same inputs.
+
+    PR #1090 scores documents of fewer than ``TTT_MIN_DOC_LEN`` tokens without its adapters. Whether
+    a document is that short depends on where the next BOS is, a later token; its target j knows
+    the document is long only from j = min_doc_len - 1 on. So its targets before that are scored by
+    the model alone in every document: all of a short document's, as PR #1090 does; for a long
+    one, the first min_doc_len - 1, where PR #1090 applies its freshly initialised adapters."""
+    plain: dict[int, Window] = {}
+    adapted: dict[int, Window] = {}
+    for i, w in windows.items():
+        cut = min(max(w.score_from, doc_starts[i] + min_doc_len - 1), w.end)
+        if cut > w.score_from:
+            plain[i] = Window(w.start, cut, w.score_from)
+        if cut < w.end:
+            adapted[i] = Window(w.start, w.end, cut)
+    return plain, adapted
 
 
 def document_batches(docs: list[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int]]]:
