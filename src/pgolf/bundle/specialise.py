@@ -44,7 +44,7 @@ from pgolf.config import SECTIONS, Config, iter_fields
 CHOICE_FIELDS = {
     ("model", "mlp_activation"), ("model", "bigram_hash"), ("model", "parallel_final_lane"),
     ("model", "logit_softcap_kind"), ("optim", "muon_ns_schedule"), ("train", "loader"), ("eval", "ttt"),
-    ("quant", "scheme"), ("quant", "compressor"),
+    ("quant", "scheme"), ("quant", "compressor"), ("quant", "serializer"), ("eval", "ttt_lora_init"),
 }
 # Numeric fields whose 0 switches a technique off; folded only while 0, so a technique that is on
 # keeps its hyperparameter tunable.
@@ -53,7 +53,7 @@ OFF_SWITCHES = {
     ("model", "num_loops"), ("model", "parallel_start_layer"), ("model", "z_loss"), ("model", "embed_dim"),
     ("optim", "grad_clip_norm"), ("optim", "muon_wd"), ("optim", "embed_wd"), ("optim", "adam_wd"),
     ("train", "ema_decay"), ("train", "warmdown_frac"), ("train", "min_lr"), ("train", "enable_looping_at"),
-    ("eval", "eval_stride"), ("quant", "late_qat_threshold"),
+    ("eval", "eval_stride"), ("eval", "ttt_min_doc_len"), ("quant", "late_qat_threshold"), ("quant", "stream_shuffle"),
 }
 MAX_ROUNDS = 12
 
