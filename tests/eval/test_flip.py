@@ -68,8 +68,8 @@ def lora_init_from_the_batchs_last_document(monkeypatch):
     """Planted leak: every adapter of a batch starts as the batch's latest document's would."""
     original = BatchedLoRA.__init__
 
-    def leaky(self, model, doc_starts, rank, targets, seed, device):
-        original(self, model, [max(doc_starts)] * len(doc_starts), rank, targets, seed, device)
+    def leaky(self, model, doc_starts, *args, **kwargs):
+        original(self, model, [max(doc_starts)] * len(doc_starts), *args, **kwargs)
 
     monkeypatch.setattr(BatchedLoRA, "__init__", leaky)
 
