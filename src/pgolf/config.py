@@ -212,8 +212,8 @@ class EvalConfig:
     ttt_lora_init: str = _f("identity", "PGOLF_TTT_LORA_INIT", "lora/phased TTT: adapter init: identity (A ~ N(0, 1/fan_in), "
                             "B = 0) or pr1090 (A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output scaled 1/rank, as PR #1090)",
                             ("identity", "pr1090"))
-    ttt_min_doc_len: int = _f(0, "TTT_MIN_DOC_LEN", "lora/phased TTT: a document's first N-1 targets are scored without "
-                              "adapters (PR #1090's rule for documents under N tokens; 0 or 1: none)", NONNEG)
+    ttt_min_doc_len: int = _f(0, "TTT_MIN_DOC_LEN", "lora/phased TTT: a document's first N-1 targets are scored with its "
+                              "initial adapters, before any step (PR #1090's rule for documents under N tokens; 0 or 1: none)", NONNEG)
     ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)", POS)
     ttt_eval_seq_len: int = _f(1024, "TTT_EVAL_SEQ_LEN", "lora/phased TTT: context window inside a document", POS)
     ttt_batch_size: int = _f(64, "TTT_BATCH_SIZE", "lora/phased TTT: documents adapted side by side", POS)

@@ -177,16 +177,18 @@ def xsa_swiglu_lora_ttt_1xh100() -> Config:
       code does not (its README lists BigramHash among the things that did not help).
 
     TTT: its LoRA init (``PGOLF_TTT_LORA_INIT=pr1090``: A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output
-    scaled 1/rank) and its rule that documents under 32 tokens are scored without adapters
-    (``TTT_MIN_DOC_LEN=32``); its own TTT and pgolf's give the same per-token losses
-    (tests/eval/test_ttt_record_parity.py). Differences, each for legality or for scoring every
-    target once: pgolf draws a document's initial adapters from a generator seeded by where the
-    document starts (PR #1090 from the global generator, so a document's init depends on every
-    document before it); whether a document is short depends on where the next BOS is, a later
-    token, so pgolf scores the first 31 targets of every document without adapters (all of a short
-    one's, as PR #1090; of a long one, PR #1090 scores them with its freshly initialised adapters,
-    which moved them by up to 4e-4 nats in the test); PR #1090 never scores a document's last target (the next BOS), documents under
-    5 tokens or a last chunk of one target, pgolf scores every target once.
+    scaled 1/rank) and its rule that documents under 32 tokens get no TTT step (``TTT_MIN_DOC_LEN=32``;
+    it still scores them through its LoRA-wrapped model, with the random adapters it drew when it
+    built them, which moved their losses by up to 3e-4 nats in the test); its own TTT and pgolf's give the
+    same per-token losses (tests/eval/test_ttt_record_parity.py). Differences, each for legality or
+    for scoring every target once: pgolf draws a document's initial adapters from a generator seeded
+    by where the document starts (PR #1090 from the global generator, so a document's init depends
+    on every document before it, and its short documents all share the draw made when it built its
+    adapters); whether a document is short depends on where the next BOS is, a later token, so pgolf
+    scores the first 31 targets of every document with its initial adapters (all of a short one's, as
+    PR #1090; of a long one, PR #1090 too, as long as its chunks are at least 31 targets, as here);
+    PR #1090 never scores a document's last target (the next BOS), documents under 5 tokens or a last
+    chunk of one target, pgolf scores every target once.
     """
     cfg = baseline()
     cfg.preset = "xsa_swiglu_lora_ttt_1xh100"

@@ -143,10 +143,11 @@ PR1090_RULES = ("PGOLF_TTT_LORA_INIT=pr1090", "TTT_MIN_DOC_LEN=32", "TTT_CHUNK_S
 
 @pytest.mark.parametrize("kind", ["lora", "phased"])
 def test_pr1090_short_document_rule_never_reads_where_the_document_ends(trained_tiny, ttt_settings, kind):
-    """PR #1090 scores documents under TTT_MIN_DOC_LEN tokens without adapters, which needs where
-    the next BOS is. pgolf's rule (a document's first TTT_MIN_DOC_LEN - 1 targets unadapted) does
-    not: a BOS planted 20 tokens into a 150-token document, which makes it short, leaves every
-    target before the BOS as it was, bit for bit, under PR #1090's random initial adapters."""
+    """PR #1090 scores documents under TTT_MIN_DOC_LEN tokens without TTT steps, which needs where
+    the next BOS is. pgolf's rule (a document's first TTT_MIN_DOC_LEN - 1 targets with its initial
+    adapters, before any step) does not: a BOS planted 20 tokens into a 150-token document, which
+    makes it short, leaves every target before the BOS as it was, bit for bit, under PR #1090's
+    random initial adapters."""
     t = trained_tiny
     tokens = np.concatenate([t.val_tokens[7474 : 7474 + 150], [t.bos_id]])  # a BOS, 149 tokens, the next BOS
     planted = tokens.copy()
@@ -155,10 +156,12 @@ def test_pr1090_short_document_rule_never_reads_where_the_document_ends(trained_
     before = run_ttt(kind, t.model, tokens, t.table, s, 128, t.bos_id).token_losses
     after = run_ttt(kind, t.model, planted, t.table, s, 128, t.bos_id).token_losses
     assert np.array_equal(bits(before[:19]), bits(after[:19]))
-    with torch.no_grad():  # and those first targets are the model's own losses
-        x = torch.from_numpy(tokens[:31].astype(np.int64))[None]
-        y = torch.from_numpy(tokens[1:32].astype(np.int64))[None]
-        plain = t.model(x, y, reduction="none")[0].numpy()
-    np.testing.assert_allclose(before[:31], plain, rtol=0, atol=1e-6)
+    # and those first targets are scored with the initial adapters, as if no step were ever taken (a
+    # learning rate of 0), even where steps come before them (chunks of 8: three steps before target 31)
+    eights = (*PR1090_RULES, "PHASED_TTT_PREFIX_DOCS=0", "TTT_CHUNK_SIZE=8")
+    stepped = run_ttt(kind, t.model, tokens, t.table, ttt_settings(*eights), 128, t.bos_id).token_losses
+    unstepped = run_ttt(kind, t.model, tokens, t.table, ttt_settings(*eights, "TTT_LORA_LR=0"), 128, t.bos_id).token_losses
+    assert np.array_equal(bits(stepped[:31]), bits(unstepped[:31]))
+    assert np.abs(stepped[31:] - unstepped[31:]).max() > 1e-3  # the steps do move the later ones
     assert np.abs(before[31:64] - run_ttt(kind, t.model, tokens, t.table, ttt_settings(
         "TTT_CHUNK_SIZE=32", "TTT_EVAL_SEQ_LEN=32", "PHASED_TTT_PREFIX_DOCS=0"), 128, t.bos_id).token_losses[31:64]).max() > 0

@@ -187,10 +187,12 @@ def adapt_documents(
     """Score every target of ``docs`` chunk by chunk with per-document LoRA adapted in between."""
     lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device, s.ttt_lora_init)
     optimizer = torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=(0.9, 0.999))
+    # TTT_MIN_DOC_LEN: a document's first targets are scored with its adapters as drawn (split_at_min_doc_len)
+    initial = [p.detach().clone() for p in lora.parameters()] if s.ttt_min_doc_len > 1 else None
     context = lora_context(s)
     with ntk_length_pinned(model, context):  # ROPE_YARN: the base of the configured window, not the batch's longest
         for k in itertools.count():
-            if not adapt_chunk(model, ledger, lora, optimizer, docs, k, s, context, device):
+            if not adapt_chunk(model, ledger, lora, optimizer, docs, k, s, context, device, initial):
                 return
 
 
@@ -200,8 +202,10 @@ def lora_context(s: EvalConfig) -> int:
 
 
 def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimizer: torch.optim.Optimizer,
-                docs: list[tuple[int, int]], k: int, s: EvalConfig, context: int, device) -> bool:
-    """Score chunk ``k`` of every document that has one, then step on it; False when none has."""
+                docs: list[tuple[int, int]], k: int, s: EvalConfig, context: int, device,
+                initial: list[torch.Tensor] | None = None) -> bool:
+    """Score chunk ``k`` of every document that has one, then step on it; False when none has.
+    ``initial``: the adapters as drawn, for the targets :func:`split_at_min_doc_len` keeps from the steps."""
     windows = {i: w for i, d in enumerate(docs) if (w := chunk_window(d, k, s.ttt_chunk_size, context))}
     if not windows:
         return False
@@ -209,8 +213,9 @@ def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimi
     length = step_length(k, s.ttt_chunk_size, context)
     plain, adapted = split_at_min_doc_len({i: docs[i][0] for i in rows}, windows, s.ttt_min_doc_len)
     with torch.no_grad():
-        if plain:  # a document's first targets: scored by the model alone (PR #1090's short documents)
-            score_windows(model, ledger, [plain[i] for i in sorted(plain)], device, length)
+        if plain:  # a document's first targets: its initial adapters, no step yet (PR #1090's short documents)
+            with adapters_as(lora, initial), lora.attached(sorted(plain)):
+                score_windows(model, ledger, [plain[i] for i in sorted(plain)], device, length)
         if adapted:
             with lora.attached(sorted(adapted)):
                 score_windows(model, ledger, [adapted[i] for i in sorted(adapted)], device, length)
@@ -223,16 +228,35 @@ def adapt_chunk(model: nn.Module, ledger: ScoreLedger, lora: BatchedLoRA, optimi
     return True
 
 
+@contextmanager
+def adapters_as(lora: BatchedLoRA, values: list[torch.Tensor]):
+    """``lora``'s parameters hold ``values`` inside (no copy; the optimizer's state is untouched)."""
+    params = list(lora.parameters())
+    trained = [p.data for p in params]
+    for p, v in zip(params, values):
+        p.data = v
+    try:
+        yield
+    finally:
+        for p, t in zip(params, trained):
+            p.data = t
+
+
 def split_at_min_doc_len(doc_starts: dict[int, int], windows: dict[int, Window],
                          min_doc_len: int) -> tuple[dict[int, Window], dict[int, Window]]:
-    """Each window's targets before its document's target ``min_doc_len - 1`` (scored without
-    adapters) and from there on (scored with them), as two windows over the same inputs.
+    """Each window's targets before its document's target ``min_doc_len - 1`` (scored with the
+    document's initial adapters, before any step) and from there on (with the adapted ones), as two
+    windows over the same inputs.
 
-    PR #1090 scores documents of fewer than ``TTT_MIN_DOC_LEN`` tokens without its adapters. Whether
-    a document is that short depends on where the next BOS is, a later token; its target j knows
-    the document is long only from j = min_doc_len - 1 on. So its targets before that are scored by
-    the model alone in every document: all of a short document's, as PR #1090 does; for a long
-    one, the first min_doc_len - 1, where PR #1090 applies its freshly initialised adapters."""
+    PR #1090 scores documents of fewer than ``TTT_MIN_DOC_LEN`` tokens without TTT steps, but through
+    its LoRA-wrapped model: with the random adapters it drew when it built them (B is not zero: they
+    moved losses by up to 4e-4 nats in the parity test; the identity init changes nothing). Whether
+    a document is that short depends on where the next BOS is, a later token; its target j knows the
+    document is long only from j = min_doc_len - 1 on. So its targets before that are scored with
+    its initial adapters in every document: all of a short document's, as PR #1090 does; for a long
+    one, the first min_doc_len - 1, which PR #1090 scores with the adapters of its first steps where
+    a chunk is shorter than that (with chunks at least that long, its first chunk: the initial ones,
+    as here)."""
     plain: dict[int, Window] = {}
     adapted: dict[int, Window] = {}
     for i, w in windows.items():
