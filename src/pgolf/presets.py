@@ -409,7 +409,9 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     t.train_batch_tokens, t.train_seq_len = 786_432, 2048
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965
     e.eval_seq_len, e.eval_stride = 2048, 64
-    e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,v,head"
+    e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,k,v,o,mlp,logits"
+    e.ttt_lora_init, e.ttt_lora_alpha, e.ttt_lora_per_pass = "r44", 144.0, True
+    e.ttt_beta1, e.ttt_beta2, e.ttt_adam_eps, e.ttt_weight_decay = 0.0, 0.99, 1e-10, 0.5
     e.ttt_chunk_size, e.ttt_eval_seq_len, e.ttt_batch_size = 48, 2048, 64
     e.phased_ttt_prefix_docs, e.phased_ttt_num_phases = 2500, 3
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
