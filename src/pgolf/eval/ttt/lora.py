@@ -151,7 +151,15 @@ class BatchedLoRA(nn.Module):
     def _delta(self, index: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         a, b = self.a[index][self.rows], self.b[index][self.rows]
         dtype = torch.promote_types(x.dtype, a.dtype)  # fp32 adapters on a bf16 model; fp64 in the parity tests
-        delta = torch.bmm(torch.bmm(x.to(dtype), a.to(dtype).transpose(1, 2)), b.to(dtype).transpose(1, 2))
+        x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
+        single = x.size(0) == 1
+        if single:  # bmm of one matrix backpropagates through another CPU kernel than bmm of several (the
+            # last bits of the vocab-wide logits adapter's gradients): a lone document would adapt
+            # otherwise than beside a batch mate, so it runs as two rows
+            x, a, b = x.repeat(2, 1, 1), a.repeat(2, 1, 1), b.repeat(2, 1, 1)
+        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        if single:
+            delta = delta[:1]
         if self.scale != 1.0:
             delta = delta * self.scale
         return output + delta.to(output.dtype)
