@@ -188,6 +188,8 @@ def test_r44_adapters_on_a_looped_model_score_a_document_alone_or_batched_the_sa
     a = run_ttt(kind, model, alone, t.table, settings, 128, t.bos_id).token_losses
     b = run_ttt(kind, model, batched, t.table, settings, 128, t.bos_id).token_losses
     assert np.array_equal(bits(a), bits(b[:150]))
+    if kind == "phased":
+        return  # the same adapters as lora's
     shared = run_ttt(kind, model, alone, t.table, dataclasses.replace(settings, ttt_lora_per_pass=False), 128,
                      t.bos_id).token_losses
     assert np.abs(a - shared)[64:].max() > 1e-3  # the passes' own adapters: after the first step, other losses
