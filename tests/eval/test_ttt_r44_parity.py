@@ -108,15 +108,19 @@ def seed_record_adapters(lora, theirs, ours, s, docs, dtype) -> None:
     assert order == ours.layer_order()
     draws = [pgolf_initial_adapters(ours, s, start) for start, _ in docs]
 
+    used = []
+
     def put(adapter, key):
         adapter.A.data = torch.stack([d[key] for d in draws]).to(dtype)
         adapter.B.data = torch.zeros_like(adapter.B, dtype=dtype)
+        used.append(key)
 
     for slot, block in enumerate(order):
         npass = order[:slot].count(block)
         for target, attr in R44_LISTS.items():
             put(getattr(lora, attr)[slot], (PGOLF_MODULE[target].format(block), npass))
     put(lora.lm_head_lora, (HEAD_PROJECTION, 0))
+    assert sorted(used) == sorted(draws[0])  # one pgolf adapter for each of R44's, none left over
 
 
 def record_phased_ttt(mod, theirs, ours, tokens, s, luts, dtype):
