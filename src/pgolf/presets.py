@@ -400,8 +400,9 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
 
     Other differences of its global SGD: it packs each batch of GLOBAL_TTT_BATCH_SEQS sequences into
     one row, attention cut at every BOS and every EVAL_SEQ_LEN tokens from it, where its SmearGate
-    still reads the token before a cut (pgolf: rows of EVAL_SEQ_LEN, whose first token smears
-    nothing; the same at GLOBAL_TTT_BATCH_SEQS=1, as tested); it trains whole sequences only and
+    still reads the token before a cut (pgolf: rows of EVAL_SEQ_LEN tokens of the stream, attention
+    cut at every BOS too, a row's first token smearing nothing; the same at GLOBAL_TTT_BATCH_SEQS=1
+    on a document that starts a row, as tested); it trains whole sequences only and
     skips the last chunk (pgolf also trains a chunk's ragged tail, none at these settings but the
     last chunk's, which the cosine's zero LR leaves unchanged); its epochs loop inside each chunk
     (the same at GLOBAL_TTT_EPOCHS=1).
