@@ -208,10 +208,22 @@ class EvalConfig:
     ttt_grad_clip: float = _f(1.0, "TTT_GRAD_CLIP", "sgd TTT: grad-norm clip; 0 disables", NONNEG)
     ttt_lora_rank: int = _f(8, "TTT_LORA_RANK", "lora/phased TTT: LoRA rank", POS)
     ttt_lora_lr: float = _f(0.01, "TTT_LORA_LR", "lora/phased TTT: Adam learning rate", NONNEG)
-    ttt_lora_targets: str = _f("q,v,head", "PGOLF_TTT_LORA_TARGETS", "lora/phased TTT: adapted modules among q, v, head")
+    ttt_lora_targets: str = _f("q,v,head", "PGOLF_TTT_LORA_TARGETS", "lora/phased TTT: adapted modules among q, k, v, o, "
+                               "mlp (each reading its block's normed input), head (the final hidden) and logits (the head's "
+                               "output, vocab side, R44's)")
     ttt_lora_init: str = _f("identity", "PGOLF_TTT_LORA_INIT", "lora/phased TTT: adapter init: identity (A ~ N(0, 1/fan_in), "
-                            "B = 0) or pr1090 (A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output scaled 1/rank, as PR #1090)",
-                            ("identity", "pr1090"))
+                            "B = 0), pr1090 (A ~ N(0, 0.01^2), B ~ N(0, 0.001^2), output scaled 1/rank, as PR #1090) or "
+                            "r44 (A ~ U(+-1/sqrt(fan_in)), B = 0, output scaled TTT_LORA_ALPHA/rank, as R44)",
+                            ("identity", "pr1090", "r44"))
+    ttt_lora_alpha: float = _f(144.0, "TTT_LORA_ALPHA", "lora/phased TTT with PGOLF_TTT_LORA_INIT=r44: adapters' output "
+                               "scaled alpha/rank", POS)
+    ttt_lora_per_pass: bool = _f(False, "PGOLF_TTT_LORA_PER_PASS", "lora/phased TTT: one adapter per virtual layer (each "
+                                 "pass of a looped block its own, as R44) instead of one per block")
+    ttt_beta1: float = _f(0.9, "TTT_BETA1", "lora/phased TTT: Adam beta1", MOMENTUM)
+    ttt_beta2: float = _f(0.999, "TTT_BETA2", "lora/phased TTT: Adam beta2", MOMENTUM)
+    ttt_adam_eps: float = _f(1e-8, "PGOLF_TTT_ADAM_EPS", "lora/phased TTT: Adam epsilon (R44: 1e-10)", POS)
+    ttt_weight_decay: float = _f(0.0, "TTT_WEIGHT_DECAY", "lora/phased TTT: decoupled weight decay; > 0 makes the "
+                                 "optimizer AdamW (R44: 0.5)", NONNEG)
     ttt_min_doc_len: int = _f(0, "TTT_MIN_DOC_LEN", "lora/phased TTT: a document's first N-1 targets are scored with its "
                               "initial adapters, before any step (PR #1090's rule for documents under N tokens; 0 or 1: none)", NONNEG)
     ttt_chunk_size: int = _f(256, "TTT_CHUNK_SIZE", "lora/phased TTT: targets per document chunk (score, then one step)", POS)
@@ -453,8 +465,9 @@ def validate(cfg: Config) -> None:
     _validate_optim(cfg.optim)
     if cfg.train.ema_decay > 0 and cfg.train.swa_enabled:
         raise PgolfError("EMA_DECAY and SWA_ENABLED are both set: choose one weight average to export")
-    if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "v", "head"}:
-        raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, v, head")
+    if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "k", "v", "o", "mlp", "head", "logits"}:
+        raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, k, v, o, mlp, "
+                         "head, logits")
 
 
 def _validate_quant(q: QuantConfig) -> None:

@@ -378,16 +378,39 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     standard evaluation and the phased TTT that gives its score.
 
     Not here yet: the per-group lrzip serializer with similarity sort (brotli here: its artifact is
-    compared with R44's brotli path),
-    R44's TTT LoRA, the varlen document packing loader. R44's adapters are not pgolf's q/v/head with
-    more targets: one per virtual layer (17 with the loops, where pgolf's hooks adapt a block's
-    passes alike), on Q, K, V, O and the MLP, all reading the block's normed input (O's too), a head
-    adapter on the logits (vocab side), A ~ U(+-1/sqrt(in)) kept across documents (only B is reset,
-    so a document's start depends on the documents before it in its length-sorted order), output
-    scaled alpha/rank (144/80), AdamW (beta1 0, beta2 0.99, eps 1e-10, weight decay 0.5). Its global
-    SGD trains on the scored documents concatenated in that order (each with the next BOS, so every
-    boundary BOS twice), whole sequences only, and skips its last chunk. The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``,
-    off here until a GPU has measured them. Two things it does only under torchrun: it clips each
+    compared with R44's brotli path), the varlen document packing loader.
+
+    TTT (tests/eval/test_ttt_r44_parity.py): R44's adapters as configuration of pgolf's LoRA TTT:
+    one set per virtual layer (``PGOLF_TTT_LORA_PER_PASS``: 17 with the loops), on Q, K, V, O and
+    the MLP, each reading its block's normed input (O's too), and on the logits before the softcap
+    (vocab side); ``PGOLF_TTT_LORA_INIT=r44``: A ~ U(+-1/sqrt(in)), B = 0, output scaled
+    alpha/rank (144/80); AdamW (beta1 0, beta2 0.99, eps 1e-10, weight decay 0.5). On a small
+    model in float64, R44's own ``eval_val_ttt_phased`` and pgolf's ``phased`` give the same
+    per-token losses (within 2e-6), with and without a global SGD pause. What pgolf does otherwise,
+    for legality (a target's loss may depend only on the artifact and the tokens before it):
+
+    * R44 keeps each adapter's trained A from one document to the next (only B is reset), in an
+      order sorted by length, so a document's start depends on documents after it in the stream:
+      pgolf draws every document's A afresh from the document's own generator;
+    * R44 adapts the longest batch first and pauses for global SGD after the first
+      PHASED_TTT_PREFIX_DOCS documents of that order (the boundaries spread over the documents
+      present), training on them concatenated in length order (each with the next BOS, so every
+      boundary BOS twice): pgolf adapts in stream order, pauses at boundaries fixed by the settings
+      and trains on the stream before the pause;
+    * R44's last chunk of a document longer than TTT_EVAL_SEQ_LEN reaches back from the document's
+      end, which only the next BOS tells: pgolf's window starts where a full chunk's would.
+
+    Other differences of its global SGD: it packs each batch of GLOBAL_TTT_BATCH_SEQS sequences into
+    one row, attention cut at every BOS and every EVAL_SEQ_LEN tokens from it, where its SmearGate
+    still reads the token before a cut (pgolf: rows of EVAL_SEQ_LEN tokens of the stream, attention
+    cut at every BOS too, a row's first token smearing nothing; the same at GLOBAL_TTT_BATCH_SEQS=1
+    on a document that starts a row, as tested); it trains whole sequences only and
+    skips the last chunk (pgolf also trains a chunk's ragged tail, none at these settings but the
+    last chunk's, which the cosine's zero LR leaves unchanged); its epochs loop inside each chunk
+    (the same at GLOBAL_TTT_EPOCHS=1).
+
+    The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``, off here until a
+    GPU has measured them. Two things it does only under torchrun: it clips each
     rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
     kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
     the momentum of its 40 warm-up steps (pgolf restores the momentum to zero).
@@ -411,7 +434,9 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     t.train_batch_tokens, t.train_seq_len = 786_432, 2048
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965
     e.eval_seq_len, e.eval_stride = 2048, 64
-    e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,v,head"
+    e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,k,v,o,mlp,logits"
+    e.ttt_lora_init, e.ttt_lora_alpha, e.ttt_lora_per_pass = "r44", 144.0, True
+    e.ttt_beta1, e.ttt_beta2, e.ttt_adam_eps, e.ttt_weight_decay = 0.0, 0.99, 1e-10, 0.5
     e.ttt_chunk_size, e.ttt_eval_seq_len, e.ttt_batch_size = 48, 2048, 64
     e.phased_ttt_prefix_docs, e.phased_ttt_num_phases = 2500, 3
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1

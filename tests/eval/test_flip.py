@@ -52,10 +52,17 @@ def test_perturbations_change_document_structure(flip_setup):
         assert (segments(p.stream, t.bos_id) == docs) == (p.kind == "substitute"), p.kind
 
 
-@pytest.mark.parametrize("mode", ["standard", "sliding", "sliding-doc-isolated", "sgd", "lora", "phased"])
+# R44's adapters (the sp8192_lqer_sparsegate_bossmear preset's): Q, K, V, O, MLP and logits, one per
+# virtual layer, its init and alpha/rank scale, AdamW
+R44_ADAPTERS = ("PGOLF_TTT_LORA_TARGETS=q,k,v,o,mlp,logits", "PGOLF_TTT_LORA_INIT=r44", "PGOLF_TTT_LORA_PER_PASS=1",
+                "TTT_BETA1=0", "TTT_BETA2=0.99", "PGOLF_TTT_ADAM_EPS=1e-10", "TTT_WEIGHT_DECAY=0.5")
+MODE_SETTINGS = {"sliding-doc-isolated": ("PGOLF_EVAL_DOC_ISOLATED=1",), "phased-r44": R44_ADAPTERS}
+
+
+@pytest.mark.parametrize("mode", ["standard", "sliding", "sliding-doc-isolated", "sgd", "lora", "phased", "phased-r44"])
 def test_flip_check_passes_for_production_evaluators(flip_setup, ttt_settings, mode):
     t, tokens, perturbations = flip_setup
-    settings = flip_settings(ttt_settings, *(["PGOLF_EVAL_DOC_ISOLATED=1"] if mode.endswith("doc-isolated") else []))
+    settings = flip_settings(ttt_settings, *MODE_SETTINGS.get(mode, ()))
     evaluate = evaluator_for(mode.split("-")[0], t.model, t.table, settings, 128, t.bos_id, batch_tokens=512)
     stream = tokens[: 640 + 1] if mode == "standard" else tokens  # standard needs whole windows
     kept = [p for p in perturbations if p.position < 640] if mode == "standard" else perturbations
@@ -99,6 +106,7 @@ def phases_spread_over_the_documents_present(monkeypatch):
     ("sgd", sgd_lr_from_the_document_count, ()),
     ("lora", lora_init_from_the_batchs_last_document, ()),
     ("phased", lora_init_from_the_batchs_last_document, ("PHASED_TTT_PREFIX_DOCS=1",)),
+    ("phased", lora_init_from_the_batchs_last_document, ("PHASED_TTT_PREFIX_DOCS=1", *R44_ADAPTERS)),
     ("phased", phases_spread_over_the_documents_present, ("PHASED_TTT_PREFIX_DOCS=2000", "PHASED_TTT_NUM_PHASES=2")),
 ])
 def test_flip_check_catches_a_planted_structure_leak_substitutions_miss(flip_setup, ttt_settings, monkeypatch, mode, plant, extra):

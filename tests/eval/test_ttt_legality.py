@@ -165,3 +165,34 @@ def test_pr1090_short_document_rule_never_reads_where_the_document_ends(trained_
     assert np.abs(stepped[31:] - unstepped[31:]).max() > 1e-3  # the steps do move the later ones
     assert np.abs(before[31:64] - run_ttt(kind, t.model, tokens, t.table, ttt_settings(
         "TTT_CHUNK_SIZE=32", "TTT_EVAL_SEQ_LEN=32", "PHASED_TTT_PREFIX_DOCS=0"), 128, t.bos_id).token_losses[31:64]).max() > 0
+
+
+@pytest.mark.parametrize("kind", ["lora", "phased"])
+def test_r44_adapters_on_a_looped_model_score_a_document_alone_or_batched_the_same(trained_tiny, ttt_settings, kind):
+    """R44's adapters (one per virtual layer: block 0 runs twice here, on Q, K, V, O, MLP and the
+    logits; its init, alpha/rank scale and AdamW with weight decay): a document's losses do not
+    depend on the longer document batched with it, bit for bit, and its second pass of block 0
+    adapts apart from its first."""
+    from pgolf.model.gpt import build_model
+    from pgolf.presets import build_config
+    from tests.eval.test_flip import R44_ADAPTERS
+
+    t = trained_tiny
+    cfg = build_config("tiny_cpu", ["NUM_LOOPS=1", "LOOP_START=0", "LOOP_END=0"], environ={})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, "cpu").eval()  # random weights
+    assert model.layer_order() == [0, 0, 1]
+    doc = t.val_tokens[7066 : 7066 + 150]  # a BOS and 149 tokens
+    longer = t.val_tokens[7474 : 7474 + 300]
+    assert doc[0] == longer[0] == t.bos_id and (doc[1:] != t.bos_id).all()
+    alone = np.concatenate([doc, [t.bos_id]])
+    batched = np.concatenate([doc, longer, [t.bos_id]])
+    settings = ttt_settings("PHASED_TTT_PREFIX_DOCS=0", *R44_ADAPTERS)
+    a = run_ttt(kind, model, alone, t.table, settings, 128, t.bos_id).token_losses
+    b = run_ttt(kind, model, batched, t.table, settings, 128, t.bos_id).token_losses
+    assert np.array_equal(bits(a), bits(b[:150]))
+    if kind == "phased":
+        return  # the same adapters as lora's
+    shared = run_ttt(kind, model, alone, t.table, dataclasses.replace(settings, ttt_lora_per_pass=False), 128,
+                     t.bos_id).token_losses
+    assert np.abs(a - shared)[64:].max() > 1e-3  # the passes' own adapters: after the first step, other losses

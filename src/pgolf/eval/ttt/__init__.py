@@ -5,8 +5,9 @@ ledger hands out, which it refuses for any target not scored yet:
 
 * ``sgd`` (:mod:`.sgd`): chunked full-model SGD. Score a chunk with sliding windows, then train on
   it (first k blocks frozen, several epochs, cosine LR over chunks). The last chunk is never trained on.
-* ``lora`` (:mod:`.lora`): per-document LoRA on q/v/head through forward hooks, many documents side
-  by side; each chunk of a document is scored, then one Adam step; adapters reset per document.
+* ``lora`` (:mod:`.lora`): per-document LoRA on q/v/head (or R44's q/k/v/o/mlp/logits, per virtual
+  layer) through forward hooks, many documents side by side; each chunk of a document is scored,
+  then one Adam step; adapters reset per document.
 * ``phased`` (:mod:`.phased`): ``lora`` over documents in stream order, pausing at phase boundaries
   to run global full-model SGD on every document scored so far.
 

@@ -7,7 +7,18 @@ random, ``B[doc, out, r]`` zero, so every adapter starts as the identity):
 * ``q`` / ``v``: a hook on ``blocks.i.attn.c_q`` / ``c_v`` adds ``x A^T B^T`` to the projection;
 * ``head``: a hook on ``final_norm`` adds ``h A^T B^T`` to the hidden state the tied head reads, so
   the head's effective weight becomes ``W (I + B A)`` (a rank-r update on its input side; this
-  needs no change to the model's logits code and works for tied and untied heads alike).
+  needs no change to the model's logits code and works for tied and untied heads alike);
+* R44's targets: ``k`` (``c_k``, as q and v), ``o`` (a hook on ``blocks.i.attn`` adds ``n A^T B^T``
+  to the attention's output projection, reading the block's normed input ``n`` as R44's O adapter
+  does), ``mlp`` (on ``blocks.i.mlp``, reading the MLP's normed input) and ``logits`` (the head's
+  output before the softcap, vocab side: ``h A^T B^T`` with ``B`` of vocab rows).
+
+With ``PGOLF_TTT_LORA_PER_PASS`` each pass of a looped block has adapters of its own (R44's one
+set per virtual layer); a pre-hook on the model restarts the pass count at every forward.
+``PGOLF_TTT_LORA_INIT=r44`` draws R44's ``A ~ U(+-1/sqrt(fan_in))`` (from the document's own
+generator, where R44 keeps a trained ``A`` from one document to the next) and scales the output
+by ``TTT_LORA_ALPHA / rank``; ``TTT_BETA1``/``TTT_BETA2``/``PGOLF_TTT_ADAM_EPS`` set Adam, and
+``TTT_WEIGHT_DECAY`` > 0 makes it AdamW.
 
 Each document is cut into chunks of ``TTT_CHUNK_SIZE`` targets. Step k scores chunk k of every
 document still running (context: up to ``TTT_EVAL_SEQ_LEN`` inputs of the same document), then,
@@ -46,19 +57,35 @@ from pgolf.model.rope import ntk_length_pinned
 from pgolf.tokenizer.luts import TorchByteTable
 
 
+HEAD_PROJECTION = "head_projection"  # the ``logits`` target: no module to hook, the GPT's method is wrapped
+
+
 def target_modules(model: nn.Module, targets: str) -> dict[str, tuple[nn.Module, int, int]]:
     """name -> (module to hook, in features, out features) for the requested LoRA targets."""
     wanted = set(filter(None, targets.split(",")))
     found: dict[str, tuple[nn.Module, int, int]] = {}
+    dim = model.cfg.model_dim  # the normed block input's and the final hidden's width
     for i, block in enumerate(model.blocks):
-        for key, attr in (("q", "c_q"), ("v", "c_v")):
+        for key, attr in (("q", "c_q"), ("k", "c_k"), ("v", "c_v")):
             if key in wanted:
                 lin = getattr(block.attn, attr)
                 found[f"blocks.{i}.attn.{attr}"] = (lin, lin.in_features, lin.out_features)
+        if "o" in wanted:  # reads the attention's input, the block's normed input, as R44's O adapter
+            found[f"blocks.{i}.attn"] = (block.attn, dim, block.attn.proj.out_features)
+        if "mlp" in wanted:
+            found[f"blocks.{i}.mlp"] = (block.mlp, dim, block.mlp.proj.out_features)
     if "head" in wanted:
-        dim = model.cfg.model_dim  # the final hidden's width (the table's may be narrower: EMBED_DIM)
-        found["final_norm"] = (model.final_norm, dim, dim)
+        found["final_norm"] = (model.final_norm, dim, dim)  # the table's width may be narrower: EMBED_DIM
+    if "logits" in wanted:
+        found[HEAD_PROJECTION] = (model, dim, model.cfg.vocab_size)
     return found
+
+
+def passes_of(model: nn.Module, name: str, per_pass: bool) -> int:
+    """How many adapters module ``name`` gets: one per pass of its block with ``per_pass``, else one."""
+    if not per_pass or not name.startswith("blocks."):
+        return 1
+    return model.layer_order().count(int(name.split(".")[1]))
 
 
 def document_generator(seed: int, doc_start: int) -> torch.Generator:
@@ -85,12 +112,17 @@ def initial_adapters(shapes: list[tuple[int, int]], rank: int, seed: int, doc_st
         a = initial_a([fan_in for fan_in, _ in shapes], rank, seed, doc_start)
         return [(a_m, torch.zeros(fan_out, rank)) for a_m, (_, fan_out) in zip(a, shapes)]
     generator = document_generator(seed, doc_start)
+    if init == "r44":  # R44's BatchedLinearLoRA: A ~ U(+-1/sqrt(in)), B = 0, adapter by adapter
+        return [(torch.empty(rank, fan_in).uniform_(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), generator=generator),
+                 torch.zeros(fan_out, rank)) for fan_in, fan_out in shapes]
     return [(torch.empty(rank, fan_in).normal_(0.0, 0.01, generator=generator),
              torch.empty(fan_out, rank).normal_(0.0, 0.001, generator=generator)) for fan_in, fan_out in shapes]
 
 
-def adapter_scale(init: str, rank: int) -> float:
-    """The factor on every adapter's output: PR #1090 scales by 1/rank."""
+def adapter_scale(init: str, rank: int, alpha: float = 1.0) -> float:
+    """The factor on every adapter's output: PR #1090 scales by 1/rank, R44 by alpha/rank."""
+    if init == "r44":
+        return alpha / rank
     return 1.0 / rank if init == "pr1090" else 1.0
 
 
@@ -98,12 +130,17 @@ class BatchedLoRA(nn.Module):
     """Independent low-rank adapters for the documents starting at ``doc_starts`` on the hooked modules."""
 
     def __init__(self, model: nn.Module, doc_starts: list[int], rank: int, targets: str, seed: int, device,
-                 init: str = "identity"):
+                 init: str = "identity", alpha: float = 1.0, per_pass: bool = False):
         super().__init__()
+        self.model = [model]  # not a submodule: its parameters are not the adapters'
         self.modules_by_name = target_modules(model, targets)
-        shapes = [(fan_in, fan_out) for _, fan_in, fan_out in self.modules_by_name.values()]
+        # adapter index -> (module name, pass): a module's adapters are consecutive, pass by pass
+        self.slots = [(name, p) for name in self.modules_by_name for p in range(passes_of(model, name, per_pass))]
+        self.first_slot = {name: self.slots.index((name, 0)) for name in self.modules_by_name}
+        shapes = [self.modules_by_name[name][1:] for name, _ in self.slots]
         per_doc = [initial_adapters(shapes, rank, seed, start, init) for start in doc_starts]
-        self.scale = adapter_scale(init, rank)
+        self.scale = adapter_scale(init, rank, alpha)
+        self.calls = dict.fromkeys(self.modules_by_name, 0)
         self.a = nn.ParameterList()
         self.b = nn.ParameterList()
         for m in range(len(shapes)):
@@ -111,30 +148,57 @@ class BatchedLoRA(nn.Module):
             self.b.append(nn.Parameter(torch.stack([doc[m][1] for doc in per_doc]).to(device)))
         self.rows = torch.arange(len(doc_starts), device=device)
 
-    def _hook(self, index: int, on_output: bool):
+    def _delta(self, index: int, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        a, b = self.a[index][self.rows], self.b[index][self.rows]
+        dtype = torch.promote_types(x.dtype, a.dtype)  # fp32 adapters on a bf16 model; fp64 in the parity tests
+        x, a, b = x.to(dtype), a.to(dtype), b.to(dtype)
+        single = x.size(0) == 1
+        if single:  # bmm of one matrix backpropagates through another CPU kernel than bmm of several (the
+            # last bits of the vocab-wide logits adapter's gradients): a lone document would adapt
+            # otherwise than beside a batch mate, so it runs as two rows
+            x, a, b = x.repeat(2, 1, 1), a.repeat(2, 1, 1), b.repeat(2, 1, 1)
+        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
+        if single:
+            delta = delta[:1]
+        if self.scale != 1.0:
+            delta = delta * self.scale
+        return output + delta.to(output.dtype)
+
+    def _hook(self, name: str, on_output: bool):
+        first, passes = self.first_slot[name], sum(1 for n, _ in self.slots if n == name)
+
         def add_delta(module, inputs, output):
-            a, b = self.a[index][self.rows], self.b[index][self.rows]
+            index = first
+            if passes > 1:  # this forward's k-th call of the module is its block's k-th pass
+                index += self.calls[name]
+                self.calls[name] += 1
             # a linear layer's adapter reads its input; the head's reads the normed hidden state
-            x = output if on_output else inputs[0]
-            dtype = torch.promote_types(x.dtype, a.dtype)  # fp32 adapters on a bf16 model; fp64 in the parity tests
-            delta = torch.bmm(torch.bmm(x.to(dtype), a.to(dtype).transpose(1, 2)), b.to(dtype).transpose(1, 2))
-            if self.scale != 1.0:
-                delta = delta * self.scale
-            return output + delta.to(output.dtype)
+            return self._delta(index, output if on_output else inputs[0], output)
 
         return add_delta
+
+    def _restart_passes(self, module, inputs):
+        for name in self.calls:
+            self.calls[name] = 0
 
     @contextmanager
     def attached(self, rows: list[int]):
         """Hooks active for documents ``rows`` (batch row j uses adapter ``rows[j]``)."""
         self.rows = torch.tensor(rows, device=self.a[0].device)
-        handles = [m.register_forward_hook(self._hook(i, name == "final_norm"))
-                   for i, (name, (m, _, _)) in enumerate(self.modules_by_name.items())]
+        model = self.model[0]
+        handles = [model.register_forward_pre_hook(self._restart_passes)]
+        handles += [m.register_forward_hook(self._hook(name, name == "final_norm"))
+                    for name, (m, _, _) in self.modules_by_name.items() if name != HEAD_PROJECTION]
+        if HEAD_PROJECTION in self.modules_by_name:  # logits before the softcap, plus the adapter on the final hidden
+            project, index = model.head_projection, self.first_slot[HEAD_PROJECTION]
+            model.head_projection = lambda x: self._delta(index, x, project(x))
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+            if HEAD_PROJECTION in self.modules_by_name:
+                del model.head_projection
 
 
 def chunk_window(doc: tuple[int, int], k: int, chunk: int, context: int) -> Window | None:
@@ -185,8 +249,9 @@ def adapt_documents(
     model: nn.Module, ledger: ScoreLedger, docs: list[tuple[int, int]], s: EvalConfig, device, seed: int
 ) -> None:
     """Score every target of ``docs`` chunk by chunk with per-document LoRA adapted in between."""
-    lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device, s.ttt_lora_init)
-    optimizer = torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=(0.9, 0.999))
+    lora = BatchedLoRA(model, [a for a, _ in docs], s.ttt_lora_rank, s.ttt_lora_targets, seed, device, s.ttt_lora_init,
+                       s.ttt_lora_alpha, s.ttt_lora_per_pass)
+    optimizer = lora_optimizer(lora, s)
     # TTT_MIN_DOC_LEN: a document's first targets are scored with its adapters as drawn (split_at_min_doc_len)
     initial = [p.detach().clone() for p in lora.parameters()] if s.ttt_min_doc_len > 1 else None
     context = lora_context(s)
@@ -194,6 +259,16 @@ def adapt_documents(
         for k in itertools.count():
             if not adapt_chunk(model, ledger, lora, optimizer, docs, k, s, context, device, initial):
                 return
+
+
+def lora_optimizer(lora: BatchedLoRA, s: EvalConfig) -> torch.optim.Optimizer:
+    """Adam on every document's adapters; AdamW with TTT_WEIGHT_DECAY > 0 (R44). Both are elementwise,
+    so a document's rows step as they would alone."""
+    betas = (s.ttt_beta1, s.ttt_beta2)
+    if s.ttt_weight_decay > 0:
+        return torch.optim.AdamW(lora.parameters(), lr=s.ttt_lora_lr, betas=betas, eps=s.ttt_adam_eps,
+                                 weight_decay=s.ttt_weight_decay)
+    return torch.optim.Adam(lora.parameters(), lr=s.ttt_lora_lr, betas=betas, eps=s.ttt_adam_eps)
 
 
 def lora_context(s: EvalConfig) -> int:
