@@ -1,9 +1,15 @@
 """Compressors for the artifact container, each with a capped, fully checked decompressor.
 
 ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (xz, preset 9 extreme), 3 zstd level 22,
-4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed).
+4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed), 6
+lrzip-zpaq (``lrzip -z -L 9``, lrzip's ZPAQ back end: R44's per-group compressor, a few hundred KB/s),
+7 stored (no compression: a payload that compressed its own parts, pgolf.export.pergroup).
+``auto`` tries ids 1-5 only (:func:`available_codecs`, :data:`NOT_IN_AUTO`): ZPAQ is two orders of magnitude slower
+and ``stored`` never wins on a real payload.
 Every decompressor returns at most ``max_bytes`` bytes and raises a one-line PgolfError for
-corrupt, truncated or trailing data, so hostile input cannot force a large allocation.
+corrupt, truncated or trailing data, so hostile input cannot force a large allocation (``stored``
+returns its input: the container has checked its length against the cap and the per-group reader
+checks each stream's code count).
 """
 
 from __future__ import annotations
@@ -116,10 +122,16 @@ def _run_lrzip(args: list[str], data: bytes, out_name: str) -> bytes:
         return out.read_bytes()
 
 
-def _lrzip_compress(data: bytes) -> bytes:
+def _lrzip_compress(data: bytes, *zpaq: str) -> bytes:
     if not lrzip_available():
         raise PgolfError("compressor lrzip: the lrzip binary is not installed")
-    return _run_lrzip(["-L", "9"], data, "out.lrz")
+    return _run_lrzip([*zpaq, "-L", "9"], data, "out.lrz")
+
+
+def _lrzip_zpaq_compress(data: bytes) -> bytes:
+    # R44's exact invocation, lrzip -z -L 9 (-q and -f change no output byte). A function, not a
+    # lambda in the table: a bundle would take that call for one made at import and keep the table.
+    return _lrzip_compress(data, "-z")
 
 
 def lrzip_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
@@ -152,7 +164,11 @@ CODECS: dict[int, Codec] = {
     3: Codec(3, "zstd", _zstd_compress, zstd_decompress_capped),
     4: Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped),
     5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
+    6: Codec(6, "lrzip-zpaq", _lrzip_zpaq_compress, lrzip_decompress_capped, lrzip_available),
+    # stored: the container checks the length (capped) and CRC; a per-group stream, its code count
+    7: Codec(7, "stored", bytes, lambda data, max_bytes, source: data),
 }
+NOT_IN_AUTO = frozenset({"lrzip-zpaq", "stored"})  # the module docstring says why
 CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
 
 
@@ -173,8 +189,8 @@ def codec_named(name: str) -> Codec:
 
 
 def available_codecs() -> list[str]:
-    """Names of the compressors usable on this machine, in id order."""
-    return [c.name for c in CODECS.values() if c.available()]
+    """Names of the compressors ``auto`` tries on this machine (the usable ones of ids 1-5), in id order."""
+    return [c.name for c in CODECS.values() if c.name not in NOT_IN_AUTO and c.available()]
 
 
 def compress_best(payload: bytes, names: list[str] | None = None) -> tuple[Codec, bytes]:

@@ -67,10 +67,10 @@ def attribute_bytes(path: str | os.PathLike[str]) -> list[ByteRow]:
     codec = CODECS[blob[9]]
     payload = unpack_container(blob, str(path))
     shuffled = int.from_bytes(blob[10:18], "little") != len(payload)  # the header counts the shuffled stream
-    if shuffled or payload[:4] == b"QGv3":
+    if shuffled or payload[:4] in (b"QGv3", b"PGRP"):
         # the shares come from re-compressing prefixes of the safetensors payload as it is stored
-        raise PgolfError(f"{path}: byte attribution reads a plain safetensors payload only; this artifact holds "
-                         f"{'a whole-stream byte shuffle' if shuffled else 'a QGv3 payload'}")
+        held = "a whole-stream byte shuffle" if shuffled else "a QGv3 payload" if payload[:4] == b"QGv3" else "per-group streams"
+        raise PgolfError(f"{path}: byte attribution reads a plain safetensors payload only; this artifact holds {held}")
     data_start, spans = _tensor_spans(payload)
     group_of = {k: k.split("/", 1)[0] if "/" in k else k for k, _, _ in spans}
     per_tensor = codec.name == "zlib"
