@@ -461,13 +461,13 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_quant(q: QuantConfig) -> None:
-    from pgolf.export.codecs import AUTO, CODEC_IDS
+    from pgolf.export.codecs import AUTO, CODEC_IDS, MORE_NAMES
     from pgolf.quant.policy import parse_policy
 
     if q.scheme != "int8":  # the reference policy needs no parsing (and a bundle for it ships no parser)
         parse_policy(q.scheme)
-    if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS:  # literals fold in a bundle
-        raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
+    if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS and q.compressor not in MORE_NAMES:  # literals fold in a bundle
+        raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join([*CODEC_IDS, *MORE_NAMES])} or {AUTO}")
     if q.serializer == "pergroup" and q.stream_shuffle:
         raise PgolfError("PGOLF_STREAM_SHUFFLE with PGOLF_SERIALIZER=pergroup: its groups are compressed apart, "
                          "nothing is left to shuffle; set one")

@@ -19,10 +19,10 @@ import torch
 
 from pgolf.config import Config, validate
 from pgolf.errors import PgolfError
-from pgolf.export.codecs import CODEC_IDS, lrzip_available
+from pgolf.export.codecs import codec_named, lrzip_available
 from pgolf.export.container import decode_artifact, encode_artifact, unpack_container
 from pgolf.export.loading import load_weights
-from pgolf.export.pergroup import GROUPS, SORTED, group_of, similarity_order, unpack_streams
+from pgolf.export.pergroup import ROLE_GROUPS, SORTED_GROUPS, group_of, similarity_order, unpack_streams
 from pgolf.presets import build_config
 from pgolf.quant.int8 import KIND_INTN, KIND_PASSTHROUGH, QuantEntry, QuantizedState, dequantize
 
@@ -96,7 +96,7 @@ def test_similarity_order_is_r44s(r44_script, case):
 
 
 def test_the_groups_are_r44s(r44_script):
-    assert GROUPS == tuple(r44_script._GROUP_ORDER) and SORTED == set(r44_script._SIMSORT_KEYS)
+    assert ROLE_GROUPS == tuple(r44_script._GROUP_ORDER) and SORTED_GROUPS == set(r44_script._SIMSORT_KEYS)
     assert group_of("blocks.3.mlp.fc.weight") == ("mlp.fc.weight.q", 3) and group_of("tok_emb.weight") == ("_tok_emb.weight.q", 0)
     assert group_of("blocks.0.attn.attn_gate_w") is None and group_of("lm_head.weight") is None
 
@@ -117,13 +117,13 @@ def both(state, r44_script):
 
 def test_group_streams_and_row_orders_are_r44s_byte_for_byte(both, state):
     _, ours, theirs = both
-    assert len(ours) == len(theirs) == len(GROUPS) + 2
-    for group, a, b in zip(GROUPS, ours, theirs):
+    assert len(ours) == len(theirs) == len(ROLE_GROUPS) + 2
+    for group, a, b in zip(ROLE_GROUPS, ours, theirs):
         assert a == b, f"group {group}: pgolf {len(a)} bytes, R44 {len(b)} bytes"
     assert ours[-1] == theirs[-1] and brotli.decompress(ours[-1]) == brotli.decompress(theirs[-1])
     # ZPAQ compressed the group of alike rows (lrzip stores what its LZ4 pre-test finds incompressible)
     alike = sum(e.values.numel() for e in state if ALIKE in e.name)
-    assert len(ours[GROUPS.index(ALIKE + ".q")]) < alike / 2
+    assert len(ours[ROLE_GROUPS.index(ALIKE + ".q")]) < alike / 2
 
 
 def test_the_artifact_reads_back_bit_for_bit_and_loads_as_a_pgolf_artifact(both, state, tmp_path):
@@ -165,8 +165,8 @@ def test_damaged_payloads_are_one_line_errors(state, damage):
     elif damage == "lengths":
         bad = payload[:-3]
     elif damage == "codec ids":
-        rest = brotli.decompress(streams[len(GROUPS)]).replace(b'\\"codecs\\":[1,', b'\\"codecs\\":[9,')
-        bad = pack_streams([*streams[: len(GROUPS)], brotli.compress(rest), streams[-1]])
+        rest = brotli.decompress(streams[len(ROLE_GROUPS)]).replace(b'\\"codecs\\":[1,', b'\\"codecs\\":[9,')
+        bad = pack_streams([*streams[: len(ROLE_GROUPS)], brotli.compress(rest), streams[-1]])
     else:
         perms = bytearray(brotli.decompress(streams[-1]))
         perms[0:2] = perms[2:4]  # one row twice: no permutation
@@ -181,7 +181,7 @@ def test_damaged_payloads_are_one_line_errors(state, damage):
 
 def test_r44s_preset_writes_it_and_other_presets_do_not():
     q = build_config("sp8192_lqer_sparsegate_bossmear", environ={}).quant
-    assert (q.serializer, q.compressor) == ("pergroup", "lrzip-zpaq") and CODEC_IDS["lrzip-zpaq"] == 6
+    assert (q.serializer, q.compressor) == ("pergroup", "lrzip-zpaq") and codec_named("lrzip-zpaq").codec_id == 6
     assert build_config("baseline", environ={}).quant.serializer == "pgolf"
     assert build_config("baseline", environ={"PGOLF_SERIALIZER": "pergroup"}).quant.serializer == "pergroup"
 

@@ -4,7 +4,7 @@ ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (xz, preset 9 extreme)
 4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed), 6
 lrzip-zpaq (``lrzip -z -L 9``, lrzip's ZPAQ back end: R44's per-group compressor, a few hundred KB/s),
 7 stored (no compression: a payload that compressed its own parts, pgolf.export.pergroup).
-``auto`` tries ids 1-5 only (:func:`available_codecs`, :data:`NOT_IN_AUTO`): ZPAQ is two orders of magnitude slower
+``auto`` tries ids 1-5 only (:func:`available_codecs`): ZPAQ is two orders of magnitude slower
 and ``stored`` never wins on a real payload.
 Every decompressor returns at most ``max_bytes`` bytes and raises a one-line PgolfError for
 corrupt, truncated or trailing data, so hostile input cannot force a large allocation (``stored``
@@ -122,16 +122,17 @@ def _run_lrzip(args: list[str], data: bytes, out_name: str) -> bytes:
         return out.read_bytes()
 
 
-def _lrzip_compress(data: bytes, *zpaq: str) -> bytes:
+def _lrzip_compress(data: bytes) -> bytes:
     if not lrzip_available():
         raise PgolfError("compressor lrzip: the lrzip binary is not installed")
-    return _run_lrzip([*zpaq, "-L", "9"], data, "out.lrz")
+    return _run_lrzip(["-L", "9"], data, "out.lrz")
 
 
 def _lrzip_zpaq_compress(data: bytes) -> bytes:
-    # R44's exact invocation, lrzip -z -L 9 (-q and -f change no output byte). A function, not a
-    # lambda in the table: a bundle would take that call for one made at import and keep the table.
-    return _lrzip_compress(data, "-z")
+    # R44's exact invocation, lrzip -z -L 9 (-q and -f change no output byte)
+    if not lrzip_available():
+        raise PgolfError("compressor lrzip-zpaq: the lrzip binary is not installed")
+    return _run_lrzip(["-z", "-L", "9"], data, "out.lrz")
 
 
 def lrzip_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
@@ -164,12 +165,16 @@ CODECS: dict[int, Codec] = {
     3: Codec(3, "zstd", _zstd_compress, zstd_decompress_capped),
     4: Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped),
     5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
+}
+CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
+# Not candidates of auto (the module docstring says why), and a table apart: a bundle that looks its
+# compressor up among the five above by a literal name then ships neither.
+MORE_NAMES = ("lrzip-zpaq", "stored")
+MORE_CODECS: dict[int, Codec] = {
     6: Codec(6, "lrzip-zpaq", _lrzip_zpaq_compress, lrzip_decompress_capped, lrzip_available),
     # stored: the container checks the length (capped) and CRC; a per-group stream, its code count
     7: Codec(7, "stored", bytes, lambda data, max_bytes, source: data),
 }
-NOT_IN_AUTO = frozenset({"lrzip-zpaq", "stored"})  # the module docstring says why
-CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
 
 
 def codec_named(name: str) -> Codec:
@@ -180,17 +185,30 @@ def codec_named(name: str) -> Codec:
     """
     if name == "zlib":
         return ZLIB_CODEC
-    if name not in CODEC_IDS:
-        raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted(CODEC_IDS))}, {AUTO})")
-    c = CODECS[CODEC_IDS[name]]
+    if name in MORE_NAMES:  # a literal tuple: decided in a bundle
+        c = next(c for c in MORE_CODECS.values() if c.name == name)
+    elif name in CODEC_IDS:
+        c = CODECS[CODEC_IDS[name]]
+    else:
+        raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted([*CODEC_IDS, *MORE_NAMES]))}, {AUTO})")
     if not c.available():
         raise PgolfError(f"compressor {name!r} is not available on this machine")
     return c
 
 
+def codec_by_id(codec_id: int) -> Codec | None:
+    """The compressor with header id ``codec_id``, or None."""
+    return CODECS.get(codec_id) or MORE_CODECS.get(codec_id)
+
+
+def every_codec() -> list[Codec]:
+    """Every compressor, in id order."""
+    return [CODECS.get(i) or MORE_CODECS[i] for i in sorted({*CODECS, *MORE_CODECS})]
+
+
 def available_codecs() -> list[str]:
     """Names of the compressors ``auto`` tries on this machine (the usable ones of ids 1-5), in id order."""
-    return [c.name for c in CODECS.values() if c.name not in NOT_IN_AUTO and c.available()]
+    return [c.name for c in CODECS.values() if c.available()]
 
 
 def compress_best(payload: bytes, names: list[str] | None = None) -> tuple[Codec, bytes]:

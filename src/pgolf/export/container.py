@@ -38,7 +38,7 @@ from torch import Tensor
 from pgolf.errors import PgolfError, one_line
 from pgolf.files import atomic_write
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, shuffle_stream, unpack_codes, unshuffle_bytes, unshuffle_stream
-from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_by_id, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
     KIND_INTN,
@@ -113,7 +113,7 @@ def unpack_container(
         if codec.codec_id != codec_id:
             raise PgolfError(f"{source}: compressor id {codec_id}, expected {codec.codec_id} ({expect_codec})")
     else:
-        codec = CODECS.get(codec_id)
+        codec = codec_by_id(codec_id)
         if codec is None:
             raise PgolfError(f"{source}: unknown compressor id {codec_id}")
     if length > max_payload_bytes:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
-from pgolf.export.codecs import CODECS, ZLIB_LEVEL
+from pgolf.export.codecs import ZLIB_LEVEL, codec_by_id
 from pgolf.export.container import HEADER_BYTES, read_artifact, unpack_container
 
 
@@ -64,7 +64,7 @@ def attribute_bytes(path: str | os.PathLike[str]) -> list[ByteRow]:
     path = Path(path)
     read_artifact(path)
     blob = path.read_bytes()
-    codec = CODECS[blob[9]]
+    codec = codec_by_id(blob[9])
     payload = unpack_container(blob, str(path))
     shuffled = int.from_bytes(blob[10:18], "little") != len(payload)  # the header counts the shuffled stream
     if shuffled or payload[:4] in (b"QGv3", b"PGRP"):

@@ -5,9 +5,9 @@ R44 (PR #1855, from PR #1586) found that codes of one role in every block compre
 and better still column by column with alike rows next to each other. Payload layout (little-endian)::
 
     b"PGRP", u32 stream count (9), u32 length of each stream, then the streams:
-    0-6  the seven code groups of :data:`GROUPS`, in that order: the int8 codes of the group's
+    0-6  the seven code groups of :data:`ROLE_GROUPS`, in that order: the int8 codes of the group's
          members one after another (by block index); a matrix's rows put in similarity order
-         (:func:`similarity_order`) in the groups of :data:`SORTED`, then transposed; compressed
+         (:func:`similarity_order`) in the groups of :data:`SORTED_GROUPS`, then transposed; compressed
          alone by the configured compressor (R44: ``lrzip-zpaq``, ``lrzip -z -L 9``); empty when
          the state has no such tensor
     7    brotli (quality 11, window 2^24) of a v2 safetensors payload (pgolf.export.container) with
@@ -36,15 +36,15 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
-from pgolf.export.codecs import CODEC_IDS, CODECS, brotli_decompress_capped, codec_named, compress_best
+from pgolf.export.codecs import brotli_decompress_capped, codec_by_id, codec_named, compress_best
 from pgolf.quant.int8 import KIND_PASSTHROUGH, QuantEntry, QuantizedState
 
-MAGIC = b"PGRP"
+PGRP_MAGIC = b"PGRP"
 # R44's groups in stream order: "_name" is one tensor outside the blocks, "role" that role in every block
-GROUPS = ("_tok_emb.weight.q", "attn.c_k.weight.q", "attn.c_q.weight.q", "attn.c_v.weight.q",
+ROLE_GROUPS = ("_tok_emb.weight.q", "attn.c_k.weight.q", "attn.c_q.weight.q", "attn.c_v.weight.q",
           "attn.proj.weight.q", "mlp.fc.weight.q", "mlp.proj.weight.q")
-SORTED = frozenset({"_tok_emb.weight.q", "attn.c_q.weight.q", "mlp.fc.weight.q"})  # rows similarity-sorted
-STREAMS = len(GROUPS) + 2  # the groups, the remainder, the row orders
+SORTED_GROUPS = frozenset({"_tok_emb.weight.q", "attn.c_q.weight.q", "mlp.fc.weight.q"})  # rows similarity-sorted
+STREAMS = len(ROLE_GROUPS) + 2  # the groups, the remainder, the row orders
 MAX_SORTED_ROWS = 1 << 16  # row orders are uint16
 _MAX_BYTES = 256 * 1024 * 1024  # no stream of a real artifact inflates anywhere near this
 
@@ -87,7 +87,7 @@ def group_of(name: str) -> tuple[str, int] | None:
         key, index = ".".join(parts[2:]) + ".q", int(parts[1])
     else:
         key, index = f"_{name}.q", 0
-    return (key, index) if key in GROUPS else None
+    return (key, index) if key in ROLE_GROUPS else None
 
 
 def _groupable(e: QuantEntry) -> bool:
@@ -110,7 +110,7 @@ def group_bytes(group: str, entries: list[QuantEntry]) -> tuple[bytes, list[np.n
     for e in entries:
         arr = e.values.detach().cpu().numpy()
         if arr.ndim == 2:
-            if group in SORTED:
+            if group in SORTED_GROUPS:
                 order = similarity_order(arr)
                 orders.append(order)
                 arr = arr[order]
@@ -120,12 +120,12 @@ def group_bytes(group: str, entries: list[QuantEntry]) -> tuple[bytes, list[np.n
 
 
 def pack_streams(streams: list[bytes]) -> bytes:
-    return MAGIC + struct.pack(f"<I{len(streams)}I", len(streams), *map(len, streams)) + b"".join(streams)
+    return PGRP_MAGIC + struct.pack(f"<I{len(streams)}I", len(streams), *map(len, streams)) + b"".join(streams)
 
 
 def unpack_streams(blob: bytes, source: str, what: str = "R44's format") -> list[bytes]:
     """The streams of a ``PGRP`` pack: magic, count (u32), each length (u32), the streams."""
-    if len(blob) < 8 or blob[:4] != MAGIC:
+    if len(blob) < 8 or blob[:4] != PGRP_MAGIC:
         raise PgolfError(f"{source}: truncated PGRP header")
     (count,) = struct.unpack_from("<I", blob, 4)
     if count != STREAMS:
@@ -153,7 +153,7 @@ def ungroup(raw: bytes, group: str, shapes, perms: np.ndarray, perm_at: int, sou
         if len(shape) == 2:
             rows, cols = shape
             chunk = chunk.reshape(cols, rows).T
-            if group in SORTED:
+            if group in SORTED_GROUPS:
                 order = perms[perm_at:perm_at + rows]
                 perm_at += rows
                 if order.size != rows or not np.array_equal(np.sort(order), np.arange(rows)):
@@ -210,10 +210,10 @@ def encode_pergroup(q: QuantizedState, extra_meta: dict[str, Any], codec: str, *
     """The per-group payload of ``q``, each group compressed by ``codec`` (a name or ``auto``)."""
     grouped = members(q)
     streams, orders, codecs = [], [], []
-    for group in GROUPS:
+    for group in ROLE_GROUPS:
         if group not in grouped:  # no codes: an empty stream, "stored"
             streams.append(b"")
-            codecs.append(CODEC_IDS["stored"])
+            codecs.append(codec_named("stored").codec_id)
             continue
         raw, used = group_bytes(group, grouped[group])
         orders += used
@@ -256,11 +256,11 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
     from pgolf.export.container import _read_metadata
 
     streams = unpack_streams(payload, source, "pgolf's per-group payload")
-    n = len(GROUPS)
+    n = len(ROLE_GROUPS)
     rest = brotli_decompress_capped(streams[n], _MAX_BYTES, source)
     doc = _read_metadata(rest, source)
     codecs = doc.get("pergroup", {}).get("codecs") if isinstance(doc.get("pergroup"), dict) else None
-    if not isinstance(codecs, list) or len(codecs) != n or not all(c in CODECS for c in codecs):
+    if not isinstance(codecs, list) or len(codecs) != n or not all(isinstance(c, int) and codec_by_id(c) for c in codecs):
         raise PgolfError(f"{source}: per-group metadata lacks a known compressor for each of its {n} groups")
     perm_bytes = brotli_decompress_capped(streams[n + 1], _MAX_BYTES, source) if streams[n + 1] else b""
     if len(perm_bytes) % 2:
@@ -268,7 +268,7 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
     perms, perm_at = np.frombuffer(perm_bytes, dtype="<u2"), 0
     shapes = _held_shapes(doc, source)
     held: dict[str, Tensor] = {}
-    for group, stream, codec_id in zip(GROUPS, streams, codecs):
+    for group, stream, codec_id in zip(ROLE_GROUPS, streams, codecs):
         listed = shapes.get(group, [])
         if bool(stream) != bool(listed):
             raise PgolfError(f"{source}: PGRP group {group!r} has {'codes' if stream else 'no codes'} but "
@@ -276,7 +276,7 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
         if not stream:
             continue
         size = sum(math.prod(s) for _, s in listed)  # the exact inflated size: the cap
-        raw = CODECS[codec_id].decompress(stream, size, source)
+        raw = codec_by_id(codec_id).decompress(stream, size, source)
         tensors, perm_at = ungroup(raw, group, [s for _, s in listed], perms, perm_at, source)
         held.update(zip((name for name, _ in listed), tensors))
     if perm_at != perms.size:

@@ -53,20 +53,19 @@ from pgolf.export.codecs import (
     zlib_decompress_capped,
     zstd_decompress_capped,
 )
-from pgolf.export.pergroup import GROUPS, SORTED, ungroup, unpack_streams
+from pgolf.export.pergroup import PGRP_MAGIC, ROLE_GROUPS, SORTED_GROUPS, ungroup, unpack_streams
 from pgolf.quant.int8 import QUANT_FORMAT, dequantize_reference_object, dtype_from_name
 
 ZIP_MAGIC = b"PK\x03\x04"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-PGRP_MAGIC = b"PGRP"
 BSHF_MAGIC = b"BSHF"
 QGV3_MAGIC = b"QGv3"
 _INNER_MAGICS = (ZIP_MAGIC, BSHF_MAGIC, QGV3_MAGIC)
 _BROTLI_PROBE_BYTES = 4096
 
 # R44's per-group container (its groups, framing and ungrouping: pgolf.export.pergroup, which writes it too)
-PGRP_GROUPS, PGRP_SORTED = GROUPS, SORTED
+PGRP_GROUPS, PGRP_SORTED = ROLE_GROUPS, SORTED_GROUPS
 
 # QGv3's tensor dtypes (the record's own table), as numpy reads them.
 _QGV3_DTYPES = {"uint8": np.uint8, "int8": np.int8, "float16": np.float16, "float32": np.float32,
