@@ -168,6 +168,15 @@ def ungroup(raw: bytes, group: str, shapes, perms: np.ndarray, perm_at: int, sou
 # -- the payload ------------------------------------------------------------------------------------
 
 
+def _each(fn, groups: list[str]) -> dict:
+    """group -> fn(group), the groups side by side: each lrzip runs as its own process (R44
+    decompresses its groups so; ZPAQ is slow and single-stream)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(groups))) as pool:
+        return dict(zip(groups, pool.map(fn, groups)))
+
+
 def _compress_group(raw: bytes, codec: str) -> tuple[int, bytes]:
     if codec == "auto":  # the smallest of the auto candidates, group by group
         c, body = compress_best(raw)
@@ -210,14 +219,14 @@ def encode_pergroup(q: QuantizedState, extra_meta: dict[str, Any], codec: str, *
     """The per-group payload of ``q``, each group compressed by ``codec`` (a name or ``auto``)."""
     grouped = members(q)
     streams, orders, codecs = [], [], []
+    raws = {}
     for group in ROLE_GROUPS:
-        if group not in grouped:  # no codes: an empty stream, "stored"
-            streams.append(b"")
-            codecs.append(codec_named("stored").codec_id)
-            continue
-        raw, used = group_bytes(group, grouped[group])
-        orders += used
-        codec_id, body = _compress_group(raw, codec)
+        if group in grouped:
+            raws[group], used = group_bytes(group, grouped[group])
+            orders += used
+    packed = _each(lambda group: _compress_group(raws[group], codec), list(raws))
+    for group in ROLE_GROUPS:  # no codes: an empty stream, "stored"
+        codec_id, body = packed.get(group) or (codec_named("stored").codec_id, b"")
         streams.append(body)
         codecs.append(codec_id)
     held = frozenset(e.name for found in grouped.values() for e in found)
@@ -268,16 +277,17 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
     perms, perm_at = np.frombuffer(perm_bytes, dtype="<u2"), 0
     shapes = _held_shapes(doc, source)
     held: dict[str, Tensor] = {}
-    for group, stream, codec_id in zip(ROLE_GROUPS, streams, codecs):
-        listed = shapes.get(group, [])
-        if bool(stream) != bool(listed):
+    for group, stream in zip(ROLE_GROUPS, streams):
+        if bool(stream) != bool(shapes.get(group)):
             raise PgolfError(f"{source}: PGRP group {group!r} has {'codes' if stream else 'no codes'} but "
-                             f"{len(listed)} members")
-        if not stream:
-            continue
-        size = sum(math.prod(s) for _, s in listed)  # the exact inflated size: the cap
-        raw = codec_by_id(codec_id).decompress(stream, size, source)
-        tensors, perm_at = ungroup(raw, group, [s for _, s in listed], perms, perm_at, source)
+                             f"{len(shapes.get(group, []))} members")
+    at = {g: i for i, g in enumerate(ROLE_GROUPS) if streams[i]}
+    # the exact inflated size of each group is its cap
+    raws = _each(lambda g: codec_by_id(codecs[at[g]]).decompress(
+        streams[at[g]], sum(math.prod(s) for _, s in shapes[g]), source), list(at))
+    for group in at:
+        listed = shapes[group]
+        tensors, perm_at = ungroup(raws[group], group, [s for _, s in listed], perms, perm_at, source)
         held.update(zip((name for name, _ in listed), tensors))
     if perm_at != perms.size:
         raise PgolfError(f"{source}: PGRP row orders hold {perms.size} rows, the sorted groups use {perm_at}")
