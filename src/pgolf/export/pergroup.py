@@ -22,6 +22,10 @@ pgolf's safetensors remainder (no pickle) instead of R44's ``torch.save`` of ``{
 A member is a tensor named ``tok_emb.weight`` or ``blocks.<i>.<role>`` with a role of a group,
 stored as int8 codes (intN or per-row int8); any other tensor, int8 gates included, stays in the
 remainder, as in R44. The container around the payload stores it as it is (compressor ``stored``).
+
+Costs, as measured on a 2-core CPU: ZPAQ at level 9 takes about 1.6 s a stream before any data and
+then a few hundred KB/s each way (the groups run side by side); lrzip's LZ4 pre-test stores data it
+finds incompressible as it is, without ZPAQ (R44's bytes all the same).
 """
 
 from __future__ import annotations
