@@ -245,11 +245,14 @@ class QuantConfig:
         "int8", "PGOLF_QUANT_SCHEME",
         "export quantization policy (pgolf.quant.policy), e.g. 'embed=int8,attn=int6:mse,mlp=int5'; int8 is the reference's per-row int8",
     )
-    compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor: zlib (reference, level 9), lzma, zstd, brotli, lrzip or auto (smallest)")
+    compressor: str = _f("zlib", "PGOLF_COMPRESSOR", "artifact compressor: zlib (reference, level 9), lzma, zstd, brotli, lrzip, "
+                         "lrzip-zpaq (lrzip -z, R44's), stored or auto (smallest of the first five); with "
+                         "PGOLF_SERIALIZER=pergroup it compresses each group")
     byte_shuffle: bool = _f(False, "PGOLF_BYTE_SHUFFLE", "store fp16/fp32 tensors byte-plane by byte-plane in the artifact")
     serializer: str = _f(
-        "pgolf", "PGOLF_SERIALIZER", "artifact payload layout: pgolf (safetensors) or qgv3 (PR #160's grouped raw bytes)",
-        ("pgolf", "qgv3"))
+        "pgolf", "PGOLF_SERIALIZER", "artifact payload layout: pgolf (safetensors), qgv3 (PR #160's grouped raw bytes) or "
+        "pergroup (R44's: int8 codes grouped by role across blocks, similarity-sorted rows, each group compressed alone)",
+        ("pgolf", "qgv3", "pergroup"))
     stream_shuffle: int = _f(
         0, "PGOLF_STREAM_SHUFFLE", "byte-shuffle the whole payload with this stride before compressing (R35: 2); 0 off", NONNEG)
     qat_enabled: bool = _f(False, "QAT_ENABLED", "straight-through fake quantization of linear weights by the export policy")
@@ -471,13 +474,16 @@ def validate(cfg: Config) -> None:
 
 
 def _validate_quant(q: QuantConfig) -> None:
-    from pgolf.export.codecs import AUTO, CODEC_IDS
+    from pgolf.export.codecs import AUTO, CODEC_IDS, MORE_NAMES
     from pgolf.quant.policy import parse_policy
 
     if q.scheme != "int8":  # the reference policy needs no parsing (and a bundle for it ships no parser)
         parse_policy(q.scheme)
-    if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS:  # literals fold in a bundle
-        raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join(CODEC_IDS)} or {AUTO}")
+    if q.compressor not in ("zlib", "auto") and q.compressor not in CODEC_IDS and q.compressor not in MORE_NAMES:  # literals fold in a bundle
+        raise PgolfError(f"PGOLF_COMPRESSOR={q.compressor!r}: expected one of {', '.join([*CODEC_IDS, *MORE_NAMES])} or {AUTO}")
+    if q.serializer == "pergroup" and q.stream_shuffle:
+        raise PgolfError("PGOLF_STREAM_SHUFFLE with PGOLF_SERIALIZER=pergroup: its groups are compressed apart, "
+                         "nothing is left to shuffle; set one")
     if q.prune_ones:
         from pgolf.quant.prune import parse_scope
 

@@ -129,10 +129,10 @@ def check_exec_temp(folder: str | None = None) -> Finding:
 
 
 def check_compressors() -> Finding:
-    from pgolf.export.codecs import CODECS, available_codecs
+    from pgolf.export.codecs import every_codec
 
-    have = available_codecs()
-    missing = [c.name for c in CODECS.values() if c.name not in have]
+    have = [c.name for c in every_codec() if c.available()]  # every usable one, not only auto's candidates
+    missing = [c.name for c in every_codec() if c.name not in have]
     detail = ", ".join(have) + (f"; missing: {', '.join(missing)} (install its package or binary to use it)" if missing else "")
     return Finding("compressors", OK if not missing else WARN, detail)
 

@@ -377,8 +377,14 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     EVAL_STRIDE is read and never used); the preset's EVAL_STRIDE 64 phase is pgolf's, between its
     standard evaluation and the phased TTT that gives its score.
 
-    Not here yet: the per-group lrzip serializer with similarity sort (brotli here: its artifact is
-    compared with R44's brotli path), the varlen document packing loader.
+    Its artifact is R44's ``COMPRESSOR=pergroup`` (``PGOLF_SERIALIZER=pergroup``, pgolf.export.pergroup):
+    the int8 codes grouped by role across the blocks, the rows of the embedding, Q and MLP-up groups in
+    R44's similarity order, matrices transposed, each group ``lrzip -z -L 9`` (``PGOLF_COMPRESSOR=lrzip-zpaq``,
+    the ``lrzip`` binary: ``pgolf doctor`` and ``pgolf train`` refuse to start without it), the rest
+    brotli. Group streams and row orders are R44's byte for byte; the remainder is pgolf's safetensors
+    rather than R44's pickle (tests/export/test_pergroup.py).
+
+    Not here yet: the varlen document packing loader.
 
     TTT (tests/eval/test_ttt_r44_parity.py): R44's adapters as configuration of pgolf's LoRA TTT:
     one set per virtual layer (``PGOLF_TTT_LORA_PER_PASS``: 17 with the loops), on Q, K, V, O and
@@ -442,7 +448,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
     q.scheme = "*.attn_gate_w=int8:max,embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85,keep=fp16"
-    q.compressor = "brotli"
+    q.serializer, q.compressor = "pergroup", "lrzip-zpaq"  # R44's COMPRESSOR=pergroup
     q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all
     q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg

@@ -1,9 +1,15 @@
 """Compressors for the artifact container, each with a capped, fully checked decompressor.
 
 ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (xz, preset 9 extreme), 3 zstd level 22,
-4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed).
+4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed), 6
+lrzip-zpaq (``lrzip -z -L 9``, lrzip's ZPAQ back end: R44's per-group compressor, a few hundred KB/s),
+7 stored (no compression: a payload that compressed its own parts, pgolf.export.pergroup).
+``auto`` tries ids 1-5 only (:func:`available_codecs`): ZPAQ is two orders of magnitude slower
+and ``stored`` never wins on a real payload.
 Every decompressor returns at most ``max_bytes`` bytes and raises a one-line PgolfError for
-corrupt, truncated or trailing data, so hostile input cannot force a large allocation.
+corrupt, truncated or trailing data, so hostile input cannot force a large allocation (``stored``
+returns its input: the container has checked its length against the cap and the per-group reader
+checks each stream's code count).
 """
 
 from __future__ import annotations
@@ -122,6 +128,13 @@ def _lrzip_compress(data: bytes) -> bytes:
     return _run_lrzip(["-L", "9"], data, "out.lrz")
 
 
+def _lrzip_zpaq_compress(data: bytes) -> bytes:
+    # R44's exact invocation, lrzip -z -L 9 (-q and -f change no output byte)
+    if not lrzip_available():
+        raise PgolfError("compressor lrzip-zpaq: the lrzip binary is not installed")
+    return _run_lrzip(["-z", "-L", "9"], data, "out.lrz")
+
+
 def lrzip_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
     if not lrzip_available():
         raise PgolfError(f"{source}: compressed with lrzip, but the lrzip binary is not installed")
@@ -154,6 +167,14 @@ CODECS: dict[int, Codec] = {
     5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
 }
 CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
+# Not candidates of auto (the module docstring says why), and a table apart: a bundle that looks its
+# compressor up among the five above by a literal name then ships neither.
+MORE_NAMES = ("lrzip-zpaq", "stored")
+MORE_CODECS: dict[int, Codec] = {
+    6: Codec(6, "lrzip-zpaq", _lrzip_zpaq_compress, lrzip_decompress_capped, lrzip_available),
+    # stored: the container checks the length (capped) and CRC; a per-group stream, its code count
+    7: Codec(7, "stored", bytes, lambda data, max_bytes, source: data),
+}
 
 
 def codec_named(name: str) -> Codec:
@@ -164,16 +185,29 @@ def codec_named(name: str) -> Codec:
     """
     if name == "zlib":
         return ZLIB_CODEC
-    if name not in CODEC_IDS:
-        raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted(CODEC_IDS))}, {AUTO})")
-    c = CODECS[CODEC_IDS[name]]
+    if name in MORE_NAMES:  # a literal tuple: decided in a bundle
+        c = next(c for c in MORE_CODECS.values() if c.name == name)
+    elif name in CODEC_IDS:
+        c = CODECS[CODEC_IDS[name]]
+    else:
+        raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted([*CODEC_IDS, *MORE_NAMES]))}, {AUTO})")
     if not c.available():
         raise PgolfError(f"compressor {name!r} is not available on this machine")
     return c
 
 
+def codec_by_id(codec_id: int) -> Codec | None:
+    """The compressor with header id ``codec_id``, or None."""
+    return CODECS.get(codec_id) or MORE_CODECS.get(codec_id)
+
+
+def every_codec() -> list[Codec]:
+    """Every compressor, in id order."""
+    return [CODECS.get(i) or MORE_CODECS[i] for i in sorted({*CODECS, *MORE_CODECS})]
+
+
 def available_codecs() -> list[str]:
-    """Names of the compressors usable on this machine, in id order."""
+    """Names of the compressors ``auto`` tries on this machine (the usable ones of ids 1-5), in id order."""
     return [c.name for c in CODECS.values() if c.available()]
 
 

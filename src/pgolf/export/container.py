@@ -5,13 +5,15 @@ This module owns the on-disk bytes of an artifact and their validation. Layout (
     offset  size  field
     0       8     magic b"PGOLF\\x00AR"
     8       1     format version (1)
-    9       1     compressor id (pgolf.export.codecs: 1 zlib-9, 2 lzma, 3 zstd-22, 4 brotli-11, 5 lrzip)
+    9       1     compressor id (pgolf.export.codecs: 1 zlib-9, 2 lzma, 3 zstd-22, 4 brotli-11, 5 lrzip,
+                  6 lrzip-zpaq, 7 stored)
     10      8     uncompressed payload length, u64 (of the shuffled stream, when shuffled)
     18      4     CRC32 of the uncompressed payload, u32 (likewise)
     22      ...   compressed payload, to the end of the file
 
 The payload is a safetensors file (or, under ``PGOLF_SERIALIZER=qgv3``, PR #160's grouped layout:
-pgolf.export.qgv3) (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
+pgolf.export.qgv3; under ``PGOLF_SERIALIZER=pergroup``, R44's per-group streams, each compressed
+alone, the container then storing them as they are: compressor id 7, pgolf.export.pergroup) (tensors ``values/<name>`` and ``scale/<name>``) whose metadata
 key ``"pgolf"`` holds JSON: the entries in state-dict order (name, kind, restore dtype) and the
 caller's ``meta``. A v2 entry with an LQER correction (pgolf.quant.lqer) adds an ``lqer`` record
 (mode, bits, group size and the keys of its four tensors ``<role>.lqer.<part>.<dtype>/<name>``). Reading checks everything (magic, version, codec, length, CRC, the safetensors
@@ -36,7 +38,7 @@ from torch import Tensor
 from pgolf.errors import PgolfError, one_line
 from pgolf.files import atomic_write
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, shuffle_stream, unpack_codes, unshuffle_bytes, unshuffle_stream
-from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_by_id, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
     KIND_INTN,
@@ -50,6 +52,7 @@ from pgolf.quant.int8 import (
 from pgolf.quant.policy import tensor_role
 
 MAGIC = b"PGOLF\x00AR"
+STORED = "stored"  # the compressor of a payload that compressed its own parts
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sBBQI")
 HEADER_BYTES = _HEADER.size
@@ -110,7 +113,7 @@ def unpack_container(
         if codec.codec_id != codec_id:
             raise PgolfError(f"{source}: compressor id {codec_id}, expected {codec.codec_id} ({expect_codec})")
     else:
-        codec = CODECS.get(codec_id)
+        codec = codec_by_id(codec_id)
         if codec is None:
             raise PgolfError(f"{source}: unknown compressor id {codec_id}")
     if length > max_payload_bytes:
@@ -226,7 +229,7 @@ def encode_payload(
     return _save(tensors, _dump_doc({"schema": SCHEMA_V2, "entries": specs, "meta": extra_meta}))
 
 
-SERIALIZERS = ("pgolf", "qgv3")
+SERIALIZERS = ("pgolf", "qgv3", "pergroup")
 
 
 def _encode_other(q: QuantizedState, extra_meta: dict[str, Any], serializer: str) -> bytes:
@@ -234,6 +237,8 @@ def _encode_other(q: QuantizedState, extra_meta: dict[str, Any], serializer: str
         from pgolf.export.qgv3 import encode_qgv3
 
         return encode_qgv3(q, extra_meta)
+    if serializer == "pergroup":  # its groups need the compressor: encode_artifact writes it
+        raise PgolfError("the pergroup serializer compresses its own groups: write it with encode_artifact")
     raise PgolfError(f"unknown serializer {serializer!r} (known: {', '.join(SERIALIZERS)})")
 
 
@@ -357,15 +362,24 @@ def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: s
     return LowRank(spec.get("mode"), *(tensors[keys[p]] for p in LQER_PARTS), spec.get("bits"), spec.get("group_size"))
 
 
-def decode_payload(payload: bytes, source: str, v1_only: bool = False) -> tuple[QuantizedState, dict[str, Any]]:
+def decode_payload(
+    payload: bytes, source: str, v1_only: bool = False, serializer: str | None = None,
+) -> tuple[QuantizedState, dict[str, Any]]:
     """Inverse of :func:`encode_payload`, validating that tensors and metadata agree (``v1_only``:
-    a v2 payload is refused). A QGv3 payload (pgolf.export.qgv3) is read as such."""
+    a v2 payload is refused). A QGv3 payload (pgolf.export.qgv3) is read as such, and so is a
+    per-group one (pgolf.export.pergroup), unless ``serializer`` (what the caller wrote) is another."""
     if payload[:4] == b"QGv3":
         if v1_only:
             raise PgolfError(f"{source}: a QGv3 artifact where a v1 one was expected")
         from pgolf.export.qgv3 import decode_qgv3
 
         return decode_qgv3(payload, source)
+    if payload[:4] == b"PGRP":
+        if v1_only or serializer not in (None, "pergroup"):  # literals: a bundle of another serializer ships no reader
+            raise PgolfError(f"{source}: a per-group artifact where a {serializer or 'v1'} one was expected")
+        from pgolf.export.pergroup import decode_pergroup
+
+        return decode_pergroup(payload, source)
     doc = _read_metadata(payload, source)
     tensors = _load_tensors(payload, source)
     if doc["schema"] == SCHEMA:
@@ -396,18 +410,31 @@ def encode_artifact(
     v1_only: bool = False, stream_shuffle: int = 0, serializer: str = "pgolf",
 ) -> bytes:
     """The complete artifact file bytes for ``q`` (``codec`` may be ``"auto"``: smallest wins;
-    ``stream_shuffle``: see :func:`pack_container`; ``serializer``: :func:`encode_payload`)."""
+    ``stream_shuffle``: see :func:`pack_container`; ``serializer``: :func:`encode_payload`; under
+    ``pergroup`` ``codec`` compresses each group and the container stores the streams as they are)."""
+    if serializer == "pergroup":
+        from pgolf.export.pergroup import encode_pergroup
+
+        return pack_container(encode_pergroup(q, extra_meta, codec, shuffle=shuffle), STORED, stream_shuffle)
     payload = encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only, serializer=serializer)
     return pack_container(payload, codec, stream_shuffle)
 
 
 def decode_artifact(
     blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False,
+    v1_only: bool = False, serializer: str | None = None,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Parse artifact bytes; every defect is a PgolfError naming ``source`` (``expect_codec``,
-    ``v1_only``: see :func:`unpack_container`, :func:`decode_payload`)."""
-    return decode_payload(unpack_container(blob, source, max_payload_bytes, expect_codec), source, v1_only)
+    ``v1_only``, ``serializer``: see :func:`unpack_container`, :func:`decode_payload`)."""
+    return decode_payload(unpack_container(blob, source, max_payload_bytes, expect_codec), source, v1_only, serializer)
+
+
+def container_codec(compressor: str, serializer: str) -> str | None:
+    """The compressor an artifact written with these settings names in its header (None: ``auto``,
+    any): what a run reading its own artifact expects."""
+    if serializer == "pergroup":
+        return STORED
+    return None if compressor == "auto" else compressor
 
 
 def write_artifact(
@@ -432,10 +459,10 @@ def write_artifact(
 
 def read_artifact(
     path: str | os.PathLike[str], max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False,
+    v1_only: bool = False, serializer: str | None = None,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Read and validate an artifact file: ``(quantized_state, meta)`` (``expect_codec``,
-    ``v1_only``: see :func:`decode_artifact`)."""
+    ``v1_only``, ``serializer``: see :func:`decode_artifact`)."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
@@ -444,7 +471,7 @@ def read_artifact(
     # even uncompressed, so a file bigger than that cap is refused before it is read.
     if size > max_payload_bytes + HEADER_BYTES:
         raise PgolfError(f"{path}: {size} bytes is far too large for an artifact")
-    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only)
+    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only, serializer)
 
 
 def is_artifact_header(head: bytes) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgolf.errors import PgolfError
-from pgolf.export.codecs import CODECS, ZLIB_LEVEL
+from pgolf.export.codecs import ZLIB_LEVEL, codec_by_id
 from pgolf.export.container import HEADER_BYTES, read_artifact, unpack_container
 
 
@@ -64,13 +64,13 @@ def attribute_bytes(path: str | os.PathLike[str]) -> list[ByteRow]:
     path = Path(path)
     read_artifact(path)
     blob = path.read_bytes()
-    codec = CODECS[blob[9]]
+    codec = codec_by_id(blob[9])
     payload = unpack_container(blob, str(path))
     shuffled = int.from_bytes(blob[10:18], "little") != len(payload)  # the header counts the shuffled stream
-    if shuffled or payload[:4] == b"QGv3":
+    if shuffled or payload[:4] in (b"QGv3", b"PGRP"):
         # the shares come from re-compressing prefixes of the safetensors payload as it is stored
-        raise PgolfError(f"{path}: byte attribution reads a plain safetensors payload only; this artifact holds "
-                         f"{'a whole-stream byte shuffle' if shuffled else 'a QGv3 payload'}")
+        held = "a whole-stream byte shuffle" if shuffled else "a QGv3 payload" if payload[:4] == b"QGv3" else "per-group streams"
+        raise PgolfError(f"{path}: byte attribution reads a plain safetensors payload only; this artifact holds {held}")
     data_start, spans = _tensor_spans(payload)
     group_of = {k: k.split("/", 1)[0] if "/" in k else k for k, _, _ in spans}
     per_tensor = codec.name == "zlib"

@@ -53,22 +53,19 @@ from pgolf.export.codecs import (
     zlib_decompress_capped,
     zstd_decompress_capped,
 )
+from pgolf.export.pergroup import PGRP_MAGIC, ROLE_GROUPS, SORTED_GROUPS, ungroup, unpack_streams
 from pgolf.quant.int8 import QUANT_FORMAT, dequantize_reference_object, dtype_from_name
 
 ZIP_MAGIC = b"PK\x03\x04"
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-PGRP_MAGIC = b"PGRP"
 BSHF_MAGIC = b"BSHF"
 QGV3_MAGIC = b"QGv3"
 _INNER_MAGICS = (ZIP_MAGIC, BSHF_MAGIC, QGV3_MAGIC)
 _BROTLI_PROBE_BYTES = 4096
 
-# R44's per-group container: the int8 groups in stream order ("_name" is a tensor outside the
-# blocks, "role" the same role in every block), and the groups whose rows were reordered.
-PGRP_GROUPS = ("_tok_emb.weight.q", "attn.c_k.weight.q", "attn.c_q.weight.q", "attn.c_v.weight.q",
-               "attn.proj.weight.q", "mlp.fc.weight.q", "mlp.proj.weight.q")
-PGRP_SORTED = frozenset({"_tok_emb.weight.q", "attn.c_q.weight.q", "mlp.fc.weight.q"})
+# R44's per-group container (its groups, framing and ungrouping: pgolf.export.pergroup, which writes it too)
+PGRP_GROUPS, PGRP_SORTED = ROLE_GROUPS, SORTED_GROUPS
 
 # QGv3's tensor dtypes (the record's own table), as numpy reads them.
 _QGV3_DTYPES = {"uint8": np.uint8, "int8": np.int8, "float16": np.float16, "float32": np.float32,
@@ -389,19 +386,7 @@ def _dequantize_object(obj: object, source: str) -> tuple[State, str]:
 
 def pgrp_streams(blob: bytes, source: str) -> list[bytes]:
     """The streams of a ``PGRP`` container: magic, count (u32), each length (u32), the streams."""
-    if len(blob) < 8:
-        raise PgolfError(f"{source}: truncated PGRP header")
-    (count,) = struct.unpack_from("<I", blob, 4)
-    if count != len(PGRP_GROUPS) + 2:
-        raise PgolfError(f"{source}: PGRP holds {count} streams, R44's format has {len(PGRP_GROUPS) + 2}")
-    lengths = struct.unpack_from(f"<{count}I", blob, 8) if len(blob) >= 8 + 4 * count else None
-    if lengths is None or 8 + 4 * count + sum(lengths) != len(blob):
-        raise PgolfError(f"{source}: PGRP stream lengths do not add up to the file's {len(blob)} bytes")
-    streams, pos = [], 8 + 4 * count
-    for length in lengths:
-        streams.append(blob[pos:pos + length])
-        pos += length
-    return streams
+    return unpack_streams(blob, source)
 
 
 def _group_tensor_names(group: str, count: int) -> list[str]:
@@ -415,31 +400,6 @@ def _pgrp_shapes(manifest: object, group: str, source: str) -> list[tuple[int, .
             for s in shapes):
         raise PgolfError(f"{source}: PGRP shape manifest lacks group {group!r}")
     return [tuple(s) for s in shapes]
-
-
-def _ungroup(raw: bytes, group: str, shapes, perms: np.ndarray, perm_at: int, source: str):
-    """The int8 code tensors of one group (transposed back, rows put back in place); the next
-    offset into the permutations."""
-    codes = np.frombuffer(raw, dtype=np.int8)
-    if codes.size != sum(math.prod(s) for s in shapes):
-        raise PgolfError(f"{source}: PGRP group {group!r} holds {codes.size} codes, its shapes {sum(map(math.prod, shapes))}")
-    out, offset = [], 0
-    for shape in shapes:
-        chunk = codes[offset:offset + math.prod(shape)]
-        offset += chunk.size
-        if len(shape) == 2:
-            rows, cols = shape
-            chunk = chunk.reshape(cols, rows).T
-            if group in PGRP_SORTED:
-                order = perms[perm_at:perm_at + rows]
-                perm_at += rows
-                if order.size != rows or not np.array_equal(np.sort(order), np.arange(rows)):
-                    raise PgolfError(f"{source}: PGRP group {group!r} has no valid row permutation")
-                inverse = np.empty_like(order)
-                inverse[order] = np.arange(rows, dtype=order.dtype)
-                chunk = chunk[inverse]
-        out.append(torch.from_numpy(np.ascontiguousarray(chunk.reshape(shape))))
-    return out, perm_at
 
 
 def read_pergroup(blob: bytes, max_bytes: int, source: str) -> tuple[dict, object]:
@@ -459,7 +419,7 @@ def read_pergroup(blob: bytes, max_bytes: int, source: str) -> tuple[dict, objec
             continue
         raw = lrzip_decompress_capped(stream, max_bytes, source)
         shapes = _pgrp_shapes(rest["s"], group, source)
-        tensors, perm_at = _ungroup(raw, group, shapes, perms, perm_at, source)
+        tensors, perm_at = ungroup(raw, group, shapes, perms, perm_at, source)
         result.update(zip(_group_tensor_names(group, len(shapes)), tensors))
     if perm_at != perms.size:
         raise PgolfError(f"{source}: PGRP permutations hold {perms.size} rows, the sorted groups use {perm_at}")
