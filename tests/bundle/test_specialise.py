@@ -452,3 +452,53 @@ def test_parameters_nothing_reads_go_with_the_arguments_calls_pass_for_them():
     exec(compile(textwrap.dedent(UNUSED_PARAMETERS), "before", "exec"), before)
     exec(compile(out, "after", "exec"), after)
     assert after["RESULT"] == before["RESULT"] and after["log"] == before["log"] == [3]
+
+
+RECURSIVE_CALLS = {
+    "self_call_with_another_flag": """
+        def decode(data, v1_only=False):
+            if v1_only:
+                return ('v1', data)
+            if data > 3:
+                return decode(data - 1, v1_only=True)
+            return ('v2', data)
+        R = (decode(5), decode(2))
+    """,
+    "mutual_recursion": """
+        def decode(data, v1_only=False):
+            if v1_only:
+                return ('v1', data)
+            return read(data)
+        def read(data):
+            return decode(data, True) if data > 3 else ('v2', data)
+        R = (decode(5), decode(2))
+    """,
+    "flag_through_a_local": """
+        def decode(data, v1_only=False):
+            flag = True
+            if v1_only:
+                return 'v1'
+            return decode(0, flag) if data else 'v2'
+        R = decode(1)
+    """,
+    "flag_through_an_alias": """
+        def decode(data, v1_only=False):
+            if v1_only:
+                return 'v1'
+            d = decode
+            return d(data, True) if data else 'v2'
+        R = decode(1)
+    """,
+}
+
+
+@pytest.mark.parametrize("name", list(RECURSIVE_CALLS))
+def test_a_function_calling_itself_with_another_literal_computes_what_it_did(name):
+    """Differential: the specialised source computes what the original does, where the outside calls
+    agree on a flag and a call from inside the function (directly, mutually, through a local or an
+    alias) passes another value."""
+    source = textwrap.dedent(RECURSIVE_CALLS[name])
+    original, specialised = {}, {}
+    exec(textwrap.dedent(CONFIG) + source, original)
+    exec(textwrap.dedent(CONFIG) + run(source, shaken=False), specialised)
+    assert specialised["R"] == original["R"]
