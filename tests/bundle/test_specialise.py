@@ -61,6 +61,8 @@ def simplified(source: str) -> str:
     ("x = 'a' in ('b', y)", "x = 'a' in ('b', y)"),  # y may equal 'a'
     ("if ():\n    a()", ""),
     ("x = False + False + True > 1", "x = False"),
+    ("x = {'a': 1, **({'b': f()} if False else {}), 'c': 2}", "x = {'a': 1, 'c': 2}"),  # a folded splice
+    ("x = {'a': 1, **{'b': 2}, **d}", "x = {'a': 1, **{'b': 2}, **d}"),  # a splice that adds keys stays
 ])
 def test_simplify(source, expected):
     assert simplified(source) == expected
