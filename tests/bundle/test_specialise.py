@@ -63,6 +63,8 @@ def simplified(source: str) -> str:
     ("x = False + False + True > 1", "x = False"),
     ("x = {'a': 1, **({'b': f()} if False else {}), 'c': 2}", "x = {'a': 1, 'c': 2}"),  # a folded splice
     ("x = {'a': 1, **{'b': 2}, **d}", "x = {'a': 1, **{'b': 2}, **d}"),  # a splice that adds keys stays
+    ("if TYPE_CHECKING:\n    pass", ""),
+    ("if f():\n    pass", "if f():\n    pass"),  # f() may have effects
 ])
 def test_simplify(source, expected):
     assert simplified(source) == expected

@@ -237,6 +237,9 @@ class Simplify(ast.NodeTransformer):
             self.changed = True
             return self._body(node.body if node.test.value else node.orelse)
         self.generic_visit(node)
+        if not node.orelse and all(isinstance(s, ast.Pass) for s in node.body) and is_pure(node.test):
+            self.changed = True  # `if TYPE_CHECKING: pass`, what an emptied branch leaves: nothing to do
+            return None
         return node
 
     def visit_While(self, node: ast.While):
