@@ -495,7 +495,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     t0 = time.perf_counter()
     # what load_weights does for an artifact, without the other formats; this run knows how it wrote it
     expect_codec = None if q.compressor == "auto" else q.compressor
-    quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only)
+    quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only, stream_shuffled=q.stream_shuffle != 0)
     size["quantized_tensors"] = quantized_count(quantized)  # 0: the round trip is the float score (pgolf train warns)
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
