@@ -584,7 +584,6 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
         pre = stats.final_score
         results = {
             "run_id": s.run.path.name,
-            "run_dir": str(s.run.path),
             "preset": cfg.preset,
             "pre_quant": pre.as_dict(),
             "post_quant": post.as_dict(),
@@ -595,18 +594,18 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
             "quant_gap_bpb": post.val_bpb - pre.val_bpb,
             **size,
             "steps": stats.steps,
-            "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
-            "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
             "time_budget": stats.budget and stats.budget.as_dict(),
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
-            "peak_memory_mib": _peak_memory_mib(s.rt),
             "world_size": s.rt.world_size,
             "device": device_name(s.rt.device),
             "versions": versions(),
-            **({"git_commit": git_commit()} if TELEMETRY else {}),
+            # for the package's own tools (pgolf train's summary, bench), not read from a bundle's run
+            **({"git_commit": git_commit(), "run_dir": str(s.run.path), "stopped_early": stats.stopped_early,
+                "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0, "peak_memory_mib": _peak_memory_mib(s.rt)}
+               if TELEMETRY else {}),
             "source_sha256": source_hash(),
         }
         s.run.write_json("results.json", results)
