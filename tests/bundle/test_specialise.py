@@ -456,3 +456,23 @@ def test_parameters_nothing_reads_go_with_the_arguments_calls_pass_for_them():
     exec(compile(textwrap.dedent(UNUSED_PARAMETERS), "before", "exec"), before)
     exec(compile(out, "after", "exec"), after)
     assert after["RESULT"] == before["RESULT"] and after["log"] == before["log"] == [3]
+
+
+def test_a_no_grad_function_folds_the_arguments_every_call_fixes_and_another_decorator_keeps_them():
+    out = run("""
+        @torch.no_grad()
+        def score(x, progress=None):
+            if progress is not None:
+                progress.update(x)
+            return x
+        @cache
+        def cached(x, progress=None):
+            if progress is not None:
+                progress.update(x)
+            return x
+        def main(cfg: MC):
+            return score(1, progress=None), score(2), cached(3, progress=None)
+        main(MC())
+    """)
+    assert "def score(x):" in out and "score(1)" in out and "@torch.no_grad()" in out  # folded, still no-grad
+    assert "def cached(x, progress=None):" in out  # its wrapper could bind the arguments otherwise
