@@ -4,7 +4,8 @@ Steps: collect the module graph of the entry (:mod:`pgolf.bundle.graph`), write 
 into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) while specialising
 the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the config's
 ``FOLDED_FIELDS``, the config schema's defaults set to the resolved values, unread fields left out)
-and stripping its input checks (:mod:`pgolf.bundle.checks`), minify and wrap
+and stripping its input checks (:mod:`pgolf.bundle.checks`), with :data:`pgolf.runtime.TELEMETRY`
+folded to False (what only describes a run to the package's tools does not ship), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 The fused Triton kernels (:data:`SWITCHED_MODULES`) are carried only when the configuration turns
 them on; the script then keeps annotations and registers its source for Triton.

@@ -11,7 +11,7 @@ compiled with ``from __future__ import annotations``, so they stay unevaluated s
 schema's, which are read, name only builtins). Imports are kept; of the hoisted import lines,
 :func:`shake_imports` then drops the standard-library names nothing kept uses (importing ``typing``
 or ``contextlib`` has no effect the bundle relies on; a third-party import may register something,
-so it always stays).
+so it stays, but for :data:`SIDE_EFFECT_FREE_IMPORTS`) and merges the ``from M import`` lines per module.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 :func:`shake_methods` then drops the methods that nothing names (see its docstring for what is kept).
 """

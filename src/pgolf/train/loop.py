@@ -21,7 +21,8 @@
   run's score, as in the records; eval_time covers all of it.
 * Code bytes are counted again once everything has run (:func:`final_size`): in package mode the
   evaluation phases import modules after the export, and they are code the run executed. That
-  count is the one results.json, the last size line of the log and the cap verdict use.
+  count is the one results.json, the last size line of the log and the cap verdict use. (A bundle's
+  one file cannot change after the export: there the recount is telemetry, see pgolf.runtime.TELEMETRY.)
 * A bundle's run logs the configuration the bundle was built with (``bundle_config`` in the header),
   so ``pgolf submit`` and ``pgolf check record`` see what the environment changed.
 """
