@@ -22,6 +22,12 @@ import torch.distributed as dist
 
 from pgolf.errors import PgolfError
 
+# What only describes a run to the package's own tools goes under ``if TELEMETRY:``: a progress
+# display, the commit of a checkout (a shipped script has none), a recount of code that a bundle's
+# fixed code cannot change. A bundle folds it to False (pgolf.bundle.build), so none of that ships;
+# what pgolf submit reads from a run (train.log header and score lines, results.json) never depends on it.
+TELEMETRY = True
+
 
 @dataclass
 class Runtime:

@@ -16,6 +16,7 @@ import pytest
 
 from pgolf.bundle.build import build_bundle
 from pgolf.bundle.specialise import folded_fields
+from pgolf.check.track import bundle_source_sha256, facts_from_run
 from pgolf.config import Config, iter_fields, override_env
 from pgolf.presets import build_config
 
@@ -106,6 +107,12 @@ def test_bundle_trains_exactly_like_the_package(preset, stock_bundle, shared_dat
     assert all(value == full[section][k] for section, values in recorded.items() if isinstance(values, dict)
                for k, value in values.items() if k != "run_id")
     assert all(k in recorded[section] for section, k in folded_fields(build_config(preset, environ={})))
+    # the bundle's log states what pgolf submit / check record judge a run by, and the records' score lines
+    facts = facts_from_run(runs / "bundle", "bundle")
+    assert facts.code_source == "bundle train_gpt.py" and facts.bundle_config and facts.device.startswith("cpu")
+    assert facts.source_sha256 == bundle_source_sha256("train_gpt.py", (folder / "train_gpt.py").read_bytes())
+    log = (runs / "bundle" / "train.log").read_text()
+    assert f"step:{STEPS}/{STEPS} val_loss:" in log and "final_roundtrip_exact val_loss:" in log
 
 
 @pytest.mark.slow

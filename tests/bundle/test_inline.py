@@ -122,3 +122,15 @@ def test_a_left_out_module_is_not_bundled_and_its_lazy_import_raises_import_erro
 def test_a_module_imported_at_top_level_cannot_be_left_out(tmp_path):
     with pytest.raises(PgolfError, match=r"imports pgolf\.a at its top level, so it cannot be left out"):
         collect("pgolf.entry", make_package(tmp_path, MODULES), leave_out=frozenset({"pgolf.a"}))
+
+
+def test_hoisted_imports_merge_per_module_and_unused_pure_ones_go():
+    import ast
+
+    from pgolf.bundle.shake import shake_imports
+
+    lines = ["from dataclasses import dataclass", "import zstandard", "import torch", "from torch import nn",
+             "from dataclasses import dataclass, field", "import brotli", "from torch import Tensor, nn"]
+    body = ast.parse("@dataclass\nclass A:\n    x: int = field(default=1)\n\ndef f(t: Tensor):\n    return nn, brotli").body
+    # zstandard: unused and side-effect free; torch: unused but not known to be, kept
+    assert shake_imports(lines, [body]) == ["from dataclasses import dataclass, field", "import torch", "from torch import nn, Tensor", "import brotli"]

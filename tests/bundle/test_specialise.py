@@ -61,6 +61,10 @@ def simplified(source: str) -> str:
     ("x = 'a' in ('b', y)", "x = 'a' in ('b', y)"),  # y may equal 'a'
     ("if ():\n    a()", ""),
     ("x = False + False + True > 1", "x = False"),
+    ("x = {'a': 1, **({'b': f()} if False else {}), 'c': 2}", "x = {'a': 1, 'c': 2}"),  # a folded splice
+    ("x = {'a': 1, **{'b': 2}, **d}", "x = {'a': 1, **{'b': 2}, **d}"),  # a splice that adds keys stays
+    ("if TYPE_CHECKING:\n    pass", ""),
+    ("if f():\n    pass", "if f():\n    pass"),  # f() may have effects
 ])
 def test_simplify(source, expected):
     assert simplified(source) == expected
@@ -502,3 +506,23 @@ def test_a_function_calling_itself_with_another_literal_computes_what_it_did(nam
     exec(textwrap.dedent(CONFIG) + source, original)
     exec(textwrap.dedent(CONFIG) + run(source, shaken=False), specialised)
     assert specialised["R"] == original["R"]
+
+
+def test_a_no_grad_function_folds_the_arguments_every_call_fixes_and_another_decorator_keeps_them():
+    out = run("""
+        @torch.no_grad()
+        def score(x, progress=None):
+            if progress is not None:
+                progress.update(x)
+            return x
+        @cache
+        def cached(x, progress=None):
+            if progress is not None:
+                progress.update(x)
+            return x
+        def main(cfg: MC):
+            return score(1, progress=None), score(2), cached(3, progress=None)
+        main(MC())
+    """)
+    assert "def score(x):" in out and "score(1)" in out and "@torch.no_grad()" in out  # folded, still no-grad
+    assert "def cached(x, progress=None):" in out  # its wrapper could bind the arguments otherwise

@@ -56,3 +56,30 @@ def test_r35s_preset_switches_it_on_and_the_default_is_off():
     assert build_config("sp8192_recur_parres_ttt", environ={}).quant.stream_shuffle == 2
     assert Config().quant.stream_shuffle == 0
     assert build_config("baseline", environ={"PGOLF_STREAM_SHUFFLE": "2"}).quant.stream_shuffle == 2
+
+
+def test_a_reader_told_there_is_no_shuffle_takes_the_payload_as_it_is():
+    q = quantize_state_dict_policy(_state(), "int8")
+    plain = encode_artifact(q, {"k": 1}, "zlib")
+    assert decode_artifact(plain, "plain.ptz", stream_shuffled=False)[1] == {"k": 1}
+    # a shuffled payload (BSHF framing) reads only where the shuffle is undone: the flag must be right
+    framed = encode_artifact(q, {"k": 1}, "zlib", stream_shuffle=2)
+    assert decode_artifact(framed, "framed.ptz")[1] == {"k": 1}
+    with pytest.raises(Exception):
+        decode_artifact(framed, "framed.ptz", stream_shuffled=False)
+
+
+def test_training_reads_back_the_shuffled_artifact_it_wrote(shared_data, tmp_path, stride=2):
+    from pgolf.train.loop import train
+
+    def run(shuffle: int) -> dict:
+        overrides = [
+            f"DATA_PATH={shared_data / 'datasets' / 'fineweb10B_sp1024_trainsample'}",
+            f"VAL_FILES={shared_data / 'datasets' / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
+            f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}",
+            "ITERATIONS=2", "VAL_MAX_TOKENS=2048", "TRAIN_LOG_EVERY=0", f"PGOLF_STREAM_SHUFFLE={shuffle}", f"RUN_ID=s{shuffle}",
+        ]
+        return train(build_config("tiny_cpu", overrides, environ={}), runs_dir=tmp_path, echo=False)
+
+    shuffled, plain = run(stride), run(0)
+    assert shuffled["post_quant"] == plain["post_quant"]  # the shuffle is lossless, and was undone

@@ -20,6 +20,7 @@ import sys
 from pgolf.config import FOLDED_FIELDS, Config, apply_env, from_dict, parse_value, validate
 from pgolf.errors import EXIT_USAGE, PgolfError
 from pgolf.export.artifact import CODE_FILES_ENV
+from pgolf.runtime import TELEMETRY
 from pgolf.train.loop import train
 
 FROZEN_CONFIG: dict = {}  # the bundler writes the resolved config here, or
@@ -56,7 +57,7 @@ def main() -> dict:
     apply_env(cfg)
     validate(cfg)
     results = train(cfg, runs_dir=os.environ.get("PGOLF_RUNS_DIR", "runs"), frozen=frozen)
-    if os.environ.get("RANK", "0") == "0":
+    if TELEMETRY and os.environ.get("RANK", "0") == "0":  # results.json holds them
         print(json.dumps(results, sort_keys=True))
     return results
 

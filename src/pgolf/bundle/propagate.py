@@ -189,6 +189,17 @@ def _agreed(fn: ast.FunctionDef, calls: list[ast.Call], skip_first: bool) -> dic
     return {k: v for k, v in (agreed or {}).items() if v is not _MISSING and counts.get(k) == 1}
 
 
+# Decorators whose wrapper passes every argument through to the function unchanged (and runs it in a
+# no-grad context): the function's parameters fold as an undecorated one's. Never inlined (trivial.py):
+# the context would go.
+_FORWARDING_DECORATORS = {"torch.no_grad()", "torch.inference_mode()"}
+
+
+def _arguments_reach_body(fn: ast.FunctionDef) -> bool:
+    """Calls of ``fn``'s name bind its own parameters: no decorator, or only forwarding ones."""
+    return all(ast.unparse(d) in _FORWARDING_DECORATORS for d in fn.decorator_list)
+
+
 def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int:
     """Parameters of top-level functions and of class constructors that every call fixes
     (``uses``: :func:`name_uses` of ``bodies``)."""
@@ -198,7 +209,7 @@ def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int
         for stmt in body:
             if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls:
                 continue
-            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+            if isinstance(stmt, ast.FunctionDef) and _arguments_reach_body(stmt):
                 total += _substitute_in_body(stmt, _agreed(stmt, calls[stmt.name], skip_first=False))
             elif isinstance(stmt, ast.ClassDef) and not types.subclassed(stmt.name) and not is_dataclass(stmt):
                 init = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
@@ -429,7 +440,7 @@ def drop_unused_parameters(bodies: list[list[ast.stmt]], types: Types, uses) -> 
             if not isinstance(stmt, (ast.FunctionDef, ast.ClassDef)) or stmt.name in escaped or stmt.name not in calls \
                     or bound.get(stmt.name) != 1:
                 continue
-            if isinstance(stmt, ast.FunctionDef) and not stmt.decorator_list:
+            if isinstance(stmt, ast.FunctionDef) and _arguments_reach_body(stmt):
                 fn, skip_first = stmt, False
             elif isinstance(stmt, ast.ClassDef) and not types.subclassed(stmt.name) and not is_dataclass(stmt):
                 fn = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)

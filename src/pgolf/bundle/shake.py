@@ -11,7 +11,7 @@ compiled with ``from __future__ import annotations``, so they stay unevaluated s
 schema's, which are read, name only builtins). Imports are kept; of the hoisted import lines,
 :func:`shake_imports` then drops the standard-library names nothing kept uses (importing ``typing``
 or ``contextlib`` has no effect the bundle relies on; a third-party import may register something,
-so it always stays).
+so it stays, but for :data:`SIDE_EFFECT_FREE_IMPORTS`) and merges the ``from M import`` lines per module.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 :func:`shake_methods` then drops the methods that nothing names (see its docstring for what is kept).
 """
@@ -196,11 +196,16 @@ def _standard_library_import(stmt: ast.stmt) -> bool:
         modules = [stmt.module]
     else:
         return False
-    return all(m.split(".")[0] in sys.stdlib_module_names and m != "__future__" for m in modules)
+    return all((m.split(".")[0] in sys.stdlib_module_names or m in SIDE_EFFECT_FREE_IMPORTS) and m != "__future__" for m in modules)
+
+
+# Third-party modules whose import does nothing but bind the module: unused, they go like the standard library's.
+SIDE_EFFECT_FREE_IMPORTS = {"brotli", "zstandard"}
 
 
 def shake_imports(lines: list[str], bodies: list[list[ast.stmt]]) -> list[str]:
-    """The hoisted import ``lines`` without the standard-library names that nothing in ``bodies`` uses."""
+    """The hoisted import ``lines`` without the standard-library (and :data:`SIDE_EFFECT_FREE_IMPORTS`)
+    names that nothing in ``bodies`` uses, each ``from M import`` merged into the first one of ``M``."""
     used: set[str] = set()
     for body in bodies:
         for stmt in body:
@@ -214,7 +219,26 @@ def shake_imports(lines: list[str], bodies: list[list[ast.stmt]]) -> list[str]:
                 continue
             line = ast.unparse(node)
         out.append(line)
-    return out
+    return merge_from_imports(out)
+
+
+def merge_from_imports(lines: list[str]) -> list[str]:
+    """Every ``from M import ...`` line folded into the first one of the same ``M``, each binding once
+    (the modules hoisted from different files import the same names)."""
+    out: list[ast.stmt] = []
+    first: dict[tuple[str | None, int], ast.ImportFrom] = {}
+    for line in lines:
+        node = ast.parse(line).body[0]
+        if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            kept = first.setdefault((node.module, node.level), node)
+            if kept is not node:
+                kept.names += node.names
+                continue
+        out.append(node)
+    for node in first.values():
+        seen: set[tuple[str, str | None]] = set()
+        node.names = [a for a in node.names if (a.name, a.asname) not in seen and not seen.add((a.name, a.asname))]
+    return [ast.unparse(node) for node in out]
 
 
 # Methods a library or the language calls on an object without naming them in the bundle's code.

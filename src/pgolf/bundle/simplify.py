@@ -179,6 +179,16 @@ class Simplify(ast.NodeTransformer):
             return self._done(node.body if node.test.value else node.orelse, node)
         return node
 
+    def visit_Dict(self, node: ast.Dict):
+        """``{..., **{}, ...}`` (what a folded ``**(d if switch else {})`` leaves) loses the empty splice."""
+        self.generic_visit(node)
+        keep = [(k, v) for k, v in zip(node.keys, node.values)
+                if not (k is None and isinstance(v, ast.Dict) and not v.keys)]
+        if len(keep) == len(node.keys):
+            return node
+        node.keys, node.values = [k for k, _ in keep], [v for _, v in keep]
+        return self._done(node, None)
+
     # -- statements ---------------------------------------------------------------------------
     def _body(self, stmts: list[ast.stmt]) -> list[ast.stmt]:
         out: list[ast.stmt] = []
@@ -227,6 +237,9 @@ class Simplify(ast.NodeTransformer):
             self.changed = True
             return self._body(node.body if node.test.value else node.orelse)
         self.generic_visit(node)
+        if not node.orelse and all(isinstance(s, ast.Pass) for s in node.body) and is_pure(node.test):
+            self.changed = True  # `if TYPE_CHECKING: pass`, what an emptied branch leaves: nothing to do
+            return None
         return node
 
     def visit_While(self, node: ast.While):

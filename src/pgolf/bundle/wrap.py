@@ -94,7 +94,7 @@ def minify(source: str, keep_annotations: bool = False) -> str:
     try:
         return python_minifier.minify(
             source, remove_literal_statements=True, rename_locals=True, rename_globals=True, preserve_globals=preserved,
-            remove_asserts=False, remove_debug=False, hoist_literals=False, **kernel_options,
+            remove_asserts=False, remove_debug=False, hoist_literals=False, prefer_single_line=True, **kernel_options,
         )
     except Exception as exc:  # the minifier reports unsupported syntax with assorted exception types
         raise PgolfError(f"python-minifier failed on the bundle ({type(exc).__name__}: {exc})") from None

@@ -93,12 +93,14 @@ def pack_container(payload: bytes, codec: str = "zlib", stream_shuffle: int = 0)
 
 
 def unpack_container(
-    blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None
+    blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
+    stream_shuffled: bool = True,
 ) -> bytes:
     """Check the framing of ``blob`` and return its payload; PgolfError naming ``source`` if bad.
 
     ``expect_codec`` (a compressor name): the header must name that compressor (a run reading the
-    artifact it just wrote knows which; a bundle then ships that decompressor only)."""
+    artifact it just wrote knows which; a bundle then ships that decompressor only). ``stream_shuffled``
+    False: the payload was written without a stream shuffle (such a run knows it too), so none is undone."""
     if len(blob) < HEADER_BYTES:
         if MAGIC.startswith(blob[: len(MAGIC)]):
             raise PgolfError(f"{source}: truncated artifact header ({len(blob)} of {HEADER_BYTES} bytes)")
@@ -123,7 +125,7 @@ def unpack_container(
         raise PgolfError(f"{source}: payload is {len(payload)} bytes, header says {length}")
     if zlib.crc32(payload) != crc:
         raise PgolfError(f"{source}: payload CRC32 mismatch (corrupt artifact)")
-    return unshuffle_stream(payload)
+    return unshuffle_stream(payload) if stream_shuffled else payload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,11 +424,12 @@ def encode_artifact(
 
 def decode_artifact(
     blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False, serializer: str | None = None,
+    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Parse artifact bytes; every defect is a PgolfError naming ``source`` (``expect_codec``,
-    ``v1_only``, ``serializer``: see :func:`unpack_container`, :func:`decode_payload`)."""
-    return decode_payload(unpack_container(blob, source, max_payload_bytes, expect_codec), source, v1_only, serializer)
+    ``stream_shuffled``, ``v1_only``, ``serializer``: see :func:`unpack_container`, :func:`decode_payload`)."""
+    payload = unpack_container(blob, source, max_payload_bytes, expect_codec, stream_shuffled)
+    return decode_payload(payload, source, v1_only, serializer)
 
 
 def container_codec(compressor: str, serializer: str) -> str | None:
@@ -459,10 +462,10 @@ def write_artifact(
 
 def read_artifact(
     path: str | os.PathLike[str], max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False, serializer: str | None = None,
+    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Read and validate an artifact file: ``(quantized_state, meta)`` (``expect_codec``,
-    ``v1_only``, ``serializer``: see :func:`decode_artifact`)."""
+    ``stream_shuffled``, ``v1_only``, ``serializer``: see :func:`decode_artifact`)."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
@@ -471,7 +474,8 @@ def read_artifact(
     # even uncompressed, so a file bigger than that cap is refused before it is read.
     if size > max_payload_bytes + HEADER_BYTES:
         raise PgolfError(f"{path}: {size} bytes is far too large for an artifact")
-    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only, serializer)
+    return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only, serializer,
+                           stream_shuffled)
 
 
 def is_artifact_header(head: bytes) -> bool:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pgolf.errors import PgolfError
+from pgolf.runtime import TELEMETRY
 
 BACKENDS = ("auto", "fa3", "sdpa")
 
@@ -133,7 +134,7 @@ def select_backend(requested: str, device: torch.device | str) -> str:
     reason = None if requested == "sdpa" else fa3_unavailable_reason(device)
     if requested == "fa3" and reason:
         raise PgolfError(f"PGOLF_ATTN_BACKEND=fa3 but FlashAttention 3 cannot run: {reason}")
-    if requested == "auto" and reason and device.type == "cuda":
+    if TELEMETRY and requested == "auto" and reason and device.type == "cuda":  # advice, not a fact the run needs
         _notice_fallback(reason)
     _active = "sdpa" if requested == "sdpa" or reason else "fa3"
     return _active

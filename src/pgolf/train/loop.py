@@ -21,7 +21,8 @@
   run's score, as in the records; eval_time covers all of it.
 * Code bytes are counted again once everything has run (:func:`final_size`): in package mode the
   evaluation phases import modules after the export, and they are code the run executed. That
-  count is the one results.json, the last size line of the log and the cap verdict use.
+  count is the one results.json, the last size line of the log and the cap verdict use. (A bundle's
+  one file cannot change after the export: there the recount is telemetry, see pgolf.runtime.TELEMETRY.)
 * A bundle's run logs the configuration the bundle was built with (``bundle_config`` in the header),
   so ``pgolf submit`` and ``pgolf check record`` see what the environment changed.
 """
@@ -56,8 +57,8 @@ from pgolf.optim.grad_sync import BankedGradSync, broadcast_parameters, make_gra
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.quant.qat import disable_qat, update_qat
-from pgolf.runtime import (Runtime, compile_enabled, device_name, git_commit, init_runtime, seed_everything, shutdown_runtime,
-                           source_hash, versions)
+from pgolf.runtime import (TELEMETRY, Runtime, compile_enabled, device_name, git_commit, init_runtime, seed_everything,
+                           shutdown_runtime, source_hash, versions)
 from pgolf.tokenizer.luts import TorchByteTable
 from pgolf.train.warmup import GraphVariant, capture, graph_variants, restore, set_variant
 from pgolf.files import atomic_write
@@ -159,13 +160,13 @@ def _write_header(s: Session, run_id: str, num_val_tokens: int, frozen: dict | N
         "run_id": run_id,
         "preset": s.cfg.preset,
         "source_sha256": source_hash(),
-        "git_commit": git_commit(),
+        **({"git_commit": git_commit()} if TELEMETRY else {}),
         "device": device_name(s.rt.device),
         "world_size": s.rt.world_size,
         "grad_accum_steps": s.grad_accum_steps,
         "compile": s.compile,
         "attention": active_backend(),
-        "versions": versions(),
+        **({"versions": versions()} if TELEMETRY else {}),  # results.json has them too
         "model_params": count_parameters(s.model),
         "val_tokens": num_val_tokens,
         "bundle_config": frozen,
@@ -361,7 +362,7 @@ def run_training(s: Session) -> TrainStats:
         s.run.log(f"gptq:reserving {s.cfg.quant.gptq_reserve_seconds:g}s, effective cap {cap_ms:.0f}ms")
     tokens_per_step = t.train_batch_tokens
     train_ms, stop_after, step, score = 0.0, None, 0, None
-    bar = _progress(s)
+    bar = _progress(s) if TELEMETRY else None
     s.averager = build_averager(t.ema_decay, t.swa_enabled, t.swa_every, t.swa_start_frac, s.model)
     _sync(s.rt)
     t0 = time.perf_counter()
@@ -397,7 +398,8 @@ def run_training(s: Session) -> TrainStats:
         _log_train(s, step, loss, elapsed, scale, tokens_per_step, bar, force=stop_after is not None)
         if stop_after is None and _reached_cap(s, elapsed, cap_ms):
             stop_after = step
-    bar.close()
+    if TELEMETRY:
+        bar.close()
     if stop_after is not None and step < t.iterations:
         s.run.log(f"stopping_early: wallclock_cap train_time:{train_ms:.0f}ms step:{step}/{t.iterations}")
     hessians, hessian_ms, budget = collect_gptq_hessians(s, train_ms)
@@ -419,17 +421,18 @@ def swap_in_average(s: Session) -> None:
 def _log_train(s: Session, step: int, loss: float, elapsed_ms: float, scale: float, tokens_per_step: int, bar, force: bool) -> None:
     t = s.cfg.train
     tok_s = tokens_per_step * step / max(elapsed_ms / 1000.0, 1e-9)
-    bar.update(1)
-    postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}", "lr": f"{scale:.3f}"}
-    if t.max_wallclock_seconds > 0:  # the cap, not ITERATIONS, usually ends the run
-        postfix["cap_left"] = f"{max(t.max_wallclock_seconds - elapsed_ms / 1000.0, 0.0):.0f}s"
-    bar.set_postfix(postfix, refresh=False)
+    if TELEMETRY:
+        bar.update(1)
+        postfix = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}", "lr": f"{scale:.3f}"}
+        if t.max_wallclock_seconds > 0:  # the cap, not ITERATIONS, usually ends the run
+            postfix["cap_left"] = f"{max(t.max_wallclock_seconds - elapsed_ms / 1000.0, 0.0):.0f}s"
+        bar.set_postfix(postfix, refresh=False)
     s.run.metric(event="train", step=step, train_loss=loss, train_time_ms=elapsed_ms, lr_scale=scale, tokens_per_s=tok_s)
     if t.train_log_every > 0 and (step <= 10 or step % t.train_log_every == 0 or force):
         s.run.log(
             f"step:{step}/{t.iterations} train_loss:{loss:.4f} train_time:{elapsed_ms:.0f}ms "
             f"step_avg:{elapsed_ms / step:.2f}ms tok/s:{tok_s:,.0f}",
-            console=bar.disable,
+            console=bar.disable if TELEMETRY else True,
         )
 
 
@@ -493,7 +496,8 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     t0 = time.perf_counter()
     # what load_weights does for an artifact, without the other formats; this run knows how it wrote it
     expect_codec = container_codec(q.compressor, q.serializer)
-    quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only, serializer=q.serializer)
+    quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only, serializer=q.serializer,
+                                 stream_shuffled=q.stream_shuffle != 0)
     size["quantized_tensors"] = quantized_count(quantized)  # 0: the round trip is the float score (pgolf train warns)
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
@@ -575,13 +579,13 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
         phases = {"standard": {**post.as_dict(), "eval_time_s": eval_s}}
         if sliding_configured(cfg.eval) or ttt_configured(cfg.eval):  # a bundle without them ships none of their code
             phases.update(score_configured_phases(s))
-        size = final_size(s, size)
+        if TELEMETRY:  # a bundle counts its one file, at export as now
+            size = final_size(s, size)
         final_phase, final = list(phases.items())[-1]
         eval_s = sum(p["eval_time_s"] for p in phases.values())
         pre = stats.final_score
         results = {
             "run_id": s.run.path.name,
-            "run_dir": str(s.run.path),
             "preset": cfg.preset,
             "pre_quant": pre.as_dict(),
             "post_quant": post.as_dict(),
@@ -592,18 +596,18 @@ def train(cfg: Config, runs_dir: str | Path = "runs", echo: bool = True, session
             "quant_gap_bpb": post.val_bpb - pre.val_bpb,
             **size,
             "steps": stats.steps,
-            "stopped_early": stats.stopped_early,
             "train_time_s": stats.train_time_ms / 1000.0,
-            "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0,
             "time_budget": stats.budget and stats.budget.as_dict(),
             "step_avg_ms": stats.train_time_ms / max(stats.steps, 1),
             "eval_time_s": eval_s,
             "tokens_per_s": cfg.train.train_batch_tokens * stats.steps / max(stats.train_time_ms / 1000.0, 1e-9),
-            "peak_memory_mib": _peak_memory_mib(s.rt),
             "world_size": s.rt.world_size,
             "device": device_name(s.rt.device),
             "versions": versions(),
-            "git_commit": git_commit(),
+            # for the package's own tools (pgolf train's summary, bench), not read from a bundle's run
+            **({"git_commit": git_commit(), "run_dir": str(s.run.path), "stopped_early": stats.stopped_early,
+                "gptq_hessian_time_s": stats.hessian_time_ms / 1000.0, "peak_memory_mib": _peak_memory_mib(s.rt)}
+               if TELEMETRY else {}),
             "source_sha256": source_hash(),
         }
         s.run.write_json("results.json", results)

@@ -47,6 +47,8 @@ class GraphVariant:
 def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[GraphVariant]:
     """The model's current variant, then every other one the recurrence and QAT schedules can switch to."""
     start = GraphVariant(model.active_loops, quant.qat_enabled and qat_is_on(model))  # QAT is off unless enabled
+    if not (model.cfg.num_loops > 0 or quant.qat_enabled):  # neither schedule switches anything (a bundle folds this)
+        return [start]
     loops = {start.loops}
     if model.cfg.num_loops > 0:
         loops.add(model.cfg.num_loops)  # on from ENABLE_LOOPING_AT, and always for the final evaluation
