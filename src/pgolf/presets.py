@@ -431,13 +431,13 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     m.skip_gates_enabled, m.num_loops, m.loop_start, m.loop_end = True, 2, 3, 5
     m.parallel_start_layer, m.parallel_final_lane = 8, "mean"
     m.sparse_attn_gate_enabled, m.sparse_attn_gate_scale, m.gate_window = True, 0.5, 12
-    m.smear_gate_enabled, m.smear_bos_fix, m.doc_isolated_attention = True, True, True
+    m.smear_gate_enabled, m.smear_bos_fix, m.doc_isolated_attention, m.max_doc_len = True, True, True, 2048
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr, o.beta2 = 0.026, 0.02, 0.03, 0.99
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.97, 0.92, 1500
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
     o.muon_parallel, o.muon_momentum_bf16 = True, True
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
-    t.train_batch_tokens, t.train_seq_len = 786_432, 2048
+    t.train_batch_tokens, t.train_seq_len, t.loader = 786_432, 2048, "doc_packed"  # R44's DocumentPackingLoader
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,k,v,o,mlp,logits"
