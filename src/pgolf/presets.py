@@ -384,7 +384,24 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     brotli. Group streams and row orders are R44's byte for byte; the remainder is pgolf's safetensors
     rather than R44's pickle (tests/export/test_pergroup.py).
 
-    Not here yet: the varlen document packing loader.
+    Training data: R44's ``DocumentPackingLoader`` (``PGOLF_LOADER=doc_packed``,
+    pgolf.data.packed_loader): each rank's micro-batch is one packed row of TRAIN_BATCH_TOKENS /
+    (ranks x accumulation steps) = 98,304 tokens read in order from the shard (from its first BOS; a
+    shard whose rest cannot hold the step is skipped; the files wrap around), attention cut at every
+    BOS and every 2048 tokens from a document's start (``PGOLF_MAX_DOC_LEN=2048``), so a document
+    crossing where a 2048-row edge would be keeps its context; the SmearGate still reads the token
+    before such a cut (not before a BOS), as R44's. Batch after batch the same inputs, targets and
+    segments as R44's loader, for 1 and 2 ranks and across shard changes, and on one packed row the
+    same logits as R44's forward with its ``cu_seqlens`` (tests/data/test_packed_loader.py). On FA3
+    the segments are padded with the total to row + 1 entries (R44: to a multiple of 64, one graph
+    per bucket), so the model compiles once; what the zero-length padding segments cost FA3 at
+    98,305 entries is not measured yet (no GPU run). pgolf's standard evaluation rows are 2048 long,
+    so the cut changes nothing there.
+
+    GPTQ calibration differs: R44 calibrates on its ``ShuffledSequenceLoader`` (16 batches of 48
+    random 2048-token windows per rank, shards ``rank::world``, generator seeded by the rank) with
+    plain causal attention (its ``forward_logits`` without ``cu_seqlens``, so across BOS within a
+    window); pgolf calibrates on the next 16 packed rows of the training stream, document-isolated.
 
     TTT (tests/eval/test_ttt_r44_parity.py): R44's adapters as configuration of pgolf's LoRA TTT:
     one set per virtual layer (``PGOLF_TTT_LORA_PER_PASS``: 17 with the loops), on Q, K, V, O and
