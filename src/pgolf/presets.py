@@ -395,8 +395,11 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     same logits as R44's forward with its ``cu_seqlens`` (tests/data/test_packed_loader.py). On FA3
     the segments are padded with the total to row + 1 entries (R44: to a multiple of 64, one graph
     per bucket), so the model compiles once; what the zero-length padding segments cost FA3 at
-    98,305 entries is not measured yet (no GPU run). pgolf's standard evaluation rows are 2048 long,
-    so the cut changes nothing there.
+    98,305 entries is not measured yet (no GPU run; the same count as the 48 rows of 2048 this preset
+    trained on before). Without FA3 the SDPA path builds a row x row mask (98,304^2 booleans, 9.7 GB):
+    unmeasured, likely too big; FA3 is the path for this loader. pgolf's standard evaluation rows are
+    2048 long, so the cut changes nothing there. PGOLF_MAX_DOC_LEN does not follow TRAIN_SEQ_LEN:
+    change both (R44 cuts at TRAIN_SEQ_LEN).
 
     GPTQ calibration differs: R44 calibrates on its ``ShuffledSequenceLoader`` (16 batches of 48
     random 2048-token windows per rank, shards ``rank::world``, generator seeded by the rank) with
