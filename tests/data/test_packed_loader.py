@@ -112,6 +112,16 @@ def test_doc_packed_loader_is_r44s_on_real_shards(r44, train_sample_dir, world_s
     assert [i for i, _, _ in visited][:: len(visited) - 1] == [0, 3] and len(skipped_rests(visited)) == 3  # 0 -> 1 -> 2 -> 3
 
 
+def test_a_shard_whose_rest_is_exactly_one_step_is_read_to_its_end(r44, tmp_path):
+    """R44 moves on only when the rest is shorter than a step: 3 spans of 49 after the first BOS are 3 calls."""
+    tokens = np.random.default_rng(5).integers(2, 60, 2 + 3 * 49)
+    tokens[[2, 40, 100]] = BOS
+    write_shard(tmp_path / "fineweb_train_000000.bin", tokens.astype(np.uint16))
+    visited = compare(r44, str(tmp_path / "fineweb_train_*.bin"), 1, global_tokens=48, accum=1, steps=7, seq_len=SEQ_LEN,
+                      vocab=60)
+    assert [cursor for _, cursor, _ in visited] == [51, 100, 149, 51, 100, 149, 51]
+
+
 def test_a_step_no_shard_holds_is_refused(tmp_path):
     pattern = synthetic_shards(tmp_path)
     loader = build_loader("doc_packed", pattern, SEQ_LEN, 0, 0, 1, "cpu", 60, BOS)
