@@ -97,6 +97,7 @@ class ModelConfig:
     ve_layers: str = _f("", "VE_LAYERS", "comma-separated layer indices for value embeddings; empty means the last two")
     value_residual: bool = _f(False, "VALUE_RESIDUAL", "v = l0*v_first_layer + l1*v, lambdas init 0.5 (R22)")
     doc_isolated_attention: bool = _f(False, "DOC_ISOLATED_ATTENTION", "no attention across BOS boundaries (block-diagonal causal mask)")
+    max_doc_len: int = _f(0, "PGOLF_MAX_DOC_LEN", "with DOC_ISOLATED_ATTENTION, also cut attention every N tokens from a document's start (R44's packed rows, PGOLF_LOADER=doc_packed: TRAIN_SEQ_LEN); 0: only at BOS", NONNEG)
     num_loops: int = _f(0, "NUM_LOOPS", "depth recurrence: extra passes over layers LOOP_START..LOOP_END (R26/R35)", NONNEG)
     loop_start: int = _f(3, "LOOP_START", "first layer of the looped range", NONNEG)
     loop_end: int = _f(5, "LOOP_END", "last layer of the looped range (inclusive)", NONNEG)
@@ -176,7 +177,7 @@ class TrainConfig:
     swa_enabled: bool = _f(False, "SWA_ENABLED", "uniform weight average, exported and scored (R19)")
     swa_every: int = _f(50, "SWA_EVERY", "steps between SWA snapshots", POS)
     swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2; above 1: from the first step)", NONNEG)
-    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch) or shuffled (R30)", ("sequential", "coprime", "shuffled"))
+    loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch), shuffled (R30) or doc_packed (R44: one packed row per rank micro-step, attention cut at BOS and every PGOLF_MAX_DOC_LEN)", ("sequential", "coprime", "shuffled", "doc_packed"))
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)", NONNEG)
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks", POS)
     train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length", POS)
@@ -468,6 +469,9 @@ def validate(cfg: Config) -> None:
     _validate_optim(cfg.optim)
     if cfg.train.ema_decay > 0 and cfg.train.swa_enabled:
         raise PgolfError("EMA_DECAY and SWA_ENABLED are both set: choose one weight average to export")
+    if cfg.train.loader == "doc_packed" and not (m.doc_isolated_attention and m.max_doc_len):
+        raise PgolfError("PGOLF_LOADER=doc_packed packs documents into one row per rank: it needs DOC_ISOLATED_ATTENTION=1 "
+                         "and PGOLF_MAX_DOC_LEN>0 (R44: TRAIN_SEQ_LEN)")
     if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "k", "v", "o", "mlp", "head", "logits"}:
         raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, k, v, o, mlp, "
                          "head, logits")

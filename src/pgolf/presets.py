@@ -384,7 +384,27 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     brotli. Group streams and row orders are R44's byte for byte; the remainder is pgolf's safetensors
     rather than R44's pickle (tests/export/test_pergroup.py).
 
-    Not here yet: the varlen document packing loader.
+    Training data: R44's ``DocumentPackingLoader`` (``PGOLF_LOADER=doc_packed``,
+    pgolf.data.packed_loader): each rank's micro-batch is one packed row of TRAIN_BATCH_TOKENS /
+    (ranks x accumulation steps) = 98,304 tokens read in order from the shard (from its first BOS; a
+    shard whose rest cannot hold the step is skipped; the files wrap around), attention cut at every
+    BOS and every 2048 tokens from a document's start (``PGOLF_MAX_DOC_LEN=2048``), so a document
+    crossing where a 2048-row edge would be keeps its context; the SmearGate still reads the token
+    before such a cut (not before a BOS), as R44's. Batch after batch the same inputs, targets and
+    segments as R44's loader, for 1 and 2 ranks and across shard changes, and on one packed row the
+    same logits as R44's forward with its ``cu_seqlens`` (tests/data/test_packed_loader.py). On FA3
+    the segments are padded with the total to row + 1 entries (R44: to a multiple of 64, one graph
+    per bucket), so the model compiles once; what the zero-length padding segments cost FA3 at
+    98,305 entries is not measured yet (no GPU run; the same count as the 48 rows of 2048 this preset
+    trained on before). Without FA3 the SDPA path builds a row x row mask (98,304^2 booleans, 9.7 GB):
+    unmeasured, likely too big; FA3 is the path for this loader. pgolf's standard evaluation rows are
+    2048 long, so the cut changes nothing there. PGOLF_MAX_DOC_LEN does not follow TRAIN_SEQ_LEN:
+    change both (R44 cuts at TRAIN_SEQ_LEN).
+
+    GPTQ calibration differs: R44 calibrates on its ``ShuffledSequenceLoader`` (16 batches of 48
+    random 2048-token windows per rank, shards ``rank::world``, generator seeded by the rank) with
+    plain causal attention (its ``forward_logits`` without ``cu_seqlens``, so across BOS within a
+    window); pgolf calibrates on the next 16 packed rows of the training stream, document-isolated.
 
     TTT (tests/eval/test_ttt_r44_parity.py): R44's adapters as configuration of pgolf's LoRA TTT:
     one set per virtual layer (``PGOLF_TTT_LORA_PER_PASS``: 17 with the loops), on Q, K, V, O and
@@ -431,13 +451,13 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     m.skip_gates_enabled, m.num_loops, m.loop_start, m.loop_end = True, 2, 3, 5
     m.parallel_start_layer, m.parallel_final_lane = 8, "mean"
     m.sparse_attn_gate_enabled, m.sparse_attn_gate_scale, m.gate_window = True, 0.5, 12
-    m.smear_gate_enabled, m.smear_bos_fix, m.doc_isolated_attention = True, True, True
+    m.smear_gate_enabled, m.smear_bos_fix, m.doc_isolated_attention, m.max_doc_len = True, True, True, 2048
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr, o.beta2 = 0.026, 0.02, 0.03, 0.99
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.97, 0.92, 1500
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
     o.muon_parallel, o.muon_momentum_bf16 = True, True
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
-    t.train_batch_tokens, t.train_seq_len = 786_432, 2048
+    t.train_batch_tokens, t.train_seq_len, t.loader = 786_432, 2048, "doc_packed"  # R44's DocumentPackingLoader
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965
     e.eval_seq_len, e.eval_stride = 2048, 64
     e.ttt, e.ttt_lora_rank, e.ttt_lora_lr, e.ttt_lora_targets = "phased", 80, 1e-4, "q,k,v,o,mlp,logits"

@@ -100,13 +100,28 @@ def test_fa3_varlen_over_padded_segments_matches_sdpa_block_diagonal_mask():
         assert _relative_error(a, b) < 2e-2
 
 
-def _compiled_doc_isolated_loss(backend: str, device, ids):
+def test_fa3_varlen_over_a_packed_rows_cut_segments_matches_sdpa_mask():
+    """R44's packed row (PGOLF_MAX_DOC_LEN): cut at BOS and every 1024 from a document's start."""
+    device = _need_fa3()
+    q, k, v = _qkv(device, batch=1, seq_len=4096)
+    ids = _documents(device, 1, 4096, seed=3)
+    ids[ids == BOS] = 2
+    ids[0, [700, 3000]] = BOS  # documents of 2300 and 1096 tokens: cut inside both, and in the row's first part
+    fa3_out, fa3_grads = _run("fa3", device, q, k, v, padded_segments_from_bos(ids, BOS, 1024))
+    sdpa_out, sdpa_grads = _run("sdpa", device, q, k, v, segments_from_bos(ids, BOS, 1024))
+    torch.testing.assert_close(fa3_out, sdpa_out, **BF16_TOL)
+    for a, b in zip(fa3_grads, sdpa_grads):
+        assert _relative_error(a, b) < 2e-2
+
+
+def _compiled_doc_isolated_loss(backend: str, device, ids, max_doc_len: int = 0):
     from pgolf.eval.evaluate import autocast_for
     from pgolf.model.gpt import build_model
     from pgolf.presets import baseline
 
     cfg = baseline().model
     cfg.num_layers, cfg.doc_isolated_attention, cfg.bos_id = 2, True, BOS  # head_dim 64: an FA3 size
+    cfg.max_doc_len = max_doc_len
     torch._dynamo.reset()
     select_backend(backend, device)
     torch.manual_seed(0)
@@ -124,6 +139,21 @@ def test_compiled_doc_isolated_model_on_fa3_varlen_matches_sdpa_mask():
     ids = _documents(device, 4, 1024, seed=2)
     fa3_loss, fa3_grads = _compiled_doc_isolated_loss("fa3", device, ids)
     sdpa_loss, sdpa_grads = _compiled_doc_isolated_loss("sdpa", device, ids)
+    torch._dynamo.reset()
+    torch.testing.assert_close(fa3_loss, sdpa_loss, rtol=1e-2, atol=1e-2)
+    for a, b in zip(fa3_grads, sdpa_grads):
+        if a is not None and b is not None and b.norm() > 0:
+            assert _relative_error(a, b) < 5e-2
+
+
+def test_compiled_model_on_a_packed_row_on_fa3_varlen_matches_sdpa_mask():
+    """PGOLF_LOADER=doc_packed's rows: one row, PGOLF_MAX_DOC_LEN cuts, compiled on FA3 vs the SDPA mask."""
+    device = _need_fa3()
+    ids = _documents(device, 1, 4096, seed=4)
+    ids[ids == BOS] = 2
+    ids[0, [700, 3000, 3001]] = BOS  # long documents, cut every 512 from their starts; an empty one
+    fa3_loss, fa3_grads = _compiled_doc_isolated_loss("fa3", device, ids, 512)
+    sdpa_loss, sdpa_grads = _compiled_doc_isolated_loss("sdpa", device, ids, 512)
     torch._dynamo.reset()
     torch.testing.assert_close(fa3_loss, sdpa_loss, rtol=1e-2, atol=1e-2)
     for a, b in zip(fa3_grads, sdpa_grads):

@@ -4,7 +4,8 @@ Each step takes one contiguous chunk of ``(local_tokens + 1) * world_size`` toke
 stream and gives each rank its own span of it (the +1 makes the shifted targets), so 1 and 8
 GPUs see exactly the same tokens per step. No sampling, no workers: deterministic by construction.
 ``state_dict()`` / ``load_state_dict()`` resume the stream where it was. :func:`build_loader` picks
-this loader or a record's random-window loader (:mod:`pgolf.data.window_loader`) by PGOLF_LOADER.
+this loader, a record's random-window loader (:mod:`pgolf.data.window_loader`) or R44's document
+packing loader (:mod:`pgolf.data.packed_loader`) by PGOLF_LOADER.
 """
 
 from __future__ import annotations
@@ -109,12 +110,17 @@ class DistributedTokenLoader:
 
 
 def build_loader(kind: str, pattern: str, seq_len: int, seed: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", vocab_size: int | None = None):
-    """PGOLF_LOADER: ``sequential`` (the reference), ``coprime`` (R25) or ``shuffled`` (R30)."""
+                 device: torch.device | str = "cpu", vocab_size: int | None = None, bos_id: int = 1):
+    """PGOLF_LOADER: ``sequential`` (the reference), ``coprime`` (R25), ``shuffled`` (R30) or
+    ``doc_packed`` (R44, :mod:`pgolf.data.packed_loader`; ``bos_id`` only for it)."""
     if kind == "sequential":
         return DistributedTokenLoader(pattern, rank, world_size, device, vocab_size)
+    if kind == "doc_packed":
+        from pgolf.data.packed_loader import DocPackedLoader
+
+        return DocPackedLoader(pattern, rank, world_size, device, vocab_size, bos_id)
     from pgolf.data.window_loader import WINDOW_ORDERS, WindowLoader
 
     if kind not in WINDOW_ORDERS:
-        raise PgolfError(f"PGOLF_LOADER={kind!r}: expected sequential, coprime or shuffled")
+        raise PgolfError(f"PGOLF_LOADER={kind!r}: expected sequential, coprime, shuffled or doc_packed")
     return WindowLoader(pattern, kind, seq_len, seed, rank, world_size, device, vocab_size)

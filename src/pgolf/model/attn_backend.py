@@ -11,7 +11,10 @@ layout, ``q [B, H, T, D]`` and ``k, v [B, Hkv, T, D]`` (GQA when ``Hkv < H``); F
 
 Document isolation: pass :class:`Segments` (built by :func:`segments_from_bos` from BOS positions,
 or in fixed shapes for compiled models by :func:`padded_segments_from_bos`) and every token attends
-only to earlier tokens of its own document. FA3 runs ``flash_attn_varlen_func`` on the flattened
+only to earlier tokens of its own document. With ``max_doc_len`` (R44's packed training rows,
+pgolf.data.packed_loader) a document is also cut every ``max_doc_len`` tokens from its start, the
+part of a row before its first BOS counting as a document that starts at the row start
+(:func:`segment_starts`, R44's ``_build_cu_seqlens``). FA3 runs ``flash_attn_varlen_func`` on the flattened
 batch; SDPA gets a block-diagonal causal mask, which rules out its flash kernel and materialises
 ``T x T`` scores per head: correct, but slow and memory-hungry at long sequence lengths. The model
 asks :func:`document_attention_inputs` for whichever of the two the active backend uses.
@@ -59,8 +62,21 @@ class Segments:
         return int(self.cu_seqlens.numel() - 1)
 
 
-def segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
-    """Cut every row of ``input_ids`` [B, T] before each ``bos_id`` token (and at the row start).
+def segment_starts(input_ids: Tensor, bos_id: int, max_doc_len: int = 0) -> Tensor:
+    """[B, T] bool: where an attention segment starts. At every ``bos_id`` and every row start, and
+    with ``max_doc_len`` also every ``max_doc_len`` tokens after each of those; no host sync."""
+    starts = input_ids == bos_id
+    starts[:, 0] = True
+    if max_doc_len:
+        pos = torch.arange(input_ids.size(1), device=input_ids.device)
+        doc_start = torch.cummax(torch.where(starts, pos, 0), dim=1).values  # the start of each token's document
+        starts = (pos - doc_start) % max_doc_len == 0
+    return starts
+
+
+def segments_from_bos(input_ids: Tensor, bos_id: int, max_doc_len: int = 0) -> Segments:
+    """Cut every row of ``input_ids`` [B, T] before each ``bos_id`` token (and at the row start;
+    with ``max_doc_len``, see :func:`segment_starts`).
 
     Reads ``max_seqlen`` back to the host (FA3 wants a Python int): build segments with the batch,
     outside compiled code.
@@ -68,9 +84,7 @@ def segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
     if input_ids.ndim != 2:
         raise PgolfError(f"segments_from_bos: input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     batch, seq_len = input_ids.shape
-    starts = input_ids == bos_id
-    starts[:, 0] = True
-    flat = starts.reshape(-1)
+    flat = segment_starts(input_ids, bos_id, max_doc_len).reshape(-1)
     positions = torch.nonzero(flat).flatten()
     total = torch.tensor([batch * seq_len], device=input_ids.device, dtype=positions.dtype)
     cu_seqlens = torch.cat([positions, total]).to(torch.int32)
@@ -79,34 +93,33 @@ def segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
     return Segments(cu_seqlens, max_seqlen, doc_ids)
 
 
-def padded_segments_from_bos(input_ids: Tensor, bos_id: int) -> Segments:
+def padded_segments_from_bos(input_ids: Tensor, bos_id: int, max_doc_len: int = 0) -> Segments:
     """The documents of :func:`segments_from_bos` in fixed shapes, for compiled models.
 
     ``cu_seqlens`` always has ``batch * seq_len + 1`` entries: the document starts, then the total
     repeated (trailing zero-length documents, which the varlen kernels skip; R36's loader pads its
     ``cu_seqlens`` with the total the same way, to a multiple of 64). ``max_seqlen`` is ``seq_len``,
-    an upper bound, since every row start is a boundary. No host sync and no data-dependent shape,
-    so it traces under ``torch.compile(fullgraph=True, dynamic=False)`` and never recompiles.
+    an upper bound, since every row start is a boundary (``max_doc_len`` when that is shorter: no
+    segment is longer, as R44 passes TRAIN_SEQ_LEN). No host sync and no data-dependent shape, so it
+    traces under ``torch.compile(fullgraph=True, dynamic=False)`` and never recompiles.
     """
     if input_ids.ndim != 2:
         raise PgolfError(f"padded_segments_from_bos: input_ids must be [batch, seq_len], got shape {tuple(input_ids.shape)}")
     batch, seq_len = input_ids.shape
     total = batch * seq_len
-    starts = input_ids == bos_id
-    starts[:, 0] = True
-    flat = starts.reshape(-1)
+    flat = segment_starts(input_ids, bos_id, max_doc_len).reshape(-1)
     positions = torch.nonzero_static(flat, size=total, fill_value=total).flatten()
     cu_seqlens = torch.cat([positions, positions.new_full((1,), total)]).to(torch.int32)
     doc_ids = (torch.cumsum(flat.to(torch.int64), 0) - 1).view(batch, seq_len)
-    return Segments(cu_seqlens, seq_len, doc_ids)
+    return Segments(cu_seqlens, min(seq_len, max_doc_len) if max_doc_len else seq_len, doc_ids)
 
 
-def document_attention_inputs(input_ids: Tensor, bos_id: int) -> tuple[Tensor | None, Segments | None]:
+def document_attention_inputs(input_ids: Tensor, bos_id: int, max_doc_len: int = 0) -> tuple[Tensor | None, Segments | None]:
     """What document-isolated attention needs on the active backend: ``(mask, None)`` for SDPA (the
     block-diagonal causal mask of :func:`document_causal_mask`), ``(None, segments)`` for FA3 varlen."""
     if _resolved_backend(input_ids.device) == "fa3":
-        return None, padded_segments_from_bos(input_ids, bos_id)
-    return document_causal_mask(doc_ids_from_bos(input_ids, bos_id)), None
+        return None, padded_segments_from_bos(input_ids, bos_id, max_doc_len)
+    return document_causal_mask(doc_ids_from_bos(input_ids, bos_id, max_doc_len)), None
 
 
 def fa3_unavailable_reason(device: torch.device) -> str | None:
@@ -180,8 +193,11 @@ def _resolved_backend(device: torch.device) -> str:
     return "sdpa" if torch.compiler.is_compiling() else select_backend("auto", device)
 
 
-def doc_ids_from_bos(input_ids: Tensor, bos_id: int) -> Tensor:
-    """[B, T] document index per token (a BOS starts a new one); no host sync, so it compiles."""
+def doc_ids_from_bos(input_ids: Tensor, bos_id: int, max_doc_len: int = 0) -> Tensor:
+    """[B, T] document index per token (a BOS starts a new one; with ``max_doc_len`` every cut of
+    :func:`segment_starts` does); no host sync, so it compiles."""
+    if max_doc_len:
+        return torch.cumsum(segment_starts(input_ids, bos_id, max_doc_len).to(torch.int32), dim=1)
     return torch.cumsum((input_ids == bos_id).to(torch.int32), dim=1)
 
 

@@ -167,7 +167,7 @@ class GPT(nn.Module):
         if not (cfg.doc_isolated_attention or self.ve_layers or cfg.value_residual):
             return lambda layer: None
         # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend)
-        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id) if cfg.doc_isolated_attention else (None, None)
+        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id, cfg.max_doc_len) if cfg.doc_isolated_attention else (None, None)
         shared = AttentionInputs(doc_mask=doc_mask, segments=segments)  # first_values is filled in by the first layer
         shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
 

@@ -145,7 +145,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True, frozen: dict | None = 
 def _build_loader(cfg: Config, rt: Runtime):
     t = cfg.train
     return build_loader(t.loader, cfg.data.train_glob(), t.train_seq_len, t.seed, rt.rank, rt.world_size, rt.device,
-                        cfg.model.vocab_size)
+                        cfg.model.vocab_size, cfg.model.bos_id)
 
 
 def _broadcast_run_id(rt: Runtime) -> str:
