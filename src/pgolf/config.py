@@ -263,6 +263,10 @@ class QuantConfig:
     gptq_enabled: bool = _f(False, "USE_GPTQ", "GPTQ-round intN tensors (tied embedding too)")
     gptq_reserve_seconds: float = _f(4.0, "GPTQ_RESERVE_SECONDS", "with USE_GPTQ and a cap: stop training this early for calibration", NONNEG)
     gptq_calibration_batches: int = _f(16, "GPTQ_CALIBRATION_BATCHES", "GPTQ calibration: training batches", POS)
+    gptq_calibration_loader: str = _f(
+        "stream", "PGOLF_GPTQ_CALIBRATION_LOADER", "GPTQ calibration batches: stream (the training loader's next ones) or "
+        "shuffled (R44's: a fresh ShuffledSequenceLoader, random TRAIN_SEQ_LEN windows of shards rank::world seeded by the "
+        "rank, through plain causal attention)", ("stream", "shuffled"))
     gptq_ar_selfgen: bool = _f(False, "GPTQ_AR_SELFGEN", "GPTQ calibration: the model's own samples")
     gptq_calib_samples: int = _f(64, "GPTQ_CALIB_SAMPLES", "self calibration: sequences", POS)
     gptq_temperature: float = _f(0.8, "GPTQ_TEMPERATURE", "self calibration: temperature", POS)

@@ -408,10 +408,15 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     2048 long, so the cut changes nothing there. PGOLF_MAX_DOC_LEN does not follow TRAIN_SEQ_LEN:
     change both (R44 cuts at TRAIN_SEQ_LEN).
 
-    GPTQ calibration differs: R44 calibrates on its ``ShuffledSequenceLoader`` (16 batches of 48
-    random 2048-token windows per rank, shards ``rank::world``, generator seeded by the rank) with
-    plain causal attention (its ``forward_logits`` without ``cu_seqlens``, so across BOS within a
-    window); pgolf calibrates on the next 16 packed rows of the training stream, document-isolated.
+    GPTQ calibration (``PGOLF_GPTQ_CALIBRATION_LOADER=shuffled``) is R44's: 16 batches of 48 random
+    2048-token windows per rank from a fresh ``ShuffledSequenceLoader`` (shards ``rank::world``,
+    generator seeded by the rank, no SEED), batch after batch the same as R44's own loader for 1 and
+    2 ranks and across a new pass over the shards, run through plain causal attention as R44's
+    ``forward_logits`` without ``cu_seqlens`` (attention crosses BOS inside a window; the SmearGate
+    still skips the token before a BOS), each rank keeping its own Hessians (R44 never reduces
+    them; rank 0's quantize the artifact). On a 3-layer model in fp32 on CPU, the training run's
+    calibration step gives R44's own ``collect_hessians`` (its average over batches, pgolf's sum)
+    within 1e-4 relative (tests/quant/test_calibration_loader.py); under bf16 on a GPU not compared.
 
     TTT (tests/eval/test_ttt_r44_parity.py): R44's adapters as configuration of pgolf's LoRA TTT:
     one set per virtual layer (``PGOLF_TTT_LORA_PER_PASS``: 17 with the loops), on Q, K, V, O and
@@ -477,6 +482,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     q.scheme = "*.attn_gate_w=int8:max,embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85,keep=fp16"
     q.serializer, q.compressor = "pergroup", "lrzip-zpaq"  # R44's COMPRESSOR=pergroup
     q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all
+    q.gptq_calibration_loader = "shuffled"  # R44's ShuffledSequenceLoader, plain causal attention
     q.lqer_enabled, q.lqer_rank, q.lqer_top_k, q.lqer_asym_enabled, q.lqer_asym_group = True, 4, 3, True, 64
     return cfg
 

@@ -45,6 +45,7 @@ CHOICE_FIELDS = {
     ("model", "mlp_activation"), ("model", "bigram_hash"), ("model", "parallel_final_lane"),
     ("model", "logit_softcap_kind"), ("optim", "muon_ns_schedule"), ("train", "loader"), ("eval", "ttt"),
     ("quant", "scheme"), ("quant", "compressor"), ("quant", "serializer"), ("eval", "ttt_lora_init"),
+    ("quant", "gptq_calibration_loader"),
 }
 # Numeric fields whose 0 switches a technique off; folded only while 0, so a technique that is on
 # keeps its hyperparameter tunable.

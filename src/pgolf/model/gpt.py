@@ -164,10 +164,13 @@ class GPT(nn.Module):
     def _attention_inputs(self, input_ids: Tensor) -> Callable[[int], AttentionInputs | None]:
         """Per-layer side inputs of attention; None throughout when no option needs any (the reference)."""
         cfg = self.cfg
-        if not (cfg.doc_isolated_attention or self.ve_layers or cfg.value_residual):
+        # R44's GPTQ calibration forward cuts no document (pgolf.quant.calibration.plain_causal sets it;
+        # read with getattr so that a bundle with the switch off keeps no trace of it)
+        cut = cfg.doc_isolated_attention and not getattr(self, "plain_causal", False)
+        if not (cut or self.ve_layers or cfg.value_residual):
             return lambda layer: None
         # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend)
-        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id, cfg.max_doc_len) if cfg.doc_isolated_attention else (None, None)
+        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id, cfg.max_doc_len) if cut else (None, None)
         shared = AttentionInputs(doc_mask=doc_mask, segments=segments)  # first_values is filled in by the first layer
         shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
 

@@ -4,6 +4,12 @@ Two sources (``GPTQ_AR_SELFGEN`` picks):
 
 * ``train`` (R25, R30+): ``GPTQ_CALIBRATION_BATCHES`` batches from the training stream, taken
   inside the training budget (the run stops ``GPTQ_RESERVE_SECONDS`` early to pay for them);
+  ``PGOLF_GPTQ_CALIBRATION_LOADER`` picks which: ``stream``, the training loader's next batches, or
+  ``shuffled``, R44's: a fresh :class:`pgolf.data.rank_loader.RankShuffledLoader` (random windows,
+  shards ``rank::world``, seeded by the rank), run through plain causal attention as R44's
+  ``forward_logits`` without ``cu_seqlens`` (attention crosses BOS inside a window even where the
+  model trains document-isolated; the SmearGate's BOS cut is the model's and stays), and each
+  rank keeps its own Hessians (R44 never reduces them: rank 0's quantize the artifact);
 * ``self`` (R24): the trained model samples ``GPTQ_CALIB_SAMPLES`` sequences autoregressively at
   ``GPTQ_TEMPERATURE`` from a uniformly random first token, with a fixed seed; the Hessians come
   from these sequences only, so quantization reads no train or val data at all.
@@ -14,6 +20,8 @@ KV cache), which is what the records did: ~2,000 forwards per batch of sequences
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -47,11 +55,22 @@ def generate_calibration_tokens(
     return torch.cat(out)
 
 
+@contextmanager
+def plain_causal(model: nn.Module):
+    """While inside, ``model`` (a pgolf GPT) cuts no document in attention, as R44's calibration forward."""
+    model.plain_causal = True
+    try:
+        yield
+    finally:
+        del model.plain_causal
+
+
 def calibration_hessians(
     model: nn.Module, q: QuantConfig, seq_len: int, vocab_size: int, device: torch.device, seed: int,
     loader=None, batch_tokens: int = 0, grad_accum: int = 1,
 ) -> dict[str, Tensor]:
-    """Hessians (CPU, summed over ranks) from the configured source; ``loader`` only for ``train``."""
+    """Hessians (CPU, summed over ranks; with ``PGOLF_GPTQ_CALIBRATION_LOADER=shuffled`` this rank's
+    own, as R44) from the configured source; ``loader`` only for ``train``."""
     if q.gptq_ar_selfgen:
         batches = generate_calibration_tokens(
             model, q.gptq_calib_samples, seq_len, vocab_size, q.gptq_temperature, q.gptq_batch_size, seed, device
@@ -63,9 +82,14 @@ def calibration_hessians(
     was_training = model.training
     model.eval()
     with autocast_for(device):
-        hessians = collect_hessians(model, batches)
+        if q.gptq_calibration_loader == "shuffled" and not q.gptq_ar_selfgen:  # a folded test: off, a bundle keeps the else
+            with plain_causal(model):
+                hessians = collect_hessians(model, batches)
+        else:
+            hessians = collect_hessians(model, batches)
     model.train(was_training)
-    if dist.is_available() and dist.is_initialized():
+    # shuffled: R44 quantizes on rank 0's own Hessians (never reduced; the other ranks' go unused, as there)
+    if q.gptq_calibration_loader != "shuffled" and dist.is_available() and dist.is_initialized():
         for name in sorted(hessians):  # same order on every rank
             dist.all_reduce(hessians[name])
     return {k: v.cpu() for k, v in hessians.items()}

@@ -116,8 +116,14 @@ def _calibration_hessians(model, cfg, args: argparse.Namespace, device) -> dict:
     loader = None
     if not q.gptq_ar_selfgen:
         check_tokenizer(resolve_shards(args.train or cfg.data.train_glob(), "train"), args.tokenizer or cfg.data.tokenizer_path)
-        loader = build_loader(t.loader, args.train or cfg.data.train_glob(), t.train_seq_len, t.seed, 0, 1, device,
-                              cfg.model.vocab_size, cfg.model.bos_id)
+        pattern = args.train or cfg.data.train_glob()
+        if q.gptq_calibration_loader == "shuffled":  # R44's calibration windows (rank 0 of 1)
+            from pgolf.data.rank_loader import RankShuffledLoader
+
+            loader = RankShuffledLoader(pattern, t.train_seq_len, 0, 1, device, cfg.model.vocab_size)
+        else:
+            loader = build_loader(t.loader, pattern, t.train_seq_len, t.seed, 0, 1, device, cfg.model.vocab_size,
+                                  cfg.model.bos_id)
     t0 = time.perf_counter()
     hessians = calibration_hessians(model, q, t.train_seq_len, cfg.model.vocab_size, device, t.seed, loader=loader,
                                     batch_tokens=t.train_batch_tokens, grad_accum=t.grad_accum_steps or 8)

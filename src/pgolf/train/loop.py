@@ -323,6 +323,16 @@ def training_cap_ms(cfg: Config) -> float | None:
     return 1000.0 * max(t.max_wallclock_seconds - reserve, 0.0)
 
 
+def _calibration_loader(s: Session):
+    """The training stream, or with PGOLF_GPTQ_CALIBRATION_LOADER=shuffled R44's fresh loader of random windows."""
+    if s.cfg.quant.gptq_calibration_loader == "shuffled" and not s.cfg.quant.gptq_ar_selfgen:
+        from pgolf.data.rank_loader import RankShuffledLoader
+
+        return RankShuffledLoader(s.cfg.data.train_glob(), s.cfg.train.train_seq_len, s.rt.rank, s.rt.world_size, s.rt.device,
+                                  s.cfg.model.vocab_size)
+    return s.loader
+
+
 def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, float, object]:
     """Calibration Hessians for the export (None without USE_GPTQ), the milliseconds they took and the
     time budget they leave (pgolf.train.budget.TimeBudget; None without them or without a cap)."""
@@ -335,7 +345,7 @@ def collect_gptq_hessians(s: Session, train_ms: float) -> tuple[dict | None, flo
     _sync(s.rt)
     t0 = time.perf_counter()
     watch(s, "GPTQ calibration")
-    hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, s.loader,
+    hessians = calibration_hessians(s.model, q, t.train_seq_len, s.cfg.model.vocab_size, s.rt.device, t.seed, _calibration_loader(s),
                                     t.train_batch_tokens, s.grad_accum_steps)
     watch(s, "")
     _sync(s.rt)
