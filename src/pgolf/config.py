@@ -266,7 +266,7 @@ class QuantConfig:
     gptq_calibration_loader: str = _f(
         "stream", "PGOLF_GPTQ_CALIBRATION_LOADER", "GPTQ calibration batches: stream (the training loader's next ones) or "
         "shuffled (R44's: a fresh ShuffledSequenceLoader, random TRAIN_SEQ_LEN windows of shards rank::world seeded by the "
-        "rank, through plain causal attention)", ("stream", "shuffled"))
+        "rank, through plain causal attention, each rank keeping its own Hessians)", ("stream", "shuffled"))
     gptq_ar_selfgen: bool = _f(False, "GPTQ_AR_SELFGEN", "GPTQ calibration: the model's own samples")
     gptq_calib_samples: int = _f(64, "GPTQ_CALIB_SAMPLES", "self calibration: sequences", POS)
     gptq_temperature: float = _f(0.8, "GPTQ_TEMPERATURE", "self calibration: temperature", POS)
