@@ -22,19 +22,26 @@ def test_sweep_specs_parse_method_prefixes():
         parse_sweep_spec("gptq:int9")
 
 
-@pytest.mark.parametrize("source", ["self", "train"])
+@pytest.mark.parametrize("source", ["self", "train", "shuffled"])
 def test_sweep_runs_gptq_and_lqer_entries(source, trained_tiny, shared_data, tmp_path, run_pgolf, monkeypatch):
+    """``shuffled``: train calibration on R44's windows (PGOLF_GPTQ_CALIBRATION_LOADER), not the stream."""
+    import pgolf.data.loader
+    from pgolf.data.rank_loader import RankShuffledLoader
+
     model, _ = trained_tiny
     ckpt = tmp_path / "checkpoint.safetensors"
     safetensors.torch.save_file(model.state_dict(), str(ckpt), metadata={"pgolf_config": tiny_cpu().to_json()})
     data = shared_data / "datasets"
-    if source == "self":  # self-generated calibration must not open the training data
-        import pgolf.data.loader
-
-        monkeypatch.setattr(pgolf.data.loader, "build_loader", lambda *a, **k: pytest.fail("read train data"))
+    if source != "train":  # self-generated calibration must not open the training data, shuffled not the stream
+        monkeypatch.setattr(pgolf.data.loader, "build_loader", lambda *a, **k: pytest.fail("read the train stream"))
+    windows = []
+    batch = RankShuffledLoader.next_batch
+    monkeypatch.setattr(RankShuffledLoader, "next_batch", lambda self, *a: windows.append(a) or batch(self, *a))
     specs = ["int4,small=0", "gptq:int4,small=0", "gptq:lqer:int4,small=0"]
+    shuffled = ["--set", "PGOLF_GPTQ_CALIBRATION_LOADER=shuffled"] if source == "shuffled" else []
+    source = "train" if source == "shuffled" else source
     code, out, err = run_pgolf([
-        "quant", "sweep", str(ckpt), "--schemes", *specs, "--calibration", source,
+        "quant", "sweep", str(ckpt), "--schemes", *specs, "--calibration", source, *shuffled,
         "--train", str(data / "fineweb10B_sp1024_trainsample" / "fineweb_train_*.bin"),
         "--set", "GPTQ_CALIBRATION_BATCHES=1", "--set", "GPTQ_CALIB_SAMPLES=2", "--set", "GPTQ_BATCH_SIZE=2",
         "--set", "TRAIN_SEQ_LEN=32", "--set", "TRAIN_BATCH_TOKENS=256",
@@ -44,6 +51,7 @@ def test_sweep_runs_gptq_and_lqer_entries(source, trained_tiny, shared_data, tmp
     ])
     assert code == 0, err
     assert f"from {source} calibration" in out
+    assert len(windows) == (1 if shuffled else 0)
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert [r["policy"] for r in rows] == specs
     rtn, gptq, lqer = (read_artifact(tmp_path / f"sweep_{i}_zlib.pgolf")[0] for i in range(3))
