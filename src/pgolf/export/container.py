@@ -392,14 +392,20 @@ def decode_payload(
     else:
         expected = set()
         entries = [_entry_from_v2(spec, tensors, expected, source) for spec in doc["entries"]]
+    return state_of_entries(entries, tensors, expected, source), doc["meta"]
+
+
+def state_of_entries(entries: list[QuantEntry], tensors: dict[str, Tensor], used: set[str], source: str) -> QuantizedState:
+    """The state of ``entries`` read from ``tensors``; PgolfError if they do not form one, or if a
+    tensor outside ``used`` (the keys the entries read) is stored."""
     try:
         q = QuantizedState(tuple(entries))
     except ValueError as exc:
         raise PgolfError(f"{source}: {exc}") from None
-    extra = sorted(set(tensors) - expected)
+    extra = sorted(set(tensors) - used)
     if extra:
         raise PgolfError(f"{source}: payload holds tensor {extra[0]!r} that the metadata does not list")
-    return q, doc["meta"]
+    return q
 
 
 # ---------------------------------------------------------------------------------------------

@@ -302,7 +302,7 @@ def _remainder_state(rest: bytes, doc: dict, held: dict[str, Tensor], source: st
     """The state the remainder's entries describe, the grouped codes put under their keys (as
     container.decode_payload reads a v2 payload: a reader of its own, so that no other serializer's
     bundle ships this one's case)."""
-    from pgolf.export.container import SCHEMA_V2, _entry_from_v2, _load_tensors
+    from pgolf.export.container import SCHEMA_V2, _entry_from_v2, _load_tensors, state_of_entries
 
     if doc["schema"] != SCHEMA_V2:
         raise PgolfError(f"{source}: per-group remainder is not a {SCHEMA_V2!r} payload")
@@ -311,11 +311,4 @@ def _remainder_state(rest: bytes, doc: dict, held: dict[str, Tensor], source: st
         raise PgolfError(f"{source}: per-group remainder stores a tensor under a grouped key")
     tensors.update((HELD + name, t) for name, t in held.items())
     entries = [_entry_from_v2(spec, tensors, used, source) for spec in doc["entries"]]
-    try:
-        q = QuantizedState(tuple(entries))
-    except ValueError as exc:
-        raise PgolfError(f"{source}: {exc}") from None
-    extra = sorted(set(tensors) - used)
-    if extra:
-        raise PgolfError(f"{source}: payload holds tensor {extra[0]!r} that the metadata does not list")
-    return q, doc["meta"]
+    return state_of_entries(entries, tensors, used, source), doc["meta"]
