@@ -337,3 +337,26 @@ def record_logits(mod, record: Record, model, ids: torch.Tensor, seq_len: int) -
     return capture.logits.reshape(*ids.shape, -1)
 
 
+
+
+def record_and_pgolf_via_checkpoint(mod, preset: str, cfg, seed: int, folder: Path):
+    """(the record's GPT with random non-trivial weights, pgolf's GPT reading them) as a user does it:
+    the record's state dict saved as its ``main()`` saves ``final_model.pt``, then read by pgolf's
+    ``load_weights`` and mapped onto pgolf's layout. Both in eval mode, fp32."""
+    import io
+
+    from pgolf.export.loading import load_weights
+    from pgolf.export.record_layout import in_pgolf_layout
+    from pgolf.model.gpt import build_model
+
+    with no_orthogonal_init():  # every weight is overwritten right after
+        theirs = RECORDS[preset].build(mod, cfg).float().eval()
+        ours = build_model(cfg.model).eval()
+    randomise_(theirs, seed=seed)
+    buf = io.BytesIO()
+    torch.save(theirs.state_dict(), buf)
+    path = Path(folder) / "final_model.pt"
+    path.write_bytes(buf.getvalue())
+    state, _ = load_weights(path)
+    ours.load_state_dict(in_pgolf_layout(state, ours.state_dict(), preset), strict=True)
+    return theirs, ours

@@ -12,22 +12,18 @@ packed row through both models: pgolf's logits must be R44's ``forward_logits`` 
 
 from __future__ import annotations
 
-import io
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from oracles import RECORDS, no_orthogonal_init, randomise_
+from oracles import RECORDS, record_and_pgolf_via_checkpoint
 
 from pgolf.config import ModelConfig
 from pgolf.data.loader import build_loader
 from pgolf.data.shards import write_shard
 from pgolf.errors import PgolfError
-from pgolf.export.loading import load_weights
-from pgolf.export.record_layout import in_pgolf_layout
 from pgolf.model.attn_backend import doc_ids_from_bos, padded_segments_from_bos, segments_from_bos
-from pgolf.model.gpt import build_model
 from pgolf.presets import build_config
 
 PRESET = "sp8192_lqer_sparsegate_bossmear"
@@ -156,16 +152,7 @@ def models(oracle, tmp_path_factory):
     mod = oracle(RECORDS[PRESET].script)
     cfg = build_config(PRESET, SHALLOW, environ={})
     mod.BOS_ID = BOS
-    with no_orthogonal_init():
-        theirs = RECORDS[PRESET].build(mod, cfg).float().eval()
-        ours = build_model(cfg.model).eval()
-    randomise_(theirs, seed=13)
-    buf = io.BytesIO()
-    torch.save(theirs.state_dict(), buf)
-    path = tmp_path_factory.mktemp("r44") / "final_model.pt"
-    path.write_bytes(buf.getvalue())
-    state, _ = load_weights(path)
-    ours.load_state_dict(in_pgolf_layout(state, ours.state_dict(), PRESET), strict=True)
+    theirs, ours = record_and_pgolf_via_checkpoint(mod, PRESET, cfg, 13, tmp_path_factory.mktemp("r44"))
     return mod, cfg, theirs, ours
 
 

@@ -10,20 +10,16 @@ calibration on a small R44 model (its weights loaded into pgolf's) equals R44's 
 
 from __future__ import annotations
 
-import io
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from oracles import RECORDS, no_orthogonal_init, randomise_
+from oracles import RECORDS, record_and_pgolf_via_checkpoint
 
 from pgolf.data.rank_loader import RankShuffledLoader
 from pgolf.data.shards import write_shard
 from pgolf.errors import PgolfError
-from pgolf.export.loading import load_weights
-from pgolf.export.record_layout import in_pgolf_layout
-from pgolf.model.gpt import build_model
 from pgolf.presets import build_config
 from pgolf.quant.calibration import calibration_hessians
 from pgolf.train.loop import collect_gptq_hessians
@@ -110,16 +106,7 @@ SHALLOW = ["NUM_LAYERS=3", "LOOP_START=1", "LOOP_END=1", "PARALLEL_START_LAYER=2
 @pytest.fixture(scope="module")
 def models(r44, tmp_path_factory):
     cfg = build_config(PRESET, SHALLOW, environ={})
-    with no_orthogonal_init():
-        theirs = RECORDS[PRESET].build(r44, cfg).float().eval()
-        ours = build_model(cfg.model).eval()
-    randomise_(theirs, seed=21)
-    buf = io.BytesIO()
-    torch.save(theirs.state_dict(), buf)
-    path = tmp_path_factory.mktemp("r44_calib") / "final_model.pt"
-    path.write_bytes(buf.getvalue())
-    state, _ = load_weights(path)
-    ours.load_state_dict(in_pgolf_layout(state, ours.state_dict(), PRESET), strict=True)
+    theirs, ours = record_and_pgolf_via_checkpoint(r44, PRESET, cfg, 21, tmp_path_factory.mktemp("r44_calib"))
     return cfg, theirs, ours
 
 
