@@ -124,3 +124,11 @@ def build_loader(kind: str, pattern: str, seq_len: int, seed: int, rank: int = 0
     if kind not in WINDOW_ORDERS:
         raise PgolfError(f"PGOLF_LOADER={kind!r}: expected sequential, coprime, shuffled or doc_packed")
     return WindowLoader(pattern, kind, seq_len, seed, rank, world_size, device, vocab_size)
+
+
+def inputs_and_targets(rows: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``n + 1`` tokens as inputs (their first ``n``) and targets (their last ``n``) on ``device``
+    (copied without waiting on a GPU)."""
+    non_blocking = device.type == "cuda"
+    x, y = rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    return x.to(device, non_blocking=non_blocking), y.to(device, non_blocking=non_blocking)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from pgolf.data.shards import check_token_range, read_shard, resolve_shards
+from pgolf.data.loader import inputs_and_targets
 from pgolf.errors import PgolfError
 
 
@@ -60,9 +61,7 @@ class DocPackedLoader:
         start = self.cursor + self.rank * span
         local = torch.from_numpy(np.asarray(self.tokens[start : start + span]).astype(np.int64))
         self.cursor += step_span
-        non_blocking = self.device.type == "cuda"
-        x, y = local[None, :-1], local[None, 1:]
-        return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+        return inputs_and_targets(local[None], self.device)
 
     def state_dict(self) -> dict:
         return {"file_idx": self.file_idx, "cursor": self.cursor}

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from pgolf.data.shards import check_token_range, read_header, read_shard, resolve_shards
+from pgolf.data.loader import inputs_and_targets
+from pgolf.data.window_loader import window_rows
 from pgolf.errors import PgolfError
 
 
@@ -75,10 +77,7 @@ class RankShuffledLoader:
             raise PgolfError(f"TRAIN_BATCH_TOKENS={global_tokens} gives no {seq_len}-token row per rank micro-step")
         remaining = np.array([len(s) for s in self.starts], dtype=np.float64)
         windows = [self._next_window(remaining) for _ in range(rows)]
-        batch = np.stack([np.asarray(self._tokens(s)[p : p + seq_len + 1]) for s, p in windows]).astype(np.int64)
+        batch = window_rows(self._tokens, windows, seq_len)
         if self.vocab_size is not None:
             check_token_range(batch, self.vocab_size, f"training shards ({self.files[0].parent})")
-        batch = torch.from_numpy(batch)
-        non_blocking = self.device.type == "cuda"
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+        return inputs_and_targets(torch.from_numpy(batch), self.device)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf.data.loader import micro_batch_tokens
+from pgolf.data.loader import inputs_and_targets, micro_batch_tokens
 from pgolf.data.shards import check_token_range, read_header, read_shard, resolve_shards
 from pgolf.errors import PgolfError
 
@@ -158,16 +158,19 @@ class WindowLoader:
         n = local_tokens // seq_len
         step_windows = n * self.world_size * grad_accum_steps  # one optimizer step, summed over ranks
         windows = self.stream.take(n * self.world_size, step_windows)[self.rank * n : (self.rank + 1) * n]
-        rows = np.stack([np.asarray(self._tokens(s)[p : p + seq_len + 1]) for s, p in windows]).astype(np.int64)
+        rows = window_rows(self._tokens, windows, seq_len)
         if self.vocab_size is not None:
             check_token_range(rows, self.vocab_size, f"training shards ({self.files[windows[0][0]].parent})")
-        batch = torch.from_numpy(rows)
-        non_blocking = self.device.type == "cuda"
-        x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-        return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+        return inputs_and_targets(torch.from_numpy(rows), self.device)
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         self.stream.load_state_dict(state)
+
+
+def window_rows(tokens_of, windows: list[tuple[int, int]], seq_len: int) -> np.ndarray:
+    """The int64 rows of ``seq_len + 1`` tokens at ``(shard, position)`` ``windows`` (``tokens_of(shard)``:
+    that shard's tokens)."""
+    return np.stack([np.asarray(tokens_of(s)[p : p + seq_len + 1]) for s, p in windows]).astype(np.int64)
