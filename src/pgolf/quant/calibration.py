@@ -55,6 +55,12 @@ def generate_calibration_tokens(
     return torch.cat(out)
 
 
+def shuffled_calibration(q: QuantConfig) -> bool:
+    """R44's calibration (PGOLF_GPTQ_CALIBRATION_LOADER=shuffled): its random windows through plain
+    causal attention, each rank's own Hessians; it applies to the ``train`` source only."""
+    return q.gptq_calibration_loader == "shuffled" and not q.gptq_ar_selfgen
+
+
 @contextmanager
 def plain_causal(model: nn.Module):
     """While inside, ``model`` (a pgolf GPT) cuts no document in attention, as R44's calibration forward."""
@@ -82,14 +88,14 @@ def calibration_hessians(
     was_training = model.training
     model.eval()
     with autocast_for(device):
-        if q.gptq_calibration_loader == "shuffled" and not q.gptq_ar_selfgen:  # a folded test: off, a bundle keeps the else
+        if shuffled_calibration(q):  # a folded test: off, a bundle keeps the else
             with plain_causal(model):
                 hessians = collect_hessians(model, batches)
         else:
             hessians = collect_hessians(model, batches)
     model.train(was_training)
     # shuffled: R44 quantizes on rank 0's own Hessians (never reduced; the other ranks' go unused, as there)
-    if q.gptq_calibration_loader != "shuffled" and dist.is_available() and dist.is_initialized():
+    if not shuffled_calibration(q) and dist.is_available() and dist.is_initialized():
         for name in sorted(hessians):  # same order on every rank
             dist.all_reduce(hessians[name])
     return {k: v.cpu() for k, v in hessians.items()}

@@ -325,7 +325,9 @@ def training_cap_ms(cfg: Config) -> float | None:
 
 def _calibration_loader(s: Session):
     """The training stream, or with PGOLF_GPTQ_CALIBRATION_LOADER=shuffled R44's fresh loader of random windows."""
-    if s.cfg.quant.gptq_calibration_loader == "shuffled" and not s.cfg.quant.gptq_ar_selfgen:
+    from pgolf.quant.calibration import shuffled_calibration  # with USE_GPTQ only: counted code
+
+    if shuffled_calibration(s.cfg.quant):
         from pgolf.data.rank_loader import RankShuffledLoader
 
         return RankShuffledLoader(s.cfg.data.train_glob(), s.cfg.train.train_seq_len, s.rt.rank, s.rt.world_size, s.rt.device,
