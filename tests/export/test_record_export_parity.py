@@ -159,13 +159,6 @@ def random_hessians(state: dict[str, torch.Tensor], seed: int) -> dict[str, torc
     return out
 
 
-def _serializer(cfg) -> str:
-    # R44's per-group layout is compared as its record writes it. PR #160's QGv3 (pgolf's qgv3) is
-    # 406 bytes over the record's file inside pgolf's container (the preset's docstring says why), so
-    # the bytes compared for PR #160 are pgolf's own layout's, 7.5% under it.
-    return "pergroup" if cfg.quant.serializer == "pergroup" else "pgolf"
-
-
 GPTQ_PRESETS = ("sp8192_recur_parres_ttt", "sp8192_lqer_sparsegate_bossmear")  # both sides walk every column
 
 
@@ -190,7 +183,7 @@ def exported(request, oracle):
     deq_record, blob = EXPORTS[preset](mod, cfg, sd, hessians)
     q = quantize_for_export(ours, cfg.quant, hessians)
     artifact = encode_artifact(q, {"preset": preset}, cfg.quant.compressor, shuffle=cfg.quant.byte_shuffle,
-                               stream_shuffle=cfg.quant.stream_shuffle, serializer=_serializer(cfg))
+                               stream_shuffle=cfg.quant.stream_shuffle, serializer=cfg.quant.serializer)
     return preset, ours, layout.to_pgolf(dict(deq_record)), len(blob), dequantize(q), len(artifact)
 
 

@@ -1,6 +1,7 @@
 """Compressors for the artifact container, each with a capped, fully checked decompressor.
 
-ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (xz, preset 9 extreme), 3 zstd level 22,
+ids (stored in the header byte 9): 1 zlib level 9, 2 lzma (LZMA1, .lzma format, the smaller of presets 9
+and 9 extreme; xz streams, what older pgolf wrote, read too), 3 zstd level 22,
 4 brotli quality 11, 5 lrzip (``lrzip -L 9``, only when the ``lrzip`` binary is installed), 6
 lrzip-zpaq (``lrzip -z -L 9``, lrzip's ZPAQ back end: R44's per-group compressor, a few hundred KB/s),
 7 stored (no compression: a payload that compressed its own parts, pgolf.export.pergroup).
@@ -31,7 +32,8 @@ from pgolf.errors import PgolfError, one_line
 ZLIB_LEVEL = 9
 ZSTD_LEVEL = 22
 BROTLI_QUALITY = 11
-LZMA_PRESET = 9 | lzma.PRESET_EXTREME
+LZMA_PRESETS = (9, 9 | lzma.PRESET_EXTREME)
+LZMA_MEMLIMIT = 1 << 28  # decoder memory: preset 9 needs 65 MiB; a forged dictionary size is refused
 AUTO = "auto"
 
 
@@ -53,12 +55,15 @@ def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
 
 
 def _lzma_compress(data: bytes) -> bytes:
-    # No xz check: the container's CRC32 already covers the payload.
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=LZMA_PRESET)
+    # LZMA1 in the .lzma format: none of xz's block, index and LZMA2 chunk headers (some 200 bytes a
+    # megabyte) and no check (the container's CRC32 covers the payload). Its header names the
+    # properties, so either preset decodes alike and the smaller is kept: on quantized codes the
+    # extreme one is sometimes the larger.
+    return min((lzma.compress(data, format=lzma.FORMAT_ALONE, preset=p) for p in LZMA_PRESETS), key=len)
 
 
 def lzma_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
-    d = lzma.LZMADecompressor(format=lzma.FORMAT_XZ)
+    d = lzma.LZMADecompressor(format=lzma.FORMAT_AUTO, memlimit=LZMA_MEMLIMIT)  # .lzma or xz
     try:
         out = d.decompress(data, max_bytes + 1)
     except lzma.LZMAError as exc:

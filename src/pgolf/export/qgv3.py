@@ -13,8 +13,10 @@ bits (two's complement), least significant bit first; int8 codes are stored as t
 one kind sit together, so the compressor sees long runs of alike bytes (PR #160 compresses with lzma).
 
 pgolf writes this payload under ``PGOLF_SERIALIZER=qgv3`` inside its container (header, CRC) and
-keeps its own metadata and tensor order under the meta key ``"pgolf"``, which PR #160's loader
-ignores: the payload decodes with PR #160's own ``deserialize_quant_obj_grouped``. A safetensors
+keeps its own metadata under the meta key ``"pgolf"``, which PR #160's loader ignores: the payload
+decodes with PR #160's own ``deserialize_quant_obj_grouped``. Like PR #160's, it keeps no tensor
+order (a state dict loads by name; the order cost 140 compressed bytes on a one-block model): it
+reads back in sorted name order, or in the ``"order"`` that older pgolf wrote there. A safetensors
 payload cannot start with ``QGv3`` (its header length would be over 1.9 GB), so readers tell the two apart.
 """
 
@@ -111,7 +113,7 @@ def encode_qgv3(q: QuantizedState, extra_meta: dict[str, Any]) -> bytes:
         tensors["quantized"][e.name], tensors["scales"][e.name] = codes, scale
         dtypes[e.name] = dtype_name(e.restore_dtype)
     meta: dict[str, Any] = {"format": FORMAT, "dtypes": dtypes, "qmeta": qmeta, "passthrough_orig_dtypes": orig,
-                            "pgolf": {"order": q.names(), "meta": extra_meta}}
+                            "pgolf": {"meta": extra_meta}}
     bufs = {g: bytearray() for g in GROUPS}
     for g in GROUPS:
         meta[g] = {}
@@ -164,7 +166,7 @@ def _entry(name: str, groups: dict, meta: dict, source: str) -> QuantEntry:
 
 
 def decode_qgv3(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:
-    """Inverse of :func:`encode_qgv3` (for payloads pgolf wrote: they carry its order and meta)."""
+    """Inverse of :func:`encode_qgv3` (for payloads pgolf wrote: they carry its meta)."""
     if len(payload) < _HEADER.size:
         raise PgolfError(f"{source}: QGv3 payload too short")
     magic, meta_len, *lengths = _HEADER.unpack_from(payload)
@@ -182,10 +184,11 @@ def decode_qgv3(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, 
     keys = ("quantized", "scales", "passthrough", "dtypes", "qmeta", "passthrough_orig_dtypes")
     own = meta.get("pgolf") if isinstance(meta, dict) else None
     if not all(isinstance(meta.get(k), dict) for k in keys) or not isinstance(own, dict) \
-            or not isinstance(own.get("order"), list) or not isinstance(own.get("meta"), dict):
-        raise PgolfError(f"{source}: QGv3 metadata lacks its tensor records or pgolf's order and meta")
-    names = own["order"]
-    if sorted(names) != sorted(set(meta["quantized"]) | set(meta["passthrough"])):
+            or not isinstance(own.get("order", []), list) or not isinstance(own.get("meta"), dict):
+        raise PgolfError(f"{source}: QGv3 metadata lacks its tensor records or pgolf's meta")
+    stored = sorted(set(meta["quantized"]) | set(meta["passthrough"]))
+    names = own.get("order", stored)
+    if sorted(names) != stored:
         raise PgolfError(f"{source}: QGv3 tensor list and stored tensors disagree")
     try:
         q = QuantizedState(tuple(_entry(n, groups, meta, source) for n in names))
