@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lzma
 from functools import lru_cache
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from pgolf.errors import PgolfError
 from pgolf.export.bitpack import pack_codes, unpack_codes
 from pgolf.export.codecs import available_codecs
-from pgolf.export.container import decode_artifact, encode_artifact, encode_payload, pack_container
+from pgolf.export.container import HEADER_BYTES, decode_artifact, encode_artifact, encode_payload, pack_container
 from pgolf.quant.int8 import dequantize
 from pgolf.quant.policy import quantize_state_dict_policy
 
@@ -43,7 +44,7 @@ def test_no_bit_flip_loads_different_weights(codec, data):
     """A flipped bit is refused, or decodes to exactly the original payload (the payload CRC makes sure).
 
     The second case is real: compressed streams carry bits their decoders ignore. Of every single-bit
-    flip of this blob, 4/8168 (zlib), 14/8128 (zstd), 7/7488 (brotli), 0 (lzma) and about 3% (lrzip)
+    flip of this blob, 4/8168 (zlib), 14/8128 (zstd), 7/7488 (brotli), 3/7840 (lzma) and about 3% (lrzip)
     decode to the very same payload; none decodes to anything else.
     """
     b = bytearray(blob(codec))
@@ -111,6 +112,32 @@ def test_expected_codec_must_match_the_header():
     assert decode_artifact(blob, "art", expect_codec="lzma", v1_only=True)[1] == {"k": 1}
     with pytest.raises(PgolfError, match="^art: compressor id 2, expected 1 \\(zlib\\)$"):
         decode_artifact(blob, "art", expect_codec="zlib")
+
+
+def _pair_state(seed: int, policy: str):
+    g = torch.Generator().manual_seed(seed)
+    w = {"blocks.0.mlp.fc.weight": torch.randn(256, 128, generator=g),
+         "blocks.0.attn.c_q.weight": torch.randn(256, 128, generator=g).cumsum(1)}
+    return quantize_state_dict_policy(w, policy)
+
+
+def test_lzma_keeps_the_smaller_of_its_presets_and_reads_older_xz_artifacts():
+    # Compared with the standard library's own encodings: the body is the smaller .lzma stream of
+    # presets 9 and 9 extreme (the first state favours preset 9, the second the extreme one), and the
+    # standard decoder reads it with no pgolf-side hint.
+    winners = set()
+    for q in (_pair_state(0, "int6,small=0"), _pair_state(1, "int5g16,small=0")):
+        payload, blob = encode_payload(q, {"k": 1}), encode_artifact(q, {"k": 1}, "lzma")
+        body = blob[HEADER_BYTES:]
+        tries = [lzma.compress(payload, format=lzma.FORMAT_ALONE, preset=p) for p in (9, 9 | lzma.PRESET_EXTREME)]
+        assert body == min(tries, key=len) and lzma.decompress(body) == payload
+        winners.add(tries.index(body))
+    assert winners == {0, 1}
+    older = lzma.compress(payload, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=9 | lzma.PRESET_EXTREME)
+    assert decode_artifact(blob[:HEADER_BYTES] + older, "old", expect_codec="lzma")[1] == {"k": 1}
+    forged = body[:1] + (2**32 - 1).to_bytes(4, "little") + body[5:]  # a 4 GiB dictionary
+    with pytest.raises(PgolfError, match="^art: corrupt lzma data \\(Memory usage limit"):
+        decode_artifact(blob[:HEADER_BYTES] + forged, "art")
 
 
 def test_the_int8_policy_is_the_reference_quantizer_exactly():

@@ -5,13 +5,14 @@ damaged QGv3 payloads are one-line errors."""
 
 from __future__ import annotations
 
+import json
 import lzma
 
 import pytest
 import torch
 
 from pgolf.errors import PgolfError
-from pgolf.export.container import HEADER_BYTES, decode_artifact, encode_artifact, encode_payload, unpack_container
+from pgolf.export.container import HEADER_BYTES, decode_artifact, decode_payload, encode_artifact, encode_payload, unpack_container
 from pgolf.export.qgv3 import pack_int6, unpack_int6
 from pgolf.presets import build_config
 from pgolf.quant.int8 import dequantize
@@ -58,7 +59,7 @@ def test_pr160s_loader_reads_pgolfs_qgv3_payload_as_pgolf_dequantises_it(pr160):
     for name, t in mine.items():
         assert theirs[name].dtype == t.dtype and torch.equal(theirs[name], t), name
     loaded, meta = decode_artifact(blob, "t.ptz")
-    assert meta == {"run": 1} and loaded.names() == q.names()
+    assert meta == {"run": 1} and loaded.names() == sorted(q.names())  # like PR #160's, no order is kept
     for name, t in dequantize(loaded).items():
         assert torch.equal(t, mine[name]), name
 
@@ -76,6 +77,28 @@ def test_pgolfs_qgv3_payload_is_pr160s_serialisation_of_pr160s_quantization(pr16
     meta_theirs, meta_mine = int.from_bytes(theirs[4:8], "little"), int.from_bytes(mine[4:8], "little")
     assert theirs[8:head] == mine[8:head]  # the three group lengths
     assert theirs[head + meta_theirs:] == mine[head + meta_mine:]
+
+
+def _with_meta(payload: bytes, edit) -> bytes:
+    """``payload`` with its meta JSON passed through ``edit`` (the header's lengths kept right)."""
+    n = int.from_bytes(payload[4:8], "little")
+    meta = json.loads(payload[20 : 20 + n])
+    edit(meta)
+    text = json.dumps(meta, sort_keys=True, separators=(",", ":")).encode()
+    return payload[:4] + len(text).to_bytes(4, "little") + payload[8:20] + text + payload[20 + n :]
+
+
+def test_older_pgolf_payloads_read_back_in_their_stored_order():
+    q = quantize_state_dict_policy(_state(), POLICY)
+    order = list(reversed(q.names()))
+    old = _with_meta(encode_payload(q, {"run": 2}, serializer="qgv3"), lambda m: m["pgolf"].update(order=order))
+    loaded, meta = decode_payload(old, "old.ptz")
+    assert meta == {"run": 2} and loaded.names() == order
+    mine = dequantize(q)
+    assert all(torch.equal(t, mine[name]) for name, t in dequantize(loaded).items())
+    bad = _with_meta(old, lambda m: m["pgolf"].update(order=order[1:]))
+    with pytest.raises(PgolfError, match="tensor list and stored tensors disagree"):
+        decode_payload(bad, "bad.ptz")
 
 
 def test_what_qgv3_cannot_hold_is_a_clear_error():
