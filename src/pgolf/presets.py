@@ -126,12 +126,18 @@ def mlp3x_int8emb_seq2048() -> Config:
     bit as its ``quantize_state_dict_lowbit`` with TOK_EMBED_BITS=8, FP16_EMBED=0 and no fp16
     late-K layers (tests/export/test_record_export_parity.py). Score: sliding windows of 2048, stride 256.
 
-    Bytes, measured on the same random codes (2 layers): QGv3's three byte groups are PR #160's byte
-    for byte, but the artifact is 406 bytes (0.04%) over its file, 1,153,658 against 1,153,252:
-    pgolf's 22-byte container header, its tensor order and meta in the QGv3 JSON (52 raw bytes), and
-    lzma's extreme preset (152 bytes worse than preset 9 on this stream). pgolf's own layout under the
-    same lzma is 1,066,406 bytes, 7.5% under the record's, and ``PGOLF_COMPRESSOR=auto`` 999,974: set
-    ``PGOLF_SERIALIZER=pgolf`` for the smaller artifact; qgv3 stays the default as the record's layout.
+    Bytes, measured on the same random codes (one block, tests/export/test_record_export_parity.py):
+    QGv3's three byte groups are PR #160's byte for byte, and the artifact is 106 bytes under its
+    file, 1,153,146 against 1,153,252. It was 406 over (1,153,658): pgolf's 22-byte container header,
+    its tensor order and meta in the QGv3 JSON (342 raw bytes, 240 compressed, 148 of them the order,
+    now dropped) and xz's extreme preset (152 bytes worse than preset 9 here), less the 8-byte CRC64
+    in PR #160's xz. pgolf's lzma now writes LZMA1 (no xz or LZMA2 framing) at the smaller of presets
+    9 and 9e: 1,153,033 bytes on PR #160's own payload. The margin is of the order of LZMA's
+    sensitivity to the bytes ahead of the codes (0 to 8 spaces added to PR #160's own JSON grow its
+    file by up to 335 bytes; pgolf's artifact with an empty meta is 14 over), and a training run's
+    artifact also holds its whole config: 1,370 bytes more here (1,154,516). pgolf's own layout under
+    the same lzma is 1,066,150 bytes, 7.5% under the record's, and ``PGOLF_COMPRESSOR=auto`` 999,974:
+    set ``PGOLF_SERIALIZER=pgolf`` for the smaller artifact; qgv3 stays the default as the record's layout.
 
     QAT was on in its script (from 50% of training), but the timed run stopped at step 7,534, before
     step 10,000 where QAT would have started, so QAT stays off here.
@@ -233,8 +239,8 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     (tests/export/test_record_export_parity.py). Score: legal score-first TTT (SGD lr
     0.002, momentum 0.9, 3 epochs per 32,768-token chunk, no frozen blocks) on stride-64 windows.
 
-    Differences from the record: R22 compresses with lzma preset 6,
-    pgolf with preset 9 (extreme). R22 sets LATE_QAT_THRESHOLD=0.15, but its QAT switch reaches only
+    Differences from the record: R22 compresses with xz preset 6,
+    pgolf with LZMA1 at the smaller of presets 9 and 9 extreme. R22 sets LATE_QAT_THRESHOLD=0.15, but its QAT switch reaches only
     the linear layers outside the parameter banks (the BigramHash/VE projections), so its block
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
     QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;

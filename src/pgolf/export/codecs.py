@@ -55,10 +55,10 @@ def zlib_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
 
 
 def _lzma_compress(data: bytes) -> bytes:
-    # LZMA1 in the .lzma format: none of xz's block, index and LZMA2 chunk headers (some 200 bytes a
-    # megabyte) and no check (the container's CRC32 covers the payload). Its header names the
-    # properties, so either preset decodes alike and the smaller is kept: on quantized codes the
-    # extreme one is sometimes the larger.
+    # LZMA1 in the .lzma format: none of xz's block, index and LZMA2 chunk headers (about 180 bytes a
+    # megabyte on quantized codes) and no check (the container's CRC32 covers the payload). Its header
+    # names the properties, so either preset decodes alike and the smaller is kept: on quantized codes
+    # the extreme one is often the larger.
     return min((lzma.compress(data, format=lzma.FORMAT_ALONE, preset=p) for p in LZMA_PRESETS), key=len)
 
 
