@@ -60,10 +60,12 @@ TTT = (f"TTT_CHUNK_SIZE={CHUNK}", f"TTT_EVAL_SEQ_LEN={CONTEXT}", "TTT_BATCH_SIZE
 # With the pause after the first two (R44's first batch: the two longest, sorted by length): the
 # second starts at 38, inside the global SGD's second row and 6 past its EVAL_SEQ_LEN grid (R44
 # cuts at 38 + 16, not 48); 88 targets before the pause, so the last chunk (64-88) holds a whole
-# sequence that R44 skips.
+# sequence that R44 skips (at the cosine's zero LR, where skipping changes nothing); in chunks of 128
+# those 88 are one chunk, the last, at the full LR, which R44 never trains on either.
 LORA_DOCS = (128, 50, 64, 33, 20)
 PAUSE_DOCS = (38, 50, 33, 20, 36, 30)
-CASES = {"lora": (LORA_DOCS, 0), "pause": (PAUSE_DOCS, 2)}
+CASES = {"lora": (LORA_DOCS, 0, ()), "pause": (PAUSE_DOCS, 2, ()),
+         "one-chunk-pause": (PAUSE_DOCS, 2, ("GLOBAL_TTT_CHUNK_TOKENS=128",))}
 # R44's names for pgolf's targets
 R44_LISTS = {"q": "q_loras", "k": "k_loras", "v": "v_loras", "o": "o_loras", "mlp": "mlp_loras"}
 PGOLF_MODULE = {"q": "blocks.{}.attn.c_q", "k": "blocks.{}.attn.c_k", "v": "blocks.{}.attn.c_v", "o": "blocks.{}.attn",
@@ -214,7 +216,8 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
     """Per-virtual-layer LoRA on Q, K, V, O, MLP and the logits, R44's init and alpha/rank scale,
     AdamW (beta1 0, beta2 0.99, eps 1e-10, weight decay 0.5), chunks scored then stepped on, two
     documents side by side; in case ``pause``, R44's packed global SGD (momentum, clip, cosine LR
-    over chunks of 32, two epochs each, rows of two sequences of 16) after the first two documents.
+    over chunks of 32, two epochs each, rows of two sequences of 16) after the first two documents;
+    in case ``one-chunk-pause``, the same pause with one chunk, the last, which R44 never trains on.
 
     Both models run in float64 (R44's adapters too; pgolf's stay fp32, as always): AdamW with beta1
     0 moves every adapter weight by about the learning rate whatever its gradient's size, so the
@@ -222,9 +225,9 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
     test saw 1.3e-4 in fp32 after four Adam steps). Measured here: at most 1.9e-6 in float64, with
     or without the pause; in fp32, 1.4e-6 without and 7.6e-6 with it."""
     dtype = torch.float64
-    doc_targets, prefix_docs = CASES[case]
+    doc_targets, prefix_docs, extra = CASES[case]
     cfg, mod, theirs, ours = record_and_pgolf(oracle, PRESET, 13, *SMALL, *TTT, f"PHASED_TTT_PREFIX_DOCS={prefix_docs}",
-                                              "PHASED_TTT_NUM_PHASES=1", dtype=dtype)
+                                              "PHASED_TTT_NUM_PHASES=1", *extra, dtype=dtype)
     for block in theirs.blocks:
         block.mlp.use_fused = False  # its training MLP is a Triton kernel (GPU only) of the same function
     s = cfg.eval
@@ -239,7 +242,7 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
     unadapted = run_ttt("phased", ours, tokens, sp1024_table, dataclasses.replace(s, ttt_lora_lr=0.0, global_ttt_lr=0.0),
                         GLOBAL_SEQ, cfg.model.bos_id).token_losses
     assert np.abs(expected - unadapted).max() > 0.05  # its adaptation moves losses far past the tolerance
-    if prefix_docs:  # and so does its global SGD alone, on the documents after the pause
+    if case == "pause":  # and so does its global SGD alone, on the documents after the pause
         after = slice(sum(doc_targets[:prefix_docs]), None)
         lora_only = run_ttt("phased", ours, tokens, sp1024_table, dataclasses.replace(s, global_ttt_lr=0.0), GLOBAL_SEQ,
                             cfg.model.bos_id).token_losses
