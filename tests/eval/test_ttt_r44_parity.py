@@ -250,3 +250,99 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
     delta = np.abs(got - expected).max()
     print(f"R44 phased ({case}): max |delta loss| {delta:.3g} over {scored.sum()} targets")
     assert delta < TOLERANCE
+
+
+# R44's global SGD alone, over a whole stream: chunks of 64 (three trained on, two epochs each, the
+# last never), rows of up to four sequences of 16, three document boundaries inside rows
+GLOBAL_ONLY = ("GLOBAL_TTT_CHUNK_TOKENS=64", "GLOBAL_TTT_BATCH_SEQS=4")
+
+
+def packed_global_sgd_pair(import_oracle, tokens: np.ndarray, table, rank: int, world: int):
+    """Per-token losses on ``tokens`` of pgolf's model: after pgolf's packed global SGD over all of
+    them, on R44's weights after R44's own ``train_val_ttt_global_sgd_distributed``, and before."""
+    import copy
+
+    from pgolf.eval.ledger import ScoreLedger
+    from pgolf.eval.ttt.phased import global_sgd
+    from pgolf.export.record_layout import in_pgolf_layout
+
+    cfg, mod, theirs, ours = record_and_pgolf(import_oracle, PRESET, 13, *SMALL, *TTT, *GLOBAL_ONLY, dtype=torch.float64)
+    for block in theirs.blocks:
+        block.mlp.use_fused = False  # its training MLP is a Triton kernel (GPU only) of the same function
+    s, n = cfg.eval, tokens.shape[0] - 1
+    assert s.global_ttt_packed
+    stream = torch.from_numpy(tokens.astype(np.int64))
+    h = record_hyperparameters(mod, s, s.ttt_lora_rank)
+    h.rank, h.world_size = rank, world
+
+    def losses(model):
+        with torch.no_grad():
+            return model(stream[None, :-1], stream[None, 1:], reduction="none")[0].numpy()
+
+    before, on_theirs = losses(ours), copy.deepcopy(ours)
+    with exact_clipping(), mock.patch.object(mod, "log", lambda *_a, **_k: None), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CUDA autocast, off on CPU
+        mod.train_val_ttt_global_sgd_distributed(h, torch.device("cpu"), None, theirs, stream)
+        ledger = ScoreLedger(tokens, table)
+        ledger.record(np.arange(n), torch.zeros(n))
+        global_sgd(ours, ledger, n, s, GLOBAL_SEQ, torch.device("cpu"))
+    state = {k: v.detach().clone() for k, v in theirs.state_dict().items()}
+    on_theirs.load_state_dict(in_pgolf_layout(state, on_theirs.state_dict(), PRESET), strict=True)
+    return losses(ours), losses(on_theirs), before
+
+
+def _global_sgd_on_a_rank(rank, world, init_file, tokens, table, out_file):
+    import torch.distributed as dist
+    from oracles import import_oracle
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        torch.save([torch.from_numpy(a) for a in packed_global_sgd_pair(import_oracle, tokens, table, rank, world)],
+                   f"{out_file}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def on_two_gloo_ranks(tokens, table, tmp_path):
+    """:func:`packed_global_sgd_pair` on two gloo ranks (rank 0's; the replicas checked equal)."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank"
+    # forked: the ranks start with torch and the record's script imported (spawned, each would import
+    # them again, ~5 s a rank on 2 cores)
+    mp.start_processes(_global_sgd_on_a_rank, args=(2, str(tmp_path / "init"), tokens, table, str(out)),
+                       nprocs=2, join=True, start_method="fork")
+    ranks = [[t.numpy() for t in torch.load(f"{out}.{r}", weights_only=True)] for r in range(2)]
+    for ours, theirs in zip(*ranks):
+        np.testing.assert_array_equal(ours, theirs)  # the replicas stay equal, R44's and pgolf's
+    return ranks[0]
+
+
+def test_packed_global_sgd_is_r44s(oracle, val_prefix_shard, sp1024_table, tmp_path):
+    """R44's global SGD (``PGOLF_GLOBAL_TTT_PACKED``) on one process, and on two gloo ranks as R44
+    under torchrun: each rank packs its half of a chunk's sequences, the gradients averaged (so not
+    the steps of one process)."""
+    tokens = planted_stream(val_prefix_shard, PAUSE_DOCS)
+    got, expected, before = packed_global_sgd_pair(oracle, tokens, sp1024_table, 0, 1)
+    got2, expected2, before2 = on_two_gloo_ranks(tokens, sp1024_table, tmp_path)
+    np.testing.assert_array_equal(before, before2)
+    assert np.abs(expected - before).max() > 0.05  # its steps move losses far past the tolerance
+    assert np.abs(expected2 - expected).max() > 0.01  # and on two ranks other steps than on one
+    deltas = np.abs(got - expected).max(), np.abs(got2 - expected2).max()
+    print(f"R44 global SGD: max |delta loss| {deltas[0]:.3g} on one process, {deltas[1]:.3g} on two ranks")
+    assert max(deltas) < TOLERANCE
+
+
+def test_packed_global_sgd_refuses_ranks_with_unequal_rows(sp1024_table):
+    """Three sequences a chunk on two ranks, one a row: one rank would step once, the other twice."""
+    from pgolf.errors import PgolfError
+    from pgolf.eval.ttt.phased import check_packed_ranks
+    from pgolf.presets import build_config
+
+    s = build_config(PRESET, ["GLOBAL_TTT_CHUNK_TOKENS=48", "GLOBAL_TTT_BATCH_SEQS=1"], environ={}).eval
+    check_packed_ranks(s, 16, 1)
+    check_packed_ranks(dataclasses.replace(s, global_ttt_batch_seqs=2), 16, 2)  # one row each
+    with pytest.raises(PgolfError, match="give the ranks 1 to 2 rows"):
+        check_packed_ranks(s, 16, 2)
