@@ -253,8 +253,9 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
 
 
 # R44's global SGD alone, over a whole stream: chunks of 64 (three trained on, two epochs each, the
-# last never), rows of up to four sequences of 16, three document boundaries inside rows
-GLOBAL_ONLY = ("GLOBAL_TTT_CHUNK_TOKENS=64", "GLOBAL_TTT_BATCH_SEQS=4")
+# last never), rows of up to four sequences of 16, three document boundaries inside rows; no clip
+# (the phased test clips), which would hide how the ranks' gradients are combined
+GLOBAL_ONLY = ("GLOBAL_TTT_CHUNK_TOKENS=64", "GLOBAL_TTT_BATCH_SEQS=4", "GLOBAL_TTT_GRAD_CLIP=0", "GLOBAL_TTT_LR=0.01")
 
 
 def packed_global_sgd_pair(import_oracle, tokens: np.ndarray, table, rank: int, world: int):
