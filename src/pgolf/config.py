@@ -481,6 +481,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.loader == "doc_packed" and not (m.doc_isolated_attention and m.max_doc_len):
         raise PgolfError("PGOLF_LOADER=doc_packed packs documents into one row per rank: it needs DOC_ISOLATED_ATTENTION=1 "
                          "and PGOLF_MAX_DOC_LEN>0 (R44: TRAIN_SEQ_LEN)")
+    if cfg.eval.global_ttt_packed and not m.doc_isolated_attention:
+        raise PgolfError("PGOLF_GLOBAL_TTT_PACKED packs sequences into one row cut at every BOS: it needs "
+                         "DOC_ISOLATED_ATTENTION=1 (R44's)")
     if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "k", "v", "o", "mlp", "head", "logits"}:
         raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, k, v, o, mlp, "
                          "head, logits")

@@ -444,10 +444,13 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     whose attention is cut at every BOS and every EVAL_SEQ_LEN tokens from a document's start (the
     row start counting as one), the SmearGate reading the token before any cut but a BOS, the
     epochs inside each chunk; under torchrun each rank packs its contiguous share of a chunk's
-    sequences and the gradients are averaged (R44's record: 8 ranks, 2 sequences each). Tested
-    with GLOBAL_TTT_BATCH_SEQS 2 and 4, two epochs, and a document boundary inside a row, off the
-    EVAL_SEQ_LEN grid, on one process. Unmeasured: on SDPA a row of 32 x 2048 tokens builds a
-    65,536^2 mask (FA3's varlen path is the one for it, as for the training rows).
+    sequences and the gradients are averaged (R44's record: 8 ranks, a row of 2 sequences each),
+    so the steps depend on the number of ranks, as R44's do. Against R44's own global SGD (in its
+    ``eval_val_ttt_phased`` and alone, in float64): GLOBAL_TTT_BATCH_SEQS 2 and 4, two epochs,
+    document boundaries inside rows off the EVAL_SEQ_LEN grid, a pause of one chunk, one process
+    and two gloo ranks. Unmeasured: on one process a chunk's 16 sequences make one row of 32,768
+    tokens, whose SDPA mask is 32,768^2 (FA3's varlen path is the one for it, as for the training
+    rows); on 8 ranks 4,096.
 
     The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``, off here until a
     GPU has measured them. Two things it does only under torchrun: it clips each

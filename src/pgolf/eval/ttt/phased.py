@@ -69,7 +69,8 @@ def batches_within_phases(n_docs: int, batch_size: int, ends: list[int]) -> list
 
 
 def global_sgd(model: nn.Module, ledger: ScoreLedger, scored_to: int, s: EvalConfig, seq_len: int, device) -> None:
-    """Full-parameter SGD on targets ``[0, scored_to)`` (every one of them already scored)."""
+    """Full-parameter SGD on targets ``[0, scored_to)`` (every one of them already scored; packed,
+    R44's share of them: whole sequences, the last chunk left out)."""
     for p in model.parameters():
         p.requires_grad_(True)
     optimizer = torch.optim.SGD(model.parameters(), lr=s.global_ttt_lr, momentum=s.global_ttt_momentum)
@@ -109,7 +110,8 @@ def check_packed_ranks(s: EvalConfig, seq_len: int, world: int) -> None:
 @contextmanager
 def cut_every(model: nn.Module, seq_len: int):
     """The model's attention cut at every BOS and every ``seq_len`` tokens from a document's start
-    (R44's global SGD rows: its EVAL_SEQ_LEN, not the PGOLF_MAX_DOC_LEN it trained with)."""
+    (R44's global SGD rows: its EVAL_SEQ_LEN, not the PGOLF_MAX_DOC_LEN it trained with). Config
+    validation asks for DOC_ISOLATED_ATTENTION=1 with the packed SGD: a bundle folds that switch."""
     saved = model.cfg
     model.cfg = dataclasses.replace(saved, doc_isolated_attention=True, max_doc_len=seq_len)
     try:
