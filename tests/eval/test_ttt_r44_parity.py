@@ -222,8 +222,9 @@ def test_phased_ttt_gives_r44s_per_token_losses(oracle, val_prefix_shard, sp1024
     Both models run in float64 (R44's adapters too; pgolf's stay fp32, as always): AdamW with beta1
     0 moves every adapter weight by about the learning rate whatever its gradient's size, so the
     last bits of tiny gradients, summed in another order, can move losses by that (the PR #1090
-    test saw 1.3e-4 in fp32 after four Adam steps). Measured here: at most 1.9e-6 in float64, with
-    or without the pause; in fp32, 1.4e-6 without and 7.6e-6 with it."""
+    test saw 1.3e-4 in fp32 after four Adam steps). Measured here in float64: at most 1.9e-6 without
+    the pause, 9.5e-7 with it; in fp32 (before the SGD was packed, a one-document pause), 1.4e-6
+    without and 7.6e-6 with it."""
     dtype = torch.float64
     doc_targets, prefix_docs, extra = CASES[case]
     cfg, mod, theirs, ours = record_and_pgolf(oracle, PRESET, 13, *SMALL, *TTT, f"PHASED_TTT_PREFIX_DOCS={prefix_docs}",
