@@ -118,6 +118,12 @@ def test_a_cross_check_only_runs_with_its_switch_on():
         build_config("baseline", ["GATE_WINDOW=0", "SMEAR_GATE_ENABLED=1"], environ={})
 
 
+def test_packed_global_sgd_needs_document_isolated_attention():
+    build_config("baseline", ["DOC_ISOLATED_ATTENTION=1", "PGOLF_GLOBAL_TTT_PACKED=1"], environ={})
+    with pytest.raises(PgolfError, match="PGOLF_GLOBAL_TTT_PACKED .* needs DOC_ISOLATED_ATTENTION=1"):
+        build_config("baseline", ["PGOLF_GLOBAL_TTT_PACKED=1"], environ={})
+
+
 def test_schema_choices_equal_the_implementations_own():
     from pgolf.model.attn_backend import BACKENDS
     from pgolf.model.mlp import ACTIVATIONS

@@ -238,6 +238,11 @@ class EvalConfig:
     global_ttt_chunk_tokens: int = _f(32_768, "GLOBAL_TTT_CHUNK_TOKENS", "phased TTT: tokens per global SGD chunk (cosine LR over chunks)", POS)
     global_ttt_batch_seqs: int = _f(32, "GLOBAL_TTT_BATCH_SEQS", "phased TTT: sequences per global SGD batch", POS)
     global_ttt_grad_clip: float = _f(1.0, "GLOBAL_TTT_GRAD_CLIP", "phased TTT: grad-norm clip; 0 disables", NONNEG)
+    global_ttt_packed: bool = _f(False, "PGOLF_GLOBAL_TTT_PACKED", "phased TTT: R44's global SGD: per chunk (the last "
+                                 "one never), its whole sequences, GLOBAL_TTT_BATCH_SEQS of them packed into one row cut at "
+                                 "every BOS and every EVAL_SEQ_LEN from a document's start (the SmearGate reads across other "
+                                 "cuts), the epochs inside each chunk; under torchrun each rank its contiguous share of a "
+                                 "chunk's sequences, gradients averaged (R44's)")
 
 
 @dataclass
@@ -476,6 +481,9 @@ def validate(cfg: Config) -> None:
     if cfg.train.loader == "doc_packed" and not (m.doc_isolated_attention and m.max_doc_len):
         raise PgolfError("PGOLF_LOADER=doc_packed packs documents into one row per rank: it needs DOC_ISOLATED_ATTENTION=1 "
                          "and PGOLF_MAX_DOC_LEN>0 (R44: TRAIN_SEQ_LEN)")
+    if cfg.eval.global_ttt_packed and not m.doc_isolated_attention:
+        raise PgolfError("PGOLF_GLOBAL_TTT_PACKED packs sequences into one row cut at every BOS: it needs "
+                         "DOC_ISOLATED_ATTENTION=1 (R44's)")
     if cfg.eval.ttt and not set(cfg.eval.ttt_lora_targets.split(",")) <= {"q", "k", "v", "o", "mlp", "head", "logits"}:
         raise PgolfError(f"PGOLF_TTT_LORA_TARGETS={cfg.eval.ttt_lora_targets!r}: expected a comma list of q, k, v, o, mlp, "
                          "head, logits")

@@ -445,14 +445,18 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     * R44's last chunk of a document longer than TTT_EVAL_SEQ_LEN reaches back from the document's
       end, which only the next BOS tells: pgolf's window starts where a full chunk's would.
 
-    Other differences of its global SGD: it packs each batch of GLOBAL_TTT_BATCH_SEQS sequences into
-    one row, attention cut at every BOS and every EVAL_SEQ_LEN tokens from it, where its SmearGate
-    still reads the token before a cut (pgolf: rows of EVAL_SEQ_LEN tokens of the stream, attention
-    cut at every BOS too, a row's first token smearing nothing; the same at GLOBAL_TTT_BATCH_SEQS=1
-    on a document that starts a row, as tested); it trains whole sequences only and
-    skips the last chunk (pgolf also trains a chunk's ragged tail, none at these settings but the
-    last chunk's, which the cosine's zero LR leaves unchanged); its epochs loop inside each chunk
-    (the same at GLOBAL_TTT_EPOCHS=1).
+    Its global SGD is R44's (``PGOLF_GLOBAL_TTT_PACKED``, pgolf.eval.ttt.phased): per chunk but the
+    last, the chunk's whole sequences, each batch of GLOBAL_TTT_BATCH_SEQS packed into one row
+    whose attention is cut at every BOS and every EVAL_SEQ_LEN tokens from a document's start (the
+    row start counting as one), the SmearGate reading the token before any cut but a BOS, the
+    epochs inside each chunk; under torchrun each rank packs its contiguous share of a chunk's
+    sequences and the gradients are averaged (R44's record: 8 ranks, a row of 2 sequences each),
+    so the steps depend on the number of ranks, as R44's do. Against R44's own global SGD (in its
+    ``eval_val_ttt_phased`` and alone, in float64): GLOBAL_TTT_BATCH_SEQS 2 and 4, two epochs,
+    document boundaries inside rows off the EVAL_SEQ_LEN grid, a pause of one chunk, one process
+    and two gloo ranks. Unmeasured: on one process a chunk's 16 sequences make one row of 32,768
+    tokens, whose SDPA mask is 32,768^2 (FA3's varlen path is the one for it, as for the training
+    rows); on 8 ranks 4,096.
 
     The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``, off here until a
     GPU has measured them. Two things it does only under torchrun: it clips each
@@ -486,6 +490,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     e.phased_ttt_prefix_docs, e.phased_ttt_num_phases = 2500, 3
     e.global_ttt_lr, e.global_ttt_momentum, e.global_ttt_epochs = 0.001, 0.9, 1
     e.global_ttt_chunk_tokens, e.global_ttt_batch_seqs, e.global_ttt_grad_clip = 32_768, 32, 1.0
+    e.global_ttt_packed = True  # R44's packed rows (pgolf.eval.ttt.phased.packed_global_sgd)
     q.scheme = "*.attn_gate_w=int8:max,embed=int7:sd14,attn=int6:sd13,mlp=int6:sd11.5,*=int6:sd12.85,keep=fp16"
     q.serializer, q.compressor = "pergroup", "lrzip-zpaq"  # R44's COMPRESSOR=pergroup
     q.gptq_enabled, q.gptq_reserve_seconds, q.gptq_calibration_batches = True, 8.0, 16  # R44: 0.5, ~604 s in all

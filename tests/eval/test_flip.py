@@ -53,9 +53,10 @@ def test_perturbations_change_document_structure(flip_setup):
 
 
 # R44's adapters (the sp8192_lqer_sparsegate_bossmear preset's): Q, K, V, O, MLP and logits, one per
-# virtual layer, its init and alpha/rank scale, AdamW
+# virtual layer, its init and alpha/rank scale, AdamW; and its packed global SGD
 R44_ADAPTERS = ("PGOLF_TTT_LORA_TARGETS=q,k,v,o,mlp,logits", "PGOLF_TTT_LORA_INIT=r44", "PGOLF_TTT_LORA_PER_PASS=1",
-                "TTT_BETA1=0", "TTT_BETA2=0.99", "PGOLF_TTT_ADAM_EPS=1e-10", "TTT_WEIGHT_DECAY=0.5")
+                "TTT_BETA1=0", "TTT_BETA2=0.99", "PGOLF_TTT_ADAM_EPS=1e-10", "TTT_WEIGHT_DECAY=0.5",
+                "PGOLF_GLOBAL_TTT_PACKED=1", "DOC_ISOLATED_ATTENTION=1")
 MODE_SETTINGS = {"sliding-doc-isolated": ("PGOLF_EVAL_DOC_ISOLATED=1",), "phased-r44": R44_ADAPTERS}
 
 
