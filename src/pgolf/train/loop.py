@@ -52,8 +52,7 @@ from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.fused import check_fused_kernels, use_fused_kernels
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
-from pgolf.optim.clip import clip_gradients
-from pgolf.optim.grad_sync import BankedGradSync, broadcast_parameters, make_grad_sync
+from pgolf.optim.grad_sync import BankedGradSync, average_and_clip, broadcast_parameters, make_grad_sync
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.quant.qat import disable_qat, update_qat
@@ -218,11 +217,7 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
     apply_schedules(s, step, scale, frac)
-    if s.grad_sync is not None:
-        s.grad_sync.reduce()
-        s.grad_sync.clip(s.cfg.optim.grad_clip_norm)
-    else:
-        clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
+    average_and_clip(s.model.parameters(), s.grad_sync, s.cfg.optim)
     s.opts.step()
     s.opts.zero_grad()
     if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
