@@ -241,6 +241,9 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
     QAT stays off here.
 
+    R22's warm-up steps all-reduce every gradient and step Muon's unsharded path, whose momentum is
+    optimizer state: its restore resets the momentum on any number of GPUs, as pgolf's.
+
     TTT: R22's own ``eval_val_sliding_ttt`` and pgolf's give the same per-token losses on its
     model's checkpoint (tests/eval/test_ttt_record_parity.py), except that R22's window plan scores
     the stream's last ``stride`` targets a second time, from a window of only those (its score
@@ -451,10 +454,17 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     (the same at GLOBAL_TTT_EPOCHS=1).
 
     The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``, off here until a
-    GPU has measured them. Two things it does only under torchrun: it clips each
-    rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
-    kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
-    the momentum of its 40 warm-up steps (pgolf restores the momentum to zero).
+    GPU has measured them.
+
+    Under torchrun its sharded Muon momentum (``shard_mom``), kept outside the optimizer state,
+    survives the warm-up's restore (weights, Adam state and Muon's param groups are restored), so
+    its timed run starts with the momentum of its 40 warm-up steps; on one process its momentum is
+    the optimizer state's, reset. ``PGOLF_MUON_KEEP_WARMUP_MOMENTUM`` does the same: on 2 gloo ranks
+    and on one process, R44's own Muon and restore and pgolf's hold the same bf16 momentum afterwards
+    (tests/optim/test_warmup_momentum.py). pgolf's warm-up, as R44's, runs 20 steps with the loops
+    off, then 20 with them on, step i's momentum schedule, LR scale 1, the clip of the timed run;
+    its batches are the loader's first ones, where R44's start one micro-batch later (its
+    ``cu_seqlens`` bucket warm-up reads one without stepping).
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"
@@ -471,6 +481,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.97, 0.92, 1500
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
     o.muon_parallel, o.muon_momentum_bf16, o.grad_clip_local = True, True, True  # under torchrun: each rank's own gradient clipped
+    o.muon_keep_warmup_momentum = True  # under torchrun R44's shard_mom survives the warm-up's restore
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
     t.train_batch_tokens, t.train_seq_len, t.loader = 786_432, 2048, "doc_packed"  # R44's DocumentPackingLoader
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965

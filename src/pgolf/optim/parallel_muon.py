@@ -22,6 +22,11 @@ launches every bank's reduce-scatter asynchronously (the caller overlaps the sma
 the other gradients with them), and the global gradient-norm clip can then scale the averaged
 shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
 
+With ``momentum_outside_state`` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM) and per-rank gradients, the
+momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under torchrun: its
+``state_dict()`` / ``load_state_dict()``, and so the compile warm-up's restore, leave them as they
+are (on one process R44's momentum is in its optimizer state, restored with it; so is pgolf's).
+
 The update equals plain :class:`pgolf.optim.muon.Muon`'s up to that rounding (tests compare them on
 1 and 2 gloo ranks; tests/optim/test_record_optimizers.py compares both with R22's and R44's own optimizers).
 Reductions are SUM then divide by W, not ``ReduceOp.AVG``: gloo has no AVG, and one formula keeps
@@ -57,9 +62,11 @@ class _BankShard:
 class ParallelMuon(Muon):
     """Muon with shape banks and sharded Newton-Schulz; ``reduce_grads`` if gradients are not yet averaged."""
 
-    def __init__(self, params, *args, reduce_grads: bool = False, **kwargs):
+    def __init__(self, params, *args, reduce_grads: bool = False, momentum_outside_state: bool = False, **kwargs):
         super().__init__(params, *args, **kwargs)
         self.reduce_grads = reduce_grads
+        self.momentum_outside_state = momentum_outside_state and reduce_grads
+        self._outside: dict[Tensor, dict] = {}  # parameter -> its momentum, with momentum_outside_state
         self._shards: list[_BankShard] | None = None
 
     @staticmethod
@@ -108,6 +115,11 @@ class ParallelMuon(Muon):
         """Multiply the averaged gradient shards (the gradient-norm clip on sharded gradients)."""
         for s in self._shards or []:
             s.wait().mul_(factor)
+
+    def momentum_buffer(self, p: Tensor) -> Tensor | None:
+        """``p``'s momentum on this rank: None before its first step, or where another rank owns it."""
+        state = self._outside.get(p, {}) if self.momentum_outside_state else self.state.get(p, {})
+        return state.get("momentum_buffer")
 
     def _device(self) -> torch.device:
         return self.param_groups[0]["params"][0].device
@@ -169,7 +181,7 @@ class ParallelMuon(Muon):
         return out
 
     def _nesterov(self, p: Tensor, g: Tensor, group: dict) -> Tensor:
-        state = self.state[p]
+        state = self._outside.setdefault(p, {}) if self.momentum_outside_state else self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(g)
         buf = state["momentum_buffer"]

@@ -229,23 +229,25 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
 def compile_warmup(s: Session) -> None:
     """Prime the compiled graph of every variant the run will reach, then restore the initial state exactly.
 
-    WARMUP_STEPS real steps per variant (:func:`pgolf.train.warmup.graph_variants`: the starting one,
-    then each reachable recurrence / QAT combination, as the records run 20 steps plus 20 with looping
-    on), so no schedule-driven switch compiles inside the timed run. Afterwards weights, optimizer
-    state, recurrence, QAT, RNGs and the data loader are as before: training is bit-identical to
-    WARMUP_STEPS=0.
+    WARMUP_STEPS real steps per variant (:func:`pgolf.train.warmup.graph_variants`: each reachable
+    recurrence / QAT combination, in the order training reaches them, as the records run 20 steps
+    and then 20 with looping on; step i's schedules as R44's ``step_fn(i, 1.0)``), so no
+    schedule-driven switch compiles inside the timed run. Afterwards weights, optimizer state,
+    recurrence, QAT, RNGs and the data loader are as before: training is bit-identical to
+    WARMUP_STEPS=0. Except with PGOLF_MUON_KEEP_WARMUP_MOMENTUM on several ranks: Parallel Muon's
+    momentum lives outside its optimizer state there, so the timed run starts with the warm-up's, as R44's.
     """
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
         return
     watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
-    variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
+    variants = sorted(graph_variants(s.model, s.cfg.train, s.cfg.quant), key=lambda v: v.training_frac)
     for variant in variants:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
         for i in range(steps):
             set_variant(s.model, variant, s.cfg.quant)  # train_step's schedules must not move it
-            train_step(s, 1.0, 0, variant.training_frac)
+            train_step(s, 1.0, i, variant.training_frac)
             if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
                 s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
     prime_final_evaluation(s)
