@@ -122,7 +122,9 @@ def run_pgolf(banks, grads, rank: int, distributed: bool):
     matrices = [[torch.nn.Parameter(m.clone().bfloat16()) for m in b] for b in banks]
     flat = [p for bank in matrices for p in bank]
     muon = ParallelMuon(flat, momentum=0.97, ns_schedule="polar_express", grad_dtype=torch.bfloat16,
-                        ns_dtype=torch.bfloat16, reduce_grads=distributed, momentum_outside_state=True, **OPTIONS)
+                        ns_dtype=torch.bfloat16, reduce_grads=distributed, **OPTIONS)
+    if distributed:  # as build_optimizers does with PGOLF_MUON_KEEP_WARMUP_MOMENTUM and per-rank gradients
+        muon.keep_momentum_outside_state()
     opts = Optimizers([muon], muon)
     initial_weights = [p.detach().clone() for p in flat]
     initial = [copy.deepcopy(sd) for sd in opts.state_dicts()]
@@ -147,9 +149,9 @@ def pgolf_momentum(muon: ParallelMuon, matrices) -> dict[tuple[int, int], torch.
     out = {}
     for b, bank in enumerate(matrices):
         for i, p in enumerate(bank):
-            buf = muon.momentum_buffer(p)
-            if buf is not None:
-                out[(b, i)] = buf.clone()
+            state = muon._outside.get(p, {}) if muon.momentum_outside_state else muon.state.get(p, {})
+            if "momentum_buffer" in state:
+                out[(b, i)] = state["momentum_buffer"].clone()
     return out
 
 

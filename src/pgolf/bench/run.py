@@ -166,7 +166,7 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
         s.opts.set_lr_scale(1.0)
         if s.grad_sync is not None:
             if not o.grad_clip_local:
-                s.grad_sync.clip(o.grad_clip_norm)
+                s.grad_sync.clip_average(o.grad_clip_norm)
         elif o.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
         s.opts.step()

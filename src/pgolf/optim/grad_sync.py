@@ -11,7 +11,7 @@ last micro-batch :meth:`BankedGradSync.reduce`:
   packed into one flat buffer per dtype, as R44's ``_all_reduce_packed_grads``, while the
   reduce-scatters are in flight; then waits for both.
 
-:meth:`BankedGradSync.clip` is GRAD_CLIP_NORM on the averaged gradients: the replicated
+:meth:`BankedGradSync.clip_average` is GRAD_CLIP_NORM on the averaged gradients: the replicated
 gradients' norm² plus the all-reduced sum of the bank shards' norm² is the global norm of the
 mean gradient, so ranks clip exactly as one process would. R22/R44 instead clip each rank's local
 gradient before reducing (``clip_grad_norm_`` on the module, then the reduce-scatters and
@@ -78,7 +78,7 @@ class BankedGradSync:
                 offset += g.numel()
 
     @torch.no_grad()
-    def clip(self, max_norm: float) -> None:
+    def clip_average(self, max_norm: float) -> None:
         """Scale the averaged gradients so their global L2 norm is at most ``max_norm`` (0 disables)."""
         if max_norm <= 0:
             return
@@ -108,11 +108,10 @@ def average_and_clip(params, grad_sync: BankedGradSync | None, o: OptimConfig) -
     """The step's gradients averaged over ranks and clipped to GRAD_CLIP_NORM. ``grad_sync`` None: one
     process or DDP, the gradients are averaged already. PGOLF_GRAD_CLIP_LOCAL: each rank clips its own
     gradient first, then they are averaged (R22/R44's order under torchrun)."""
-    if grad_sync is None:
-        clip_gradients(params, o.grad_clip_norm)
-    elif o.grad_clip_local:
-        clip_gradients(params, o.grad_clip_norm)
+    if grad_sync is not None and not o.grad_clip_local:
         grad_sync.reduce()
-    else:
+        grad_sync.clip_average(o.grad_clip_norm)
+        return
+    clip_gradients(params, o.grad_clip_norm)
+    if grad_sync is not None:
         grad_sync.reduce()
-        grad_sync.clip(o.grad_clip_norm)

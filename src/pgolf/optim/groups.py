@@ -123,11 +123,11 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_ran
                         weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
     if cfg.muon_momentum_bf16:
         muon_options["grad_dtype"] = torch.bfloat16
-    if cfg.muon_keep_warmup_momentum:  # R44 under torchrun: momentum outside the state the warm-up restores
-        muon_options["momentum_outside_state"] = per_rank_grads
     muon_groups = muon_param_groups(model, matrices) if model.cfg.mlp_activation == "swiglu" else matrices
     if cfg.muon_parallel:
         muon: Muon = ParallelMuon(muon_groups, reduce_grads=per_rank_grads, **muon_options)
+        if cfg.muon_keep_warmup_momentum and per_rank_grads:  # R44 under torchrun: the warm-up's restore leaves it
+            muon.keep_momentum_outside_state()
     else:
         muon = Muon(muon_groups, **muon_options)
     for group in muon.param_groups:

@@ -22,8 +22,8 @@ launches every bank's reduce-scatter asynchronously (the caller overlaps the sma
 the other gradients with them), and the global gradient-norm clip can then scale the averaged
 shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
 
-With ``momentum_outside_state`` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM) and per-rank gradients, the
-momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under torchrun: its
+After :meth:`ParallelMuon.keep_momentum_outside_state` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM, with per-rank
+gradients) the momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under torchrun: its
 ``state_dict()`` / ``load_state_dict()``, and so the compile warm-up's restore, leave them as they
 are (on one process R44's momentum is in its optimizer state, restored with it; so is pgolf's).
 
@@ -62,12 +62,16 @@ class _BankShard:
 class ParallelMuon(Muon):
     """Muon with shape banks and sharded Newton-Schulz; ``reduce_grads`` if gradients are not yet averaged."""
 
-    def __init__(self, params, *args, reduce_grads: bool = False, momentum_outside_state: bool = False, **kwargs):
+    def __init__(self, params, *args, reduce_grads: bool = False, **kwargs):
         super().__init__(params, *args, **kwargs)
         self.reduce_grads = reduce_grads
-        self.momentum_outside_state = momentum_outside_state and reduce_grads
-        self._outside: dict[Tensor, dict] = {}  # parameter -> its momentum, with momentum_outside_state
+        self.momentum_outside_state = False
         self._shards: list[_BankShard] | None = None
+
+    def keep_momentum_outside_state(self) -> None:
+        """From now on the momentum lives outside the optimizer state (R44's ``shard_mom`` under torchrun)."""
+        self.momentum_outside_state = True
+        self._outside: dict[Tensor, dict] = {}  # parameter -> its momentum
 
     @staticmethod
     def banks(params: list[Tensor]) -> list[list[Tensor]]:
@@ -115,11 +119,6 @@ class ParallelMuon(Muon):
         """Multiply the averaged gradient shards (the gradient-norm clip on sharded gradients)."""
         for s in self._shards or []:
             s.wait().mul_(factor)
-
-    def momentum_buffer(self, p: Tensor) -> Tensor | None:
-        """``p``'s momentum on this rank: None before its first step, or where another rank owns it."""
-        state = self._outside.get(p, {}) if self.momentum_outside_state else self.state.get(p, {})
-        return state.get("momentum_buffer")
 
     def _device(self) -> torch.device:
         return self.param_groups[0]["params"][0].device
