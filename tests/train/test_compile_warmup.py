@@ -46,15 +46,16 @@ def variants_for(*overrides: str) -> list[GraphVariant]:
     return graph_variants(build_model(cfg.model), cfg.train, cfg.quant)
 
 
-def test_variants_are_every_reachable_recurrence_and_qat_setting_the_starting_one_first():
+def test_variants_are_every_reachable_recurrence_and_qat_setting_in_the_order_training_reaches_them():
     assert variants_for() == [GraphVariant(0, False)]
     loops = ("NUM_LOOPS=2", "LOOP_START=0", "LOOP_END=1")
     # built with every loop on (the evaluated model); on from the start: nothing else to reach
     assert variants_for(*loops) == [GraphVariant(2, False)]
-    assert variants_for(*loops, "ENABLE_LOOPING_AT=0.35") == [GraphVariant(2, False), GraphVariant(0, False)]
+    # loops off first, as R44's warm-up (which matters where its momentum outlives the warm-up)
+    assert variants_for(*loops, "ENABLE_LOOPING_AT=0.35") == [GraphVariant(0, False), GraphVariant(2, False)]
     assert variants_for("QAT_ENABLED=1") == [GraphVariant(0, False), GraphVariant(0, True)]
     assert variants_for(*loops, "ENABLE_LOOPING_AT=0.35", "QAT_ENABLED=1", "LATE_QAT_THRESHOLD=0.15") == [
-        GraphVariant(2, False), GraphVariant(0, False), GraphVariant(0, True), GraphVariant(2, True)]
+        GraphVariant(0, False), GraphVariant(0, True), GraphVariant(2, False), GraphVariant(2, True)]
 
 
 # -- the snapshot -----------------------------------------------------------------------------------

@@ -242,7 +242,7 @@ def compile_warmup(s: Session) -> None:
         return
     watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
-    variants = sorted(graph_variants(s.model, s.cfg.train, s.cfg.quant), key=lambda v: v.training_frac)
+    variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
     for variant in variants:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
         for i in range(steps):
