@@ -103,7 +103,6 @@ def make_grad_sync(model: nn.Module, muon: ParallelMuon) -> BankedGradSync:
     return BankedGradSync(muon, replicated_parameters(model, muon))
 
 
-
 def average_and_clip(params, grad_sync: BankedGradSync | None, o: OptimConfig) -> None:
     """The step's gradients averaged over ranks and clipped to GRAD_CLIP_NORM. ``grad_sync`` None: one
     process or DDP, the gradients are averaged already. PGOLF_GRAD_CLIP_LOCAL: each rank clips its own

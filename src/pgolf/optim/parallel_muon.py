@@ -22,10 +22,10 @@ launches every bank's reduce-scatter asynchronously (the caller overlaps the sma
 the other gradients with them), and the global gradient-norm clip can then scale the averaged
 shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
 
-After :meth:`ParallelMuon.keep_momentum_outside_state` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM, with per-rank
-gradients) the momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under torchrun: its
-``state_dict()`` / ``load_state_dict()``, and so the compile warm-up's restore, leave them as they
-are (on one process R44's momentum is in its optimizer state, restored with it; so is pgolf's).
+After :meth:`ParallelMuon.keep_momentum_outside_state` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM with per-rank
+gradients) the momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under
+torchrun: ``state_dict()`` / ``load_state_dict()``, and so the compile warm-up's restore, leave them
+as they are (on one process R44's momentum is optimizer state, restored with it; so is pgolf's).
 
 The update equals plain :class:`pgolf.optim.muon.Muon`'s up to that rounding (tests compare them on
 1 and 2 gloo ranks; tests/optim/test_record_optimizers.py compares both with R22's and R44's own optimizers).
