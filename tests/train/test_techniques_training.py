@@ -82,6 +82,7 @@ def _initial_weights(shared_data):
     return {k: v.float() for k, v in build_model(cfg.model, torch.device("cpu")).state_dict().items()}
 
 
+@pytest.mark.slow  # two torchrun runs, ~35 s on 2 cores
 def test_r44s_warm_up_momentum_survives_into_the_timed_run_on_two_gloo_ranks(shared_data, tmp_path):
     """PGOLF_MUON_KEEP_WARMUP_MOMENTUM through the real loop on 2 ranks (with R22/R44's local clip): the
     timed run's first step starts from the restored weights and a fresh loader (the same loss as a run
