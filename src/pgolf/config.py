@@ -151,12 +151,14 @@ class OptimConfig:
     beta2: float = _f(0.95, "BETA2", "Adam beta2", MOMENTUM)
     adam_eps: float = _f(1e-8, "ADAM_EPS", "Adam epsilon", POS)
     grad_clip_norm: float = _f(0.0, "GRAD_CLIP_NORM", "global grad-norm clip; 0 disables (records: 0.3, R09)", NONNEG)
+    grad_clip_local: bool = _f(False, "PGOLF_GRAD_CLIP_LOCAL", "several ranks with PGOLF_PARALLEL_MUON: each rank clips its own gradient to GRAD_CLIP_NORM, then the ranks average them, as R22/R44 (the step depends on the number of ranks); off: the average is clipped; one process: the same")
     muon_wd: float = _f(0.0, "MUON_WD", "Muon decoupled weight decay, p *= 1 - lr*wd before the update (R11/R15; 0.095 in R35+)", NONNEG)
     wd_taper_start_frac: float = _f(1.0, "WD_TAPER_START_FRAC", "full MUON_WD until this training fraction, then linear taper (R40: 0.70); 1 disables", UNIT)
     wd_taper_final_mult: float = _f(1.0, "WD_TAPER_FINAL_MULT", "MUON_WD multiplier reached at the end of training (R40: 0.50)", NONNEG)
     muon_row_normalize: bool = _f(False, "MUON_ROW_NORMALIZE", "MuonEq-R: divide each row of the update by its L2 norm before Newton-Schulz (R28)")
     muon_ns_schedule: str = _f("quintic", "PGOLF_MUON_NS_SCHEDULE", "Newton-Schulz coefficients: quintic (reference) or polar_express (R43)", ("quintic", "polar_express"))
     muon_parallel: bool = _f(False, "PGOLF_PARALLEL_MUON", "Parallel Muon (R22): same-shaped matrices banked in the optimizer; multi-rank: no DDP, bank grads reduce-scattered, sharded Newton-Schulz, all-gather; same update")
+    muon_keep_warmup_momentum: bool = _f(False, "PGOLF_MUON_KEEP_WARMUP_MOMENTUM", "several ranks with PGOLF_PARALLEL_MUON: the compile warm-up's restore keeps Muon's momentum as its steps left it, as R44 (its sharded momentum lives outside the optimizer state); one process: restored to zero, as R44's")
     muon_momentum_bf16: bool = _f(False, "PGOLF_MUON_MOMENTUM_BF16", "Muon casts each gradient to bf16 and keeps its momentum in bf16, as R22/R44's Parallel Muon (p.grad.bfloat16())")
     table_proj_adam: bool = _f(False, "PGOLF_TABLE_PROJ_ADAM", "BigramHash and value-embedding projections trained by the scalar Adam (SCALAR_LR, ADAM_WD) instead of Muon (R22)")
     smear_frozen: bool = _f(False, "PGOLF_SMEAR_FROZEN", "the SmearGate in no optimizer: it keeps its initial value (PR #1090's script never hands its gate to one)")
@@ -515,6 +517,12 @@ def _validate_optim(o: "OptimConfig") -> None:
         ns_coefficients(o.muon_ns_schedule, o.muon_backend_steps)
     except ValueError as exc:
         raise PgolfError(f"MUON_BACKEND_STEPS={o.muon_backend_steps}: {exc}") from None
+    if o.grad_clip_local and not o.muon_parallel:
+        raise PgolfError("PGOLF_GRAD_CLIP_LOCAL=1 needs PGOLF_PARALLEL_MUON=1: under DDP the ranks' gradients are averaged "
+                         "during backward, before any clip")
+    if o.muon_keep_warmup_momentum and not o.muon_parallel:
+        raise PgolfError("PGOLF_MUON_KEEP_WARMUP_MOMENTUM=1 needs PGOLF_PARALLEL_MUON=1 (R44's momentum kept outside its "
+                         "optimizer state is Parallel Muon's)")
 
 
 def validate_model_techniques(m: ModelConfig) -> None:

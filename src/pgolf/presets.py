@@ -230,7 +230,9 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     orthogonal init; 26,928,220 parameters, as its logs report.
     Training: batch 786,432 of 2048, warm-down 3500 steps, 9000 iterations at most, LRs 0.025
     matrix/scalar and 0.035 tied embedding, Muon momentum 0.92 -> 0.99 over 1500 steps, Muon WD
-    0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3, EMA 0.997 (R22 also
+    0.04, AdamW WD 0.04 on the embedding tables and scalars, grad clip 0.3 (under torchrun each rank
+    clips its own gradient before the ranks average them, as R22: ``PGOLF_GRAD_CLIP_LOCAL``,
+    tests/optim/test_grad_clip_local.py), EMA 0.997 (R22 also
     collects an SWA average but exports the EMA), Parallel Muon with bf16 gradients and momentum;
     the BigramHash and VE projections train with the scalar AdamW, not Muon. Export: int6
     attention and MLP with R22's GPTQ-lite clip search (``int6:refmse``: one percentile per tensor,
@@ -243,8 +245,10 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     pgolf with LZMA1 at the smaller of presets 9 and 9 extreme. R22 sets LATE_QAT_THRESHOLD=0.15, but its QAT switch reaches only
     the linear layers outside the parameter banks (the BigramHash/VE projections), so its block
     matrices never saw fake quantization; pgolf's QAT would fake-quantize every linear weight, so
-    QAT stays off here. Under torchrun R22 clips each rank's local gradient before averaging;
-    pgolf clips the averaged gradient (the same on one GPU).
+    QAT stays off here.
+
+    R22's warm-up steps all-reduce every gradient and step Muon's unsharded path, whose momentum is
+    optimizer state: its restore resets the momentum on any number of GPUs, as pgolf's.
 
     TTT: R22's own ``eval_val_sliding_ttt`` and pgolf's give the same per-token losses on its
     model's checkpoint (tests/eval/test_ttt_record_parity.py), except that R22's window plan scores
@@ -276,7 +280,7 @@ def leakyrelu_ttt_parallel_muon() -> Config:
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr = 0.025, 0.025, 0.035
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.99, 0.92, 1500
     o.muon_wd, o.adam_wd, o.embed_wd, o.grad_clip_norm, o.muon_parallel = 0.04, 0.04, 0.04, 0.3, True
-    o.muon_momentum_bf16, o.table_proj_adam = True, True
+    o.muon_momentum_bf16, o.table_proj_adam, o.grad_clip_local = True, True, True  # under torchrun: each rank's own gradient clipped
     t.iterations, t.warmdown_iters, t.train_batch_tokens, t.train_seq_len = 9000, 3500, 786_432, 2048
     t.ema_decay = 0.997
     e.eval_seq_len, e.eval_stride = 2048, 64
@@ -354,7 +358,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     Training: batch 786,432 of 2048, warm-down over the last 85% to a 0.1 LR floor, LRs 0.026
     matrix / 0.02 scalar / 0.03 tied embedding, Polar Express MuonEq-R as Parallel Muon with bf16
     gradients and momentum, momentum 0.92 -> 0.97 over 1500 steps, Adam beta2 0.99, WD 0.095 Muon /
-    0.085 embedding / 0.02 scalars, grad clip 0.3, EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
+    0.085 embedding / 0.02 scalars, grad clip 0.3 (under torchrun on each rank's own gradient, before
+    the average, as R44: ``PGOLF_GRAD_CLIP_LOCAL``), EMA 0.9965. Export clip rules: SDClip int6 attention (k 13) and MLP (k 11.5), int7 embedding
     (k 14). Score: phased TTT, LoRA rank 80 (lr 1e-4, chunks of 48, 2048 context, 64 documents at
     a time), 3 global SGD phases over a 2,500-document prefix (lr 0.001, momentum 0.9).
 
@@ -459,10 +464,17 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     rows); on 8 ranks 4,096.
 
     The record's fused Triton kernels (speed only) are ``FUSED_CE=1 FUSED_MLP=1``, off here until a
-    GPU has measured them. Two things it does only under torchrun: it clips each
-    rank's local gradient before averaging (pgolf clips the average), and its sharded Muon momentum,
-    kept outside the optimizer state, survives the warm-up's restore, so its timed run starts with
-    the momentum of its 40 warm-up steps (pgolf restores the momentum to zero).
+    GPU has measured them.
+
+    Under torchrun its sharded Muon momentum (``shard_mom``), kept outside the optimizer state,
+    survives the warm-up's restore (weights, Adam state and Muon's param groups are restored), so
+    its timed run starts with the momentum of its 40 warm-up steps; on one process its momentum is
+    the optimizer state's, reset. ``PGOLF_MUON_KEEP_WARMUP_MOMENTUM`` does the same: on 2 gloo ranks
+    and on one process, R44's own Muon and restore and pgolf's hold the same bf16 momentum afterwards
+    (tests/optim/test_warmup_momentum.py). pgolf's warm-up, as R44's, runs 20 steps with the loops
+    off, then 20 with them on, step i's momentum schedule, LR scale 1, the clip of the timed run;
+    its batches are the loader's first ones, where R44's start one micro-batch later (its
+    ``cu_seqlens`` bucket warm-up reads one without stepping).
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"
@@ -478,7 +490,8 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     o.matrix_lr, o.scalar_lr, o.tied_embed_lr, o.beta2 = 0.026, 0.02, 0.03, 0.99
     o.muon_momentum, o.muon_momentum_warmup_start, o.muon_momentum_warmup_steps = 0.97, 0.92, 1500
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
-    o.muon_parallel, o.muon_momentum_bf16 = True, True
+    o.muon_parallel, o.muon_momentum_bf16, o.grad_clip_local = True, True, True  # under torchrun: each rank's own gradient clipped
+    o.muon_keep_warmup_momentum = True  # under torchrun R44's shard_mom survives the warm-up's restore
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
     t.train_batch_tokens, t.train_seq_len, t.loader = 786_432, 2048, "doc_packed"  # R44's DocumentPackingLoader
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965

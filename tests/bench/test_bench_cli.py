@@ -117,7 +117,8 @@ def test_reference_on_cpu_fails_with_one_line_before_any_work(run_pgolf, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel_muon", ["0", "1"])  # DDP, or banks reduce-scattered outside DDP
+# DDP, or banks reduce-scattered outside DDP, clipping the average or (R22/R44) each rank's own gradient
+@pytest.mark.parametrize("parallel_muon", ["0", "1", "1 PGOLF_GRAD_CLIP_LOCAL=1"])
 def test_bench_train_on_two_gloo_ranks_times_communication(shared_data, tmp_path, parallel_muon):
     import os
     import subprocess
@@ -125,7 +126,7 @@ def test_bench_train_on_two_gloo_ranks_times_communication(shared_data, tmp_path
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pgolf.cli", "bench", "train", "--preset", "tiny_cpu", "--steps", "1",
-           "--set", "GRAD_ACCUM_STEPS=0", "--set", f"PGOLF_PARALLEL_MUON={parallel_muon}", "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out", str(tmp_path)]
+           "--set", "GRAD_ACCUM_STEPS=0", *(a for item in f"PGOLF_PARALLEL_MUON={parallel_muon}".split() for a in ("--set", item)), "--set", "GRAD_CLIP_NORM=0.3", *data_args(shared_data), "--out", str(tmp_path)]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

@@ -129,6 +129,25 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
 
 
 @pytest.mark.slow
+def test_r44s_bundle_under_torchrun_trains_exactly_like_the_package(shared_data, tmp_path):
+    """R44's torchrun-only switches folded on (each rank's own gradient clipped, the warm-up's Muon momentum
+    kept): on 2 gloo ranks its bundle and the package give the same losses."""
+    preset, torchrun = "sp8192_lqer_sparsegate_bossmear", (sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                                           "--nproc_per_node=2")
+    overrides = data_overrides(shared_data) + TOY + ["ITERATIONS=3", "GRAD_ACCUM_STEPS=0"]
+    runs = tmp_path / "runs"
+    sets = [f"--set={item}" for item in overrides]
+    package_proc = subprocess.Popen([*torchrun, "-m", "pgolf.cli", "train", "--preset", preset, "--runs-dir", str(runs), *sets],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    env=clean_env(RUN_ID="package", PYTHONPATH=os.pathsep.join(sys.path)))
+    build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
+    bundled = run_bundle(tmp_path / "train_gpt.py", runs, "bundle", *torchrun)
+    package = finish(package_proc, runs, "package")
+    assert bundled["world_size"] == package["world_size"] == 2
+    assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 3
+
+
+@pytest.mark.slow
 def test_bundle_runs_under_torchrun_on_two_ranks(stock_bundle, shared_data, tmp_path):
     script = stock_bundle("tiny_cpu")[0] / "train_gpt.py"
     env = override_env(data_overrides(shared_data) + SMALL + ["ITERATIONS=4", "GRAD_ACCUM_STEPS=0"])

@@ -91,7 +91,7 @@ def run_full_step(matrices, matrix_grads, others, other_grads, rank=None):
             torch.nn.utils.clip_grad_norm_(mats + reps, CLIP)
         else:
             sync.reduce()
-            sync.clip(CLIP)
+            sync.clip_average(CLIP)
         muon.step()
         adam.step()
     return [p.detach() for p in mats + reps]

@@ -559,7 +559,8 @@ def test_plain_muon_with_bf16_momentum_matches_r44(cpu_only):
     Newton-Schulz; plain Muon rounds ``(c * A) @ A`` where R44 rounds ``c * (A @ A)``, ~3e-6 apart)."""
     preset = "sp8192_lqer_sparsegate_bossmear"
     links, pgolf, record = run_both(preset, UNCLIPPED_STDS, fp32_ns=True, fp32_grads=False,
-                                    overrides={"PGOLF_PARALLEL_MUON": 0})
+                                    overrides={"PGOLF_PARALLEL_MUON": 0, "PGOLF_GRAD_CLIP_LOCAL": 0,  # its torchrun-only
+                                               "PGOLF_MUON_KEEP_WARMUP_MOMENTUM": 0})  # switches need Parallel Muon
     assert type(pgolf.opts.muon).__name__ == "Muon" and pgolf.opts.muon.grad_dtype == torch.bfloat16
     assert_same_weights_and_ema(preset, links, pgolf, record)
 

@@ -16,7 +16,7 @@ from pgolf.optim.averaging import EMA, SWA
 from pgolf.runtime import seed_everything
 from pgolf.train.loop import ARTIFACT_NAME, CHECKPOINT_NAME, train
 
-from test_training import tiny_config, train_losses, train_single_and_two_gloo_ranks
+from test_training import tiny_config, train_single_and_two_gloo_ranks, train_two_gloo_ranks
 
 
 class _Spy:
@@ -80,6 +80,19 @@ def _initial_weights(shared_data):
     cfg = tiny_config(shared_data, 4)
     seed_everything(cfg.train.seed)
     return {k: v.float() for k, v in build_model(cfg.model, torch.device("cpu")).state_dict().items()}
+
+
+@pytest.mark.slow  # two torchrun runs, ~35 s on 2 cores
+def test_r44s_warm_up_momentum_survives_into_the_timed_run_on_two_gloo_ranks(shared_data, tmp_path):
+    """PGOLF_MUON_KEEP_WARMUP_MOMENTUM through the real loop on 2 ranks (with R22/R44's local clip): the
+    timed run's first step starts from the restored weights and a fresh loader (the same loss as a run
+    that resets the momentum), and its update carries the warm-up's momentum (the next losses differ)."""
+    common = ["GRAD_ACCUM_STEPS=0", "TRAIN_BATCH_TOKENS=2048", "TRAIN_SEQ_LEN=128", "WARMUP_STEPS=2",
+              "PGOLF_PARALLEL_MUON=1", "PGOLF_GRAD_CLIP_LOCAL=1", "GRAD_CLIP_NORM=0.3", "PGOLF_LOADER=coprime"]
+    reset = train_two_gloo_ranks(shared_data, tmp_path, "reset", *common)
+    kept = train_two_gloo_ranks(shared_data, tmp_path, "kept", *common, "PGOLF_MUON_KEEP_WARMUP_MOMENTUM=1")
+    assert len(reset) == len(kept) == 4 and reset[0] == kept[0]
+    assert all(abs(a - b) > 1e-4 for a, b in zip(reset[1:], kept[1:])), (reset, kept)
 
 
 def test_record_options_parallel_muon_on_two_gloo_ranks_follows_one_process(shared_data, tmp_path):

@@ -164,14 +164,19 @@ def train_single_and_two_gloo_ranks(shared_data: Path, tmp_path: Path, common: l
     ``single_only`` / ``ranks_only``: settings for one side only (e.g. plain Muon vs Parallel Muon).
     """
     train(tiny_config(shared_data, 4, "RUN_ID=single", *common, *single_only), runs_dir=tmp_path, echo=False)
-    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, "RUN_ID=ddp", *common, *ranks_only)]
+    return train_losses(tmp_path / "single"), train_two_gloo_ranks(shared_data, tmp_path, "ddp", *common, *ranks_only)
+
+
+def train_two_gloo_ranks(shared_data: Path, tmp_path: Path, run_id: str, *settings: str) -> list[float]:
+    """4 steps of ``pgolf train`` under torchrun on 2 gloo ranks (run ``run_id``); its train losses."""
+    sets = [f"--set={item}" for item in tiny_config_overrides(shared_data, 4, f"RUN_ID={run_id}", *settings)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "pgolf.cli", "train", "--preset", "tiny_cpu", "--runs-dir", str(tmp_path), *sets]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return train_losses(tmp_path / "single"), train_losses(tmp_path / "ddp")
+    return train_losses(tmp_path / run_id)
 
 
 def test_two_gloo_ranks_follow_the_single_process_run(shared_data, tmp_path):

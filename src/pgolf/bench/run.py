@@ -134,6 +134,7 @@ def _reset_peak_memory() -> None:
 def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
     """The loop's train_step split into synchronised phases (kept in step with pgolf.train.loop.train_step)."""
     from pgolf.eval.evaluate import autocast_for
+    from pgolf.optim.clip import clip_gradients
     from pgolf.optim.schedule import muon_momentum
 
     t, o = s.cfg.train, s.cfg.optim
@@ -149,6 +150,9 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
             with timer.phase("backward"):
                 (loss / s.grad_accum_steps).backward()
     if s.grad_sync is not None:
+        if o.grad_clip_local:  # R22/R44: each rank clips its own gradient before the average
+            with timer.phase("optimizer"):
+                clip_gradients(s.model.parameters(), o.grad_clip_norm)
         with timer.phase("communication"):
             s.grad_sync.reduce()
     elif s.rt.distributed:
@@ -161,7 +165,8 @@ def _phased_train_step(s, timer: PhaseTimer, step: int) -> None:
         s.opts.set_muon_momentum(muon_momentum(step, o.muon_momentum_warmup_start, o.muon_momentum, o.muon_momentum_warmup_steps))
         s.opts.set_lr_scale(1.0)
         if s.grad_sync is not None:
-            s.grad_sync.clip(o.grad_clip_norm)
+            if not o.grad_clip_local:
+                s.grad_sync.clip_average(o.grad_clip_norm)
         elif o.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(s.model.parameters(), o.grad_clip_norm)
         s.opts.step()

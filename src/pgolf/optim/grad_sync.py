@@ -11,10 +11,12 @@ last micro-batch :meth:`BankedGradSync.reduce`:
   packed into one flat buffer per dtype, as R44's ``_all_reduce_packed_grads``, while the
   reduce-scatters are in flight; then waits for both.
 
-:meth:`BankedGradSync.clip` is GRAD_CLIP_NORM on the averaged gradients: the replicated
+:meth:`BankedGradSync.clip_average` is GRAD_CLIP_NORM on the averaged gradients: the replicated
 gradients' norm² plus the all-reduced sum of the bank shards' norm² is the global norm of the
-mean gradient, so ranks clip exactly as one process would. (R22/R44 clip each rank's local
-gradient before reducing, which makes the step depend on the number of GPUs; pgolf does not.)
+mean gradient, so ranks clip exactly as one process would. R22/R44 instead clip each rank's local
+gradient before reducing (``clip_grad_norm_`` on the module, then the reduce-scatters and
+all-reduces), which makes the step depend on the number of GPUs: PGOLF_GRAD_CLIP_LOCAL=1
+(:func:`average_and_clip`) does that.
 
 :func:`broadcast_parameters` replaces DDP's construction-time broadcast of rank 0's weights.
 """
@@ -25,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from pgolf.config import OptimConfig
+from pgolf.optim.clip import clip_gradients
 from pgolf.optim.parallel_muon import ParallelMuon
 
 
@@ -74,7 +78,7 @@ class BankedGradSync:
                 offset += g.numel()
 
     @torch.no_grad()
-    def clip(self, max_norm: float) -> None:
+    def clip_average(self, max_norm: float) -> None:
         """Scale the averaged gradients so their global L2 norm is at most ``max_norm`` (0 disables)."""
         if max_norm <= 0:
             return
@@ -98,3 +102,15 @@ def replicated_parameters(model: nn.Module, muon: ParallelMuon) -> list[nn.Param
 def make_grad_sync(model: nn.Module, muon: ParallelMuon) -> BankedGradSync:
     return BankedGradSync(muon, replicated_parameters(model, muon))
 
+
+def average_and_clip(params, grad_sync: BankedGradSync | None, o: OptimConfig) -> None:
+    """The step's gradients averaged over ranks and clipped to GRAD_CLIP_NORM. ``grad_sync`` None: one
+    process or DDP, the gradients are averaged already. PGOLF_GRAD_CLIP_LOCAL: each rank clips its own
+    gradient first, then they are averaged (R22/R44's order under torchrun)."""
+    if grad_sync is not None and not o.grad_clip_local:
+        grad_sync.reduce()
+        grad_sync.clip_average(o.grad_clip_norm)
+        return
+    clip_gradients(params, o.grad_clip_norm)
+    if grad_sync is not None:
+        grad_sync.reduce()

@@ -126,6 +126,8 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_ran
     muon_groups = muon_param_groups(model, matrices) if model.cfg.mlp_activation == "swiglu" else matrices
     if cfg.muon_parallel:
         muon: Muon = ParallelMuon(muon_groups, reduce_grads=per_rank_grads, **muon_options)
+        if cfg.muon_keep_warmup_momentum and per_rank_grads:  # R44 under torchrun: the warm-up's restore leaves it
+            muon.keep_momentum_outside_state()
     else:
         muon = Muon(muon_groups, **muon_options)
     for group in muon.param_groups:

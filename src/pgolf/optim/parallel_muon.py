@@ -22,6 +22,11 @@ launches every bank's reduce-scatter asynchronously (the caller overlaps the sma
 the other gradients with them), and the global gradient-norm clip can then scale the averaged
 shards (:meth:`grad_shard_sq_norm`, :meth:`scale_grad_shards`) before the step consumes them.
 
+After :meth:`ParallelMuon.keep_momentum_outside_state` (PGOLF_MUON_KEEP_WARMUP_MOMENTUM with per-rank
+gradients) the momentum buffers live outside the optimizer state, as R44's ``shard_mom`` under
+torchrun: ``state_dict()`` / ``load_state_dict()``, and so the compile warm-up's restore, leave them
+as they are (on one process R44's momentum is optimizer state, restored with it; so is pgolf's).
+
 The update equals plain :class:`pgolf.optim.muon.Muon`'s up to that rounding (tests compare them on
 1 and 2 gloo ranks; tests/optim/test_record_optimizers.py compares both with R22's and R44's own optimizers).
 Reductions are SUM then divide by W, not ``ReduceOp.AVG``: gloo has no AVG, and one formula keeps
@@ -60,7 +65,13 @@ class ParallelMuon(Muon):
     def __init__(self, params, *args, reduce_grads: bool = False, **kwargs):
         super().__init__(params, *args, **kwargs)
         self.reduce_grads = reduce_grads
+        self.momentum_outside_state = False
         self._shards: list[_BankShard] | None = None
+
+    def keep_momentum_outside_state(self) -> None:
+        """From now on the momentum lives outside the optimizer state (R44's ``shard_mom`` under torchrun)."""
+        self.momentum_outside_state = True
+        self._outside: dict[Tensor, dict] = {}  # parameter -> its momentum
 
     @staticmethod
     def banks(params: list[Tensor]) -> list[list[Tensor]]:
@@ -169,7 +180,7 @@ class ParallelMuon(Muon):
         return out
 
     def _nesterov(self, p: Tensor, g: Tensor, group: dict) -> Tensor:
-        state = self.state[p]
+        state = self._outside.setdefault(p, {}) if self.momentum_outside_state else self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(g)
         buf = state["momentum_buffer"]

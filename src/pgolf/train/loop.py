@@ -52,8 +52,7 @@ from pgolf.model.attn_backend import active_backend, select_backend
 from pgolf.model.fused import check_fused_kernels, use_fused_kernels
 from pgolf.model.gpt import GPT, build_model, count_parameters
 from pgolf.optim.averaging import build_averager
-from pgolf.optim.clip import clip_gradients
-from pgolf.optim.grad_sync import BankedGradSync, broadcast_parameters, make_grad_sync
+from pgolf.optim.grad_sync import BankedGradSync, average_and_clip, broadcast_parameters, make_grad_sync
 from pgolf.optim.groups import Optimizers, build_optimizers
 from pgolf.optim.schedule import lr_scale, muon_momentum, training_frac, wd_taper_scale
 from pgolf.quant.qat import disable_qat, update_qat
@@ -218,11 +217,7 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
         total += loss.detach()
         (loss / s.grad_accum_steps).backward()
     apply_schedules(s, step, scale, frac)
-    if s.grad_sync is not None:
-        s.grad_sync.reduce()
-        s.grad_sync.clip(s.cfg.optim.grad_clip_norm)
-    else:
-        clip_gradients(s.model.parameters(), s.cfg.optim.grad_clip_norm)
+    average_and_clip(s.model.parameters(), s.grad_sync, s.cfg.optim)
     s.opts.step()
     s.opts.zero_grad()
     if s.rt.distributed:  # log the global mean, so logs do not depend on the number of ranks
@@ -234,11 +229,13 @@ def train_step(s: Session, scale: float, step: int, frac: float = 0.0) -> float:
 def compile_warmup(s: Session) -> None:
     """Prime the compiled graph of every variant the run will reach, then restore the initial state exactly.
 
-    WARMUP_STEPS real steps per variant (:func:`pgolf.train.warmup.graph_variants`: the starting one,
-    then each reachable recurrence / QAT combination, as the records run 20 steps plus 20 with looping
-    on), so no schedule-driven switch compiles inside the timed run. Afterwards weights, optimizer
-    state, recurrence, QAT, RNGs and the data loader are as before: training is bit-identical to
-    WARMUP_STEPS=0.
+    WARMUP_STEPS real steps per variant (:func:`pgolf.train.warmup.graph_variants`: each reachable
+    recurrence / QAT combination, in the order training reaches them, as the records run 20 steps
+    and then 20 with looping on; step i's schedules as R44's ``step_fn(i, 1.0)``), so no
+    schedule-driven switch compiles inside the timed run. Afterwards weights, optimizer state,
+    recurrence, QAT, RNGs and the data loader are as before: training is bit-identical to
+    WARMUP_STEPS=0. Except with PGOLF_MUON_KEEP_WARMUP_MOMENTUM on several ranks: Parallel Muon's
+    momentum lives outside its optimizer state there, so the timed run starts with the warm-up's, as R44's.
     """
     steps = s.cfg.train.warmup_steps
     if steps <= 0:
@@ -250,7 +247,7 @@ def compile_warmup(s: Session) -> None:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
         for i in range(steps):
             set_variant(s.model, variant, s.cfg.quant)  # train_step's schedules must not move it
-            train_step(s, 1.0, 0, variant.training_frac)
+            train_step(s, 1.0, i, variant.training_frac)
             if steps <= 20 or (i + 1) % 10 == 0 or i + 1 == steps:
                 s.run.log(f"warmup_step:{i + 1}/{steps}{label}")
     prime_final_evaluation(s)

@@ -8,10 +8,12 @@ change that state mid-run, so each setting is its own graph:
 * QAT: each CastedLinear's ``weight_fake_quant`` (``QAT_ENABLED``, late QAT switches it on below
   ``LATE_QAT_THRESHOLD``).
 
-:func:`graph_variants` lists every (recurrence, QAT) combination the schedules can reach, the
-starting one first, so the warm-up compiles them all before the clock starts instead of inside the
+:func:`graph_variants` lists every (recurrence, QAT) combination the schedules can reach, in the
+order training reaches them, so the warm-up compiles them all before the clock starts instead of inside the
 timed run. :func:`capture` / :func:`restore` then undo the warm-up exactly: weights, optimizer state
-(including per-group schedule values), recurrence, QAT functions and every RNG.
+(including per-group schedule values), recurrence, QAT functions and every RNG. A momentum kept
+outside the optimizer state (PGOLF_MUON_KEEP_WARMUP_MOMENTUM on several ranks, R44's) stays as the
+warm-up left it, as in R44.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class GraphVariant:
 
 
 def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[GraphVariant]:
-    """The model's current variant, then every other one the recurrence and QAT schedules can switch to."""
+    """Every variant the recurrence and QAT schedules can switch to, in the order training reaches them: those
+    without recurrence first (the model's current variant first among its equals)."""
     start = GraphVariant(model.active_loops, quant.qat_enabled and qat_is_on(model))  # QAT is off unless enabled
     if not (model.cfg.num_loops > 0 or quant.qat_enabled):  # neither schedule switches anything (a bundle folds this)
         return [start]
@@ -56,7 +59,8 @@ def graph_variants(model: GPT, train: TrainConfig, quant: QuantConfig) -> list[G
             loops.add(0)
     qat = {start.qat, True} if quant.qat_enabled else {start.qat}
     others = sorted(GraphVariant(n, q) for n in loops for q in qat if GraphVariant(n, q) != start)
-    return [start, *others]
+    # loops off first, as training reaches them (R44's warm-up: 20 steps, then 20 with its loops on)
+    return sorted([start, *others], key=lambda v: v.training_frac)
 
 
 def set_variant(model: GPT, variant: GraphVariant, quant: QuantConfig) -> None:
