@@ -26,7 +26,7 @@ from pgolf.bundle.specialise import (
 )
 from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, plain_class_annotations, wrap
-from pgolf.config import Config
+from pgolf.config import Config, artifact_meta, defaults_fingerprint
 from pgolf.errors import PgolfError
 from pgolf.files import atomic_write, check_writable
 
@@ -36,6 +36,7 @@ PRESET_NAME = "PRESET"
 FOLDED_NAME = "FOLDED_FIELDS"  # in the config module
 FOLDED_ENV_NAME = "FOLDED_ENV"  # in the entry
 CONFIG_MODULE = "pgolf.config"
+DELTA_NAME, DEFAULTS_NAME = "BUNDLE_DELTA", "BUNDLE_DEFAULTS"  # in the config module
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
 ERRORS_MODULE, ERROR_CLASS = "pgolf.errors", "PgolfError"
 TELEMETRY_MODULE, TELEMETRY_NAME = "pgolf.runtime", "TELEMETRY"  # False in a bundle: see pgolf.runtime.TELEMETRY
@@ -79,10 +80,16 @@ def _set_literal(body: list[ast.stmt], name: str, value: object) -> bool:
     return False
 
 
-def freeze_config(entry: Module, cfg: Config) -> None:
-    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal."""
+def freeze_config(entry: Module, config: Module, cfg: Config) -> None:
+    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal, and in the config
+    module the frozen config's difference from the package's schema defaults and their fingerprint (the
+    bundle's own defaults will be the frozen values: see :func:`pgolf.config.artifact_meta`)."""
     if not _set_literal(entry.tree.body, FROZEN_NAME, cfg.to_dict()):
         raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
+    delta = {s: v for s, v in artifact_meta(cfg)["config"].items() if s != "preset"}
+    if not (_set_literal(config.tree.body, DELTA_NAME, delta)
+            and _set_literal(config.tree.body, DEFAULTS_NAME, defaults_fingerprint())):
+        raise PgolfError(f"{config.path}: config module has no top-level {DELTA_NAME} or {DEFAULTS_NAME} assignment")
 
 
 def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], names: set[str]):
@@ -126,7 +133,7 @@ def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, spec
 
     left_out = left_out_modules(cfg)
     modules = collect(entry, leave_out=left_out)
-    freeze_config(modules[-1], cfg)
+    freeze_config(modules[-1], next(m for m in modules if m.name == CONFIG_MODULE), cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
     strip = [not keep_checks and m.name != entry for m in modules]
     transform = _specialiser(cfg, entry, tree_shake, strip, {m.name for m in modules}) if specialise else None

@@ -58,6 +58,10 @@ def _load_weights(args: argparse.Namespace):
     from pgolf.export.loading import load_weights
 
     state, info = load_weights(path)
+    if "config" in info.meta and not args.preset_given:  # with --preset the embedded config is not used
+        from pgolf.config import check_defaults
+
+        check_defaults(info.meta, str(path))
     return state, info.meta.get("config"), info.quantized_tensors
 
 

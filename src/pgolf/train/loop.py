@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pgolf.config import Config
+from pgolf.config import Config, artifact_meta
 from pgolf.data.loader import DistributedTokenLoader, build_loader
 from pgolf.data.identity import check_tokenizer
 from pgolf.data.shards import resolve_shards
@@ -87,6 +87,7 @@ class Session:
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
     watch: object | None = None  # the CLI's display of long phases (pgolf.progress.RunPhases); a bundle runs without
+    frozen: dict | None = None  # a bundle's built-in config (see setup); the artifact's config is told from it
 
 
 # Each call's arguments are names and constants: with no display (a bundle) the calls fold out of the shipped code.
@@ -135,7 +136,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True, frozen: dict | None = 
         step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
-                      grad_sync=grad_sync, bos_id=int(sp.bos_id()))
+                      grad_sync=grad_sync, bos_id=int(sp.bos_id()), frozen=frozen)
     _write_header(session, run_id, int(val_tokens.shape[0] - 1), frozen)
     if grad_sync is not None:
         run.log(grad_sync.describe())
@@ -475,6 +476,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     # (literals, so that a bundle for such a config ships no v2 code)
     v1_only = q.scheme == "int8" and q.serializer == "pgolf" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
     if s.rt.is_master:
+        meta = artifact_meta(s.cfg, s.frozen)  # the config as its difference from the schema defaults: fewer bytes
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
             from pgolf.quant.policy import quantize_for_export
@@ -487,13 +489,13 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             if quantized is None:
                 quantized = quantize_state_dict_policy(s.model.state_dict(), q.scheme)
             watch(s, "selective prune")
-            pruned = prune_to_fit_artifact(quantized, {"config": s.cfg.to_dict()}, q.prune_target_bytes, q.prune_scope,
+            pruned = prune_to_fit_artifact(quantized, meta, q.prune_target_bytes, q.prune_scope,
                                            codec=q.compressor, shuffle=q.byte_shuffle)
             quantized = pruned.state
             s.run.log(pruned.summary(q.prune_target_bytes))
         watch(s, "export")
         report = export_model(
-            s.model.state_dict(), path, {"config": s.cfg.to_dict()},
+            s.model.state_dict(), path, meta,
             codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
             stream_shuffle=q.stream_shuffle, serializer=q.serializer,
         )
