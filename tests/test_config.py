@@ -188,15 +188,6 @@ def test_the_cli_refuses_a_negative_iteration_count_before_writing_anything(tmp_
 # -- the artifact's config: its difference from the schema defaults ------------------------------
 
 
-def plant_default(monkeypatch, section_cls, name: str, value) -> None:
-    """Give field ``name`` of ``section_cls`` another schema default (a reader built with other defaults)."""
-    from dataclasses import fields
-
-    defaults = list(section_cls.__init__.__defaults__)  # one per field, all fields have one
-    defaults[[f.name for f in fields(section_cls)].index(name)] = value
-    monkeypatch.setattr(section_cls.__init__, "__defaults__", tuple(defaults))
-
-
 def other_value(value):
     """A value of the same type that differs from ``value``."""
     if isinstance(value, bool):
@@ -257,14 +248,14 @@ def test_a_bundles_artifact_config_is_the_packages(monkeypatch):
     assert bundled["model"]["mlp_mult"] == 2 and bundled["train"]["seed"] == 7
 
 
-def test_the_defaults_fingerprint_follows_the_schema_defaults(monkeypatch):
+def test_the_defaults_fingerprint_follows_the_schema_defaults(plant_default):
     from pgolf.config import ModelConfig, artifact_meta, check_defaults, defaults_fingerprint
 
     meta = artifact_meta(resolve_preset("tiny_cpu"))
     assert meta["config_defaults"] == defaults_fingerprint() and len(meta["config_defaults"]) == 16
     check_defaults(meta, "model.pgolf")  # the same defaults: read
     check_defaults({"config": {}}, "model.pgolf")  # no fingerprint (an older artifact, its config whole): read
-    plant_default(monkeypatch, ModelConfig, "logit_softcap", 20.0)
+    plant_default(ModelConfig, "logit_softcap", 20.0)
     assert defaults_fingerprint() != meta["config_defaults"]
     with pytest.raises(PgolfError, match=r"^model.pgolf: .*other schema defaults.*pass --preset/--set") as err:
         check_defaults(meta, "model.pgolf")
