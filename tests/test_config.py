@@ -233,17 +233,25 @@ def test_the_artifact_config_rebuilds_a_config_with_any_one_field_changed():
             assert stored_fields(delta) == differing_fields(cfg) and from_dict(delta) == cfg, (preset, f.name)
 
 
-def test_a_bundles_artifact_config_is_the_packages(monkeypatch):
-    # What a bundle computes: its frozen config's difference from the package defaults (frozen in at
-    # build time), merged with what its environment changed, a field set back to its default included.
+def test_a_bundles_artifact_config_is_the_packages(monkeypatch, plant_default):
+    # A bundle's schema defaults are its frozen values (pgolf.bundle.specialise.compact_schema, planted
+    # here); the bundler freezes in the frozen config's difference from the package's defaults, and the
+    # artifact's config is that with what the environment changed laid over it, a field set back to the
+    # package's default included. The package, with its own defaults, rebuilds the run's config.
+    import dataclasses
+
     import pgolf.config as config
     from pgolf.config import artifact_meta
 
     frozen = resolve_preset("mlp3x_int8emb_seq2048")
     monkeypatch.setattr(config, "BUNDLE_DELTA", {s: v for s, v in artifact_meta(frozen)["config"].items() if s != "preset"})
-    cfg = resolve_preset("mlp3x_int8emb_seq2048")
-    apply_env(cfg, {"MLP_MULT": "2", "SEED": "7", "TRAIN_SEQ_LEN": "1024"})  # 2 is the package default
-    bundled = artifact_meta(cfg, frozen.to_dict())["config"]
+    for section, f in iter_fields(frozen):
+        plant_default(type(getattr(frozen, section)), f.name, getattr(getattr(frozen, section), f.name))
+    cfg = Config(preset=frozen.preset)  # as the bundle's entry builds it
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(frozen)
+    apply_env(cfg, {"MLP_MULT": "2", "SEED": "7", "TRAIN_SEQ_LEN": "1024"})  # 2 is the package's default
+    bundled = artifact_meta(cfg)["config"]
+    monkeypatch.undo()  # the package's defaults
     assert from_dict(bundled) == cfg != frozen
     assert bundled["model"]["mlp_mult"] == 2 and bundled["train"]["seed"] == 7
 

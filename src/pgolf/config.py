@@ -443,9 +443,10 @@ def from_dict(data: Mapping[str, Any]) -> Config:
     return cfg
 
 
-# Written by the bundler (pgolf.bundle.build) into a bundled train_gpt.py, whose own schema defaults are
-# the frozen values: the frozen config's difference from the package's schema defaults, and those
-# defaults' fingerprint, so that its artifact's config is the package's (see artifact_meta).
+# Written by the bundler (pgolf.bundle.build) into a bundled train_gpt.py: the package's schema defaults'
+# fingerprint, and, where the bundle's own schema defaults are the frozen values (pgolf.bundle.specialise
+# compact_schema), the frozen config's difference from the package's defaults, so that its artifact's
+# config is the package's (see artifact_meta).
 BUNDLE_DELTA: dict = {}
 BUNDLE_DEFAULTS = ""
 
@@ -455,20 +456,17 @@ def defaults_fingerprint() -> str:
     return hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]
 
 
-def artifact_meta(cfg: Config, frozen: dict | None = None) -> dict:
+def artifact_meta(cfg: Config) -> dict:
     """The config an artifact carries: ``cfg``'s fields that differ from the package's schema defaults (in
     value or type: ``repr``), by section, plus its preset, which :func:`from_dict` rebuilds; and those
     defaults' fingerprint, which a reader checks against its own (:func:`check_defaults`): with other
-    defaults the same difference is another config. ``frozen``: a bundle's built-in config, before the
-    environment changed it, whose difference from the package's defaults is :data:`BUNDLE_DELTA` (the
-    bundle's own schema defaults are the frozen values)."""
-    base = Config().to_dict() if frozen is None else frozen
-    out = {s: dict(v) for s, v in BUNDLE_DELTA.items()}
-    for s, values in cfg.to_dict().items():
-        diff = {k: v for k, v in values.items() if repr(v) != repr(base[s].get(k))} if s in SECTIONS else {}
-        if diff:
-            out.setdefault(s, {}).update(diff)
-    return {"config": {**out, "preset": cfg.preset}, "config_defaults": BUNDLE_DEFAULTS or defaults_fingerprint()}
+    defaults the same difference is another config. In a bundle whose schema defaults are the frozen
+    values, the difference from those is laid over the frozen config's own (:data:`BUNDLE_DELTA`)."""
+    base, now = Config().to_dict(), cfg.to_dict()
+    out = {s: {**BUNDLE_DELTA.get(s, {}), **{k: v for k, v in now[s].items() if repr(v) != repr(base[s].get(k))}}
+           for s in SECTIONS}
+    return {"config": {**{s: v for s, v in out.items() if v}, "preset": cfg.preset},
+            "config_defaults": BUNDLE_DEFAULTS or defaults_fingerprint()}
 
 
 def check_defaults(meta: Mapping[str, Any], source: str) -> None:

@@ -81,15 +81,13 @@ def _set_literal(body: list[ast.stmt], name: str, value: object) -> bool:
 
 
 def freeze_config(entry: Module, config: Module, cfg: Config) -> None:
-    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal, and in the config
-    module the frozen config's difference from the package's schema defaults and their fingerprint (the
-    bundle's own defaults will be the frozen values: see :func:`pgolf.config.artifact_meta`)."""
+    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal, and
+    ``BUNDLE_DEFAULTS`` in the config module with the package's schema defaults' fingerprint (an
+    artifact's config is the difference from those: :func:`pgolf.config.artifact_meta`)."""
     if not _set_literal(entry.tree.body, FROZEN_NAME, cfg.to_dict()):
         raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
-    delta = {s: v for s, v in artifact_meta(cfg)["config"].items() if s != "preset"}
-    if not (_set_literal(config.tree.body, DELTA_NAME, delta)
-            and _set_literal(config.tree.body, DEFAULTS_NAME, defaults_fingerprint())):
-        raise PgolfError(f"{config.path}: config module has no top-level {DELTA_NAME} or {DEFAULTS_NAME} assignment")
+    if not _set_literal(config.tree.body, DEFAULTS_NAME, defaults_fingerprint()):
+        raise PgolfError(f"{config.path}: config module has no top-level {DEFAULTS_NAME} assignment")
 
 
 def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], names: set[str]):
@@ -110,6 +108,10 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], n
             # (set before folding, so that the frozen-config reader folds away)
             _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {})
             _set_literal(entry_body, bundle_name(entry, PRESET_NAME), cfg.preset)
+            # and an artifact's config, its difference from the package's defaults, starts from the frozen config's
+            delta = {s: v for s, v in artifact_meta(cfg)["config"].items() if s != "preset"}
+            if not any(_set_literal(b, bundle_name(CONFIG_MODULE, DELTA_NAME), delta) for b in bodies):
+                raise PgolfError(f"the bundle has no top-level {DELTA_NAME} assignment ({CONFIG_MODULE})")
         if TELEMETRY_MODULE in names:  # before folding: its tests then fold like a switch's
             telemetry = bundle_name(TELEMETRY_MODULE, TELEMETRY_NAME)
             if not any(_set_literal(b, telemetry, False) for b in bodies):

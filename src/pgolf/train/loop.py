@@ -87,7 +87,6 @@ class Session:
     bos_id: int = 1  # the tokenizer's BOS: document boundaries for doc-isolated sliding eval and TTT
     sliding_hidden: object | None = None  # compiled model.hidden for the sliding phase, primed in the warm-up
     watch: object | None = None  # the CLI's display of long phases (pgolf.progress.RunPhases); a bundle runs without
-    frozen: dict | None = None  # a bundle's built-in config (see setup); the artifact's config is told from it
 
 
 # Each call's arguments are names and constants: with no display (a bundle) the calls fold out of the shipped code.
@@ -136,7 +135,7 @@ def setup(cfg: Config, runs_dir: Path, echo: bool = True, frozen: dict | None = 
         step_model = DDP(step_model, device_ids=ids, broadcast_buffers=False)
     grad_accum = cfg.train.grad_accum_steps or 8 // rt.world_size
     session = Session(cfg, rt, run, model, step_model, opts, loader, val_tokens, table, grad_accum, use_compile,
-                      grad_sync=grad_sync, bos_id=int(sp.bos_id()), frozen=frozen)
+                      grad_sync=grad_sync, bos_id=int(sp.bos_id()))
     _write_header(session, run_id, int(val_tokens.shape[0] - 1), frozen)
     if grad_sync is not None:
         run.log(grad_sync.describe())
@@ -476,7 +475,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     # (literals, so that a bundle for such a config ships no v2 code)
     v1_only = q.scheme == "int8" and q.serializer == "pgolf" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
     if s.rt.is_master:
-        meta = artifact_meta(s.cfg, s.frozen)  # the config as its difference from the schema defaults: fewer bytes
+        meta = artifact_meta(s.cfg)  # the config as its difference from the schema defaults: fewer bytes
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
             from pgolf.quant.policy import quantize_for_export
