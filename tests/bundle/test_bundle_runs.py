@@ -305,3 +305,28 @@ def test_fused_kernels_asked_of_a_bundle_without_them_are_refused_in_one_line(sh
                           cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "bundled without the fused kernels; rebuild it with them on" in proc.stderr
+
+
+@pytest.mark.parametrize("specialise", [True, False], ids=["compact-schema", "package-schema"])
+def test_a_bundles_artifact_config_rebuilds_the_packages_config(specialise, monkeypatch):
+    # The bundle's own code, as its entry runs it (frozen config, then the env), up to the artifact's
+    # config: with its schema compacted (defaults = the frozen values) and without (the package's schema,
+    # the whole FROZEN_CONFIG). The package reads it back as the config the package resolves for that env.
+    import types
+
+    from pgolf.bundle.build import bundle_source
+
+    preset, env = "mlp3x_int8emb_seq2048", {"MLP_MULT": "2", "SEED": "7", "TRAIN_SEQ_LEN": "1024"}  # 2: the default
+    source, _ = bundle_source(build_config(preset, environ={}), specialise=specialise)
+    bundled = types.ModuleType("bundled_train_gpt")  # dataclasses look the defining module up
+    monkeypatch.setitem(sys.modules, bundled.__name__, bundled)
+    exec(compile(source, "train_gpt.py", "exec"), bundled.__dict__)
+    assert bool(bundled.PRESET) == specialise  # which of the entry's two forms this is
+    cfg = bundled.Config(preset=bundled.PRESET) if bundled.PRESET else bundled.from_dict(bundled.FROZEN_CONFIG)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bundled.apply_env(cfg)
+    meta = json.loads(json.dumps(bundled.artifact_meta(cfg)))  # as the artifact's JSON holds it
+    monkeypatch.undo()
+    assert meta["config_defaults"] == defaults_fingerprint()
+    assert from_dict(meta["config"]) == build_config(preset, environ=env) != build_config(preset, environ={})
