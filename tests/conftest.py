@@ -108,6 +108,20 @@ def finished_run(shared_data, tmp_path_factory) -> Path:
 # -- oracles: the reference and record scripts (../shared/oracles or PGOLF_ORACLES), imported on CPU,
 # never copied (tests/oracles.py); where absent, the test using them is skipped in one line.
 
+@pytest.fixture()
+def plant_default(monkeypatch):
+    """``plant(section_cls, name, value)``: give a config field another schema default for this test (a
+    pgolf built with other defaults, reading an artifact whose config is its difference from the defaults)."""
+    from dataclasses import fields
+
+    def plant(section_cls, name: str, value) -> None:
+        defaults = list(section_cls.__init__.__defaults__)  # one per field: every field has a default
+        defaults[[f.name for f in fields(section_cls)].index(name)] = value
+        monkeypatch.setattr(section_cls.__init__, "__defaults__", tuple(defaults))
+
+    return plant
+
+
 @pytest.fixture(scope="session")
 def oracle():
     """``oracle("R22_leakyrelu_ttt_parallel_muon/train_gpt.py")`` -> that script's module, imported once

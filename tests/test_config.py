@@ -189,3 +189,88 @@ def test_the_cli_refuses_a_negative_iteration_count_before_writing_anything(tmp_
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("ITERATIONS=-5: must be >= 0"), proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# -- the artifact's config: its difference from the schema defaults ------------------------------
+
+
+def other_value(value):
+    """A value of the same type that differs from ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    return value + "x"
+
+
+def stored_fields(delta: dict) -> set[tuple[str, str]]:
+    return {(s, k) for s, values in delta.items() if s != "preset" for k in values}
+
+
+def differing_fields(cfg: Config) -> set[tuple[str, str]]:
+    """Brute force: every field whose value is not the schema default's, by getattr."""
+    defaults = Config()
+    return {(s, f.name) for s, f in iter_fields(cfg)
+            if repr(getattr(getattr(cfg, s), f.name)) != repr(getattr(getattr(defaults, s), f.name))}
+
+
+def test_the_artifact_config_holds_exactly_the_differing_fields_and_rebuilds_every_preset():
+    import json
+
+    from pgolf.config import artifact_meta
+
+    for name in PRESETS:
+        cfg = resolve_preset(name)
+        delta = json.loads(json.dumps(artifact_meta(cfg)["config"]))  # as the artifact's JSON holds it
+        assert stored_fields(delta) == differing_fields(cfg), name
+        assert delta["preset"] == name
+        assert from_dict(delta) == cfg, name
+
+
+def test_the_artifact_config_rebuilds_a_config_with_any_one_field_changed():
+    from pgolf.config import artifact_meta
+
+    for preset in ("baseline", "sp8192_lqer_sparsegate_bossmear"):
+        for section, f in iter_fields(Config()):
+            cfg = resolve_preset(preset)
+            values = getattr(cfg, section)
+            setattr(values, f.name, other_value(getattr(values, f.name)))
+            delta = artifact_meta(cfg)["config"]
+            assert stored_fields(delta) == differing_fields(cfg) and from_dict(delta) == cfg, (preset, f.name)
+
+
+def test_a_bundles_artifact_config_is_the_packages(monkeypatch, plant_default):
+    # A bundle's schema defaults are its frozen values (pgolf.bundle.specialise.compact_schema, planted
+    # here); the bundler freezes in the frozen config's difference from the package's defaults, and the
+    # artifact's config is that with what the environment changed laid over it, a field set back to the
+    # package's default included. The package, with its own defaults, rebuilds the run's config.
+    import dataclasses
+
+    import pgolf.config as config
+    from pgolf.config import artifact_meta
+
+    frozen = resolve_preset("mlp3x_int8emb_seq2048")
+    monkeypatch.setattr(config, "BUNDLE_DELTA", {s: v for s, v in artifact_meta(frozen)["config"].items() if s != "preset"})
+    for section, f in iter_fields(frozen):
+        plant_default(type(getattr(frozen, section)), f.name, getattr(getattr(frozen, section), f.name))
+    cfg = Config(preset=frozen.preset)  # as the bundle's entry builds it
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(frozen)
+    apply_env(cfg, {"MLP_MULT": "2", "SEED": "7", "TRAIN_SEQ_LEN": "1024"})  # 2 is the package's default
+    bundled = artifact_meta(cfg)["config"]
+    monkeypatch.undo()  # the package's defaults
+    assert from_dict(bundled) == cfg != frozen
+    assert bundled["model"]["mlp_mult"] == 2 and bundled["train"]["seed"] == 7
+
+
+def test_the_defaults_fingerprint_follows_the_schema_defaults(plant_default):
+    from pgolf.config import ModelConfig, artifact_meta, check_defaults, defaults_fingerprint
+
+    meta = artifact_meta(resolve_preset("tiny_cpu"))
+    assert meta["config_defaults"] == defaults_fingerprint() and len(meta["config_defaults"]) == 16
+    check_defaults(meta, "model.pgolf")  # the same defaults: read
+    check_defaults({"config": {}}, "model.pgolf")  # no fingerprint (an older artifact, its config whole): read
+    plant_default(ModelConfig, "logit_softcap", 20.0)
+    assert defaults_fingerprint() != meta["config_defaults"]
+    with pytest.raises(PgolfError, match=r"^model.pgolf: .*other schema defaults.*pass --preset/--set") as err:
+        check_defaults(meta, "model.pgolf")
+    assert "\n" not in str(err.value)

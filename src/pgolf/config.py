@@ -10,6 +10,7 @@ Resolution order, later wins: preset defaults, then environment variables, then 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -447,6 +448,44 @@ def from_dict(data: Mapping[str, Any]) -> Config:
         for name, value in values.items():
             set_value(cfg, f"{section}.{name}", value)
     return cfg
+
+
+# Written by the bundler (pgolf.bundle.build) into a bundled train_gpt.py: the package's schema defaults'
+# fingerprint, and, where the bundle's own schema defaults are the frozen values (pgolf.bundle.specialise
+# compact_schema), the frozen config's difference from the package's defaults, so that its artifact's
+# config is the package's (see artifact_meta).
+BUNDLE_DELTA: dict = {}
+BUNDLE_DEFAULTS = ""
+
+
+def defaults_fingerprint() -> str:
+    """The schema defaults' fingerprint: the first 16 hex digits of the sha256 of ``Config().to_json()``."""
+    return hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]
+
+
+def artifact_meta(cfg: Config) -> dict:
+    """The config an artifact carries: ``cfg``'s fields that differ from the package's schema defaults (in
+    value or type: ``repr``), by section, plus its preset, which :func:`from_dict` rebuilds; and those
+    defaults' fingerprint, which a reader checks against its own (:func:`check_defaults`): with other
+    defaults the same difference is another config. In a bundle whose schema defaults are the frozen
+    values, the difference from those is laid over the frozen config's own (:data:`BUNDLE_DELTA`)."""
+    base, now = Config().to_dict(), cfg.to_dict()
+    out = {s: {**BUNDLE_DELTA.get(s, {}), **{k: v for k, v in now[s].items() if repr(v) != repr(base[s].get(k))}}
+           for s in SECTIONS}
+    return {"config": {**{s: v for s, v in out.items() if v}, "preset": cfg.preset},
+            "config_defaults": BUNDLE_DEFAULTS or defaults_fingerprint()}
+
+
+def check_defaults(meta: Mapping[str, Any], source: str) -> None:
+    """Refuse an artifact whose config is a difference from other schema defaults than this pgolf's: filled
+    in with these, it would be another model or evaluation. An artifact without a fingerprint (its config
+    whole) passes."""
+    theirs = meta.get("config_defaults")
+    if theirs is not None and theirs != defaults_fingerprint():
+        raise PgolfError(
+            f"{source}: its config was stored as the difference from other schema defaults than this pgolf's "
+            f"(fingerprint {theirs}, here {defaults_fingerprint()}); pass --preset/--set to say the config"
+        )
 
 
 def field_problem(value: Any, check: tuple[str, ...] | str) -> str | None:

@@ -134,8 +134,9 @@ def mlp3x_int8emb_seq2048() -> Config:
     in PR #160's xz. pgolf's lzma now writes LZMA1 (no xz or LZMA2 framing) at the smaller of presets
     9 and 9e: 1,153,033 bytes on PR #160's own payload. The margin is of the order of LZMA's
     sensitivity to the bytes ahead of the codes (0 to 8 spaces added to PR #160's own JSON grow its
-    file by up to 335 bytes; pgolf's artifact with an empty meta is 14 over), and a training run's
-    artifact also holds its whole config: 1,370 bytes more here (1,154,516). pgolf's own layout under
+    file by up to 335 bytes; pgolf's artifact with an empty meta is 14 over). A training run's artifact
+    also holds its config, as its difference from the schema defaults (pgolf.config.artifact_meta): 188
+    bytes more here (1,153,334, 82 over the record's file; the whole config was 1,370 more). pgolf's own layout under
     the same lzma is 1,066,150 bytes, 7.5% under the record's, and ``PGOLF_COMPRESSOR=auto`` 999,974:
     set ``PGOLF_SERIALIZER=pgolf`` for the smaller artifact; qgv3 stays the default as the record's layout.
 

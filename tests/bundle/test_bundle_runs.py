@@ -17,7 +17,8 @@ import pytest
 from pgolf.bundle.build import build_bundle
 from pgolf.bundle.specialise import folded_fields
 from pgolf.check.track import bundle_source_sha256, facts_from_run
-from pgolf.config import Config, iter_fields, override_env
+from pgolf.config import Config, defaults_fingerprint, from_dict, iter_fields, override_env
+from pgolf.export.loading import load_weights
 from pgolf.presets import build_config
 
 STEPS = 30
@@ -84,6 +85,18 @@ def losses(run_dir: Path) -> list[float]:
     return [r["train_loss"] for r in rows if r["event"] == "train"]
 
 
+def assert_same_artifact_config(runs: Path) -> None:
+    """The bundle's artifact carries the package's config: its difference from the package's schema
+    defaults (not the bundle's own, which are the frozen values), so the package rebuilds, field for
+    field, the config the package's run had (but the run id), under the package defaults' fingerprint."""
+    metas = {side: load_weights(runs / side / "model.pgolf")[1].meta for side in ("bundle", "package")}
+    assert metas["bundle"]["config_defaults"] == metas["package"]["config_defaults"] == defaults_fingerprint()
+    bundled, package = (from_dict(metas[side]["config"]) for side in ("bundle", "package"))
+    assert (bundled.train.run_id, package.train.run_id) == ("bundle", "package")
+    bundled.train.run_id = package.train.run_id
+    assert bundled == package
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_bundle_trains_exactly_like_the_package(preset, stock_bundle, shared_data, tmp_path):
@@ -107,6 +120,7 @@ def test_bundle_trains_exactly_like_the_package(preset, stock_bundle, shared_dat
     assert all(value == full[section][k] for section, values in recorded.items() if isinstance(values, dict)
                for k, value in values.items() if k != "run_id")
     assert all(k in recorded[section] for section, k in folded_fields(build_config(preset, environ={})))
+    assert_same_artifact_config(runs)
     # the bundle's log states what pgolf submit / check record judge a run by, and the records' score lines
     facts = facts_from_run(runs / "bundle", "bundle")
     assert facts.code_source == "bundle train_gpt.py" and facts.bundle_config and facts.device.startswith("cpu")
@@ -126,6 +140,7 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
     bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
     assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 4
     assert (bundled["val_loss"], bundled["val_bpb"]) == (package["val_loss"], package["val_bpb"])
+    assert_same_artifact_config(runs)
 
 
 @pytest.mark.slow
@@ -309,3 +324,28 @@ def test_fused_kernels_asked_of_a_bundle_without_them_are_refused_in_one_line(sh
                           cwd=tmp_path, env=env, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "bundled without the fused kernels; rebuild it with them on" in proc.stderr
+
+
+@pytest.mark.parametrize("specialise", [True, False], ids=["compact-schema", "package-schema"])
+def test_a_bundles_artifact_config_rebuilds_the_packages_config(specialise, monkeypatch):
+    # The bundle's own code, as its entry runs it (frozen config, then the env), up to the artifact's
+    # config: with its schema compacted (defaults = the frozen values) and without (the package's schema,
+    # the whole FROZEN_CONFIG). The package reads it back as the config the package resolves for that env.
+    import types
+
+    from pgolf.bundle.build import bundle_source
+
+    preset, env = "mlp3x_int8emb_seq2048", {"MLP_MULT": "2", "SEED": "7", "TRAIN_SEQ_LEN": "1024"}  # 2: the default
+    source, _ = bundle_source(build_config(preset, environ={}), specialise=specialise)
+    bundled = types.ModuleType("bundled_train_gpt")  # dataclasses look the defining module up
+    monkeypatch.setitem(sys.modules, bundled.__name__, bundled)
+    exec(compile(source, "train_gpt.py", "exec"), bundled.__dict__)
+    assert bool(bundled.PRESET) == specialise  # which of the entry's two forms this is
+    cfg = bundled.Config(preset=bundled.PRESET) if bundled.PRESET else bundled.from_dict(bundled.FROZEN_CONFIG)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bundled.apply_env(cfg)
+    meta = json.loads(json.dumps(bundled.artifact_meta(cfg)))  # as the artifact's JSON holds it
+    monkeypatch.undo()
+    assert meta["config_defaults"] == defaults_fingerprint()
+    assert from_dict(meta["config"]) == build_config(preset, environ=env) != build_config(preset, environ={})

@@ -173,3 +173,26 @@ def test_an_artifact_that_quantizes_nothing_is_named_in_a_warning(capsys, sp1024
     assert len(warned) == (0 if quantized else 1)
     if not quantized:
         assert "quant policy 'int8' quantizes none of the 22 tensors" in warned[0]
+
+
+def test_an_artifact_written_against_other_schema_defaults_is_refused_not_scored(capsys, sp1024_model, val_prefix_shard,
+                                                                                 tmp_path, plant_default):
+    # The artifact's config is its difference from the schema defaults: filled in with other defaults
+    # (here a reader whose logit softcap default is 20, a field tiny_cpu leaves at the default) it would
+    # be another model, scored without a word. Unless --preset says the config, the reader refuses.
+    from pgolf.config import ModelConfig, artifact_meta
+    from pgolf.export.artifact import export_model
+
+    artifact = tmp_path / "model.pgolf"
+    export_model(tiny_state(), artifact, artifact_meta(resolve_preset("tiny_cpu")))
+    code, out, err = run_eval(capsys, "--artifact", str(artifact), *common(sp1024_model, val_prefix_shard), "--json")
+    assert code == 0, err
+    score = json.loads(out.splitlines()[-1])["val_bpb"]
+    plant_default(ModelConfig, "logit_softcap", 20.0)
+    code, out, err = run_eval(capsys, "--artifact", str(artifact), *common(sp1024_model, val_prefix_shard), "--json")
+    assert code == 2 and out == "" and err.count("\n") == 1 and "other schema defaults" in err, err
+    assert err.rstrip().endswith("pass --preset/--set to say the config")
+    # --preset says the config: the embedded one is not used, so nothing to refuse
+    code, out, err = run_eval(capsys, "--artifact", str(artifact), "--preset", "tiny_cpu", "--set", "LOGIT_SOFTCAP=30",
+                              *common(sp1024_model, val_prefix_shard), "--json")
+    assert code == 0 and json.loads(out.splitlines()[-1])["val_bpb"] == score, err

@@ -25,6 +25,7 @@ import torch
 import zstandard
 from oracles import RECORDS, _top_level_statements, hyperparameters, no_orthogonal_init, randomise_
 
+from pgolf.config import artifact_meta
 from pgolf.export.codecs import lrzip_available
 from pgolf.export.container import encode_artifact
 from pgolf.export.record_layout import record_layout
@@ -166,7 +167,7 @@ GPTQ_PRESETS = ("sp8192_recur_parres_ttt", "sp8192_lqer_sparsegate_bossmear")  #
                                         for p in EXPORTS])
 def exported(request, oracle):
     """(preset, the pgolf-layout float state, record's dequantised state, record's bytes,
-    pgolf's dequantised state, pgolf's artifact bytes)."""
+    pgolf's dequantised state, pgolf's artifact bytes, pgolf's artifact of the same codes under a given meta)."""
     preset = request.param
     if build_config(preset, environ={}).quant.serializer == "pergroup" and not lrzip_available():
         pytest.skip("lrzip binary not installed: R44's per-group lrzip export was not compared")
@@ -182,13 +183,15 @@ def exported(request, oracle):
     hessians = random_hessians(ours, seed=4) if cfg.quant.gptq_enabled else None
     deq_record, blob = EXPORTS[preset](mod, cfg, sd, hessians)
     q = quantize_for_export(ours, cfg.quant, hessians)
-    artifact = encode_artifact(q, {"preset": preset}, cfg.quant.compressor, shuffle=cfg.quant.byte_shuffle,
+    def encode(meta: dict) -> bytes:
+        return encode_artifact(q, meta, cfg.quant.compressor, shuffle=cfg.quant.byte_shuffle,
                                stream_shuffle=cfg.quant.stream_shuffle, serializer=cfg.quant.serializer)
-    return preset, ours, layout.to_pgolf(dict(deq_record)), len(blob), dequantize(q), len(artifact)
+
+    return preset, ours, layout.to_pgolf(dict(deq_record)), len(blob), dequantize(q), len(encode({"preset": preset})), encode
 
 
 def test_pgolf_dequantises_every_tensor_as_the_record(exported):
-    preset, ours, deq_record, _, deq_pgolf, _ = exported
+    preset, ours, deq_record, _, deq_pgolf, _, _ = exported
     assert set(deq_record) == set(deq_pgolf) == set(ours)
     differ = []
     for name in ours:
@@ -201,6 +204,33 @@ def test_pgolf_dequantises_every_tensor_as_the_record(exported):
 
 
 def test_pgolf_artifact_is_no_larger_than_the_records(exported):
-    preset, _, _, record_bytes, _, pgolf_bytes = exported
+    preset, _, _, record_bytes, _, pgolf_bytes, _ = exported
     print(f"{preset}: pgolf {pgolf_bytes:,} bytes, record {record_bytes:,} bytes")
     assert pgolf_bytes <= record_bytes
+
+
+def pr160_run_sizes(exported) -> tuple[int, int, int, int]:
+    """(record's bytes, pgolf's artifact with the meta a training run writes: the preset's config as its
+    difference from the schema defaults and their fingerprint (pgolf.config.artifact_meta), with the
+    whole config, with the preset's name only), on PR #160's codes."""
+    preset, _, _, record_bytes, _, name_only, encode = exported
+    if preset != "mlp3x_int8emb_seq2048":
+        pytest.skip("the record whose layout pgolf writes byte for byte: PR #160's QGv3")
+    cfg = build_config(preset, environ={})
+    run, whole = len(encode(artifact_meta(cfg))), len(encode({"config": cfg.to_dict()}))
+    print(f"{preset}: record {record_bytes:,} bytes; pgolf {run:,} with a run's meta, {whole:,} with the whole "
+          f"config, {name_only:,} with the preset's name only")
+    return record_bytes, run, whole, name_only
+
+
+def test_a_training_runs_pr160_artifact_stores_its_config_in_a_fraction_of_the_whole_configs_bytes(exported):
+    _, run, whole, name_only = pr160_run_sizes(exported)
+    assert run - name_only < (whole - name_only) / 4  # measured: 188 against 1,370 bytes
+
+
+@pytest.mark.xfail(strict=True, reason="82 bytes over on these codes (1,153,334 against 1,153,252; the whole config "
+                   "was 1,264 over): of the order of LZMA's sensitivity to the bytes ahead of the codes, 0 to 8 "
+                   "spaces added to the preset's name move pgolf's artifact from 1,153,100 to 1,153,327")
+def test_a_training_runs_pr160_artifact_is_no_larger_than_the_records(exported):
+    record_bytes, run, _, _ = pr160_run_sizes(exported)
+    assert run <= record_bytes

@@ -26,7 +26,7 @@ from pgolf.bundle.specialise import (
 )
 from pgolf.bundle.specialise import specialise as specialise_bodies
 from pgolf.bundle.wrap import minify, plain_class_annotations, wrap
-from pgolf.config import Config
+from pgolf.config import Config, artifact_meta, defaults_fingerprint
 from pgolf.errors import PgolfError
 from pgolf.files import atomic_write, check_writable
 
@@ -36,6 +36,7 @@ PRESET_NAME = "PRESET"
 FOLDED_NAME = "FOLDED_FIELDS"  # in the config module
 FOLDED_ENV_NAME = "FOLDED_ENV"  # in the entry
 CONFIG_MODULE = "pgolf.config"
+DELTA_NAME, DEFAULTS_NAME = "BUNDLE_DELTA", "BUNDLE_DEFAULTS"  # in the config module
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
 ERRORS_MODULE, ERROR_CLASS = "pgolf.errors", "PgolfError"
 TELEMETRY_MODULE, TELEMETRY_NAME = "pgolf.runtime", "TELEMETRY"  # False in a bundle: see pgolf.runtime.TELEMETRY
@@ -79,10 +80,14 @@ def _set_literal(body: list[ast.stmt], name: str, value: object) -> bool:
     return False
 
 
-def freeze_config(entry: Module, cfg: Config) -> None:
-    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal."""
+def freeze_config(entry: Module, config: Module, cfg: Config) -> None:
+    """Replace ``FROZEN_CONFIG = ...`` in the entry with the resolved config as a literal, and
+    ``BUNDLE_DEFAULTS`` in the config module with the package's schema defaults' fingerprint (an
+    artifact's config is the difference from those: :func:`pgolf.config.artifact_meta`)."""
     if not _set_literal(entry.tree.body, FROZEN_NAME, cfg.to_dict()):
         raise PgolfError(f"{entry.path}: entry module has no top-level {FROZEN_NAME} assignment")
+    if not _set_literal(config.tree.body, DEFAULTS_NAME, defaults_fingerprint()):
+        raise PgolfError(f"{config.path}: config module has no top-level {DEFAULTS_NAME} assignment")
 
 
 def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], names: set[str]):
@@ -103,6 +108,10 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], n
             # (set before folding, so that the frozen-config reader folds away)
             _set_literal(entry_body, bundle_name(entry, FROZEN_NAME), {})
             _set_literal(entry_body, bundle_name(entry, PRESET_NAME), cfg.preset)
+            # and an artifact's config, its difference from the package's defaults, starts from the frozen config's
+            delta = {s: v for s, v in artifact_meta(cfg)["config"].items() if s != "preset"}
+            if not any(_set_literal(b, bundle_name(CONFIG_MODULE, DELTA_NAME), delta) for b in bodies):
+                raise PgolfError(f"the bundle has no top-level {DELTA_NAME} assignment ({CONFIG_MODULE})")
         if TELEMETRY_MODULE in names:  # before folding: its tests then fold like a switch's
             telemetry = bundle_name(TELEMETRY_MODULE, TELEMETRY_NAME)
             if not any(_set_literal(b, telemetry, False) for b in bodies):
@@ -126,7 +135,7 @@ def bundle_source(cfg: Config, entry: str = ENTRY, tree_shake: bool = True, spec
 
     left_out = left_out_modules(cfg)
     modules = collect(entry, leave_out=left_out)
-    freeze_config(modules[-1], cfg)
+    freeze_config(modules[-1], next(m for m in modules if m.name == CONFIG_MODULE), cfg)
     header = f'"""train_gpt.py built by pgolf {__version__} `pgolf bundle` for preset {cfg.preset}; reference env vars override the frozen config."""'
     strip = [not keep_checks and m.name != entry for m in modules]
     transform = _specialiser(cfg, entry, tree_shake, strip, {m.name for m in modules}) if specialise else None

@@ -36,7 +36,8 @@ Accepted weights: a pgolf artifact (model.pgolf, carries its config), a pgolf ch
 (checkpoint.safetensors, carries its config), or the reference's or a record's own final_model.pt
 or final_model.*.ptz (give its --preset). Nothing loaded here can execute code. The tokenizer and val
 paths stored in a config are as given when it trained (relative to that folder); from elsewhere,
-pass --tokenizer and --val.
+pass --tokenizer and --val. An artifact stores its config as the difference from pgolf's schema
+defaults: one written against other defaults than this pgolf's is refused, unless --preset says the config.
 """
 
 
@@ -58,6 +59,10 @@ def _load_weights(args: argparse.Namespace):
     from pgolf.export.loading import load_weights
 
     state, info = load_weights(path)
+    if "config" in info.meta and not args.preset_given:  # with --preset the embedded config is not used
+        from pgolf.config import check_defaults
+
+        check_defaults(info.meta, str(path))
     return state, info.meta.get("config"), info.quantized_tensors
 
 

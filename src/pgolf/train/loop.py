@@ -39,7 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pgolf.config import Config
+from pgolf.config import Config, artifact_meta
 from pgolf.data.loader import DistributedTokenLoader, build_loader
 from pgolf.data.identity import check_tokenizer
 from pgolf.data.shards import resolve_shards
@@ -472,6 +472,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     # (literals, so that a bundle for such a config ships no v2 code)
     v1_only = q.scheme == "int8" and q.serializer == "pgolf" and not (q.byte_shuffle or q.gptq_enabled or q.lqer_enabled)
     if s.rt.is_master:
+        meta = artifact_meta(s.cfg)  # the config as its difference from the schema defaults: fewer bytes
         quantized = None
         if q.gptq_enabled or q.lqer_enabled:  # imported only then: its code counts in bytes_code
             from pgolf.quant.policy import quantize_for_export
@@ -484,13 +485,13 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
             if quantized is None:
                 quantized = quantize_state_dict_policy(s.model.state_dict(), q.scheme)
             watch(s, "selective prune")
-            pruned = prune_to_fit_artifact(quantized, {"config": s.cfg.to_dict()}, q.prune_target_bytes, q.prune_scope,
+            pruned = prune_to_fit_artifact(quantized, meta, q.prune_target_bytes, q.prune_scope,
                                            codec=q.compressor, shuffle=q.byte_shuffle)
             quantized = pruned.state
             s.run.log(pruned.summary(q.prune_target_bytes))
         watch(s, "export")
         report = export_model(
-            s.model.state_dict(), path, {"config": s.cfg.to_dict()},
+            s.model.state_dict(), path, meta,
             codec=q.compressor, policy=q.scheme, shuffle=q.byte_shuffle, quantized=quantized, v1_only=v1_only,
             stream_shuffle=q.stream_shuffle, serializer=q.serializer,
         )
