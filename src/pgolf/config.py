@@ -182,6 +182,7 @@ class TrainConfig:
     swa_start_frac: float = _f(0.5, "SWA_START_FRAC", "snapshot only while the LR scale is below this (R19: 0.5; R21 'tight': 0.2; above 1: from the first step)", NONNEG)
     loader: str = _f("sequential", "PGOLF_LOADER", "training loader: sequential (reference), coprime (R25: coprime walks, 8->64 shards mixed per batch), shuffled (R30) or doc_packed (R44: one packed row per rank micro-step, attention cut at BOS and every PGOLF_MAX_DOC_LEN)", ("sequential", "coprime", "shuffled", "doc_packed"))
     warmup_steps: int = _f(20, "WARMUP_STEPS", "compile warm-up steps, undone afterwards (not an LR warm-up)", NONNEG)
+    warmup_skip_batches: int = _f(0, "PGOLF_WARMUP_SKIP_BATCHES", "micro-batches the loader reads and drops before the compile warm-up's steps (R44: 1, the batch its cu_seqlens bucket warm-up runs without stepping); it matters only where the warm-up leaves a trace (PGOLF_MUON_KEEP_WARMUP_MOMENTUM)", NONNEG)
     train_batch_tokens: int = _f(524_288, "TRAIN_BATCH_TOKENS", "tokens per optimizer step, summed over ranks", POS)
     train_seq_len: int = _f(1024, "TRAIN_SEQ_LEN", "training sequence length", POS)
     max_wallclock_seconds: float = _f(600.0, "MAX_WALLCLOCK_SECONDS", "training time cap; 0 disables", NONNEG)

@@ -474,8 +474,9 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     and on one process, R44's own Muon and restore and pgolf's hold the same bf16 momentum afterwards
     (tests/optim/test_warmup_momentum.py). pgolf's warm-up, as R44's, runs 20 steps with the loops
     off, then 20 with them on, step i's momentum schedule, LR scale 1, the clip of the timed run;
-    its batches are the loader's first ones, where R44's start one micro-batch later (its
-    ``cu_seqlens`` bucket warm-up reads one without stepping).
+    its steps start one micro-batch into the loader, as R44's, whose ``cu_seqlens`` bucket warm-up
+    reads one without stepping (``PGOLF_WARMUP_SKIP_BATCHES=1``; the rows against R44's own loader:
+    tests/data/test_packed_loader.py); the timed run starts again from the loader's first row.
     """
     cfg = baseline()
     cfg.preset = "sp8192_lqer_sparsegate_bossmear"
@@ -493,6 +494,7 @@ def sp8192_lqer_sparsegate_bossmear() -> Config:
     o.muon_row_normalize, o.muon_ns_schedule = True, "polar_express"
     o.muon_parallel, o.muon_momentum_bf16, o.grad_clip_local = True, True, True  # under torchrun: each rank's own gradient clipped
     o.muon_keep_warmup_momentum = True  # under torchrun R44's shard_mom survives the warm-up's restore
+    t.warmup_skip_batches = 1  # its cu_seqlens bucket warm-up reads a batch before the warm-up steps
     o.muon_wd, o.embed_wd, o.adam_wd, o.grad_clip_norm = 0.095, 0.085, 0.02, 0.3
     t.train_batch_tokens, t.train_seq_len, t.loader = 786_432, 2048, "doc_packed"  # R44's DocumentPackingLoader
     t.warmdown_frac, t.min_lr, t.enable_looping_at, t.ema_decay = 0.85, 0.1, 0.35, 0.9965

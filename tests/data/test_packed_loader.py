@@ -196,9 +196,12 @@ def test_max_doc_len_changes_nothing_in_rows_no_longer_than_it():
     assert ModelConfig().max_doc_len == 0
 
 
-def test_training_feeds_the_packed_rows_and_restarts_them_after_the_warm_up(shared_data, tmp_path, monkeypatch):
-    """A short CPU run: every micro-batch is one packed row, and the timed run starts again from the
-    loader's first row after the compile warm-up (as R44 rebuilds its loader)."""
+@pytest.mark.parametrize("skip", [0, 1])
+def test_training_feeds_the_packed_rows_and_restarts_them_after_the_warm_up(r44, shared_data, tmp_path, monkeypatch, skip):
+    """A short CPU run: every micro-batch is one packed row of R44's own loader; the compile warm-up's
+    step reads the loader's first row, or with PGOLF_WARMUP_SKIP_BATCHES=1 its second, as R44's
+    warm-up does after its cu_seqlens bucket warm-up read the first; the timed run starts again from
+    the first row (as R44 rebuilds its loader)."""
     from pgolf.model.gpt import GPT
     from pgolf.train.loop import train
 
@@ -210,12 +213,14 @@ def test_training_feeds_the_packed_rows_and_restarts_them_after_the_warm_up(shar
         f"DATA_PATH={data}", f"VAL_FILES={shared_data / 'datasets' / 'fineweb10B_sp1024_valprefix' / 'fineweb_val_000000.bin'}",
         f"TOKENIZER_PATH={shared_data / 'tokenizers' / 'fineweb_1024_bpe.model'}", "ITERATIONS=2", "WARMUP_STEPS=1",
         "VAL_MAX_TOKENS=2048", "TRAIN_LOG_EVERY=0", "PGOLF_LOADER=doc_packed", "DOC_ISOLATED_ATTENTION=1",
-        "PGOLF_MAX_DOC_LEN=128", "RUN_ID=p"], environ={})
+        "PGOLF_MAX_DOC_LEN=128", f"PGOLF_WARMUP_SKIP_BATCHES={skip}", "RUN_ID=p"], environ={})
     train(cfg, runs_dir=tmp_path, echo=False)
     rows = [x for x in seen if x.shape == (1, 2048)]
-    loader = build_loader("doc_packed", str(data / "fineweb_train_*.bin"), 128, 0, 0, 1, "cpu", 1024, BOS)
-    first, second = loader.next_batch(2048, 128, 1)[0], loader.next_batch(2048, 128, 1)[0]
-    assert len(rows) == 3 and all(torch.equal(a, b) for a, b in zip(rows, [first, first, second]))
+    h = SimpleNamespace(rank=0, world_size=1, train_seq_len=128, train_files=str(data / "fineweb_train_*.bin"))
+    theirs = r44.DocumentPackingLoader(h, torch.device("cpu"))
+    first, second = theirs.next_batch(2048, 1)[0], theirs.next_batch(2048, 1)[0]
+    expected = [second if skip else first, first, second]
+    assert len(rows) == 3 and all(torch.equal(a, b) for a, b in zip(rows, expected))
 
 
 def test_the_cut_segments_compile_once_for_every_document_layout():

@@ -53,7 +53,7 @@ OFF_SWITCHES = {
     ("model", "mlp_hidden"), ("model", "xsa_last_n"), ("model", "rope_dims"), ("model", "bigram_vocab_size"),
     ("model", "num_loops"), ("model", "parallel_start_layer"), ("model", "z_loss"), ("model", "embed_dim"),
     ("optim", "grad_clip_norm"), ("optim", "muon_wd"), ("optim", "embed_wd"), ("optim", "adam_wd"),
-    ("train", "ema_decay"), ("train", "warmdown_frac"), ("train", "min_lr"), ("train", "enable_looping_at"),
+    ("train", "ema_decay"), ("train", "warmdown_frac"), ("train", "min_lr"), ("train", "enable_looping_at"), ("train", "warmup_skip_batches"),
     ("eval", "eval_stride"), ("eval", "ttt_min_doc_len"), ("eval", "ttt_weight_decay"), ("quant", "late_qat_threshold"), ("quant", "stream_shuffle"),
 }
 MAX_ROUNDS = 12

@@ -242,6 +242,10 @@ def compile_warmup(s: Session) -> None:
         return
     watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
+    t = s.cfg.train
+    if t.warmup_skip_batches:  # R44's cu_seqlens bucket warm-up: its steps start one batch into the loader
+        for _ in range(t.warmup_skip_batches):
+            s.loader.next_batch(t.train_batch_tokens, t.train_seq_len, s.grad_accum_steps)
     variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
     for variant in variants:
         label = f" {variant.describe()}" if len(variants) > 1 else ""
