@@ -182,6 +182,14 @@ def _lqer_spec(e: QuantEntry, tensors: dict[str, Tensor]) -> dict[str, Any]:
     return {"mode": lr.mode, "bits": lr.bits, "group_size": lr.group_size, "tensors": keys}
 
 
+def entry_spec(e: QuantEntry) -> dict[str, Any]:
+    """A v2 entry's record before its stored parts: name, kind, restore dtype (and an intN's bits)."""
+    spec: dict[str, Any] = {"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype), "tensors": {}}
+    if e.kind == KIND_INTN:
+        spec.update(bits=e.bits, group_size=e.group_size)
+    return spec
+
+
 def encode_payload(
     q: QuantizedState, extra_meta: dict[str, Any], *, shuffle: bool = False, pack: bool = False, v1_only: bool = False,
     serializer: str = "pgolf",
@@ -216,9 +224,7 @@ def encode_payload(
         raise PgolfError("this quantized state needs the v2 artifact layout, but v1 was asked for")
     specs, tensors = [], {}
     for e in q:
-        spec: dict[str, Any] = {"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype), "tensors": {}}
-        if e.kind == KIND_INTN:
-            spec.update(bits=e.bits, group_size=e.group_size)
+        spec = entry_spec(e)
         for part, t in (("values", e.values), ("scale", e.scale)):
             if t is None:
                 continue

@@ -197,14 +197,11 @@ def _remainder(q: QuantizedState, extra_meta: dict[str, Any], held: frozenset[st
 
     Its own loop rather than a switch in the container's encoder, so that no other serializer's
     bundle ships this one's case."""
-    from pgolf.export.container import SCHEMA_V2, _dump_doc, _lqer_spec, _save, _stored_part
-    from pgolf.quant.int8 import KIND_INTN, dtype_name
+    from pgolf.export.container import SCHEMA_V2, _dump_doc, _lqer_spec, _save, _stored_part, entry_spec
 
     specs, tensors = [], {}
     for e in q:
-        spec: dict[str, Any] = {"name": e.name, "kind": e.kind, "restore_dtype": dtype_name(e.restore_dtype), "tensors": {}}
-        if e.kind == KIND_INTN:
-            spec.update(bits=e.bits, group_size=e.group_size)
+        spec = entry_spec(e)
         for part, t in (("values", e.values), ("scale", e.scale)):
             if part == "values" and e.name in held:
                 spec["tensors"][part] = {"key": HELD + e.name, "layout": "raw", "shape": list(t.shape)}

@@ -237,13 +237,14 @@ def compile_warmup(s: Session) -> None:
     WARMUP_STEPS=0. Except with PGOLF_MUON_KEEP_WARMUP_MOMENTUM on several ranks: Parallel Muon's
     momentum lives outside its optimizer state there, so the timed run starts with the warm-up's, as R44's.
     """
-    steps = s.cfg.train.warmup_steps
+    t = s.cfg.train
+    steps = t.warmup_steps
     if steps <= 0:
         return
     watch(s, "compile warm-up")
     initial = capture(s.model, s.opts)
-    t = s.cfg.train
-    if t.warmup_skip_batches:  # R44's cu_seqlens bucket warm-up: its steps start one batch into the loader
+    # R44's cu_seqlens bucket warm-up: its steps start one batch into the loader (the test lets a bundle fold it)
+    if t.warmup_skip_batches:
         for _ in range(t.warmup_skip_batches):
             s.loader.next_batch(t.train_batch_tokens, t.train_seq_len, s.grad_accum_steps)
     variants = graph_variants(s.model, s.cfg.train, s.cfg.quant)
