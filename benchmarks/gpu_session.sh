@@ -19,6 +19,7 @@
 #   tests   tests/gpu but its bench tests (backend equivalence, fused kernels in bf16, compile without
 #           recompilation, doctor) and the fused kernels' CPU-interpreted tests, run for real
 #   train   pgolf bench train --preset baseline against the reference train_gpt.py (target: >= 1.5x tokens/s)
+#   sliding benchmarks/sliding_eval.py alone (the first part of eval)
 #   eval    benchmarks/sliding_eval.py (PR #160's and R15's own sliding functions beside pgolf's) and pgolf bench eval, R15 preset at stride 64, against the
 #           R15 record script's sliding evaluation (target: >= 3x tokens/s)
 #   parity  benchmarks/train_parity.py: 200 steps of pgolf and of the reference, seeds 1 and 2
@@ -75,12 +76,15 @@ PYTHON
 part_tests() {
     "$PY" -m pytest -q -p no:cacheprovider -rs -k "not bench" tests/gpu tests/kernels tests/model/test_fused_kernels.py
 }
-part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out "$OUT"; }
+part_train() { "$PY" -m pgolf.cli bench train --preset baseline --reference .ref/train_gpt.py "${DATA[@]}" --out "$OUT" ${TRAIN_STEPS:+--steps $TRAIN_STEPS --warmup $TRAIN_STEPS}; }
 part_eval() {
+    part_sliding
+    "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out "$OUT"
+}
+part_sliding() {
     # 131,072 targets: PR #160's 512 windows one by one, R15's 2,048 in 64 batches (a few per side on CPU is too little on a GPU)
     "$PY" benchmarks/sliding_eval.py --script r15=.ref/r15_train_gpt_v5.py --script pr160=.ref/pr160_train_gpt.py --data "$D" \
         --max-tokens "${SLIDING_TARGETS:-131072}" --out "$OUT/sliding_eval.json"
-    "$PY" -m pgolf.cli bench eval --preset "$R15" --reference .ref/r15_train_gpt_v5.py "${DATA[@]}" --set EVAL_STRIDE=64 --out "$OUT"
 }
 # Four runs of a few minutes each. If a call's time runs out, put the train_parity.json that came
 # back into .gpu/ and run the part again: it resumes, doing only the runs the file lacks.
@@ -109,7 +113,7 @@ if [ "${1:-}" = "--one" ]; then "part_$2"; exit $?; fi
 [ $# -gt 0 ] || { sed -n '/^set -uo/q;2,$p' "$0"; exit 2; }
 for item in "$@"; do
     part=${item%%:*}
-    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (check tests train eval parity r15 final fused)"; exit 2; }
+    declare -F "part_$part" >/dev/null || { echo "gpu_session: unknown part '$part' (check tests train sliding eval parity r15 final fused)"; exit 2; }
 done
 setup > "$OUT/setup.log" 2>&1
 code=$?

@@ -60,10 +60,19 @@ AGREE_REL = {"cpu": 1e-5, "cuda": 1e-3}
 def load_record(path: Path):
     """The record's module, imported as a library (its main() is behind a __main__ guard). Its
     FlashAttention 3 import is stood in for: the model that runs is pgolf's, never the record's."""
-    sys.modules.setdefault("flash_attn_interface", types.SimpleNamespace(flash_attn_func=None))
-    spec = importlib.util.spec_from_file_location(f"record_{path.stem}_{abs(hash(str(path)))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # The stand-in is removed again: left in sys.modules, it would make pgolf's own attention pick FA3
+    # on a Hopper GPU and fail there (seen on the first H200 run).
+    saved = sys.modules.get("flash_attn_interface")
+    sys.modules["flash_attn_interface"] = types.SimpleNamespace(flash_attn_func=None)
+    try:
+        spec = importlib.util.spec_from_file_location(f"record_{path.stem}_{abs(hash(str(path)))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            sys.modules.pop("flash_attn_interface", None)
+        else:
+            sys.modules["flash_attn_interface"] = saved
     return module
 
 

@@ -87,8 +87,11 @@ def test_a_compiled_training_step_with_both_kernels_matches_unfused_and_never_re
     targets = torch.randint(0, cfg.model.vocab_size, (4, 1024), device=cuda)
     with torch.autocast("cuda", torch.bfloat16):
         want = plain(ids, targets)
-        compiled(ids, targets).backward()  # compiles
+        # The first call fills the RoPE cache the graph guards on, so the second compiles once more
+        # (as pgolf.bench.run's warm-up knows; seen on the first H200 run): two calls, then none.
+        compiled(ids, targets).backward()
+        compiled(ids, targets).backward()
         watch = RecompileWatch()
-        with watch.forbid("the second compiled step"):
+        with watch.forbid("the third compiled step"):
             got = compiled(ids, targets)
     assert abs(got.item() - want.item()) < 2e-2
