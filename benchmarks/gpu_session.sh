@@ -4,14 +4,14 @@
 #
 # Prepare here (needs PyPI and ../shared/data): python benchmarks/gpu_kit.py
 # Then, through the device tool, carrying the kit and the reference scripts. The device gets a copy
-# of the working tree without .git, so name the commit (git rev-parse HEAD) for the JSON results:
+# of the working tree whose .git may be stale, so name the commit (git rev-parse HEAD) for the JSON:
 #   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh tests train", carry=[".gpu", ".ref"])
 #   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh eval parity", carry=[".gpu", ".ref"])
 #   run(command="PGOLF_GIT_COMMIT=<hash> bash benchmarks/gpu_session.sh r15 final", carry=[".gpu", ".ref"])
 # Each part writes <part>.log and its JSON results into $OUT; copy the JSON into benchmarks/results/
 # and commit it. A part that fails is reported and the next one still runs. The device tool brings
-# back 8 files at most: with PACK=FILE (e.g. PACK=$OUT/gpu_results.tar.gz and OUT=/tmp/g) everything
-# goes into that one archive, rewritten after each part.
+# back 8 files at most: with PACK=FILE everything goes into that one archive, rewritten after each
+# part: R=$OUT; OUT=/tmp/g PACK=$R/gpu_results.tar.gz bash benchmarks/gpu_session.sh sliding:120 train:300
 #
 # Parts:
 #   check   no GPU needed (run it here first): the kit and reference scripts are there, and each
@@ -36,6 +36,9 @@ OUT=${OUT:-/tmp/pgolf-gpu-out}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src" PGOLF_SHARED_DATA="$PWD/.gpu/data" PYTHONUNBUFFERED=1
 D=$PGOLF_SHARED_DATA
+# The device's copy of the tree can carry a stale .git (seen there: HEAD a commit behind the tree it
+# ran), so where the caller names the commit, git is not asked and that commit is the one recorded.
+[ -n "${PGOLF_GIT_COMMIT:-}" ] && export GIT_DIR=/nonexistent
 PY=${PYTHON:-python3}
 DATA=(--set "DATA_PATH=$D/datasets/fineweb10B_sp1024_trainsample"
       --set "VAL_FILES=$D/datasets/fineweb10B_sp1024_valprefix/fineweb_val_000000.bin"

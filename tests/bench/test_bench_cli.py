@@ -31,8 +31,8 @@ def data_args(shared_data: Path) -> list[str]:
     ]
 
 
-def run_bench(run_pgolf, shared_data, out: Path | None, *args: str) -> tuple[dict, Path]:
-    """``out`` None: no --out, the report goes to the current folder."""
+def run_bench(run_pgolf, shared_data, out: Path | None, *args: str) -> tuple[dict, Path, str]:
+    """``out`` None: no --out, the report goes to the current folder. Returns the report, its file, stderr."""
     code, stdout, stderr = run_pgolf(["bench", *args, "--preset", "tiny_cpu", *data_args(shared_data),
                                       *(["--out", str(out)] if out else []), "--json"])
     assert code == 0, stderr
@@ -40,7 +40,7 @@ def run_bench(run_pgolf, shared_data, out: Path | None, *args: str) -> tuple[dic
     assert len(files) == 1
     report = json.loads(files[0].read_text())
     assert report == json.loads(stdout.strip().splitlines()[-1])
-    return report, files[0]
+    return report, files[0], stderr
 
 
 def check_common(report: dict, mode: str) -> dict:
@@ -62,7 +62,11 @@ def check_common(report: dict, mode: str) -> dict:
 
 def test_bench_train_json(run_pgolf, shared_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # by default the report goes here, not into a repository's benchmarks/results
-    report, path = run_bench(run_pgolf, shared_data, None, "train", "--steps", "1")
+    monkeypatch.setenv("PGOLF_PROGRESS", "lines")  # every phase's two lines at once, as a slow GPU run's log shows them
+    report, path, stderr = run_bench(run_pgolf, shared_data, None, "train", "--steps", "1")
+    # never silent while it compiles for minutes (the first H200 run's log said nothing for 150 s)
+    for label in ("bench: warm-up", "bench: timed steps", "bench: phase-timed steps"):
+        assert f"{label}: done in" in stderr, stderr
     assert path.parent == tmp_path
     assert path.name.endswith("_cpu_tiny_cpu_train.json")
     m = check_common(report, "train")
@@ -75,7 +79,7 @@ def test_bench_train_json(run_pgolf, shared_data, tmp_path, monkeypatch):
 
 
 def test_bench_eval_json(run_pgolf, shared_data, tmp_path):
-    report, path = run_bench(run_pgolf, shared_data, tmp_path, "eval")
+    report, path, _ = run_bench(run_pgolf, shared_data, tmp_path, "eval")
     assert path.name.endswith("_cpu_tiny_cpu_eval.json")
     m = check_common(report, "eval")
     cfg = tiny_cpu()
@@ -84,7 +88,7 @@ def test_bench_eval_json(run_pgolf, shared_data, tmp_path):
 
 
 def test_bench_sliding_eval_json(run_pgolf, shared_data, tmp_path):
-    report, path = run_bench(run_pgolf, shared_data, tmp_path, "eval", "--set", "EVAL_STRIDE=32", "--batch-tokens", "2048")
+    report, path, _ = run_bench(run_pgolf, shared_data, tmp_path, "eval", "--set", "EVAL_STRIDE=32", "--batch-tokens", "2048")
     assert path.name.endswith("_cpu_tiny_cpu_eval-sliding32.json")
     assert set(report) == REPORT_KEYS
     m = report["pgolf"]

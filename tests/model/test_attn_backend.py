@@ -130,6 +130,24 @@ def test_gpu_fallback_prints_one_notice_with_reason_and_cost(capsys):
     assert select_backend("sdpa", "cuda") == "sdpa" and capsys.readouterr().err == ""
 
 
+def test_a_stand_in_flash_attn_interface_is_not_taken_for_fa3(monkeypatch):
+    # The first H200 run: a benchmark's stand-in module (the records import flash_attn_interface) left
+    # in sys.modules made pgolf pick FA3, which then failed at the first forward.
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=None))
+    assert attn_backend.fa3_module_problem() == "flash_attn_interface (no file) lacks flash_attn_func, flash_attn_varlen_func"
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=F.scaled_dot_product_attention))
+    assert attn_backend.fa3_module_problem().endswith("lacks flash_attn_varlen_func")
+    complete = types.SimpleNamespace(flash_attn_func=F.scaled_dot_product_attention, flash_attn_varlen_func=F.scaled_dot_product_attention)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", complete)
+    assert attn_backend.fa3_module_problem() is None
+    monkeypatch.delitem(sys.modules, "flash_attn_interface")
+    monkeypatch.setattr(sys, "path", [])
+    assert "not importable" in attn_backend.fa3_module_problem()
+
+
 # -- FA3 varlen's input, in fixed shapes for compiled models ------------------------------------------
 
 LAYOUTS = [

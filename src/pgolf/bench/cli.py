@@ -35,7 +35,10 @@ def _bench(args: argparse.Namespace) -> int:
     reference = None
     if script is not None:
         torch.cuda.empty_cache()  # give the reference the memory pgolf's side held
-        raw = ref.run_reference(script, cfg, args.mode, ours.steps, ours.warmup_steps)
+        from pgolf.progress import phase
+
+        with phase("bench: reference", detail=f"{script} as a subprocess, compiling as it always does"):
+            raw = ref.run_reference(script, cfg, args.mode, ours.steps, ours.warmup_steps)
         reference = reference_numbers(raw, ours, cfg)
     report = build_report(cfg, ours, reference, str(script) if script else None)
     path = write_report(report, result_path(Path(args.out_dir), cfg.preset, ours))

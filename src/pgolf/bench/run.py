@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import tempfile
 import time
 from collections import defaultdict
@@ -96,6 +97,16 @@ class Measurement:
             "phases_ms_per_step": self.phases_ms_per_step,
             **self.details,
         }
+
+
+def shown(label: str, detail: str):
+    """A long phase of the benchmark on stderr (pgolf.progress: one line when it outlasts a few seconds,
+    one when it ends), so that a benchmark compiling for minutes is never silent; rank 0 only."""
+    from pgolf.progress import phase
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    return phase(label, detail=detail)
 
 
 def synchronize(device: torch.device) -> None:
@@ -198,18 +209,21 @@ def bench_train(cfg: Config, steps: int, warmup_steps: int) -> Measurement:
         s, backend = _setup(cfg, Path(runs_dir))
         try:
             watch = RecompileWatch()
-            compile_warmup(s)
+            with shown("bench: warm-up", f"{cfg.train.warmup_steps} steps{', compiling' if s.compile else ''}"):
+                compile_warmup(s)
             warm_graphs = watch.compiled
             with watch.forbid("the timed training run"):
-                synchronize(s.rt.device)
-                t0 = time.perf_counter()
-                for step in range(steps):
-                    train_step(s, 1.0, step)
-                synchronize(s.rt.device)
-                total_ms = 1000.0 * (time.perf_counter() - t0)
-                timer = PhaseTimer(s.rt.device)
-                for step in range(steps):
-                    _phased_train_step(s, timer, steps + step)
+                with shown("bench: timed steps", f"{steps} steps"):
+                    synchronize(s.rt.device)
+                    t0 = time.perf_counter()
+                    for step in range(steps):
+                        train_step(s, 1.0, step)
+                    synchronize(s.rt.device)
+                    total_ms = 1000.0 * (time.perf_counter() - t0)
+                with shown("bench: phase-timed steps", f"{steps} steps, synchronised per phase"):
+                    timer = PhaseTimer(s.rt.device)
+                    for step in range(steps):
+                        _phased_train_step(s, timer, steps + step)
             return Measurement(
                 "train", steps, cfg.train.warmup_steps, cfg.train.train_batch_tokens * steps, total_ms,
                 train_flops_per_token(cfg.model, cfg.train.train_seq_len), device_name(s.rt.device),
@@ -248,10 +262,11 @@ def bench_eval(cfg: Config, sliding_batch_tokens: int = 65_536) -> Measurement:
                 batch_windows = max(batch_tokens // seq_len, 1)
                 warm = tokens[: warmup_windows(total_windows, batch_windows) * seq_len + 1]
             watch = RecompileWatch()
-            for _ in range(MIN_WARMUP_STEPS):
-                evaluate(s.step_model, warm, seq_len, s.table, batch_tokens, s.rt.device)
+            with shown("bench: warm-up", f"{MIN_WARMUP_STEPS} evaluations of {warm.shape[0] - 1:,} tokens"):
+                for _ in range(MIN_WARMUP_STEPS):
+                    evaluate(s.step_model, warm, seq_len, s.table, batch_tokens, s.rt.device)
             warm_graphs = watch.compiled
-            with watch.forbid("the timed evaluation"):
+            with watch.forbid("the timed evaluation"), shown("bench: timed evaluation", f"{total_windows:,} windows"):
                 synchronize(s.rt.device)
                 t0 = time.perf_counter()
                 evaluate(s.step_model, tokens, seq_len, s.table, batch_tokens, s.rt.device)
@@ -289,10 +304,11 @@ def bench_sliding_eval(cfg: Config, batch_tokens: int) -> Measurement:
             rows = max(batch_tokens // seq_len, 1)
             warm = plan(tokens, seq_len, stride, bos)[: 2 * rows]
             watch = RecompileWatch()
-            for _ in range(MIN_WARMUP_STEPS):
-                evaluate_windows(s.model, ScoreLedger(tokens, s.table, device), warm, seq_len, batch_tokens, device, hidden=hidden)
+            with shown("bench: warm-up", f"{MIN_WARMUP_STEPS} passes over {len(warm)} windows"):
+                for _ in range(MIN_WARMUP_STEPS):
+                    evaluate_windows(s.model, ScoreLedger(tokens, s.table, device), warm, seq_len, batch_tokens, device, hidden=hidden)
             warm_graphs = watch.compiled
-            with watch.forbid("the timed sliding evaluation"):
+            with watch.forbid("the timed sliding evaluation"), shown("bench: timed sliding evaluation", f"stride {stride}"):
                 synchronize(device)
                 t0 = time.perf_counter()
                 ledger = ScoreLedger(tokens, s.table, device)

@@ -131,10 +131,23 @@ def fa3_unavailable_reason(device: torch.device) -> str | None:
     major, minor = torch.cuda.get_device_capability(device)
     if major != 9:
         return f"FlashAttention 3 needs a Hopper GPU (sm90), this one is sm{major}{minor}"
+    return fa3_module_problem()
+
+
+FA3_FUNCTIONS = ("flash_attn_func", "flash_attn_varlen_func")
+
+
+def fa3_module_problem() -> str | None:
+    """Why ``flash_attn_interface`` cannot serve as FA3 here (not importable, or lacking one of the
+    functions pgolf calls), or None. A module that imports is not enough: a test's or benchmark's
+    stand-in left in ``sys.modules``, or an older interface, would otherwise fail at the first forward."""
     try:
-        importlib.import_module("flash_attn_interface")
+        module = importlib.import_module("flash_attn_interface")
     except ImportError as exc:
         return f"flash_attn_interface is not importable ({exc}); install FlashAttention 3 from its hopper/ folder"
+    missing = [name for name in FA3_FUNCTIONS if not callable(getattr(module, name, None))]
+    if missing:
+        return f"flash_attn_interface ({getattr(module, '__file__', None) or 'no file'}) lacks {', '.join(missing)}"
     return None
 
 
