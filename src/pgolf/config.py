@@ -459,20 +459,39 @@ BUNDLE_DELTA: dict = {}
 BUNDLE_DEFAULTS = ""
 
 
+# What scoring an artifact reads of its config, so what the artifact carries (its bytes count under
+# the cap): every section but the optimizer's, and of the training section the two fields evaluation
+# reads (the window length behind EVAL_SEQ_LEN=0, and the seed of test-time training's draws). The
+# training section's run settings (PGOLF_DEVICE, PGOLF_COMPILE, PGOLF_ATTN_BACKEND, FUSED_*) are the
+# reader's own; the rest is training only (the run folder's config.json keeps the whole config).
+ARTIFACT_SECTIONS = ("data", "model", "train", "eval", "quant")
+ARTIFACT_TRAIN_FIELDS = ("seed", "train_seq_len")
+READER_TRAIN_FIELDS = ("device", "compile", "attn_backend", "fused_ce", "fused_mlp")
+
+
+def artifact_fields(cfg: Config) -> dict:
+    """``cfg``'s fields that an artifact carries (:data:`ARTIFACT_SECTIONS`), by section."""
+    out = cfg.to_dict()
+    return {s: {k: v for k, v in out[s].items() if s != "train" or k in ARTIFACT_TRAIN_FIELDS} for s in ARTIFACT_SECTIONS}
+
+
 def defaults_fingerprint() -> str:
-    """The schema defaults' fingerprint: the first 16 hex digits of the sha256 of ``Config().to_json()``."""
-    return hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]
+    """The schema defaults' fingerprint: the first 16 hex digits of the sha256 of the fields an artifact
+    carries (:func:`artifact_fields`) at their defaults, as sorted JSON: a training-only field added or
+    changed leaves every artifact readable."""
+    return hashlib.sha256(json.dumps(artifact_fields(Config()), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def artifact_meta(cfg: Config) -> dict:
-    """The config an artifact carries: ``cfg``'s fields that differ from the package's schema defaults (in
-    value or type: ``repr``), by section, plus its preset, which :func:`from_dict` rebuilds; and those
-    defaults' fingerprint, which a reader checks against its own (:func:`check_defaults`): with other
-    defaults the same difference is another config. In a bundle whose schema defaults are the frozen
-    values, the difference from those is laid over the frozen config's own (:data:`BUNDLE_DELTA`)."""
-    base, now = Config().to_dict(), cfg.to_dict()
+    """The config an artifact carries: ``cfg``'s fields of :func:`artifact_fields` that differ from the
+    package's schema defaults (in value or type: ``repr``), by section, plus its preset; :func:`from_dict`
+    rebuilds from it a config equal to ``cfg`` in every field scoring reads. And those defaults'
+    fingerprint, which a reader checks against its own (:func:`check_defaults`): with other defaults the
+    same difference is another config. In a bundle whose schema defaults are the frozen values, the
+    difference from those is laid over the frozen config's own (:data:`BUNDLE_DELTA`)."""
+    base, now = artifact_fields(Config()), artifact_fields(cfg)
     out = {s: {**BUNDLE_DELTA.get(s, {}), **{k: v for k, v in now[s].items() if repr(v) != repr(base[s].get(k))}}
-           for s in SECTIONS}
+           for s in ARTIFACT_SECTIONS}
     return {"config": {**{s: v for s, v in out.items() if v}, "preset": cfg.preset},
             "config_defaults": BUNDLE_DEFAULTS or defaults_fingerprint()}
 

@@ -196,3 +196,53 @@ def test_an_artifact_written_against_other_schema_defaults_is_refused_not_scored
     code, out, err = run_eval(capsys, "--artifact", str(artifact), "--preset", "tiny_cpu", "--set", "LOGIT_SOFTCAP=30",
                               *common(sp1024_model, val_prefix_shard), "--json")
     assert code == 0 and json.loads(out.splitlines()[-1])["val_bpb"] == score, err
+
+
+class _ReadLog:
+    """A config section that records which of its fields are read (and forwards to the real values)."""
+
+    def __init__(self, section, reads: set[str]):
+        object.__setattr__(self, "_section", section)
+        object.__setattr__(self, "_reads", reads)
+
+    def __getattr__(self, name):
+        if not name.startswith("__"):
+            self._reads.add(name)
+        return getattr(self._section, name)
+
+    def __setattr__(self, name, value):  # the CLI's own flags (--stride, --ttt) write into the config
+        setattr(self._section, name, value)
+
+
+@pytest.mark.parametrize("flags", [[], ["--stride", "64", "--doc-isolated"], ["--ttt", "sgd"], ["--ttt", "lora"], ["--ttt", "phased"]],
+                         ids=["standard", "sliding", "sgd", "lora", "phased"])
+def test_scoring_an_artifact_reads_no_config_field_the_artifact_leaves_out(capsys, monkeypatch, sp1024_model,
+                                                                          val_prefix_shard, tmp_path, flags):
+    # An artifact carries only the fields scoring reads (pgolf.config.artifact_fields): the optimizer's
+    # section and the training-only fields are left out, and a reader fills them with its own defaults.
+    # Every evaluation phase, watched field by field, reads none of them: else a training setting
+    # would silently change a score between the training run and a reader of its artifact.
+    import pgolf.eval.cli as eval_cli
+    from pgolf.config import ARTIFACT_TRAIN_FIELDS, READER_TRAIN_FIELDS, artifact_meta
+    from pgolf.export.artifact import export_model
+
+    artifact = tmp_path / "model.pgolf"
+    export_model(tiny_state(), artifact, artifact_meta(resolve_preset("tiny_cpu")))
+    reads = {"optim": set(), "train": set()}
+    apply_flags = eval_cli._apply_eval_flags
+
+    def watched(cfg, *flags):  # the config resolved, flags applied and validated (which reads every field)
+        apply_flags(cfg, *flags)
+        for section in reads:
+            setattr(cfg, section, _ReadLog(getattr(cfg, section), reads[section]))
+
+    monkeypatch.setattr(eval_cli, "_apply_eval_flags", watched)
+    code, out, err = run_eval(capsys, "--artifact", str(artifact), *common(sp1024_model, val_prefix_shard), *flags,
+                              "--set", "TTT_CHUNK_TOKENS=256", "--set", "TTT_EPOCHS=1", "--set", "TTT_BATCH_SEQS=4", "--json")
+    assert code == 0, err
+    result = json.loads(out.splitlines()[-1])
+    assert result["tokens"] == 2048
+    assert result["final_phase"] == ("ttt" if "--ttt" in flags else "sliding" if "--stride" in flags else "standard")
+    assert reads["optim"] == set(), reads
+    assert reads["train"] <= set(ARTIFACT_TRAIN_FIELDS) | set(READER_TRAIN_FIELDS), reads
+    assert "train_seq_len" in reads["train"]  # the watch sees reads

@@ -36,8 +36,9 @@ Accepted weights: a pgolf artifact (model.pgolf, carries its config), a pgolf ch
 (checkpoint.safetensors, carries its config), or the reference's or a record's own final_model.pt
 or final_model.*.ptz (give its --preset). Nothing loaded here can execute code. The tokenizer and val
 paths stored in a config are as given when it trained (relative to that folder); from elsewhere,
-pass --tokenizer and --val. An artifact stores its config as the difference from pgolf's schema
-defaults: one written against other defaults than this pgolf's is refused, unless --preset says the config.
+pass --tokenizer and --val. An artifact stores the config scoring reads (not the optimizer's or the
+training-only fields) as the difference from pgolf's schema defaults: one written against other
+defaults than this pgolf's is refused, unless --preset says the config.
 """
 
 
