@@ -106,6 +106,19 @@ def test_v1_only_refuses_to_write_or_read_a_v2_state():
     assert len(decode_artifact(blob, "art")[0]) == 1  # without v1_only it reads as before
 
 
+@pytest.mark.parametrize("written,expected", [("pgolf", "qgv3"), ("qgv3", "pgolf"), ("qgv3", "pergroup"), ("pgolf", "pergroup")])
+def test_a_reader_naming_its_serializer_reads_no_other_layout(written, expected):
+    # The training loop's round trip names the serializer it wrote, and a bundle folds that name: so
+    # each bundle ships its own layout's reader alone (a QGv3 or pgolf-layout reader it never runs cost
+    # 700 to 1,300 code bytes). Every layout is still read where no serializer is named.
+    q = quantize_state_dict_policy({"w": torch.randn(8, 8)}, "int8")
+    blob = encode_artifact(q, {"k": 1}, "zlib", serializer=written)
+    assert decode_artifact(blob, "art")[1]["k"] == 1 and decode_artifact(blob, "art", serializer=written)[1]["k"] == 1
+    layout = {"pgolf": "pgolf-layout", "qgv3": "QGv3"}[written]
+    with pytest.raises(PgolfError, match=f"^art: a {layout} artifact where a {expected} one was expected$"):
+        decode_artifact(blob, "art", serializer=expected)
+
+
 def test_expected_codec_must_match_the_header():
     q = quantize_state_dict_policy({"w": torch.randn(8, 8)}, "int8")
     blob = encode_artifact(q, {"k": 1}, "lzma")

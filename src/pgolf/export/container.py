@@ -375,19 +375,23 @@ def decode_payload(
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Inverse of :func:`encode_payload`, validating that tensors and metadata agree (``v1_only``:
     a v2 payload is refused). A QGv3 payload (pgolf.export.qgv3) is read as such, and so is a
-    per-group one (pgolf.export.pergroup), unless ``serializer`` (what the caller wrote) is another."""
+    per-group one (pgolf.export.pergroup), unless ``serializer`` (what the caller wrote) is another.
+    The tests of ``serializer`` are literals in a bundle (its round trip reads what it wrote): it ships
+    the reader of its own serializer alone."""
     if payload[:4] == b"QGv3":
-        if v1_only:
-            raise PgolfError(f"{source}: a QGv3 artifact where a v1 one was expected")
+        if v1_only or serializer not in (None, "qgv3"):
+            raise PgolfError(f"{source}: a QGv3 artifact where a {serializer or 'v1'} one was expected")
         from pgolf.export.qgv3 import decode_qgv3
 
         return decode_qgv3(payload, source)
     if payload[:4] == b"PGRP":
-        if v1_only or serializer not in (None, "pergroup"):  # literals: a bundle of another serializer ships no reader
+        if v1_only or serializer not in (None, "pergroup"):
             raise PgolfError(f"{source}: a per-group artifact where a {serializer or 'v1'} one was expected")
         from pgolf.export.pergroup import decode_pergroup
 
         return decode_pergroup(payload, source)
+    if serializer not in (None, "pgolf"):
+        raise PgolfError(f"{source}: a pgolf-layout artifact where a {serializer} one was expected")
     doc = _read_metadata(payload, source)
     tensors = _load_tensors(payload, source)
     if doc["schema"] == SCHEMA:
