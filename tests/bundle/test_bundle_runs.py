@@ -138,6 +138,12 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
     package_proc = start_package(preset, overrides, runs, "package")  # trains while the bundle is built
     build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
     bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle")
+    # its round trip names its serializer and compressor, so it ships their code alone
+    readable, q = (tmp_path / "train_gpt_readable.py").read_text(), build_config(preset, environ={}).quant
+    own = {"lzma": "_lzma_compress", "lrzip-zpaq": "_lrzip_zpaq_compress"}[q.compressor]
+    others = {"_lzma_compress", "_lrzip_zpaq_compress", "_zstd_compress", "_lrzip_compress", "codec_by_id", "compress_best",
+              "decode_qgv3", "decode_pergroup"} - {own, "decode_pergroup" if q.serializer == "pergroup" else ""}
+    assert f"def {own}(" in readable and not [n for n in others if f"def {n}(" in readable]
     bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
     assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 4
     assert (bundled["val_loss"], bundled["val_bpb"]) == (package["val_loss"], package["val_bpb"])

@@ -148,6 +148,17 @@ def test_any_compressor_compresses_the_groups(state, codec):
     assert all(torch.equal(a.values, b.values) for a, b in zip(state, back))
 
 
+def test_a_reader_naming_the_group_compressor_reads_that_one_alone(state):
+    # The training run's round trip names its groups' compressor (a bundle folds it, and ships that
+    # decompressor alone): a payload whose groups name another is refused, not decoded by it.
+    blob = encode_artifact(state, {}, "zlib", serializer="pergroup")
+    back, _ = decode_artifact(blob, "x", expect_codec="stored", serializer="pergroup", group_codec="zlib")
+    assert all(torch.equal(a.values, b.values) for a, b in zip(state, back))
+    with pytest.raises(PgolfError, match="^x: per-group metadata lacks a known compressor for each of its"):
+        decode_artifact(blob, "x", expect_codec="stored", serializer="pergroup", group_codec="brotli")
+    assert decode_artifact(blob, "x", serializer="pergroup")[0] is not None  # unnamed: any known compressor
+
+
 def test_a_reader_of_another_serializer_refuses_it(state):
     blob = encode_artifact(state, {}, "zlib", serializer="pergroup")
     with pytest.raises(PgolfError, match="per-group artifact where a pgolf one"):

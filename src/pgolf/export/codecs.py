@@ -164,41 +164,52 @@ class Codec:
 
 
 ZLIB_CODEC = Codec(1, "zlib", lambda data: zlib.compress(data, ZLIB_LEVEL), zlib_decompress_capped)
-CODECS: dict[int, Codec] = {
-    1: ZLIB_CODEC,
-    2: Codec(2, "lzma", _lzma_compress, lzma_decompress_capped),
-    3: Codec(3, "zstd", _zstd_compress, zstd_decompress_capped),
-    4: Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped),
-    5: Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available),
-}
+LZMA_CODEC = Codec(2, "lzma", _lzma_compress, lzma_decompress_capped)
+ZSTD_CODEC = Codec(3, "zstd", _zstd_compress, zstd_decompress_capped)
+BROTLI_CODEC = Codec(4, "brotli", lambda data: brotli.compress(data, quality=BROTLI_QUALITY), brotli_decompress_capped)
+LRZIP_CODEC = Codec(5, "lrzip", _lrzip_compress, lrzip_decompress_capped, lrzip_available)
+LRZIP_ZPAQ_CODEC = Codec(6, "lrzip-zpaq", _lrzip_zpaq_compress, lrzip_decompress_capped, lrzip_available)
+# stored: the container checks the length (capped) and CRC; a per-group stream, its code count
+STORED_CODEC = Codec(7, "stored", bytes, lambda data, max_bytes, source: data)
+CODECS: dict[int, Codec] = {c.codec_id: c for c in (ZLIB_CODEC, LZMA_CODEC, ZSTD_CODEC, BROTLI_CODEC, LRZIP_CODEC)}
 CODEC_IDS = {c.name: c.codec_id for c in CODECS.values()}
-# Not candidates of auto (the module docstring says why), and a table apart: a bundle that looks its
-# compressor up among the five above by a literal name then ships neither.
+# Not candidates of auto (the module docstring says why), and a table apart.
 MORE_NAMES = ("lrzip-zpaq", "stored")
-MORE_CODECS: dict[int, Codec] = {
-    6: Codec(6, "lrzip-zpaq", _lrzip_zpaq_compress, lrzip_decompress_capped, lrzip_available),
-    # stored: the container checks the length (capped) and CRC; a per-group stream, its code count
-    7: Codec(7, "stored", bytes, lambda data, max_bytes, source: data),
-}
+MORE_CODECS: dict[int, Codec] = {c.codec_id: c for c in (LRZIP_ZPAQ_CODEC, STORED_CODEC)}
 
 
 def codec_named(name: str) -> Codec:
     """The compressor called ``name`` (not ``"auto"``); PgolfError when unknown or not installed.
 
-    zlib, the reference's, is spelled out first: where ``name`` is a literal (a bundle built for
-    PGOLF_COMPRESSOR=zlib), the other compressors are then unreachable and are not shipped.
+    Each compressor is spelled out by its name, not looked up in a table: where ``name`` is a literal
+    (a bundle built for one PGOLF_COMPRESSOR), the other compressors are then unreachable and are not
+    shipped (about 400 code bytes).
     """
     if name == "zlib":
         return ZLIB_CODEC
-    if name in MORE_NAMES:  # a literal tuple: decided in a bundle
-        c = next(c for c in MORE_CODECS.values() if c.name == name)
-    elif name in CODEC_IDS:
-        c = CODECS[CODEC_IDS[name]]
+    if name == "lzma":
+        c = LZMA_CODEC
+    elif name == "zstd":
+        c = ZSTD_CODEC
+    elif name == "brotli":
+        c = BROTLI_CODEC
+    elif name == "lrzip":
+        c = LRZIP_CODEC
+    elif name == "lrzip-zpaq":
+        c = LRZIP_ZPAQ_CODEC
+    elif name == "stored":
+        c = STORED_CODEC
     else:
         raise PgolfError(f"unknown compressor {name!r} (known: {', '.join(sorted([*CODEC_IDS, *MORE_NAMES]))}, {AUTO})")
     if not c.available():
         raise PgolfError(f"compressor {name!r} is not available on this machine")
     return c
+
+
+def codec_or_stored(name: str) -> Codec:
+    """:func:`codec_named`, but ``stored`` (the container of a per-group payload) without it: a per-group
+    bundle then calls :func:`codec_named` with its group compressor's name alone, which folds."""
+    return STORED_CODEC if name == "stored" else codec_named(name)
 
 
 def codec_by_id(codec_id: int) -> Codec | None:

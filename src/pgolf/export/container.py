@@ -38,7 +38,7 @@ from torch import Tensor
 from pgolf.errors import PgolfError, one_line
 from pgolf.files import atomic_write
 from pgolf.export.bitpack import pack_codes, shuffle_bytes, shuffle_stream, unpack_codes, unshuffle_bytes, unshuffle_stream
-from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_by_id, codec_named, compress_best, zlib_decompress_capped  # noqa: F401
+from pgolf.export.codecs import AUTO, CODEC_IDS, CODECS, Codec, codec_by_id, codec_named, codec_or_stored, compress_best, zlib_decompress_capped  # noqa: F401
 from pgolf.quant.int8 import (
     INTN_BITS,
     KIND_INTN,
@@ -86,7 +86,7 @@ def pack_container(payload: bytes, codec: str = "zlib", stream_shuffle: int = 0)
     if codec == "auto":  # AUTO, spelled as a literal so that a bundle can fold it
         c, body = compress_best(payload)
     else:
-        c = codec_named(codec)
+        c = codec_or_stored(codec)
         body = c.compress(payload)
     header = _HEADER.pack(MAGIC, FORMAT_VERSION, c.codec_id, len(payload), zlib.crc32(payload))
     return header + body
@@ -111,7 +111,7 @@ def unpack_container(
     if version != FORMAT_VERSION:
         raise PgolfError(f"{source}: unsupported artifact format version {version} (this pgolf reads {FORMAT_VERSION})")
     if expect_codec is not None:
-        codec = codec_named(expect_codec)
+        codec = codec_or_stored(expect_codec)
         if codec.codec_id != codec_id:
             raise PgolfError(f"{source}: compressor id {codec_id}, expected {codec.codec_id} ({expect_codec})")
     else:
@@ -371,13 +371,14 @@ def _lqer_from(spec: object, tensors: dict[str, Tensor], used: set[str], name: s
 
 
 def decode_payload(
-    payload: bytes, source: str, v1_only: bool = False, serializer: str | None = None,
+    payload: bytes, source: str, v1_only: bool = False, serializer: str | None = None, group_codec: str | None = None,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Inverse of :func:`encode_payload`, validating that tensors and metadata agree (``v1_only``:
     a v2 payload is refused). A QGv3 payload (pgolf.export.qgv3) is read as such, and so is a
     per-group one (pgolf.export.pergroup), unless ``serializer`` (what the caller wrote) is another.
     The tests of ``serializer`` are literals in a bundle (its round trip reads what it wrote): it ships
-    the reader of its own serializer alone."""
+    the reader of its own serializer alone. ``group_codec``: a per-group payload's groups must name
+    that compressor (or ``stored``; see :func:`pgolf.export.pergroup.decode_pergroup`)."""
     if payload[:4] == b"QGv3":
         if v1_only or serializer not in (None, "qgv3"):
             raise PgolfError(f"{source}: a QGv3 artifact where a {serializer or 'v1'} one was expected")
@@ -389,7 +390,7 @@ def decode_payload(
             raise PgolfError(f"{source}: a per-group artifact where a {serializer or 'v1'} one was expected")
         from pgolf.export.pergroup import decode_pergroup
 
-        return decode_pergroup(payload, source)
+        return decode_pergroup(payload, source, group_codec)
     if serializer not in (None, "pgolf"):
         raise PgolfError(f"{source}: a pgolf-layout artifact where a {serializer} one was expected")
     doc = _read_metadata(payload, source)
@@ -433,27 +434,21 @@ def encode_artifact(
     if serializer == "pergroup":
         from pgolf.export.pergroup import encode_pergroup
 
-        return pack_container(encode_pergroup(q, extra_meta, codec, shuffle=shuffle), STORED, stream_shuffle)
+        # "stored" spelled as a literal (STORED), so that a bundle folds the container's compressor
+        return pack_container(encode_pergroup(q, extra_meta, codec, shuffle=shuffle), "stored", stream_shuffle)
     payload = encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only, serializer=serializer)
     return pack_container(payload, codec, stream_shuffle)
 
 
 def decode_artifact(
     blob: bytes, source: str, max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True,
+    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True, group_codec: str | None = None,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Parse artifact bytes; every defect is a PgolfError naming ``source`` (``expect_codec``,
-    ``stream_shuffled``, ``v1_only``, ``serializer``: see :func:`unpack_container`, :func:`decode_payload`)."""
+    ``stream_shuffled``, ``v1_only``, ``serializer``, ``group_codec``: see :func:`unpack_container`,
+    :func:`decode_payload`)."""
     payload = unpack_container(blob, source, max_payload_bytes, expect_codec, stream_shuffled)
-    return decode_payload(payload, source, v1_only, serializer)
-
-
-def container_codec(compressor: str, serializer: str) -> str | None:
-    """The compressor an artifact written with these settings names in its header (None: ``auto``,
-    any): what a run reading its own artifact expects."""
-    if serializer == "pergroup":
-        return STORED
-    return None if compressor == "auto" else compressor
+    return decode_payload(payload, source, v1_only, serializer, group_codec)
 
 
 def write_artifact(
@@ -478,10 +473,10 @@ def write_artifact(
 
 def read_artifact(
     path: str | os.PathLike[str], max_payload_bytes: int = MAX_PAYLOAD_BYTES, expect_codec: str | None = None,
-    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True,
+    v1_only: bool = False, serializer: str | None = None, stream_shuffled: bool = True, group_codec: str | None = None,
 ) -> tuple[QuantizedState, dict[str, Any]]:
     """Read and validate an artifact file: ``(quantized_state, meta)`` (``expect_codec``,
-    ``stream_shuffled``, ``v1_only``, ``serializer``: see :func:`decode_artifact`)."""
+    ``stream_shuffled``, ``v1_only``, ``serializer``, ``group_codec``: see :func:`decode_artifact`)."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: artifact file not found")
@@ -491,7 +486,7 @@ def read_artifact(
     if size > max_payload_bytes + HEADER_BYTES:
         raise PgolfError(f"{path}: {size} bytes is far too large for an artifact")
     return decode_artifact(path.read_bytes(), str(path), max_payload_bytes, expect_codec, v1_only, serializer,
-                           stream_shuffled)
+                           stream_shuffled, group_codec)
 
 
 def is_artifact_header(head: bytes) -> bool:

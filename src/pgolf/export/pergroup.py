@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from pgolf.errors import PgolfError
-from pgolf.export.codecs import brotli_decompress_capped, codec_by_id, codec_named, compress_best
+from pgolf.export.codecs import STORED_CODEC, Codec, brotli_decompress_capped, codec_by_id, codec_named, compress_best
 from pgolf.quant.int8 import KIND_PASSTHROUGH, QuantEntry, QuantizedState
 
 PGRP_MAGIC = b"PGRP"
@@ -227,7 +227,7 @@ def encode_pergroup(q: QuantizedState, extra_meta: dict[str, Any], codec: str, *
             orders += used
     packed = _each(lambda group: _compress_group(raws[group], codec), list(raws))
     for group in ROLE_GROUPS:  # no codes: an empty stream, "stored"
-        codec_id, body = packed.get(group) or (codec_named("stored").codec_id, b"")
+        codec_id, body = packed.get(group) or (STORED_CODEC.codec_id, b"")
         streams.append(body)
         codecs.append(codec_id)
     held = frozenset(e.name for found in grouped.values() for e in found)
@@ -261,8 +261,23 @@ def _held_shapes(doc: dict, source: str) -> dict[str, list[tuple[str, tuple[int,
     return out
 
 
-def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[str, Any]]:
-    """Inverse of :func:`encode_pergroup`; PgolfError naming ``source`` for any defect."""
+def _group_codec(codec_id: object, expected: str | None) -> Codec | None:
+    """The compressor of a group with this id, or None; with ``expected`` (the name a run reading its own
+    artifact knows: a literal in a bundle, which then ships that decompressor alone) only that one or
+    ``stored`` (an empty group's)."""
+    if not isinstance(codec_id, int):
+        return None
+    if expected is None:
+        return codec_by_id(codec_id)
+    if codec_id == STORED_CODEC.codec_id:
+        return STORED_CODEC
+    c = codec_named(expected)
+    return c if c.codec_id == codec_id else None
+
+
+def decode_pergroup(payload: bytes, source: str, group_codec: str | None = None) -> tuple[QuantizedState, dict[str, Any]]:
+    """Inverse of :func:`encode_pergroup`; PgolfError naming ``source`` for any defect (``group_codec``:
+    every group must name that compressor or ``stored``)."""
     from pgolf.export.container import _read_metadata
 
     streams = unpack_streams(payload, source, "pgolf's per-group payload")
@@ -270,7 +285,7 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
     rest = brotli_decompress_capped(streams[n], _MAX_BYTES, source)
     doc = _read_metadata(rest, source)
     codecs = doc.get("pergroup", {}).get("codecs") if isinstance(doc.get("pergroup"), dict) else None
-    if not isinstance(codecs, list) or len(codecs) != n or not all(isinstance(c, int) and codec_by_id(c) for c in codecs):
+    if not isinstance(codecs, list) or len(codecs) != n or not all(_group_codec(c, group_codec) for c in codecs):
         raise PgolfError(f"{source}: per-group metadata lacks a known compressor for each of its {n} groups")
     perm_bytes = brotli_decompress_capped(streams[n + 1], _MAX_BYTES, source) if streams[n + 1] else b""
     if len(perm_bytes) % 2:
@@ -284,7 +299,7 @@ def decode_pergroup(payload: bytes, source: str) -> tuple[QuantizedState, dict[s
                              f"{len(shapes.get(group, []))} members")
     at = {g: i for i, g in enumerate(ROLE_GROUPS) if streams[i]}
     # the exact inflated size of each group is its cap
-    raws = _each(lambda g: codec_by_id(codecs[at[g]]).decompress(
+    raws = _each(lambda g: _group_codec(codecs[at[g]], group_codec).decompress(
         streams[at[g]], sum(math.prod(s) for _, s in shapes[g]), source), list(at))
     for group in at:
         listed = shapes[group]

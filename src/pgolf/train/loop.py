@@ -466,7 +466,7 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     ``hessians`` (from :func:`collect_gptq_hessians`) feed GPTQ; LQER_ENABLED adds corrections.
     """
     from pgolf.export.artifact import export_model
-    from pgolf.export.container import container_codec, read_artifact
+    from pgolf.export.container import read_artifact
     from pgolf.quant.int8 import dequantize
     from pgolf.quant.policy import quantized_count
 
@@ -510,9 +510,12 @@ def export_and_score(s: Session, hessians: dict | None = None) -> tuple[dict, Sc
     _sync(s.rt)
     t0 = time.perf_counter()
     # what load_weights does for an artifact, without the other formats; this run knows how it wrote it
-    expect_codec = container_codec(q.compressor, q.serializer)
+    # the compressor its header names (a per-group payload is stored; auto: any) and its groups', spelled
+    # as expressions of the config so that a bundle folds them to literals and ships one decompressor
+    expect_codec = "stored" if q.serializer == "pergroup" else None if q.compressor == "auto" else q.compressor
+    group_codec = q.compressor if q.serializer == "pergroup" and q.compressor != "auto" else None
     quantized, _ = read_artifact(path, expect_codec=expect_codec, v1_only=v1_only, serializer=q.serializer,
-                                 stream_shuffled=q.stream_shuffle != 0)
+                                 stream_shuffled=q.stream_shuffle != 0, group_codec=group_codec)
     size["quantized_tensors"] = quantized_count(quantized)  # 0: the round trip is the float score (pgolf train warns)
     state = dequantize(quantized)
     disable_qat(s.model)  # the artifact's weights are already quantized: score them as they are
