@@ -144,6 +144,10 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
     others = {"_lzma_compress", "_lrzip_zpaq_compress", "_zstd_compress", "_lrzip_compress", "codec_by_id", "compress_best",
               "decode_qgv3", "decode_pergroup"} - {own, "decode_pergroup" if q.serializer == "pergroup" else ""}
     assert f"def {own}(" in readable and not [n for n in others if f"def {n}(" in readable]
+    # the model's config fields fold (nothing stores another config on the model: R44's packed global
+    # SGD once did, and kept every `self.cfg.<switch>` test and its code, 600 bytes)
+    ortho = build_config(preset, environ={}).model.ortho_init  # R22 on, R44 off
+    assert "cfg.ortho_init" not in readable and ("def orthogonal_init_(" in readable) == ortho
     bundled, package = finish(bundle_proc, runs, "bundle"), finish(package_proc, runs, "package")
     assert losses(runs / "bundle") == losses(runs / "package") and len(losses(runs / "bundle")) == 4
     assert (bundled["val_loss"], bundled["val_bpb"]) == (package["val_loss"], package["val_bpb"])

@@ -169,8 +169,11 @@ class GPT(nn.Module):
         cut = cfg.doc_isolated_attention and not getattr(self, "plain_causal", False)
         if not (cut or self.ve_layers or cfg.value_residual):
             return lambda layer: None
-        # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend)
-        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id, cfg.max_doc_len) if cut else (None, None)
+        # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend). R44's
+        # global SGD rows cut at another length (pgolf.eval.ttt.phased.cut_every sets ``cut_length``; an
+        # attribute of its own, so that a bundle still folds every field of ``self.cfg``)
+        cut_length = getattr(self, "cut_length", 0) or cfg.max_doc_len
+        doc_mask, segments = document_attention_inputs(input_ids, cfg.bos_id, cut_length) if cut else (None, None)
         shared = AttentionInputs(doc_mask=doc_mask, segments=segments)  # first_values is filled in by the first layer
         shared_ve = self.ve_shared(input_ids) if self.ve_layers else None
 

@@ -29,7 +29,6 @@ refused before anything is scored.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from contextlib import contextmanager
 
@@ -111,13 +110,13 @@ def check_packed_ranks(s: EvalConfig, seq_len: int, world: int) -> None:
 def cut_every(model: nn.Module, seq_len: int):
     """The model's attention cut at every BOS and every ``seq_len`` tokens from a document's start
     (R44's global SGD rows: its EVAL_SEQ_LEN, not the PGOLF_MAX_DOC_LEN it trained with). Config
-    validation asks for DOC_ISOLATED_ATTENTION=1 with the packed SGD: a bundle folds that switch."""
-    saved = model.cfg
-    model.cfg = dataclasses.replace(saved, doc_isolated_attention=True, max_doc_len=seq_len)
+    validation asks for DOC_ISOLATED_ATTENTION=1 with the packed SGD: a bundle folds that switch.
+    The model's config is left alone (replacing it would keep a bundle from folding any of its fields)."""
+    model.cut_length = seq_len
     try:
         yield
     finally:
-        model.cfg = saved
+        del model.cut_length
 
 
 def packed_global_sgd(model: nn.Module, optimizer: torch.optim.Optimizer, ledger: ScoreLedger, starts: list[int],
