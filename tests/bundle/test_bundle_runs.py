@@ -186,6 +186,19 @@ def test_bundle_runs_under_torchrun_on_two_ranks(stock_bundle, shared_data, tmp_
     assert max(abs(a - b) for a, b in zip(losses(runs / "ddp"), losses(runs / "single"))) < 1e-4
 
 
+def test_a_bundle_counts_itself_whatever_pgolf_code_files_names(stock_bundle, shared_data, tmp_path):
+    # PGOLF_CODE_FILES set empty (or to another file) in the environment once left a bundle counting
+    # no code at all: "code 0 (0 pgolf module files imported)", the cap checked without the script.
+    script = stock_bundle("tiny_cpu")[0] / "train_gpt.py"
+    env = override_env(data_overrides(shared_data) + SMALL + ["ITERATIONS=1"])
+    extra = tmp_path / "sidecar.bin"
+    extra.write_bytes(b"x" * 100)
+    runs = tmp_path / "runs"
+    for run_id, named, counted in (("empty", "", 0), ("other", str(extra), 100)):
+        results = run_bundle(script, runs, run_id, PGOLF_CODE_FILES=named, **env)
+        assert results["bytes_code"] == os.path.getsize(script) + counted, (run_id, results["bytes_code"])
+
+
 def test_demo_cpu_bundles_the_same_code_as_tiny_cpu():
     from pgolf.bundle.specialise import folded_fields
 

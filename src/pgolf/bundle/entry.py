@@ -48,9 +48,18 @@ def check_folded(folded: dict, envs: dict, environ=os.environ) -> None:
                 )
 
 
+def count_itself() -> None:
+    """Make the size accounting count this script, with any other files PGOLF_CODE_FILES already names
+    (a sidecar, say): an empty or unrelated value must not leave the shipped code uncounted."""
+    own = os.path.abspath(__file__)
+    named = [p for p in os.environ.get(CODE_FILES_ENV, "").split(os.pathsep) if p]
+    if own not in (os.path.abspath(p) for p in named):
+        os.environ[CODE_FILES_ENV] = os.pathsep.join([own, *named])
+
+
 def main() -> dict:
     if FROZEN_CONFIG or PRESET:  # bundled: the shipped script is the code, and in a bundle __file__ is train_gpt.py
-        os.environ.setdefault(CODE_FILES_ENV, os.path.abspath(__file__))
+        count_itself()
     check_folded(FOLDED_FIELDS, FOLDED_ENV)
     cfg = Config(preset=PRESET) if PRESET else from_dict(FROZEN_CONFIG)
     frozen = cfg.to_dict()  # logged by the run: what the environment changed shows (pgolf submit judges it)
