@@ -282,3 +282,19 @@ def test_garbage_safetensors_body_is_rejected():
     bad = struct.pack("<Q", len(text)) + text + good[8 + n :]
     with pytest.raises(PgolfError, match="corrupt safetensors payload"):
         decode_artifact(pack_container(bad), "a.pgolf")
+
+
+def test_each_compressor_name_finds_its_own_codec_and_round_trips():
+    # codec_named spells every compressor out by name (so that a bundle ships one): each name must give
+    # the codec the header id reads back, and that codec must invert itself.
+    from pgolf.export.codecs import codec_by_id, codec_named, every_codec
+
+    data = bytes(range(256)) * 2
+    for c in every_codec():
+        if not c.available():
+            continue
+        named = codec_named(c.name)
+        assert named is c and codec_by_id(named.codec_id) is c and named.name == c.name
+        assert named.decompress(named.compress(data), len(data), "x") == data
+    with pytest.raises(PgolfError, match="unknown compressor 'zip'"):
+        codec_named("zip")
