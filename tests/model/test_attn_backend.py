@@ -137,7 +137,7 @@ def test_a_stand_in_flash_attn_interface_is_not_taken_for_fa3(monkeypatch):
     import types
 
     monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=None))
-    assert attn_backend.fa3_module_problem() == "flash_attn_interface (no file) lacks flash_attn_func, flash_attn_varlen_func"
+    assert attn_backend.fa3_module_problem() == "flash_attn_interface lacks flash_attn_func, flash_attn_varlen_func"
     monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_func=F.scaled_dot_product_attention))
     assert attn_backend.fa3_module_problem().endswith("lacks flash_attn_varlen_func")
     complete = types.SimpleNamespace(flash_attn_func=F.scaled_dot_product_attention, flash_attn_varlen_func=F.scaled_dot_product_attention)

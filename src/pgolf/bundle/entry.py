@@ -51,10 +51,8 @@ def check_folded(folded: dict, envs: dict, environ=os.environ) -> None:
 def count_itself() -> None:
     """Make the size accounting count this script, with any other files PGOLF_CODE_FILES already names
     (a sidecar, say): an empty or unrelated value must not leave the shipped code uncounted."""
-    own = os.path.abspath(__file__)
-    named = [p for p in os.environ.get(CODE_FILES_ENV, "").split(os.pathsep) if p]
-    if own not in (os.path.abspath(p) for p in named):
-        os.environ[CODE_FILES_ENV] = os.pathsep.join([own, *named])
+    named = [os.path.abspath(p) for p in os.environ.get(CODE_FILES_ENV, "").split(os.pathsep) if p]
+    os.environ[CODE_FILES_ENV] = os.pathsep.join(dict.fromkeys([os.path.abspath(__file__), *named]))
 
 
 def main() -> dict:

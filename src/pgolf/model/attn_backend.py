@@ -146,9 +146,7 @@ def fa3_module_problem() -> str | None:
     except ImportError as exc:
         return f"flash_attn_interface is not importable ({exc}); install FlashAttention 3 from its hopper/ folder"
     missing = [name for name in FA3_FUNCTIONS if not callable(getattr(module, name, None))]
-    if missing:
-        return f"flash_attn_interface ({getattr(module, '__file__', None) or 'no file'}) lacks {', '.join(missing)}"
-    return None
+    return f"flash_attn_interface lacks {', '.join(missing)}" if missing else None
 
 
 def select_backend(requested: str, device: torch.device | str) -> str:
