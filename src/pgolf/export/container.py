@@ -52,7 +52,6 @@ from pgolf.quant.int8 import (
 from pgolf.quant.policy import tensor_role
 
 MAGIC = b"PGOLF\x00AR"
-STORED = "stored"  # the compressor of a payload that compressed its own parts
 FORMAT_VERSION = 1
 _HEADER = struct.Struct("<8sBBQI")
 HEADER_BYTES = _HEADER.size
@@ -434,7 +433,8 @@ def encode_artifact(
     if serializer == "pergroup":
         from pgolf.export.pergroup import encode_pergroup
 
-        # "stored" spelled as a literal (STORED), so that a bundle folds the container's compressor
+        # "stored" (the compressor of a payload that compressed its own parts) as a literal, so that a
+        # bundle folds the container's compressor
         return pack_container(encode_pergroup(q, extra_meta, codec, shuffle=shuffle), "stored", stream_shuffle)
     payload = encode_payload(q, extra_meta, shuffle=shuffle, pack=pack, v1_only=v1_only, serializer=serializer)
     return pack_container(payload, codec, stream_shuffle)
