@@ -303,3 +303,21 @@ def test_the_defaults_fingerprint_follows_the_schema_defaults(plant_default):
     with pytest.raises(PgolfError, match=r"^model.pgolf: .*other schema defaults.*pass --preset/--set") as err:
         check_defaults(meta, "model.pgolf")
     assert "\n" not in str(err.value)
+
+
+def test_an_artifact_fingerprinted_over_the_whole_config_stays_readable(plant_default):
+    # Before the training-only fields were left out, the fingerprint hashed the whole Config().to_json()
+    # (computed here by brute force, not by pgolf): such an artifact reads while those defaults hold.
+    import hashlib
+
+    from pgolf.config import OptimConfig, check_defaults
+
+    def whole() -> dict:
+        return {"config": {"preset": "tiny_cpu"}, "config_defaults": hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]}
+
+    old = whole()
+    check_defaults(old, "old.pgolf")
+    plant_default(OptimConfig, "matrix_lr", 0.5)  # its difference was from these defaults: now another config
+    with pytest.raises(PgolfError, match="other schema defaults"):
+        check_defaults(old, "old.pgolf")
+    check_defaults(whole(), "new-defaults.pgolf")

@@ -496,12 +496,18 @@ def artifact_meta(cfg: Config) -> dict:
             "config_defaults": BUNDLE_DEFAULTS or defaults_fingerprint()}
 
 
+def whole_defaults_fingerprint() -> str:
+    """The fingerprint artifacts carried before they left the training-only fields out: the sha256 of the
+    whole ``Config().to_json()``. Their config is then a difference from these same defaults."""
+    return hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]
+
+
 def check_defaults(meta: Mapping[str, Any], source: str) -> None:
     """Refuse an artifact whose config is a difference from other schema defaults than this pgolf's: filled
     in with these, it would be another model or evaluation. An artifact without a fingerprint (its config
-    whole) passes."""
+    whole) passes, and so does one fingerprinted the earlier way over the whole config, when that matches."""
     theirs = meta.get("config_defaults")
-    if theirs is not None and theirs != defaults_fingerprint():
+    if theirs is not None and theirs not in (defaults_fingerprint(), whole_defaults_fingerprint()):
         raise PgolfError(
             f"{source}: its config was stored as the difference from other schema defaults than this pgolf's "
             f"(fingerprint {theirs}, here {defaults_fingerprint()}); pass --preset/--set to say the config"
