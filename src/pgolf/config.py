@@ -466,7 +466,6 @@ BUNDLE_DEFAULTS = ""
 # reader's own; the rest is training only (the run folder's config.json keeps the whole config).
 ARTIFACT_SECTIONS = ("data", "model", "train", "eval", "quant")
 ARTIFACT_TRAIN_FIELDS = ("seed", "train_seq_len")
-READER_TRAIN_FIELDS = ("device", "compile", "attn_backend", "fused_ce", "fused_mlp")
 
 
 def artifact_fields(cfg: Config) -> dict:
@@ -475,11 +474,15 @@ def artifact_fields(cfg: Config) -> dict:
     return {s: {k: v for k, v in out[s].items() if s != "train" or k in ARTIFACT_TRAIN_FIELDS} for s in ARTIFACT_SECTIONS}
 
 
+def _fingerprint(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def defaults_fingerprint() -> str:
     """The schema defaults' fingerprint: the first 16 hex digits of the sha256 of the fields an artifact
     carries (:func:`artifact_fields`) at their defaults, as sorted JSON: a training-only field added or
     changed leaves every artifact readable."""
-    return hashlib.sha256(json.dumps(artifact_fields(Config()), sort_keys=True).encode()).hexdigest()[:16]
+    return _fingerprint(json.dumps(artifact_fields(Config()), sort_keys=True))
 
 
 def artifact_meta(cfg: Config) -> dict:
@@ -499,7 +502,7 @@ def artifact_meta(cfg: Config) -> dict:
 def whole_defaults_fingerprint() -> str:
     """The fingerprint artifacts carried before they left the training-only fields out: the sha256 of the
     whole ``Config().to_json()``. Their config is then a difference from these same defaults."""
-    return hashlib.sha256(Config().to_json().encode()).hexdigest()[:16]
+    return _fingerprint(Config().to_json())
 
 
 def check_defaults(meta: Mapping[str, Any], source: str) -> None:
