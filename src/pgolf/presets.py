@@ -127,21 +127,19 @@ def mlp3x_int8emb_seq2048() -> Config:
     late-K layers (tests/export/test_record_export_parity.py). Score: sliding windows of 2048, stride 256.
 
     Bytes, measured on the same random codes (one block, tests/export/test_record_export_parity.py):
-    QGv3's three byte groups are PR #160's byte for byte, and the artifact is 106 bytes under its
-    file, 1,153,146 against 1,153,252. It was 406 over (1,153,658): pgolf's 22-byte container header,
-    its tensor order and meta in the QGv3 JSON (342 raw bytes, 240 compressed, 148 of them the order,
-    now dropped) and xz's extreme preset (152 bytes worse than preset 9 here), less the 8-byte CRC64
-    in PR #160's xz. pgolf's lzma now writes LZMA1 (no xz or LZMA2 framing) at the smaller of presets
-    9 and 9e: 1,153,033 bytes on PR #160's own payload. The margin is of the order of LZMA's
-    sensitivity to the bytes ahead of the codes (0 to 8 spaces added to PR #160's own JSON grow its
-    file by up to 335 bytes; pgolf's artifact with an empty meta is 14 over). A training run's artifact
-    also holds its config: the fields scoring reads, as their difference from the schema defaults
-    (pgolf.config.artifact_meta; 249 bytes of JSON here, the optimizer's and training-only fields left
-    out). On these codes that artifact is 1,153,462 bytes, 210 over the record's file, and 0 to 8 spaces
-    added to its preset's name give 1,153,230 to 1,153,487: LZMA's noise, not the config's bytes,
-    decides the sign (the whole config was 1,409 more). pgolf's own layout under
-    the same lzma is 1,066,150 bytes, 7.5% under the record's, and ``PGOLF_COMPRESSOR=auto`` 999,974:
-    set ``PGOLF_SERIALIZER=pgolf`` for the smaller artifact; qgv3 stays the default as the record's layout.
+    QGv3's three byte groups are PR #160's byte for byte, and the artifact is 4,396 bytes under its
+    file, 1,148,856 against 1,153,252. What decides it: pgolf's 22-byte container header against the
+    8-byte CRC64 of PR #160's xz, no tensor order in the QGv3 JSON (148 compressed bytes), LZMA1 with
+    none of xz's framing, and the smallest of presets 9 and 9e under three literal settings
+    (pgolf.export.codecs.LZMA_PROPERTIES): on PR #160's own payload that lzma gives 1,148,661 bytes.
+    Under the default setting alone the margin was of the order of LZMA's sensitivity to the bytes
+    ahead of the codes (0 to 8 spaces added to PR #160's JSON grow its file by up to 335 bytes). A
+    training run's artifact also holds its config: the fields scoring reads, as their difference from
+    the schema defaults (pgolf.config.artifact_meta; 249 bytes of JSON here, the optimizer's and
+    training-only fields left out), 1,149,188 bytes in all, 4,064 under the record's file. pgolf's own
+    layout under the same lzma is 1,061,978 bytes, 7.9% under the record's, and
+    ``PGOLF_COMPRESSOR=auto`` 999,974: set ``PGOLF_SERIALIZER=pgolf`` for the smaller artifact; qgv3
+    stays the default as the record's layout.
 
     QAT was on in its script (from 50% of training), but the timed run stopped at step 7,534, before
     step 10,000 where QAT would have started, so QAT stays off here.

@@ -134,18 +134,21 @@ def _pair_state(seed: int, policy: str):
     return quantize_state_dict_policy(w, policy)
 
 
-def test_lzma_keeps_the_smaller_of_its_presets_and_reads_older_xz_artifacts():
-    # Compared with the standard library's own encodings: the body is the smaller .lzma stream of
-    # presets 9 and 9 extreme (the first state favours preset 9, the second the extreme one), and the
-    # standard decoder reads it with no pgolf-side hint.
+def test_lzma_keeps_the_smallest_of_its_settings_and_reads_older_xz_artifacts():
+    # Compared with the standard library's own encodings: the body is the smallest .lzma stream of
+    # presets 9 and 9 extreme under xz's default literal settings (lc 3, pb 2) and two others, and
+    # the standard decoder reads it with no pgolf-side hint. Across these states more than one
+    # preset and more than one setting win, so none of the tries is dead weight.
+    settings = [(p, lc, pb) for p in (9, 9 | lzma.PRESET_EXTREME) for lc, pb in ((3, 2), (4, 0), (0, 0))]
     winners = set()
-    for q in (_pair_state(0, "int6,small=0"), _pair_state(1, "int5g16,small=0")):
+    for q in (_pair_state(0, "int6,small=0"), _pair_state(1, "int5g16,small=0"), _pair_state(2, "int8,small=0")):
         payload, blob = encode_payload(q, {"k": 1}), encode_artifact(q, {"k": 1}, "lzma")
         body = blob[HEADER_BYTES:]
-        tries = [lzma.compress(payload, format=lzma.FORMAT_ALONE, preset=p) for p in (9, 9 | lzma.PRESET_EXTREME)]
-        assert body == min(tries, key=len) and lzma.decompress(body) == payload
-        winners.add(tries.index(body))
-    assert winners == {0, 1}
+        tries = [lzma.compress(payload, format=lzma.FORMAT_ALONE, filters=[
+            {"id": lzma.FILTER_LZMA1, "preset": p, "lc": lc, "lp": 0, "pb": pb}]) for p, lc, pb in settings]
+        assert len(body) == min(map(len, tries)) and lzma.decompress(body) == payload
+        winners.add(settings[[len(t) for t in tries].index(len(body))])
+    assert len({p for p, _, _ in winners}) > 1 and len({(lc, pb) for _, lc, pb in winners}) > 1, winners
     older = lzma.compress(payload, format=lzma.FORMAT_XZ, check=lzma.CHECK_NONE, preset=9 | lzma.PRESET_EXTREME)
     assert decode_artifact(blob[:HEADER_BYTES] + older, "old", expect_codec="lzma")[1] == {"k": 1}
     forged = body[:1] + (2**32 - 1).to_bytes(4, "little") + body[5:]  # a 4 GiB dictionary
