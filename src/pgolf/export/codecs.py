@@ -71,8 +71,9 @@ def _lzma_compress(data: bytes) -> bytes:
     # LZMA1 in the .lzma format: none of xz's block, index and LZMA2 chunk headers (about 180 bytes a
     # megabyte on quantized codes) and no check (the container's CRC32 covers the payload). Its header
     # names lc, lp, pb and the dictionary, so every setting decodes alike and the smallest is kept (on
-    # quantized codes the extreme preset is often the larger). The tries run in threads: lzma releases
-    # the GIL, so on a GPU node's many cores they take about the time of one.
+    # quantized codes the extreme preset is often the larger). The tries run in threads, side by side
+    # where there are cores for them (lzma releases the GIL): on 2 cores 1.3-1.7x the time of the
+    # default setting's two tries (benchmarks/results/lzma_settings.json).
     tries = [(p, lc, pb) for p in LZMA_PRESETS for lc, pb in LZMA_PROPERTIES]
     with ThreadPoolExecutor(max_workers=min(len(tries), os.cpu_count() or 1)) as pool:
         return min(pool.map(lambda t: _lzma_try(data, *t), tries), key=len)
