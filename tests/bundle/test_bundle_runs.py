@@ -236,6 +236,9 @@ def test_baseline_bundle_is_smaller_than_the_reference_script_and_readable_copy_
     # int8 policy, zlib, v1 layout, no GPTQ/LQER/QAT: none of the other export code ships
     assert not any(f"def {name}(" in readable for name in ("pack_codes", "parse_policy", "gptq_quantize", "enable_qat", "_lrzip_compress", "_entry_from_v2"))
     assert "class BigramHash" not in readable and "class ParallelMuon" not in readable  # switched off: not shipped
+    # Muon's schedule and MuonEq-R fold through its constructor's keywords and attributes: the quintic,
+    # unnormalised Muon ships neither Polar Express's coefficients nor the row normalisation
+    assert "POLAR_EXPRESS_COEFFICIENTS" not in readable and "def normalize_rows(" not in readable
     # input checks are stripped (pgolf.bundle.checks): only the size cap's and the folded-switch refusal's remain
     raises = [line.strip()[:40] for line in readable.splitlines() if "raise PgolfError(" in line]
     assert len(raises) == 2 and "bytes over the" in readable and "folded into its code" in readable, raises

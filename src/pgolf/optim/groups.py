@@ -119,17 +119,21 @@ def build_optimizers(model: GPT, cfg: OptimConfig, tie_embeddings: bool, per_ran
         scalars = [p for p in scalars if id(p) not in frozen]
     token_lr = cfg.tied_embed_lr if tie_embeddings else cfg.embed_lr
     opt_tok = _adam([model.tok_emb.weight, *extra["embed"]], token_lr, cfg, fused, cfg.embed_wd)
-    muon_options = dict(lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
-                        weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule)
-    if cfg.muon_momentum_bf16:
-        muon_options["grad_dtype"] = torch.bfloat16
+    # The options spelled out in each call, not gathered in a dict: a bundle then folds the ones its
+    # configuration fixes into Muon itself (pgolf.bundle.propagate reads literal keyword arguments).
+    grad_dtype = torch.bfloat16 if cfg.muon_momentum_bf16 else None
     muon_groups = muon_param_groups(model, matrices) if model.cfg.mlp_activation == "swiglu" else matrices
     if cfg.muon_parallel:
-        muon: Muon = ParallelMuon(muon_groups, reduce_grads=per_rank_grads, **muon_options)
+        muon: Muon = ParallelMuon(muon_groups, lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
+                                  backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_wd,
+                                  row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule,
+                                  grad_dtype=grad_dtype, reduce_grads=per_rank_grads)
         if cfg.muon_keep_warmup_momentum and per_rank_grads:  # R44 under torchrun: the warm-up's restore leaves it
             muon.keep_momentum_outside_state()
     else:
-        muon = Muon(muon_groups, **muon_options)
+        muon = Muon(muon_groups, lr=cfg.matrix_lr, momentum=cfg.muon_momentum, backend_steps=cfg.muon_backend_steps,
+                    weight_decay=cfg.muon_wd, row_normalize=cfg.muon_row_normalize, ns_schedule=cfg.muon_ns_schedule,
+                    grad_dtype=grad_dtype)
     for group in muon.param_groups:
         group["base_lr"] = cfg.matrix_lr
     opt_scalar = _adam(scalars, cfg.scalar_lr, cfg, fused, cfg.adam_wd)

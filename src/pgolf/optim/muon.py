@@ -80,9 +80,11 @@ def normalize_rows(update: Tensor, eps: float = 1e-7) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters; ``ns_dtype`` is bf16 as the reference (float64 for exactness tests).
 
-    Per group: ``weight_decay`` (decoupled, scaled by ``wd_scale``), ``row_normalize`` (MuonEq-R),
-    ``ns_schedule`` (``quintic`` or ``polar_express``) and ``row_blocks``. ``grad_dtype``: the dtype
-    of the momentum (None: the gradient's own, as the reference).
+    Per group: ``weight_decay`` (decoupled, scaled by ``wd_scale``) and ``row_blocks``. For the whole
+    optimizer: ``row_normalize`` (MuonEq-R), ``ns_schedule`` (``quintic`` or ``polar_express``) and
+    ``grad_dtype``, the dtype of the momentum (None: the gradient's own, as the reference). Those
+    three are attributes, not group entries, because no record varies them by group and a bundle then
+    folds them to constants (the quintic bundles ship neither Polar Express nor MuonEq-R).
     """
 
     def __init__(self, params, lr: float, momentum: float, backend_steps: int = 5, nesterov: bool = True,
@@ -90,12 +92,12 @@ class Muon(torch.optim.Optimizer):
                  ns_schedule: str = "quintic", grad_dtype: torch.dtype | None = None):
         ns_coefficients(ns_schedule, backend_steps)  # reject a bad schedule before the first step
         defaults = dict(lr=lr, momentum=momentum, backend_steps=backend_steps, nesterov=nesterov,
-                        weight_decay=weight_decay, wd_scale=1.0, row_normalize=row_normalize, ns_schedule=ns_schedule,
-                        row_blocks=1)
+                        weight_decay=weight_decay, wd_scale=1.0, row_blocks=1)
         super().__init__(params, defaults)
         self.ns_dtype = ns_dtype
         self.grad_dtype = grad_dtype
-        self.orthogonalize = newton_schulz
+        self.row_normalize = row_normalize
+        self.ns_schedule = ns_schedule
 
     def _update(self, p: Tensor, group: dict) -> Tensor:
         g = p.grad if self.grad_dtype is None else p.grad.to(self.grad_dtype)
@@ -106,12 +108,12 @@ class Muon(torch.optim.Optimizer):
         buf.mul_(group["momentum"]).add_(g)
         if group["nesterov"]:
             g = g.add(buf, alpha=group["momentum"])
-        if group["row_normalize"]:
+        if self.row_normalize:
             g = normalize_rows(g)
         rows = g.size(0) // group["row_blocks"]
         blocks = g.reshape(-1, rows, g.size(1)) if group["row_blocks"] > 1 else g
-        update = self.orthogonalize(blocks, steps=group["backend_steps"], dtype=self.ns_dtype,
-                                    schedule=group["ns_schedule"]).reshape(g.shape)
+        update = newton_schulz(blocks, steps=group["backend_steps"], dtype=self.ns_dtype,
+                               schedule=self.ns_schedule).reshape(g.shape)
         return update * max(1, rows / update.size(1)) ** 0.5
 
     @torch.no_grad()

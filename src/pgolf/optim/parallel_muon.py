@@ -151,10 +151,10 @@ class ParallelMuon(Muon):
         if nesterov_updates:
             idx = [j for j, _ in nesterov_updates]
             stacked = torch.stack([u for _, u in nesterov_updates])
-            if group["row_normalize"]:
+            if self.row_normalize:
                 stacked = normalize_rows(stacked)
             blocks = stacked.reshape(-1, block_rows, cols)  # row_blocks > 1: each block is a matrix
-            updates[idx] = newton_schulz(blocks, group["backend_steps"], dtype=self.ns_dtype, schedule=group["ns_schedule"],
+            updates[idx] = newton_schulz(blocks, group["backend_steps"], dtype=self.ns_dtype, schedule=self.ns_schedule,
                                          square_first=True).reshape(stacked.shape)  # as R22 / R44 round it
         if distributed:
             full = torch.empty(updates.shape[0] * world, *bank[0].shape, device=updates.device, dtype=updates.dtype)
