@@ -67,6 +67,13 @@ def _lzma_try(data: bytes, preset: int, lc: int, pb: int) -> bytes:
                          filters=[{"id": lzma.FILTER_LZMA1, "preset": preset, "lc": lc, "lp": 0, "pb": pb}])
 
 
+def lzma_smallest(data: bytes) -> tuple[tuple[int, int, int], bytes]:
+    """The smallest of :func:`_lzma_try` over every (preset, lc, pb), with that setting."""
+    tries = [(p, lc, pb) for p in LZMA_PRESETS for lc, pb in LZMA_PROPERTIES]
+    with ThreadPoolExecutor(max_workers=min(len(tries), os.cpu_count() or 1)) as pool:
+        return min(zip(tries, pool.map(lambda t: _lzma_try(data, *t), tries)), key=lambda r: len(r[1]))
+
+
 def _lzma_compress(data: bytes) -> bytes:
     # LZMA1 in the .lzma format: none of xz's block, index and LZMA2 chunk headers (about 180 bytes a
     # megabyte on quantized codes) and no check (the container's CRC32 covers the payload). Its header
@@ -74,9 +81,7 @@ def _lzma_compress(data: bytes) -> bytes:
     # quantized codes the extreme preset is often the larger). The tries run in threads, side by side
     # where there are cores for them (lzma releases the GIL): on 2 cores 1.3-1.7x the time of the
     # default setting's two tries (benchmarks/results/lzma_settings.json).
-    tries = [(p, lc, pb) for p in LZMA_PRESETS for lc, pb in LZMA_PROPERTIES]
-    with ThreadPoolExecutor(max_workers=min(len(tries), os.cpu_count() or 1)) as pool:
-        return min(pool.map(lambda t: _lzma_try(data, *t), tries), key=len)
+    return lzma_smallest(data)[1]
 
 
 def lzma_decompress_capped(data: bytes, max_bytes: int, source: str) -> bytes:
