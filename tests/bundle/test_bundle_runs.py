@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pgolf.bundle.build import build_bundle
@@ -378,3 +379,25 @@ def test_a_bundles_artifact_config_rebuilds_the_packages_config(specialise, monk
     got, want = from_dict(meta["config"]), build_config(preset, environ=env)
     assert artifact_fields(got) == artifact_fields(want) != artifact_fields(build_config(preset, environ={}))
     assert got.preset == want.preset
+
+
+def test_the_baseline_bundles_token_stream_crosses_a_shard_end_like_the_packages(baseline_bundle, tmp_path, monkeypatch):
+    # a take() that begins exactly at a shard's end once raised UnboundLocalError in the bundle
+    # (its counter's first store was dropped as unread: ``n += 1`` reads it)
+    import importlib.util
+
+    from pgolf.data.loader import TokenStream
+    from pgolf.data.shards import write_shard
+
+    folder, _ = baseline_bundle
+    spec = importlib.util.spec_from_file_location("bundle_under_test", folder / "train_gpt_readable.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    namespace = vars(module)
+    shards = [tmp_path / f"fineweb_train_00000{i}.bin" for i in range(2)]
+    for i, path in enumerate(shards):
+        write_shard(path, np.arange(10 * i, 10 * i + 10, dtype=np.uint16))
+    bundled, package = namespace["TokenStream"](shards), TokenStream(shards)
+    for n in (10, 3, 7, 10, 4):
+        assert np.array_equal(bundled.take(n), package.take(n))

@@ -526,3 +526,38 @@ def test_a_no_grad_function_folds_the_arguments_every_call_fixes_and_another_dec
     """)
     assert "def score(x):" in out and "score(1)" in out and "@torch.no_grad()" in out  # folded, still no-grad
     assert "def cached(x, progress=None):" in out  # its wrapper could bind the arguments otherwise
+
+
+def test_a_store_an_augmented_assignment_reads_stays():
+    # ``n += 1`` reads n: dropping ``n = 0`` as unread made the baseline bundle's TokenStream.take
+    # raise UnboundLocalError whenever a call began on an exhausted shard
+    src = """
+        def take(xs):
+            misses = 0
+            out = []
+            for x in xs:
+                if x is None:
+                    misses += 1
+                    continue
+                misses = 0
+                out.append(x)
+            return out
+        take([None])
+    """
+    out = run(src)
+    namespace: dict = {}
+    exec(compile(out, "<bundle>", "exec"), namespace)
+    assert namespace["take"]([None, 1]) == [1]
+
+
+def test_a_global_only_augmented_in_functions_keeps_its_binding():
+    src = """
+        COUNT = 0
+        def bump():
+            global COUNT
+            COUNT += 1
+            return 1
+        bump()
+    """
+    out = run(src)
+    assert "COUNT = 0" in out

@@ -44,6 +44,18 @@ def walk(node: ast.AST) -> Iterator[ast.AST]:
         todo.extend(children(n))
 
 
+def names_read(node: ast.AST) -> set[str]:
+    """The names ``node`` reads anywhere inside it: loads, deletions (``del x`` needs ``x`` bound) and
+    the targets of augmented assignments (``n += 1`` reads ``n``, though its target is a Store)."""
+    out = set()
+    for n in walk(node):
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store):
+            out.add(n.id)
+        elif isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name):
+            out.add(n.target.id)
+    return out
+
+
 def import_bindings(node: ast.Import | ast.ImportFrom) -> dict[str, str]:
     """Names an import statement binds -> the fully qualified thing each is bound to."""
     out = {}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import ast
 from typing import Any, Iterator
 
-from pgolf.bundle.names import names_bound_by, walk
+from pgolf.bundle.names import names_bound_by, names_read, walk
 from pgolf.bundle.simplify import is_pure, literal_value
 from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
 
@@ -96,7 +96,7 @@ def drop_dead_pure_stores(bodies: list[list[ast.stmt]]) -> int:
     function reads those names (what folding leaves behind, e.g. ``q = s.cfg.quant`` with its uses gone)."""
     total = 0
     for fn, _ in function_scopes(bodies):
-        loaded = {n.id for n in walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+        loaded = names_read(fn)
         if loaded & {"locals", "vars", "eval", "exec"}:
             continue  # names may be read by string
         declared = {name for n in walk(fn) if isinstance(n, (ast.Global, ast.Nonlocal)) for name in n.names}
@@ -113,7 +113,7 @@ def drop_dead_pure_stores(bodies: list[list[ast.stmt]]) -> int:
 
 def _drop_dead_literal_stores(fn: ast.FunctionDef, names: set[str]) -> int:
     """Remove ``name = literal`` statements of ``names`` that nothing in ``fn`` reads any more."""
-    read = {n.id for n in walk(fn) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store)}
+    read = names_read(fn)
     dead = names - read
     if not dead:
         return 0

@@ -77,15 +77,17 @@ def _local_names(fn: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> set
 
 
 def _names_used(node: ast.AST) -> set[str]:
-    """Global names ``node`` reads: loads, less those of a name local to the function they are in
+    """Global names ``node`` reads: loads, deletions and augmented assignments, less those of a name local to the function they are in
     (a parameter ``segments`` does not keep a global ``segments``), not counting annotations
     (never evaluated in the bundle)."""
     out: set[str] = set()
     pending: list[tuple[ast.AST, frozenset[str]]] = [(node, frozenset())]
     while pending:
         n, shadowed = pending.pop()
-        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id not in shadowed:
+        if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Store) and n.id not in shadowed:
             out.add(n.id)
+        if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name) and n.target.id not in shadowed:
+            out.add(n.target.id)  # ``COUNT += 1`` under ``global COUNT`` reads the global
         if isinstance(n, _FUNCTIONS):
             pending.extend((part, shadowed) for part in _evaluated_outside(n))
             inner = shadowed | _local_names(n)
