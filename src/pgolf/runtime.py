@@ -27,6 +27,9 @@ from pgolf.errors import PgolfError
 # fixed code cannot change. A bundle folds it to False (pgolf.bundle.build), so none of that ships;
 # what pgolf submit reads from a run (train.log header and score lines, results.json) never depends on it.
 TELEMETRY = True
+# True only in a bundled train_gpt.py (pgolf.bundle.build sets it): its code is that one file, which
+# names itself in PGOLF_CODE_FILES (pgolf.bundle.entry), so what finds the package's own files does not ship.
+BUNDLED = False
 
 
 @dataclass
@@ -93,7 +96,7 @@ def seed_everything(seed: int) -> None:
 def package_source_files() -> list[Path]:
     # A bundled train_gpt.py names itself in PGOLF_CODE_FILES: it, not its folder, is the code.
     named = [Path(p).resolve() for p in os.environ.get("PGOLF_CODE_FILES", "").split(os.pathsep) if p]
-    return sorted(named) if named else sorted(Path(__file__).resolve().parent.rglob("*.py"))
+    return sorted(named) if named or BUNDLED else sorted(Path(__file__).resolve().parent.rglob("*.py"))
 
 
 def source_hash() -> str:

@@ -561,3 +561,28 @@ def test_a_global_only_augmented_in_functions_keeps_its_binding():
     """
     out = run(src)
     assert "COUNT = 0" in out
+
+
+def test_a_constant_attribute_nothing_reads_any_more_is_not_stored():
+    out = run("""
+        import sys
+        class Opt:
+            def __init__(self, lr):
+                self.lr = lr
+                self.normalize = False
+                self.kind = "quintic"
+                self.named = None
+            def step(self):
+                if self.normalize:
+                    return 0
+                return self.lr
+        class Net:
+            def __init__(self):
+                self.gate = None
+            def roles(self):
+                return [getattr(self, n) for n in ("gate",)]
+        Opt(len(sys.argv)).step()
+        Net().roles()
+    """)
+    assert "self.normalize" not in out and "self.kind" not in out and "self.named" not in out
+    assert "self.lr = lr" in out and "self.gate = None" in out  # read, or read by its name

@@ -75,3 +75,16 @@ def test_a_bundle_ships_no_telemetry_code(stock_bundle):
     loop = Path(pgolf.train.loop.__file__).read_text()
     assert "tqdm" in loop and "git_commit()" in loop and "final_size(s, size)" in loop
     assert "TELEMETRY and" in Path(pgolf.bundle.entry.__file__).read_text()
+
+
+def test_a_bundle_ships_no_code_that_finds_the_packages_files(stock_bundle):
+    # pgolf.runtime.BUNDLED: a bundle counts and hashes the file it names itself as, never the package's
+    import pgolf.export.artifact
+    import pgolf.runtime
+
+    folder, _ = stock_bundle("baseline")
+    source = (folder / "train_gpt_readable.py").read_text()
+    for name in ("BUNDLED", "def code_files", "rglob", "sys.modules.items()"):
+        assert name not in source, name
+    package = Path(pgolf.export.artifact.__file__).read_text() + Path(pgolf.runtime.__file__).read_text()
+    assert "def code_files" in package and "rglob" in package and "or BUNDLED" in package

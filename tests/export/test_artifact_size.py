@@ -63,7 +63,7 @@ def test_code_files_are_the_imported_pgolf_modules():
     assert len(set(files)) == len(files) == len(sorted(files))
     on_disk = imported_pgolf_files()  # the source files are LF-only UTF-8, so text bytes == file bytes
     assert {str(f) for f in files} == set(on_disk)
-    assert count_code_bytes() == sum(on_disk.values())
+    assert count_code_bytes(files) == sum(on_disk.values())
 
 
 def test_code_bytes_are_the_references_own_count(oracles):

@@ -5,7 +5,8 @@ into the entry's ``FROZEN_CONFIG`` literal, inline (:mod:`pgolf.bundle.inline`) 
 the code to the config (:mod:`pgolf.bundle.specialise`: folded switches listed in the config's
 ``FOLDED_FIELDS``, the config schema's defaults set to the resolved values, unread fields left out)
 and stripping its input checks (:mod:`pgolf.bundle.checks`), with :data:`pgolf.runtime.TELEMETRY`
-folded to False (what only describes a run to the package's tools does not ship), minify and wrap
+folded to False (what only describes a run to the package's tools does not ship) and
+:data:`pgolf.runtime.BUNDLED` to True (what finds the package's own files does not either), minify and wrap
 (:mod:`pgolf.bundle.wrap`). Both the wrapped script and a readable copy are written atomically.
 The fused Triton kernels (:data:`SWITCHED_MODULES`) are carried only when the configuration turns
 them on; the script then keeps annotations and registers its source for Triton.
@@ -40,6 +41,7 @@ DELTA_NAME, DEFAULTS_NAME = "BUNDLE_DELTA", "BUNDLE_DEFAULTS"  # in the config m
 FIELD_FN = "_f"  # config.py's field helper: _f(default, env, help)
 ERRORS_MODULE, ERROR_CLASS = "pgolf.errors", "PgolfError"
 TELEMETRY_MODULE, TELEMETRY_NAME = "pgolf.runtime", "TELEMETRY"  # False in a bundle: see pgolf.runtime.TELEMETRY
+BUNDLE_CONSTANTS = {TELEMETRY_NAME: False, "BUNDLED": True}  # pgolf.runtime's, as a bundle has them
 # Checks a bundle keeps: the size cap (an artifact over it is refused, never written); and all of the
 # entry's (it refuses a folded switch set otherwise by env).
 KEPT_CHECKS = (("pgolf.export.artifact", "check_under_cap"),)
@@ -112,10 +114,10 @@ def _specialiser(cfg: Config, entry: str, tree_shake: bool, strip: list[bool], n
             delta = {s: v for s, v in artifact_meta(cfg)["config"].items() if s != "preset"}
             if not any(_set_literal(b, bundle_name(CONFIG_MODULE, DELTA_NAME), delta) for b in bodies):
                 raise PgolfError(f"the bundle has no top-level {DELTA_NAME} assignment ({CONFIG_MODULE})")
-        if TELEMETRY_MODULE in names:  # before folding: its tests then fold like a switch's
-            telemetry = bundle_name(TELEMETRY_MODULE, TELEMETRY_NAME)
-            if not any(_set_literal(b, telemetry, False) for b in bodies):
-                raise PgolfError(f"the bundle has no top-level {TELEMETRY_NAME} assignment ({TELEMETRY_MODULE})")
+        if TELEMETRY_MODULE in names:  # before folding: their tests then fold like a switch's
+            for name, value in BUNDLE_CONSTANTS.items():
+                if not any(_set_literal(b, bundle_name(TELEMETRY_MODULE, name), value) for b in bodies):
+                    raise PgolfError(f"the bundle has no top-level {name} assignment ({TELEMETRY_MODULE})")
         specialise_bodies(bodies, section_fields(cfg, classes), tree_shake, stripped if any(strip) else None)
         if compact:  # before the folded values are written: their field names would read as uses
             compact_schema(bodies, cfg, classes, field_fn, bundle_name(CONFIG_MODULE, "RULES"))

@@ -342,6 +342,59 @@ def propagate_self_attributes(bodies: list[list[ast.stmt]], types: Types) -> int
     return total
 
 
+def drop_unread_constant_attributes(bodies: list[list[ast.stmt]], types: Types) -> int:
+    """Remove ``self.a = <literal>`` where every store of ``a`` is that literal (so the reads, if any,
+    were folded by :func:`propagate_self_attributes`) and nothing in the bundle reads ``a`` any more:
+    no ``x.a`` load anywhere, and no string constant ``"a"`` (``getattr(self, name)`` over a tuple
+    of names). What folding leaves behind: ``self.row_normalize = False`` with its test gone."""
+    loaded, strings = set(), set()
+    for body in bodies:
+        for node in walk(ast.Module(body=body, type_ignores=[])):
+            if isinstance(node, ast.Attribute) and not isinstance(node.ctx, ast.Store):
+                loaded.add(node.attr)
+            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Attribute):
+                loaded.add(node.target.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                strings.add(node.value)
+    total = 0
+    for body in bodies:
+        for cls in body:
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            dead = {a for a in _constant_self_attributes(cls, types) if a not in loaded and a not in strings}
+            if not dead:
+                continue
+            for m in methods(cls):
+                me = self_name(m)
+                if me is not None:
+                    total += _drop_attribute_stores(m, me, dead)
+    return total
+
+
+def _drop_attribute_stores(fn: ast.FunctionDef | ast.AsyncFunctionDef, me: str, dead: set[str]) -> int:
+    removed = 0
+
+    def prune(body: list[ast.stmt]) -> list[ast.stmt]:
+        nonlocal removed
+        out = []
+        for stmt in body:
+            target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else None
+            if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == me \
+                    and target.attr in dead and literal_value(stmt.value)[0]:
+                removed += 1
+                continue
+            for name in ("body", "orelse", "finalbody"):
+                inner = getattr(stmt, name, None)
+                if isinstance(inner, list) and inner and isinstance(inner[0], ast.stmt) \
+                        and not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    setattr(stmt, name, prune(inner) or ([ast.Pass()] if name == "body" else []))
+            out.append(stmt)
+        return out
+
+    fn.body = prune(fn.body) or [ast.Pass()]
+    return removed
+
+
 def dataclass_field_constants(bodies: list[list[ast.stmt]], types: Types, uses) -> dict[str, dict[str, Any]]:
     """Dataclass -> field -> the literal every construction gives it (constructions by keyword or
     position; ``uses``: :func:`name_uses` of ``bodies``)."""

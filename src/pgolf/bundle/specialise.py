@@ -32,7 +32,7 @@ from typing import Any
 from pgolf.bundle.names import walk
 from pgolf.bundle.shake import shake, shake_methods
 from pgolf.bundle.propagate import (
-    dataclass_field_constants, drop_dead_pure_stores, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
+    dataclass_field_constants, drop_dead_pure_stores, drop_unread_constant_attributes, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
     propagate_self_attributes, self_attribute_constants,
 )
 from pgolf.bundle.simplify import is_const, simplify
@@ -187,6 +187,7 @@ def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[st
         changed += drop_empty_kwargs(bodies, uses)
         changed += drop_unused_parameters(bodies, types, uses)
         changed += propagate_self_attributes(bodies, types)
+        changed += drop_unread_constant_attributes(bodies, types)
         changed += propagate_locals(bodies)
         changed += inline_trivial_calls(bodies, uses)  # the round's uses: stale only towards caution
         changed += substitute_constants_in_tests(bodies)

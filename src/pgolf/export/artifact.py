@@ -49,6 +49,7 @@ from pgolf.export.container import write_artifact
 from pgolf.files import atomic_target
 from pgolf.quant.int8 import QuantizedState
 from pgolf.quant.policy import quantize_state_dict_policy
+from pgolf.runtime import BUNDLED
 
 SIZE_CAP_BYTES = 16_000_000
 PACKAGE = "pgolf"
@@ -141,10 +142,10 @@ def code_files() -> tuple[Path, ...]:
     return tuple(sorted(found))
 
 
-def count_code_bytes(files: Iterable[str | os.PathLike[str]] | None = None) -> int:
-    """UTF-8 bytes of ``files`` (default :func:`code_files`), read as text like the reference."""
+def count_code_bytes(files: Iterable[str | os.PathLike[str]]) -> int:
+    """UTF-8 bytes of ``files`` (e.g. :func:`code_files`), read as text like the reference."""
     total = 0
-    for f in code_files() if files is None else files:
+    for f in files:
         try:
             total += len(Path(f).read_text(encoding="utf-8").encode("utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
@@ -169,7 +170,7 @@ def make_size_report(bytes_model: int, bytes_code: int, code_source: str, files:
 def _counted_code(files: Iterable[str | os.PathLike[str]] | None) -> tuple[tuple[Path, ...], str]:
     """The code files a size report counts (see the module docstring) and how to name them."""
     bundle = bundle_files() if files is None else tuple(Path(f) for f in files)
-    if bundle is not None:  # given files are the shipped code: a bundle
+    if bundle is not None or BUNDLED:  # given files are the shipped code: a bundle (which names itself)
         return bundle, f"bundle {', '.join(p.name for p in bundle)}"
     paths = code_files()
     return paths, f"{len(paths)} pgolf module files imported"
