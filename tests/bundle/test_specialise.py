@@ -586,3 +586,37 @@ def test_a_constant_attribute_nothing_reads_any_more_is_not_stored():
     """)
     assert "self.normalize" not in out and "self.kind" not in out and "self.named" not in out
     assert "self.lr = lr" in out and "self.gate = None" in out  # read, or read by its name
+
+
+def test_methods_no_instance_can_resolve_to_go():
+    # a base nothing instantiates keeps only what a derived class reaches: its own methods that some
+    # derived class does not override, and what super() calls
+    src = """
+        class Base:
+            def __init__(self, n):
+                self.n = n
+            def step(self):
+                return "base step"
+            def shared(self):
+                return self.n
+            def hook(self):
+                return "base hook"
+        class Derived(Base):
+            def __init__(self, n):
+                super().__init__(n)
+            def step(self):
+                return self.shared()
+            def hook(self):
+                return super().hook()
+        def run(opt: Base):
+            return isinstance(opt, Base) and opt.step() and opt.hook()
+        import sys
+        run(Derived(len(sys.argv)))
+    """
+    out = run(src, shake_between=True)
+    assert "base step" not in out and "base hook" in out and "def shared" in out and "self.n = n" in out
+    namespace: dict = {}
+    exec(compile(out, "<bundle>", "exec"), namespace)
+    assert namespace["run"](namespace["Derived"](3)) == "base hook"
+    kept = run(src.replace("run(Derived(len(sys.argv)))", "run(Derived(len(sys.argv)))\n        run(Base(1))"), shake_between=True)
+    assert "base step" in kept  # instantiated: its own methods are reached

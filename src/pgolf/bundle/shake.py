@@ -14,6 +14,7 @@ or ``contextlib`` has no effect the bundle relies on; a third-party import may r
 so it stays, but for :data:`SIDE_EFFECT_FREE_IMPORTS`) and merges the ``from M import`` lines per module.
 Code that looks names up by string (``globals()``, ``sys.modules[__name__]``) turns shaking off.
 :func:`shake_methods` then drops the methods that nothing names (see its docstring for what is kept).
+:func:`drop_overridden_methods` drops those of a class nothing instantiates that every derived class overrides.
 """
 
 from __future__ import annotations
@@ -291,4 +292,74 @@ def shake_methods(bodies: list[list[ast.stmt]]) -> int:
                     continue
                 kept.append(stmt)
             cls.body = kept or [ast.Pass()]
+    return dropped
+
+
+def _class_name_uses(bodies: list[list[ast.stmt]], classes: set[str]) -> set[str]:
+    """The classes of ``classes`` whose name the bundle uses other than as a base class, inside an
+    annotation (never evaluated) or as the type ``isinstance``/``issubclass`` tests against: a class
+    used any other way may be instantiated (called, passed as a value, its attributes read)."""
+    used: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            if node.id in classes:
+                used.add(node.id)
+            return
+        if isinstance(node, ast.ClassDef):
+            parts = [*node.keywords, *node.decorator_list, *node.body]
+            parts += [b for b in node.bases if not (isinstance(b, ast.Name) and b.id in classes)]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass") \
+                and len(node.args) == 2:
+            kind = node.args[1]
+            types = kind.elts if isinstance(kind, ast.Tuple) else [kind]
+            parts = [node.args[0], *(t for t in types if not (isinstance(t, ast.Name) and t.id in classes))]
+        elif isinstance(node, ast.arg):
+            parts = []
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            parts = [node.args, *node.decorator_list, *node.body]
+        elif isinstance(node, ast.AnnAssign):
+            parts = [node.target, node.value] if node.value is not None else [node.target]
+        else:
+            parts = children(node)
+        if isinstance(node, ast.arguments):
+            parts = [*node.defaults, *(d for d in node.kw_defaults if d is not None)]
+        for part in parts:
+            visit(part)
+
+    for body in bodies:
+        for stmt in body:
+            visit(stmt)
+    return used
+
+
+def drop_overridden_methods(bodies: list[list[ast.stmt]]) -> int:
+    """Drop the methods of a class that nothing instantiates (its name is used only as a base, in
+    annotations and in ``isinstance``) when every class derived from it defines that method too and
+    no ``super().name`` reaches one: no instance can resolve to it. Plain Muon's ``step`` in a
+    bundle whose optimizer is Parallel Muon. Returns the number dropped."""
+    if uses_dynamic_lookup(bodies):
+        return 0
+    classes = {s.name: s for body in bodies for s in body if isinstance(s, ast.ClassDef)}
+    derived: dict[str, list[ast.ClassDef]] = {}
+    for cls in classes.values():
+        for base in cls.bases:
+            if isinstance(base, ast.Name) and base.id in classes:
+                derived.setdefault(base.id, []).append(cls)
+    reached_by_super = {n.attr for body in bodies for s in body for n in walk(s) if isinstance(n, ast.Attribute)
+                        and isinstance(n.value, ast.Call) and isinstance(n.value.func, ast.Name) and n.value.func.id == "super"}
+    used = _class_name_uses(bodies, set(classes))
+    dropped = 0
+    for name, cls in classes.items():
+        if name in used or name not in derived:
+            continue
+        defined = [{m.name for m in sub.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))} for sub in derived[name]]
+        kept = []
+        for stmt in cls.body:
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name not in reached_by_super \
+                    and all(stmt.name in names for names in defined):
+                dropped += 1
+                continue
+            kept.append(stmt)
+        cls.body = kept or [ast.Pass()]
     return dropped

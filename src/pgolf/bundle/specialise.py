@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pgolf.bundle.names import walk
-from pgolf.bundle.shake import shake, shake_methods
+from pgolf.bundle.shake import drop_overridden_methods, shake, shake_methods
 from pgolf.bundle.propagate import (
     dataclass_field_constants, drop_dead_pure_stores, drop_unread_constant_attributes, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
     propagate_self_attributes, self_attribute_constants,
@@ -152,6 +152,7 @@ def _fold_reads(bodies: list[list[ast.stmt]], types: Types, constants: dict[str,
 def _drop_unreachable(bodies: list[list[ast.stmt]]) -> None:
     for body, kept in zip(bodies, shake(bodies)):
         body[:] = kept
+    drop_overridden_methods(bodies)
     shake_methods(bodies)
 
 
