@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pgolf.bundle.build import build_bundle
+from pgolf.export.codecs import lrzip_available
 from pgolf.bundle.specialise import folded_fields
 from pgolf.check.track import bundle_source_sha256, facts_from_run
 from pgolf.config import Config, artifact_fields, defaults_fingerprint, from_dict, iter_fields, override_env
@@ -137,8 +138,12 @@ def test_record_preset_bundles_train_and_score_exactly_like_the_package(preset, 
     overrides = data_overrides(shared_data) + TOY + ["ITERATIONS=4"]
     runs = tmp_path / "runs"
     package_proc = start_package(preset, overrides, runs, "package")  # trains while the bundle is built
-    build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
+    report = build_bundle(build_config(preset, overrides, environ={}), tmp_path / "train_gpt.py")
     bundle_proc = start_bundle(tmp_path / "train_gpt.py", runs, "bundle")
+    # R44's weights go through lrzip, so its code may too: ZPAQ is the smallest of the three there
+    lrzip_weights = "lrzip" in build_config(preset, environ={}).quant.compressor
+    assert ("lrzip-zpaq" in dict(report.candidates)) == (lrzip_weights and lrzip_available())
+    assert report.codec == ("lrzip-zpaq" if lrzip_weights and lrzip_available() else "brotli")
     # its round trip names its serializer and compressor, so it ships their code alone
     readable, q = (tmp_path / "train_gpt_readable.py").read_text(), build_config(preset, environ={}).quant
     own = {"lzma": "_lzma_compress", "lrzip-zpaq": "_lrzip_zpaq_compress"}[q.compressor]

@@ -7,24 +7,38 @@ import sys
 
 import pytest
 
-from pgolf.bundle.wrap import _brotli_script, _lzma_script, constexpr_parameters, minify, wrap
+from pgolf.bundle.wrap import LRZIP_DECODER, _brotli_script, _lrzip_script, _lzma_script, constexpr_parameters, minify, wrap
+from pgolf.check.selfextract import unwrap
+from pgolf.export.codecs import lrzip_available
+
+needs_lrzip = pytest.mark.skipif(not lrzip_available(), reason="the lrzip binary is not installed (apt-get install lrzip)")
 
 PROGRAM = "import os\nif __name__ == '__main__':\n    print(os.path.basename(__file__), sum(range(10)))\n" + "# padding\n" * 50
 
 
 @pytest.mark.parametrize("register_source", [False, True])
-@pytest.mark.parametrize("make", [_lzma_script, _brotli_script])
+@pytest.mark.parametrize("make", [_lzma_script, _brotli_script, pytest.param(_lrzip_script, marks=needs_lrzip)])
 def test_wrapped_script_runs_as_main(make, register_source, tmp_path):
     script = tmp_path / "train_gpt.py"
     script.write_text(make(PROGRAM.encode(), register_source))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
     assert out == "train_gpt.py 45\n"
+    if not register_source:  # and the static reader gets the same program back without running the script
+        assert unwrap(script.read_text()).source == PROGRAM
 
 
 def test_wrap_picks_the_smaller_codec():
     wrapped = wrap(PROGRAM)
     sizes = dict(wrapped.sizes)
     assert set(sizes) == {"lzma", "brotli"} and len(wrapped.script.encode()) == sizes[wrapped.codec] == min(sizes.values())
+
+
+@needs_lrzip
+def test_lrzip_is_a_candidate_only_when_asked():
+    sizes = dict(wrap(PROGRAM, lrzip=True).sizes)
+    assert set(sizes) == {"lzma", "brotli", "lrzip-zpaq"}
+    assert "lrzip" not in wrap(PROGRAM).script and LRZIP_DECODER in _lrzip_script(PROGRAM.encode(), False)
+    assert unwrap(_lrzip_script(PROGRAM.encode(), False)).layers == ["pgolf-text", "lrzip -d"]
 
 
 def test_minify_keeps_asserts_and_drops_docstrings():

@@ -148,8 +148,16 @@ def readable_path_for(path: Path) -> Path:
     return path.with_name(f"{path.stem}_readable{path.suffix}")
 
 
+def code_lrzip_default(cfg: Config) -> bool:
+    """Whether a bundle tries lrzip for its own code unless told: when its weights go through lrzip,
+    since the machine that runs it needs the binary anyway."""
+    return "lrzip" in cfg.quant.compressor
+
+
 def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, tree_shake: bool = True,
-                 specialise: bool = True, keep_checks: bool = False) -> BundleReport:
+                 specialise: bool = True, keep_checks: bool = False, lrzip: bool | None = None) -> BundleReport:
+    """``lrzip``: also try lrzip's ZPAQ for the code (see :mod:`pgolf.bundle.wrap`); None:
+    :func:`code_lrzip_default`."""
     out = Path(out)
     if not out.parent.is_dir():
         raise PgolfError(f"{out}: folder {out.parent} does not exist")
@@ -161,7 +169,7 @@ def build_bundle(cfg: Config, out: str | os.PathLike[str], entry: str = ENTRY, t
     # (the schema's classes keep theirs: the config parses env values by them)
     small = minify(source if kernels else plain_class_annotations(source, frozenset(SECTION_CLASSES.values())),
                    keep_annotations=kernels)
-    wrapped = wrap(small, register_source=kernels)
+    wrapped = wrap(small, register_source=kernels, lrzip=code_lrzip_default(cfg) if lrzip is None else lrzip)
     readable = readable_path_for(out)
     atomic_write(readable, source.encode())
     atomic_write(out, wrapped.script.encode())

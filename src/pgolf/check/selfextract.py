@@ -3,7 +3,8 @@
 Records from R28 on ship code as ``exec(lzma.decompress(base64.b85decode("...")))`` (also zlib,
 brotli, b64/a85, ``.decode()``, raw LZMA with a filter chain; pgolf's own bundles decode a 124-symbol
 bytes literal with the small function :data:`pgolf.bundle.wrap.DECODER`, recognised here by its exact
-code). :func:`unwrap` recognises
+code, and may pipe it through ``lrzip -qd`` with :data:`pgolf.bundle.wrap.LRZIP_DECODER`, recognised
+the same way and applied here by running the lrzip binary on the payload). :func:`unwrap` recognises
 that shape in the AST, applies the same decoders to the literal itself (never ``exec``, never
 ``eval``), and returns the inner source, repeatedly if the inner source is itself a wrapper.
 Decompressed output is capped so a crafted payload cannot exhaust memory.
@@ -87,12 +88,19 @@ def _decompress(kind: str, data: bytes, kwargs: dict) -> bytes:
     return out
 
 
-def _local_decoders(tree: ast.Module) -> dict[str, object]:
-    """Functions of the module that are pgolf's text decoder, by name."""
-    from pgolf.bundle.wrap import DECODER, text_decode
+def _lrzip_decode(data: bytes) -> bytes:
+    from pgolf.export.codecs import lrzip_decompress_capped
 
-    model = ast.dump(ast.parse(DECODER).body[0])
-    return {node.name: text_decode for node in tree.body if isinstance(node, ast.FunctionDef) and ast.dump(node) == model}
+    return lrzip_decompress_capped(data, MAX_INNER_BYTES, "the script's lrzip payload")
+
+
+def _local_decoders(tree: ast.Module) -> dict[str, object]:
+    """Functions of the module that are pgolf's text decoder or its lrzip step, by name."""
+    from pgolf.bundle.wrap import DECODER, LRZIP_DECODER, text_decode
+
+    models = {ast.dump(ast.parse(code).body[0]): fn for code, fn in ((DECODER, text_decode), (LRZIP_DECODER, _lrzip_decode))}
+    return {node.name: models[ast.dump(node)] for node in tree.body
+            if isinstance(node, ast.FunctionDef) and ast.dump(node) in models}
 
 
 def _evaluate(node: ast.expr, aliases: dict[str, str], layers: list[str], decoders: dict | None = None):
@@ -113,7 +121,7 @@ def _evaluate(node: ast.expr, aliases: dict[str, str], layers: list[str], decode
     inner = _evaluate(node.args[0], aliases, layers, decoders)
     leaf = name.rsplit(".", 1)[-1]
     if leaf in decoders:
-        layers.append(leaf if leaf in DECODERS else "pgolf-text")
+        layers.append(leaf if leaf in DECODERS else "lrzip -d" if decoders[leaf] is _lrzip_decode else "pgolf-text")
         return decoders[leaf](inner)
     module = name.split(".")[0]
     if leaf == "decompress" and module in COMPRESSORS:
