@@ -170,3 +170,18 @@ def test_stripped_program_computes_the_same_on_good_input():
     for spec in ("/x", "~/y"):
         assert original["resolve"](spec) == after["resolve"](spec)
     assert after["read"]("ab3", 5) == 8  # the check is gone: bad input is no longer refused
+
+
+def test_the_scoring_guards_survive_the_stripping():
+    # a bundle strips input checks, never the guards of what a score counts: every target scored
+    # (IncompleteScore), each once and score-first (ScoreFirstViolation); stripped, a score of a
+    # subset of the targets would look like any other
+    from pathlib import Path
+
+    import pgolf.eval.ledger
+
+    tree = ast.parse(Path(pgolf.eval.ledger.__file__).read_text())
+    strip_checks([tree.body], "PgolfError", whole=[tree.body])
+    ledger = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ScoreLedger")
+    raised = {ast.unparse(n.exc.func) for n in ast.walk(ledger) if isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call)}
+    assert raised == {"IncompleteScore", "ScoreFirstViolation"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pgolf.eval.evaluate import evaluate, trim_to_windows
-from pgolf.eval.ledger import ScoreFirstViolation, ScoreLedger
+from pgolf.eval.ledger import IncompleteScore, ScoreFirstViolation, ScoreLedger
 from pgolf.eval.sliding import evaluate_sliding
 
 
@@ -60,7 +60,7 @@ def test_ledger_refuses_unscored_and_double_scored_targets(trained_tiny):
         ledger.training_tokens(2, 6)
     with pytest.raises(ScoreFirstViolation, match="scored twice"):
         ledger.record(torch.tensor([3]), torch.ones(1))
-    with pytest.raises(Exception, match="unscored"):
+    with pytest.raises(IncompleteScore, match="unscored"):
         ledger.result()
 
 

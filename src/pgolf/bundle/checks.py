@@ -20,7 +20,8 @@ The same goes, once the ``PgolfError`` checks are gone, for raises of the builti
 package uses for malformed arguments (:data:`BUILTIN_CHECK_ERRORS`: ``ValueError``...), each only
 where no ``except`` left in the whole bundle could catch it and carry on (a handler that re-raises,
 or one around scalar conversions only, ``int(raw)``, cannot see a bundle raise). Subclasses of ``PgolfError``
-(:class:`pgolf.eval.ledger.ScoreFirstViolation`, the score-first rule's guard) are never touched. With bad input a stripped bundle fails with the
+(the scoring guards :class:`pgolf.eval.ledger.ScoreFirstViolation`, the score-first rule's, and
+:class:`pgolf.eval.ledger.IncompleteScore`, every target scored) are never touched. With bad input a stripped bundle fails with the
 underlying Python error instead of the package's one line; ``pgolf bundle --keep-checks`` keeps
 every check.
 """

@@ -28,6 +28,14 @@ class ScoreFirstViolation(PgolfError):
     """An adapter asked for tokens that were not scored yet, or a target was scored twice."""
 
 
+class IncompleteScore(PgolfError):
+    """A score was asked for while targets were left unscored: it would be the score of a subset.
+
+    Its own class, like :class:`ScoreFirstViolation`, so that a bundle keeps this guard when it
+    strips the input checks (:mod:`pgolf.bundle.checks` never touches subclasses of ``PgolfError``).
+    """
+
+
 class ScoreLedger:
     # A progress display's bar while a phase scores through ledgers (:func:`counting_into`, set by the
     # CLI only): every evaluator, each TTT kind included, builds its own ledger deep inside, so
@@ -134,7 +142,7 @@ class ScoreLedger:
         missing = int((~self.scored[a:b]).sum())
         if missing:
             first = a + int(np.argmin(self.scored[a:b]))
-            raise PgolfError(f"evaluation left {missing} of {b - a} targets unscored (first: {first})")
+            raise IncompleteScore(f"evaluation left {missing} of {b - a} targets unscored (first: {first})")
         return self.acc.result()
 
 
