@@ -304,6 +304,14 @@ def test_bundle_cli_names_a_folder_it_cannot_make(run_pgolf, tmp_path):
     assert code == 2 and err.count("\n") == 1 and "file: not a folder" in err
 
 
+def test_bundle_cli_refuses_lrzip_without_its_binary(run_pgolf, tmp_path, monkeypatch):
+    # asked for, lrzip is not quietly left out: the user would ship a larger script than they meant to
+    monkeypatch.setattr("pgolf.export.codecs.lrzip_available", lambda: False)
+    code, _, err = run_pgolf(["bundle", "--preset", "tiny_cpu", "--lrzip", "--out", str(tmp_path / "t.py")])
+    assert code == 2 and err.count("\n") == 1 and "--lrzip: the lrzip binary is not installed" in err
+    assert not list(tmp_path.iterdir())
+
+
 # The fused Triton kernels: two 128-token rows a step keep the interpreted cross-entropy quick.
 FUSED = ["FUSED_CE=1", "FUSED_MLP=1", "MLP_ACTIVATION=leaky_relu2", "Z_LOSS=0.0001", "TRAIN_BATCH_TOKENS=256",
          "TRAIN_SEQ_LEN=128", "VAL_MAX_TOKENS=4096", "TRAIN_LOG_EVERY=0", "ITERATIONS=4", "SEED=7"]
