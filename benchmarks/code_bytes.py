@@ -15,7 +15,10 @@ the shipped script takes to decode its payload (``lrzip_decode_s``).
 Where a bundle's bytes go: per module of the bundle (the readable copy's ``# ---- module ----``
 sections), its bytes without docstrings and annotations and its marginal compressed bytes (brotli of
 the whole minus brotli of the whole without it); per construct, the compressed bytes the string
-literals and the log/metric/print calls cost (the whole against the whole with them emptied).
+literals and the log/metric/print calls cost (the whole against the whole with them emptied); per
+concern (``pgolf.<concern>``), the shipped bytes of its modules alone, and of the core concerns
+together (model, optim, data, eval, tokenizer, quant, export: what a record's script does besides its
+training loop and hyperparameters), ``core_ratio`` = that against the record's whole count.
 
 Writes benchmarks/results/code_bytes.json with commit, machine and versions.
 
@@ -40,6 +43,7 @@ from pathlib import Path
 import brotli
 
 from pgolf.bundle.build import build_bundle, code_lrzip_default, readable_path_for
+from pgolf.bundle.wrap import minify, wrap
 from pgolf.check.selfextract import unwrap
 from pgolf.export.codecs import lrzip_available
 from pgolf.presets import build_config
@@ -136,6 +140,31 @@ def per_construct(readable: str) -> dict:
     return {what: whole - packed(ast.unparse(_Emptied(what).visit(ast.parse(plain)))) for what in ("strings", "log_calls")}
 
 
+# The concerns that do what every record's script does besides its training loop and hyperparameters
+CORE = ("model", "optim", "data", "eval", "tokenizer", "quant", "export")
+
+
+def _concern(module: str) -> str:
+    """``pgolf.model.gpt`` -> ``model``; ``pgolf.config`` -> ``config``; ``pgolf`` -> ``pgolf``."""
+    return (module.split(".") + [module])[1]
+
+
+def per_concern(readable: str) -> dict:
+    """Shipped bytes of each concern's modules alone (the bundle's imports, then only those sections,
+    minified and wrapped as the bundler does, brotli or lzma): what that part of pgolf would cost as a
+    script of its own; and of :data:`CORE` together."""
+    parts = re.split(r"^# ---- (\S+) ----\n", readable, flags=re.M)
+    head, sections = parts[0], list(zip(parts[1::2], parts[2::2]))
+
+    def shipped(keep) -> int:
+        return len(wrap(minify(head + "".join(text for name, text in sections if keep(_concern(name))))).script.encode())
+
+    concerns = sorted({_concern(name) for name, _ in sections})
+    alone = {c: shipped(lambda k, c=c: k == c) for c in concerns}
+    return {"alone": dict(sorted(alone.items(), key=lambda kv: -kv[1])), "core": list(CORE),
+            "core_alone": shipped(lambda k: k in CORE)}
+
+
 def measure(preset: str, counted, folder: Path) -> dict:
     """The bundle as ``pgolf bundle --preset P`` writes it, and (where the lrzip binary is here) what
     ``--lrzip`` would make of it: one build with lrzip among the candidates gives both."""
@@ -153,7 +182,9 @@ def measure(preset: str, counted, folder: Path) -> dict:
         "bytes_readable": report.bytes_raw, "bytes_minified": report.bytes_minified, "build_s": round(build_s, 1),
         **record, "ratio": round(default[codec] / record["bytes"], 3),
         "modules": per_module(readable), "constructs_compressed": per_construct(readable),
+        "concerns_shipped": per_concern(readable),
     }
+    row["core_ratio"] = round(row["concerns_shipped"]["core_alone"] / record["bytes"], 3)
     if "lrzip-zpaq" in candidates:
         best = min(candidates.values())
         row |= {"bundle_bytes_lrzip": best, "ratio_lrzip": round(best / record["bytes"], 3)}
@@ -190,9 +221,11 @@ def main() -> int:
     }
     if set(args.presets) == set(RECORDS):
         write_json_atomic(RESULTS, report)
-    print(f"{'preset':<34} {'pgolf bundle':>12} {'--lrzip':>8} {'record':>8} {'ratio':>6}")
+    print(f"{'preset':<34} {'pgolf bundle':>12} {'--lrzip':>8} {'record':>8} {'ratio':>6} {'core alone':>10} {'ratio':>6}")
     for preset, r in rows.items():
-        print(f"{preset:<34} {r['bundle_bytes']:>12,} {r.get('bundle_bytes_lrzip', 0):>8,} {r['bytes']:>8,} {r['ratio']:>6.2f}")
+        core = r["concerns_shipped"]["core_alone"]
+        print(f"{preset:<34} {r['bundle_bytes']:>12,} {r.get('bundle_bytes_lrzip', 0):>8,} {r['bytes']:>8,} {r['ratio']:>6.2f}"
+              f" {core:>10,} {r['core_ratio']:>6.2f}")
     return 0
 
 
