@@ -19,7 +19,7 @@ only when asked (``wrap(..., lrzip=True)``: by default a bundle whose configurat
 weights with lrzip, so the machine that runs it has the binary anyway) and when the binary is here.
 On these sources the script is 11 to 15% smaller than with brotli-11, and it decompresses itself by
 piping the payload through ``lrzip -qd`` (:data:`LRZIP_DECODER`, also recognised by its exact code),
-which takes under a second (0.4 to 0.7 s on a 2-core CPU).
+which takes under a second (0.4 to 0.9 s on a 2-core CPU).
 """
 
 from __future__ import annotations
