@@ -620,3 +620,62 @@ def test_methods_no_instance_can_resolve_to_go():
     assert namespace["run"](namespace["Derived"](3)) == "base hook"
     kept = run(src.replace("run(Derived(len(sys.argv)))", "run(Derived(len(sys.argv)))\n        run(Base(1))"), shake_between=True)
     assert "base step" in kept  # instantiated: its own methods are reached
+
+
+METHOD_CALLED_BY_ITS_CLASS = """
+    import torch.nn as nn
+    class Attention(nn.Module):
+        def values(self, x, extra):
+            if extra is None:
+                return x
+            return x + extra.embed
+        def forward(self, x, extra=None):
+            return self.values(x, None) * 2
+    def run(x):
+        return Attention().forward(x)
+    import sys
+    run(len(sys.argv))
+"""
+
+
+def test_a_method_only_its_class_calls_takes_the_literal_every_call_passes():
+    out = run(METHOD_CALLED_BY_ITS_CLASS)
+    assert "extra.embed" not in out and "def values(self, x):" in out and "self.values(x)" in out
+    namespace: dict = {}
+    exec(compile(out, "<bundle>", "exec"), namespace)
+    assert namespace["run"](3) == 6
+
+
+@pytest.mark.parametrize("other_use", [
+    "def peek(a):\n        return a.values(1, 2)",  # another receiver: it may be an Attention
+    "def pick(a):\n        return getattr(a, 'values')",  # named by a string
+    "class Other:\n        def values(self, x, extra):\n            return extra",  # a name two classes define
+    "def keep(a):\n        return a.values",  # a reference that could be called with anything
+])
+def test_a_method_called_any_other_way_keeps_its_parameters(other_use):
+    out = run(METHOD_CALLED_BY_ITS_CLASS + "    " + other_use + "\n", shaken=False)
+    assert "extra.embed" in out and "def values(self, x, extra)" in out
+
+
+def test_a_hook_of_an_external_base_keeps_its_parameters_even_if_only_its_class_calls_it():
+    # nn.Module calls forward itself (module(x)), with arguments the bundle never sees
+    src = """
+        import torch.nn as nn
+        class Layer(nn.Module):
+            def forward(self, x, extra=None):
+                return x if extra is None else x + extra
+            def twice(self, x):
+                return self.forward(self.forward(x, None), None)
+        class Deeper(Layer):  # a hook of its base's base
+            def step(self, x, extra):
+                return x if extra is None else extra
+            def __call__(self, x):
+                return self.step(self.twice(x), None)
+        def run(x):
+            return Layer().twice(x) + Deeper()(x)
+        import sys
+        run(len(sys.argv))
+    """
+    out = run(src)
+    assert "def forward(self, x, extra=None):\n        return x if extra is None else x + extra" in out
+    assert "def step(self, x):\n        return x\n" in out  # no hook: it folds

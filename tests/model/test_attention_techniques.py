@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from techniques_helpers import BOS, tiny_model, tokens
 
@@ -152,3 +153,16 @@ def test_sparse_gate_reads_only_the_first_window_dims():
     x2[..., 12:] += 1.0
     assert torch.equal(attn._gate(x), attn._gate(x2))
     assert torch.allclose(attn._gate(x), torch.sigmoid(0.5 * x[..., :12] @ attn.attn_gate_w.T))
+
+
+@pytest.mark.parametrize("option", ["doc_isolated_attention", "ve_enabled", "value_residual", None])
+def test_attention_is_told_whether_the_model_gives_it_side_inputs(option):
+    # side_inputs off, attention reads none (a bundle folds their handling away), so each option
+    # that makes the model pass them must turn it on
+    model = tiny_model(**({option: True} if option else {}))
+    ids = tokens()
+    ids[:, 9] = BOS
+    given = [model._attention_inputs(ids)(i) is not None for i in range(len(model.blocks))]
+    told = [block.attn.options.side_inputs for block in model.blocks]
+    assert told == [option is not None] * len(model.blocks) and (any(given) if option else not any(given))
+    model.logits(ids)  # attention's own check that it was told

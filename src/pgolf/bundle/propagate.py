@@ -10,6 +10,8 @@ here substitutes a literal only where the binding is provably unique:
   anywhere in that function (nested scopes included);
 * a parameter of a top-level function (or of a class's ``__init__``) whose every call passes the same
   literal (or leaves the same literal default), when the function's name is used only to call it;
+  and of a method that only its own class's methods call, as ``self.m(...)`` (its name defined by
+  no other class, used no other way, no string equal to it, no hook of an external base);
 * an attribute ``self.a`` of a class that is only ever stored in that class's own methods, always
   with the same literal, and no ``x.a = ...`` appears anywhere else;
 * a field of a ``@dataclass`` that every construction gives the same literal, read through a
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 
 from pgolf.bundle.names import names_bound_by, names_read, walk
 from pgolf.bundle.simplify import is_pure, literal_value
-from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name
+from pgolf.bundle.types import Types, function_scopes, is_dataclass, methods, self_name, walk_scope
 
 _MISSING = object()
 _FRAMEWORK_SET = {"training"}  # attributes torch itself stores on modules (nn.Module.train)
@@ -215,6 +217,83 @@ def propagate_arguments(bodies: list[list[ast.stmt]], types: Types, uses) -> int
                 init = next((m for m in methods(stmt) if m.name == "__init__" and not m.decorator_list), None)
                 if init is not None:
                     total += _substitute_in_body(init, _agreed(init, calls[stmt.name], skip_first=True))
+    return total
+
+
+def _self_calls_only(bodies: list[list[ast.stmt]]) -> dict[tuple[str, str], list[ast.Call]]:
+    """(class, method) -> its calls, for each method that is called only as ``self.m(...)`` from its
+    own class's methods: every other ``.m`` in the bundle (a reference, a call on another receiver,
+    which could be anything's ``m``) or a string equal to ``m`` rules it out."""
+    from pgolf.bundle.shake import _KNOWN_BASES, _base_attributes, _strings, uses_dynamic_lookup
+
+    if uses_dynamic_lookup(bodies):
+        return {}
+    classes = [s for body in bodies for s in body if isinstance(s, ast.ClassDef)]
+    owners: dict[str, list[str]] = {}
+    for cls in classes:
+        for m in methods(cls):
+            owners.setdefault(m.name, []).append(cls.name)
+    calls: dict[str, list[ast.Call]] = {}
+    ruled_out = set(_strings(bodies))
+    in_self_call: set[int] = set()
+    for fn, cls in function_scopes(bodies):
+        me = self_name(fn) if cls is not None else None
+        for node in walk_scope(fn.body) if me is not None else ():  # not nested scopes: ``self`` may be rebound there
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == me \
+                    and owners.get(node.func.attr) == [cls.name]:
+                calls.setdefault(node.func.attr, []).append(node)
+                in_self_call.add(id(node.func))
+    for body in bodies:
+        for stmt in body:
+            for node in walk(stmt):
+                if isinstance(node, ast.Attribute) and id(node) not in in_self_call:
+                    ruled_out.add(node.attr)
+    by_name = {c.name: c for c in classes}
+
+    def external(cls: ast.ClassDef, seen: frozenset = frozenset()) -> set[str] | None:
+        """Attributes the external bases of ``cls`` and of its bundle ancestors have (hooks they may
+        call by name); None where one of them is not known (it may call any method)."""
+        out: set[str] = set()
+        for base in map(ast.unparse, cls.bases):
+            if base in _KNOWN_BASES:
+                out |= _base_attributes(base)
+            elif base in by_name and base not in seen:
+                inherited = external(by_name[base], seen | {cls.name})
+                if inherited is None:
+                    return None
+                out |= inherited
+            else:
+                return None
+        return out
+
+    out = {}
+    for cls in classes:
+        hooks = external(cls)
+        if cls.keywords or hooks is None:
+            continue
+        for m in methods(cls):
+            if m.name in calls and m.name not in ruled_out and m.name not in hooks and owners[m.name] == [cls.name] \
+                    and not (m.name.startswith("__") and m.name.endswith("__")) and _arguments_reach_body(m) \
+                    and self_name(m) is not None:
+                out[cls.name, m.name] = calls[m.name]
+    return out
+
+
+def propagate_method_arguments(bodies: list[list[ast.stmt]]) -> int:
+    """Parameters of methods called only as ``self.m(...)`` by their own class (see
+    :func:`_self_calls_only`): those every call fixes to the same literal take it, then those
+    nothing reads go with what the calls pass for them (where that has no effects)."""
+    total = 0
+    found = _self_calls_only(bodies)
+    if not found:
+        return 0
+    for cls in (s for body in bodies for s in body if isinstance(s, ast.ClassDef)):
+        for m in methods(cls):
+            if (cls.name, m.name) in found:
+                calls = found[cls.name, m.name]
+                total += _substitute_in_body(m, _agreed(m, calls, skip_first=True))
+                total += _drop_unused(m, calls, skip_first=True)
     return total
 
 
@@ -502,14 +581,21 @@ def drop_unused_parameters(bodies: list[list[ast.stmt]], types: Types, uses) -> 
                     continue
             else:
                 continue
-            if fn.args.vararg or fn.args.kwarg or any(call_bindings(fn, c, skip_first) is None for c in calls[stmt.name]):
-                continue
-            for param in _unused_parameters(fn, skip_first):
-                trial = [(c, list(c.args), list(c.keywords)) for c in calls[stmt.name]]
-                if any(_drop_argument(c, fn, param, skip_first) is None for c in calls[stmt.name]):
-                    for c, args, keywords in trial:  # put back what the calls before the refusing one lost
-                        c.args, c.keywords = args, keywords
-                    continue
-                _remove_parameter(fn, param)
-                total += 1
+            total += _drop_unused(fn, calls[stmt.name], skip_first)
+    return total
+
+
+def _drop_unused(fn: ast.FunctionDef, calls: list[ast.Call], skip_first: bool) -> int:
+    """Drop ``fn``'s unread parameters with what each of ``calls`` (all its calls) passes for them."""
+    if fn.args.vararg or fn.args.kwarg or any(call_bindings(fn, c, skip_first) is None for c in calls):
+        return 0
+    total = 0
+    for param in _unused_parameters(fn, skip_first):
+        trial = [(c, list(c.args), list(c.keywords)) for c in calls]
+        if any(_drop_argument(c, fn, param, skip_first) is None for c in calls):
+            for c, args, keywords in trial:  # put back what the calls before the refusing one lost
+                c.args, c.keywords = args, keywords
+            continue
+        _remove_parameter(fn, param)
+        total += 1
     return total

@@ -33,6 +33,7 @@ from pgolf.bundle.names import walk
 from pgolf.bundle.shake import drop_overridden_methods, shake, shake_methods
 from pgolf.bundle.propagate import (
     dataclass_field_constants, drop_dead_pure_stores, drop_unread_constant_attributes, drop_empty_kwargs, drop_unused_parameters, literal_node, name_uses, propagate_arguments, propagate_locals,
+    propagate_method_arguments,
     propagate_self_attributes, self_attribute_constants,
 )
 from pgolf.bundle.simplify import is_const, simplify
@@ -185,6 +186,7 @@ def _fold_to_fixed_point(bodies: list[list[ast.stmt]], fields: dict[str, dict[st
             constants[cls] = {**values, **constants.get(cls, {})}
         changed = _fold_reads(bodies, types, constants)
         changed += propagate_arguments(bodies, types, uses)
+        changed += propagate_method_arguments(bodies)
         changed += drop_empty_kwargs(bodies, uses)
         changed += drop_unused_parameters(bodies, types, uses)
         changed += propagate_self_attributes(bodies, types)

@@ -45,6 +45,9 @@ class AttentionOptions:
     gate_scale: float = 1.0
     gate_init_std: float = 0.0
     value_residual: bool = False  # this layer mixes in the first layer's values
+    # whether the model passes AttentionInputs at all (document masks, value embeddings, value
+    # residual); without them it passes None throughout, which a bundle then folds through forward
+    side_inputs: bool = False
 
 
 @dataclass
@@ -141,14 +144,16 @@ class CausalSelfAttention(nn.Module):
         return torch.sigmoid(opts.gate_scale * logits)
 
     def forward(self, x: Tensor, inputs: AttentionInputs | None = None) -> Tensor:
+        assert inputs is None or self.options.side_inputs, "side inputs given to attention built without them"
+        side = inputs if self.options.side_inputs else None
         bsz, seqlen, dim = x.shape
         q = F.rms_norm(self._heads(self.c_q(x), self.num_heads), (self.head_dim,))
         k = F.rms_norm(self._heads(self.c_k(x), self.num_kv_heads), (self.head_dim,))
-        v = self._heads(self._values(x, inputs), self.num_kv_heads)
+        v = self._heads(self._values(x, side), self.num_kv_heads)
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
         q = apply_rotary(q, cos, sin) * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         k = apply_rotary(k, cos, sin)
-        y = attention_kernel(q, k, v, *((inputs.doc_mask, inputs.segments) if inputs is not None else ()))
+        y = attention_kernel(q, k, v) if side is None else attention_kernel(q, k, v, side.doc_mask, side.segments)
         if self.options.xsa:
             y = exclusive_self_attention(y, v)
         y = y.transpose(1, 2)

@@ -54,6 +54,8 @@ def attention_options(cfg: ModelConfig, layer: int) -> AttentionOptions:
         gate_scale=cfg.sparse_attn_gate_scale,
         gate_init_std=cfg.gated_attn_init_std if gate == "gated" else 0.0,
         value_residual=cfg.value_residual and layer > 0,
+        # every option that makes GPT._attention_inputs give more than None
+        side_inputs=cfg.doc_isolated_attention or cfg.ve_enabled or cfg.value_residual,
     )
 
 
@@ -167,7 +169,7 @@ class GPT(nn.Module):
         # R44's GPTQ calibration forward cuts no document (pgolf.quant.calibration.plain_causal sets it;
         # read with getattr so that a bundle with the switch off keeps no trace of it)
         cut = cfg.doc_isolated_attention and not getattr(self, "plain_causal", False)
-        if not (cut or self.ve_layers or cfg.value_residual):
+        if not (cut or self.ve_layers or cfg.value_residual):  # attention_options' side_inputs covers each
             return lambda layer: None
         # SDPA: a block-diagonal causal mask; FA3: varlen segments (pgolf.model.attn_backend). R44's
         # global SGD rows cut at another length (pgolf.eval.ttt.phased.cut_every sets ``cut_length``; an
