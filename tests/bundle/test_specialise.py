@@ -51,6 +51,11 @@ def simplified(source: str) -> str:
     ("if y.z and False:\n    a()", ""),  # pure operand, only the truth value is used
     ("if f() and False:\n    a()", "if f() and False:\n    a()"),  # f() may have effects: kept
     ("x = False or y", "x = y"),
+    # a loop that skips None skips the None literals folding left in its tuple; all of them, and it goes
+    ("for m in (a, None):\n    if m is not None:\n        f(m)", "for m in (a,):\n    if m is not None:\n        f(m)"),
+    ("for m in (None, None):\n    if m is not None:\n        f(m)", ""),
+    ("for m in (None, b):\n    if m is not None:\n        f(m)\n    g()", "for m in (None, b):\n    if m is not None:\n        f(m)\n    g()"),
+    ("for m in (None, b):\n    if m is None:\n        f(m)", "for m in (None, b):\n    if m is None:\n        f(m)"),
     ("def f():\n    return 1\n    g()", "def f():\n    return 1"),
     ("x = 3 * 4 + 1", "x = 13"),
     ("x = 0 < 0 <= i", "x = False"),
@@ -449,7 +454,7 @@ def test_parameters_nothing_reads_go_with_the_arguments_calls_pass_for_them():
     out = ast.unparse(ast.Module(body=bodies[1], type_ignores=[]))
     assert "def scale(step, total):" in out and "scale(n, 4)" in out  # positional last, keyword, keyword-only
     assert "def __init__(self, dim):" in out and "Rotary(n)" in out  # base: propagated (2.0), then unused too
-    assert "def middle(a, unused, b):" in out  # passed positionally before another argument: kept
+    assert "def middle(a, b):" in out and "middle(n, r.dim)" in out  # passed positionally before another
     assert "def effect(a, unused=None):" in out and "note(n)" in out  # its argument has an effect: kept
     assert "def escapes(a, unused=1):" in out  # used as a value: its calls are not all known
     before, after = {}, {}

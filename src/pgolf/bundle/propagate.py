@@ -516,8 +516,9 @@ def _bound_in_bundle(bodies: list[list[ast.stmt]]) -> dict[str, int]:
 
 
 def _drop_argument(call: ast.Call, fn: ast.FunctionDef, param: str, skip_first: bool) -> bool | None:
-    """Remove what ``call`` passes for ``param`` (True if it passed something); None when that cannot
-    be done without moving another argument (passed positionally, not last) or losing an effect."""
+    """Remove what ``call`` passes for ``param`` (True if it passed something); None when that would
+    lose an effect. A positional argument before others may go: the parameter goes from the
+    definition too, so the ones after it still bind as before."""
     positional = [p.arg for p in [*fn.args.posonlyargs, *fn.args.args][1 if skip_first else 0:]]
     keyword = next((k for k in call.keywords if k.arg == param), None)
     if keyword is not None:
@@ -526,9 +527,9 @@ def _drop_argument(call: ast.Call, fn: ast.FunctionDef, param: str, skip_first: 
         call.keywords.remove(keyword)
         return True
     if param in positional and positional.index(param) < len(call.args):
-        if positional.index(param) != len(call.args) - 1 or not is_pure(call.args[-1]):
+        if not is_pure(call.args[positional.index(param)]):
             return None
-        call.args.pop()
+        call.args.pop(positional.index(param))
         return True
     return False
 

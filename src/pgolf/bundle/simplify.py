@@ -106,6 +106,13 @@ def _as_test(node: ast.expr) -> ast.expr:
     return node
 
 
+def _is_not_none(test: ast.expr, name: str) -> bool:
+    """``test`` is ``name is not None``."""
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == name
+            and len(test.ops) == 1 and isinstance(test.ops[0], ast.IsNot)
+            and isinstance(test.comparators[0], ast.Constant) and test.comparators[0].value is None)
+
+
 class Simplify(ast.NodeTransformer):
     """One bottom-up pass; run it to a fixed point together with the constant propagation."""
 
@@ -248,6 +255,23 @@ class Simplify(ast.NodeTransformer):
             self.changed = True
             return self._body(node.orelse)
         self.generic_visit(node)
+        return node
+
+    def visit_For(self, node: ast.For):
+        """``for m in (a, None): if m is not None: ...`` skips its None elements: they go (all of them
+        gone, so does the loop). What a folded ``(self.bigram, self.ve_shared)`` leaves."""
+        self.generic_visit(node)
+        guard = node.body[0] if len(node.body) == 1 else None
+        if not (isinstance(node.target, ast.Name) and isinstance(node.iter, (ast.Tuple, ast.List)) and not node.orelse
+                and isinstance(guard, ast.If) and not guard.orelse and _is_not_none(guard.test, node.target.id)):
+            return node
+        kept = [e for e in node.iter.elts if not (isinstance(e, ast.Constant) and e.value is None)]
+        if len(kept) == len(node.iter.elts):
+            return node
+        self.changed = True
+        if not kept:
+            return None
+        node.iter.elts = kept
         return node
 
     def visit_Assert(self, node: ast.Assert):

@@ -100,12 +100,19 @@ class GPT(nn.Module):
                            if cfg.skip_gates_enabled else None)
         self.blocks = nn.ModuleList(build_block(cfg, i) for i in range(cfg.num_layers))
         self.ve_layers = value_embedding_layers(cfg)
+        # what an option leaves out is None, not absent: reads of it then fold in a bundle
         if self.ve_layers:
             kv_dim = cfg.num_kv_heads * cfg.head_dim
             self.ve_shared = ValueEmbedding(cfg.vocab_size, cfg.ve_dim, kv_dim)
             self.ve_layer_scales = nn.Parameter(torch.ones(len(self.ve_layers), dtype=torch.float32))
+        else:
+            self.ve_shared = None
+            self.ve_layer_scales = None
         if cfg.parallel_start_layer > 0:
             self.parallel_post_lambdas, self.parallel_resid_lambdas = parallel_lambdas(cfg.num_layers)
+        else:
+            self.parallel_post_lambdas = None
+            self.parallel_resid_lambdas = None
         self.final_norm = RMSNorm()
         self.lm_head = None if cfg.tie_embeddings else CastedLinear(cfg.model_dim, cfg.vocab_size, bias=False)
         if self.lm_head is not None:
@@ -246,8 +253,10 @@ class GPT(nn.Module):
         ``scalar``: Adam at SCALAR_LR. Empty lists for the reference model.
         """
         roles: dict[str, list[nn.Parameter]] = {"embed": [], "matrix": [], "scalar": []}
-        roles["matrix"].extend(p.weight for p in (self.embed_proj, self.embed_proj_rev) if p is not None)
-        for module in (self.bigram, getattr(self, "ve_shared", None)):
+        for proj in (self.embed_proj, self.embed_proj_rev):
+            if proj is not None:
+                roles["matrix"].append(proj.weight)
+        for module in (self.bigram, self.ve_shared):
             if module is not None:
                 roles["embed"].append(module.table.weight)
                 roles["matrix"].append(module.proj.weight)
@@ -255,9 +264,9 @@ class GPT(nn.Module):
                     roles["scalar"].append(module.scale)
         if self.smear is not None:
             roles["scalar"].extend(self.smear.parameters())
-        for name in ("skip_gates", "ve_layer_scales", "parallel_post_lambdas", "parallel_resid_lambdas"):
-            if getattr(self, name, None) is not None:
-                roles["scalar"].append(getattr(self, name))
+        for scalars in (self.skip_gates, self.ve_layer_scales, self.parallel_post_lambdas, self.parallel_resid_lambdas):
+            if scalars is not None:
+                roles["scalar"].append(scalars)
         return roles
 
 

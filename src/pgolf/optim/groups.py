@@ -84,7 +84,7 @@ def split_block_params(model: GPT) -> tuple[list[torch.nn.Parameter], list[torch
 
 def table_projections(model: GPT) -> list[torch.nn.Parameter]:
     """The BigramHash and value-embedding projections (PGOLF_TABLE_PROJ_ADAM gives them to Adam)."""
-    return [m.proj.weight for m in (model.bigram, getattr(model, "ve_shared", None)) if m is not None]
+    return [m.proj.weight for m in (model.bigram, model.ve_shared) if m is not None]
 
 
 def muon_param_groups(model: GPT, matrices: list[torch.nn.Parameter]) -> list[dict]:
