@@ -224,17 +224,16 @@ def _self_calls_only(bodies: list[list[ast.stmt]]) -> dict[tuple[str, str], list
     """(class, method) -> its calls, for each method that is called only as ``self.m(...)`` from its
     own class's methods: every other ``.m`` in the bundle (a reference, a call on another receiver,
     which could be anything's ``m``) or a string equal to ``m`` rules it out."""
-    from pgolf.bundle.shake import _KNOWN_BASES, _base_attributes, _strings, uses_dynamic_lookup
+    from pgolf.bundle.shake import bundle_strings, external_hooks, uses_dynamic_lookup
 
     if uses_dynamic_lookup(bodies):
         return {}
-    classes = [s for body in bodies for s in body if isinstance(s, ast.ClassDef)]
+    classes = {s.name: s for body in bodies for s in body if isinstance(s, ast.ClassDef)}
     owners: dict[str, list[str]] = {}
-    for cls in classes:
+    for cls in classes.values():
         for m in methods(cls):
             owners.setdefault(m.name, []).append(cls.name)
     calls: dict[str, list[ast.Call]] = {}
-    ruled_out = set(_strings(bodies))
     in_self_call: set[int] = set()
     for fn, cls in function_scopes(bodies):
         me = self_name(fn) if cls is not None else None
@@ -244,38 +243,17 @@ def _self_calls_only(bodies: list[list[ast.stmt]]) -> dict[tuple[str, str], list
                     and owners.get(node.func.attr) == [cls.name]:
                 calls.setdefault(node.func.attr, []).append(node)
                 in_self_call.add(id(node.func))
-    for body in bodies:
-        for stmt in body:
-            for node in walk(stmt):
-                if isinstance(node, ast.Attribute) and id(node) not in in_self_call:
-                    ruled_out.add(node.attr)
-    by_name = {c.name: c for c in classes}
-
-    def external(cls: ast.ClassDef, seen: frozenset = frozenset()) -> set[str] | None:
-        """Attributes the external bases of ``cls`` and of its bundle ancestors have (hooks they may
-        call by name); None where one of them is not known (it may call any method)."""
-        out: set[str] = set()
-        for base in map(ast.unparse, cls.bases):
-            if base in _KNOWN_BASES:
-                out |= _base_attributes(base)
-            elif base in by_name and base not in seen:
-                inherited = external(by_name[base], seen | {cls.name})
-                if inherited is None:
-                    return None
-                out |= inherited
-            else:
-                return None
-        return out
-
+    ruled_out = bundle_strings(bodies) | {node.attr for body in bodies for stmt in body for node in walk(stmt)
+                                          if isinstance(node, ast.Attribute) and id(node) not in in_self_call}
     out = {}
-    for cls in classes:
-        hooks = external(cls)
+    for cls in classes.values():
+        hooks = external_hooks(cls, classes)
         if cls.keywords or hooks is None:
             continue
         for m in methods(cls):
-            if m.name in calls and m.name not in ruled_out and m.name not in hooks and owners[m.name] == [cls.name] \
-                    and not (m.name.startswith("__") and m.name.endswith("__")) and _arguments_reach_body(m) \
-                    and self_name(m) is not None:
+            # in ``calls``, its name is defined by this class alone
+            if m.name in calls and m.name not in ruled_out and m.name not in hooks and not (m.name.startswith("__") and m.name.endswith("__")) \
+                    and _arguments_reach_body(m) and self_name(m) is not None:
                 out[cls.name, m.name] = calls[m.name]
     return out
 

@@ -260,7 +260,25 @@ def _base_attributes(spelling: str) -> set[str]:
     return set(dir(getattr(importlib.import_module(module), name)))
 
 
-def _strings(bodies: list[list[ast.stmt]]) -> set[str]:
+def external_hooks(cls: ast.ClassDef, classes: dict[str, ast.ClassDef], seen: frozenset[str] = frozenset()) -> set[str] | None:
+    """Attributes the external bases of ``cls`` and of its ancestors in the bundle (``classes``, by
+    name) have: hooks they may call by name. None where one of those bases is not known (it may
+    call any method)."""
+    hooks: set[str] = set()
+    for base in map(ast.unparse, cls.bases):
+        if base in _KNOWN_BASES:
+            hooks |= _base_attributes(base)
+        elif base in classes and base not in seen:
+            inherited = external_hooks(classes[base], classes, seen | {cls.name})
+            if inherited is None:
+                return None
+            hooks |= inherited
+        else:
+            return None
+    return hooks
+
+
+def bundle_strings(bodies: list[list[ast.stmt]]) -> set[str]:
     return {n.value for body in bodies for s in body for n in walk(s)
             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
@@ -272,18 +290,18 @@ def shake_methods(bodies: list[list[ast.stmt]]) -> int:
     number dropped."""
     if uses_dynamic_lookup(bodies):
         return 0
-    classes = {s.name for body in bodies for s in body if isinstance(s, ast.ClassDef)}
+    classes = {s.name: s for body in bodies for s in body if isinstance(s, ast.ClassDef)}
     named = {n.attr for body in bodies for s in body for n in walk(s) if isinstance(n, ast.Attribute)}
-    named |= _strings(bodies) | _IMPLICIT_METHODS
+    named |= bundle_strings(bodies) | _IMPLICIT_METHODS
     dropped = 0
     for body in bodies:
         for cls in body:
             if not isinstance(cls, ast.ClassDef) or cls.keywords:
                 continue
-            bases = [ast.unparse(b) for b in cls.bases]
-            if any(b not in _KNOWN_BASES and b not in classes for b in bases):
+            hooks = external_hooks(cls, classes)
+            if hooks is None:
                 continue
-            protected = named.union(*(_base_attributes(b) for b in bases if b in _KNOWN_BASES))
+            protected = named | hooks
             kept = []
             for stmt in cls.body:
                 if (isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)) and stmt.name not in protected
