@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -80,9 +81,9 @@ def _prepared_data(run: dict, tmp_path: Path) -> None:  # shards `pgolf data pre
 
     docs = tmp_path / "docs.jsonl"
     docs.write_text("".join(json.dumps({"text": f"document {i} about golf."}) + "\n" for i in range(4)))
-    from conftest import shared_data_dir  # PGOLF_SHARED_DATA, as every data test finds it
-
-    tokenizer = shared_data_dir() / "tokenizers" / "fineweb_1024_bpe.model"
+    # PGOLF_SHARED_DATA, as tests/conftest.py's shared_data finds it (a case edit takes no fixture)
+    data = Path(os.environ.get("PGOLF_SHARED_DATA", Path(__file__).resolve().parents[2].parent / "shared" / "data"))
+    tokenizer = data / "tokenizers" / "fineweb_1024_bpe.model"
     if not tokenizer.is_file():
         pytest.skip(f"sp1024 tokenizer not found at {tokenizer}")
     prepare(docs, tmp_path / "mine", tokenizer=tokenizer, val_docs=1, progress=False)
